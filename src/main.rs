@@ -1,1 +1,8 @@
-fn main() {}
+//! shoal: a Docker-Swarm-class orchestrator in one binary. This is the thin binary: the
+//! CLI parses and calls the library crates (`shoal-runtime` for images and containers).
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -5,6 +5,8 @@
 //! Layout:
 //! - [`digest`]: sha256 digests and hashing readers/writers
 //! - [`image`]: references, the image store, layer unpacking, pulls, import/save
+//! - [`container`]: OCI specs, the keeper (where libcontainer runs), logs, health, executor
 
+pub mod container;
 pub mod digest;
 pub mod image;

@@ -1,0 +1,814 @@
+//! The keeper: one small process per node that owns every container's life.
+//!
+//! Why a keeper (and not a shim per container, nor the daemon itself):
+//! - **Containers outlive the daemon.** The keeper is the parent of every container's
+//!   init (libcontainer clones it with `CLONE_PARENT`, so it is the caller's child) and a
+//!   child subreaper, so exit statuses are reaped here and written to `exit.json`, never
+//!   lost with a dying daemon. The daemon can be killed, upgraded and restarted at will:
+//!   it reconnects to the keeper and re-adopts its containers as they are.
+//! - **Output is never a pipe into the daemon.** A container's stdout and stderr are
+//!   FIFOs in its directory, opened read-write by the container itself, so it never gets
+//!   EPIPE; the keeper drains them into log files. Should the keeper itself restart, it
+//!   reopens the FIFOs and carries on (what the kernel buffered is kept).
+//! - **libcontainer is not thread-safe** (it `chdir`s around a relative notify socket,
+//!   and allocates in children made by a raw `clone3`, which is only safe when the caller
+//!   has a single thread). The keeper is single-threaded *by construction*: a
+//!   current-thread tokio runtime, no blocking pool, and a check of
+//!   `/proc/self/status` before every libcontainer call that refuses if another thread
+//!   ever appears. Calls are therefore serialized without any lock.
+//! - **No resident process per container**: one keeper for all of them (about 3 MiB).
+//!
+//! What the keeper cannot survive: being killed itself while containers run. They keep
+//! running (orphaned to init) and are re-adopted by the next keeper, but their exit codes
+//! can then only be reported as unknown (`Exit::known == false`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use chrono::Utc;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
+
+use super::logs::{LineSplitter, LogWriter, Stream};
+use super::spec::LogConfig;
+use super::wire::{Exit, KeptState, Request, Response};
+
+/// Paths of a keeper rooted at `root` (`<data-root>/containers`).
+pub fn socket_path(root: &Path) -> PathBuf {
+    root.join("keeper.sock")
+}
+
+fn lc_root(root: &Path) -> PathBuf {
+    root.join("libcontainer")
+}
+
+fn exit_path(dir: &Path) -> PathBuf {
+    dir.join("exit.json")
+}
+
+/// Runs the keeper until it is killed. Returns at once (Ok) if another keeper already
+/// holds `root`.
+pub fn run(root: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(lc_root(root))?;
+    let lock = File::create(root.join("keeper.lock"))?;
+    if nix::fcntl::Flock::lock(
+        lock.try_clone()?,
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .is_err()
+    {
+        eprintln!("keeper: another keeper already serves {}", root.display());
+        return Ok(());
+    }
+    let _ = nix::unistd::setsid();
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let res = local.block_on(&rt, serve(root.to_path_buf()));
+    drop(lock);
+    res
+}
+
+/// One container the keeper looks after.
+struct Tracked {
+    dir: PathBuf,
+    pid: Option<i32>,
+    exit: Option<Exit>,
+    /// Reaped but its output not yet fully drained.
+    reaped: Option<Exit>,
+    /// Output pumps still running (0, 1 or 2).
+    pumps: u8,
+    waiters: Vec<oneshot::Sender<Exit>>,
+}
+
+#[derive(Default)]
+struct Keeper {
+    root: PathBuf,
+    containers: HashMap<String, Tracked>,
+    /// Exec'd processes (health checks) by pid.
+    execs: HashMap<i32, oneshot::Sender<i32>>,
+}
+
+type Shared = Rc<RefCell<Keeper>>;
+
+async fn serve(root: PathBuf) -> anyhow::Result<()> {
+    let sock = socket_path(&root);
+    let _ = fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock)?;
+    fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let k: Shared = Rc::new(RefCell::new(Keeper {
+        root: root.clone(),
+        ..Default::default()
+    }));
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    readopt(&k);
+    reap(&k); // anything that exited while no keeper listened for SIGCHLD
+    loop {
+        tokio::select! {
+            _ = sigchld.recv() => reap(&k),
+            conn = listener.accept() => {
+                if let Ok((stream, _)) = conn {
+                    tokio::task::spawn_local(handle(k.clone(), stream));
+                }
+            }
+        }
+    }
+}
+
+/// Picks up containers from disk: ones that exited while no keeper watched, ones still
+/// running (their output pumps restart; if they are no longer our children their exit
+/// can only be detected, not reaped).
+fn readopt(k: &Shared) {
+    let root = k.borrow().root.clone();
+    let Ok(entries) = fs::read_dir(lc_root(&root)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let dir = root.join(&id);
+        let exit = read_exit(&dir);
+        let state = Container::load(e.path()).ok();
+        let pid = state.as_ref().and_then(|c| c.pid()).map(|p| p.as_raw());
+        let alive = state.as_ref().is_some_and(|c| {
+            matches!(
+                c.status(),
+                libcontainer::container::ContainerStatus::Running
+                    | libcontainer::container::ContainerStatus::Created
+                    | libcontainer::container::ContainerStatus::Paused
+            )
+        });
+        let mut t = Tracked {
+            dir: dir.clone(),
+            pid,
+            exit: exit.clone(),
+            reaped: None,
+            pumps: 0,
+            waiters: vec![],
+        };
+        if exit.is_none() && !alive && pid.is_some() && !is_our_zombie(pid) {
+            // died while no keeper was its parent: the status is gone
+            let x = Exit {
+                code: 255,
+                signal: None,
+                oom: oom_killed(&dir),
+                finished_at: Utc::now(),
+                known: false,
+            };
+            write_exit(&dir, &x);
+            t.exit = Some(x);
+        }
+        let running = t.exit.is_none() && alive;
+        k.borrow_mut().containers.insert(id.clone(), t);
+        if running {
+            if let Ok(log) = LogWriter::open(&dir.join("logs"), read_log_config(&dir)) {
+                start_pumps(k, &id, &dir, log);
+            }
+            if let Some(p) = pid {
+                if !is_our_child(p) {
+                    tokio::task::spawn_local(watch_foreign(k.clone(), id, p));
+                }
+            }
+        }
+    }
+}
+
+fn is_our_child(pid: i32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ppid = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<i32>().ok());
+    ppid == Some(std::process::id() as i32)
+}
+
+fn is_our_zombie(pid: Option<i32>) -> bool {
+    pid.is_some_and(is_our_child)
+}
+
+/// Waits for a container that is not our child (we were restarted) to exit.
+async fn watch_foreign(k: Shared, id: String, pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags, no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: `owned` is a valid pidfd that the AsyncFd owns and nothing replaces or closes.
+        if let Ok(afd) = unsafe { AsyncFd::register(owned) } {
+            let _ = afd.readable().await;
+        }
+    }
+    let dir = k.borrow().containers.get(&id).map(|t| t.dir.clone());
+    if let Some(dir) = dir {
+        let x = Exit {
+            code: 255,
+            signal: None,
+            oom: oom_killed(&dir),
+            finished_at: Utc::now(),
+            known: false,
+        };
+        record_reaped(&k, &id, x);
+    }
+}
+
+/// Reaps every child that has exited and files its status.
+fn reap(k: &Shared) {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => on_exit(k, pid.as_raw(), code, None),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                on_exit(k, pid.as_raw(), 128 + sig as i32, Some(sig as i32))
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn on_exit(k: &Shared, pid: i32, code: i32, signal: Option<i32>) {
+    if let Some(tx) = k.borrow_mut().execs.remove(&pid) {
+        let _ = tx.send(code);
+        return;
+    }
+    let found = k
+        .borrow()
+        .containers
+        .iter()
+        .find(|(_, t)| t.pid == Some(pid) && t.exit.is_none())
+        .map(|(id, t)| (id.clone(), t.dir.clone()));
+    if let Some((id, dir)) = found {
+        let x = Exit {
+            code,
+            signal,
+            oom: oom_killed(&dir),
+            finished_at: Utc::now(),
+            known: true,
+        };
+        record_reaped(k, &id, x);
+    }
+}
+
+/// Files an exit once the container's output is drained (or after 2 s, if something
+/// in it still holds the FIFOs open).
+fn record_reaped(k: &Shared, id: &str, x: Exit) {
+    let pumps = {
+        let mut kb = k.borrow_mut();
+        let Some(t) = kb.containers.get_mut(id) else {
+            return;
+        };
+        t.reaped = Some(x);
+        t.pumps
+    };
+    if pumps == 0 {
+        finalize(k, id);
+    } else {
+        let (k2, id2) = (k.clone(), id.to_string());
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            finalize(&k2, &id2);
+        });
+    }
+}
+
+fn finalize(k: &Shared, id: &str) {
+    let mut kb = k.borrow_mut();
+    let Some(t) = kb.containers.get_mut(id) else {
+        return;
+    };
+    if t.exit.is_some() {
+        return;
+    }
+    let Some(x) = t.reaped.take() else { return };
+    write_exit(&t.dir, &x);
+    t.exit = Some(x.clone());
+    for w in t.waiters.drain(..) {
+        let _ = w.send(x.clone());
+    }
+}
+
+fn write_exit(dir: &Path, x: &Exit) {
+    let tmp = dir.join("exit.json.tmp");
+    if let Ok(b) = serde_json::to_vec(x) {
+        if fs::write(&tmp, b).is_ok() {
+            let _ = fs::rename(&tmp, exit_path(dir));
+        }
+    }
+}
+
+fn read_exit(dir: &Path) -> Option<Exit> {
+    fs::read(exit_path(dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn read_log_config(dir: &Path) -> LogConfig {
+    fs::read(dir.join("log.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Whether the OOM killer struck in the container's memory cgroup (v1 `oom_kill`
+/// counter in memory.oom_control, or v2 memory.events).
+fn oom_killed(dir: &Path) -> bool {
+    let Ok(cg) = fs::read_to_string(dir.join("cgroup")) else {
+        return false;
+    };
+    let cg = cg.trim().trim_start_matches('/');
+    for (file, key) in [
+        (
+            format!("/sys/fs/cgroup/memory/{cg}/memory.oom_control"),
+            "oom_kill ",
+        ),
+        (format!("/sys/fs/cgroup/{cg}/memory.events"), "oom_kill "),
+    ] {
+        if let Ok(s) = fs::read_to_string(file) {
+            return s.lines().any(|l| {
+                l.strip_prefix(key)
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            });
+        }
+    }
+    false
+}
+
+/// Refuses to go on if this process has ever grown a second thread: libcontainer is
+/// only safe from a single-threaded caller.
+fn ensure_single_thread() -> Result<(), String> {
+    let status = fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .map(|n| n.trim().to_string());
+    match threads.as_deref() {
+        Some("1") => Ok(()),
+        other => Err(format!(
+            "keeper has {other:?} threads; libcontainer needs exactly one"
+        )),
+    }
+}
+
+/// An error and all its causes, for messages that say what really went wrong.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn start_pumps(k: &Shared, id: &str, dir: &Path, log: LogWriter) {
+    let log = Rc::new(RefCell::new(log));
+    for (name, stream) in [
+        ("stdout.fifo", Stream::Stdout),
+        ("stderr.fifo", Stream::Stderr),
+    ] {
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(dir.join(name))
+        {
+            Ok(f) => f,
+            Err(_) => continue,
+        };
+        if let Some(t) = k.borrow_mut().containers.get_mut(id) {
+            t.pumps += 1;
+        }
+        tokio::task::spawn_local(pump(k.clone(), id.to_string(), f, stream, log.clone()));
+    }
+}
+
+/// Copies one FIFO into the log until every writer is gone.
+async fn pump(k: Shared, id: String, f: File, stream: Stream, log: Rc<RefCell<LogWriter>>) {
+    let mut split = LineSplitter::default();
+    // SAFETY: `f` is an open FIFO that the AsyncFd owns and nothing replaces or closes.
+    if let Ok(afd) = unsafe { AsyncFd::register(f) } {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let Ok(mut guard) = afd.readable().await else {
+                break;
+            };
+            match guard.try_io(|inner| inner.get_ref().read(&mut buf)) {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => split.feed(&buf[..n], &mut |line| {
+                    let _ = log.borrow_mut().write(stream, line);
+                }),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(_)) => break,
+                Err(_would_block) => {}
+            }
+        }
+    }
+    split.finish(&mut |line| {
+        let _ = log.borrow_mut().write(stream, line);
+    });
+    let done = {
+        let mut kb = k.borrow_mut();
+        match kb.containers.get_mut(&id) {
+            Some(t) => {
+                t.pumps = t.pumps.saturating_sub(1);
+                t.pumps == 0 && t.reaped.is_some()
+            }
+            None => false,
+        }
+    };
+    if done {
+        finalize(&k, &id);
+    }
+}
+
+async fn handle(k: Shared, stream: UnixStream) {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    if BufReader::new(r).read_line(&mut line).await.is_err() {
+        return;
+    }
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => dispatch(&k, req).await,
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
+        },
+    };
+    if let Ok(mut b) = serde_json::to_vec(&resp) {
+        b.push(b'\n');
+        let _ = w.write_all(&b).await;
+    }
+}
+
+fn err(m: impl Into<String>) -> Response {
+    Response::Error { message: m.into() }
+}
+
+async fn dispatch(k: &Shared, req: Request) -> Response {
+    let root = k.borrow().root.clone();
+    match req {
+        Request::Ping => Response::Pong {
+            pid: std::process::id() as i32,
+        },
+        Request::Create {
+            id,
+            bundle,
+            dir,
+            log,
+        } => match create(k, &root, &id, &bundle, &dir, log) {
+            Ok(pid) => Response::Created { pid },
+            Err(e) => err(e),
+        },
+        Request::Start { id } => {
+            if let Err(e) = ensure_single_thread() {
+                return err(e);
+            }
+            match Container::load(lc_root(&root).join(&id)).and_then(|mut c| c.start()) {
+                Ok(()) => Response::Done,
+                Err(e) => err(format!("start {id}: {}", chain(&e))),
+            }
+        }
+        Request::Kill { id, signal, all } => {
+            let sig = match libcontainer::signal::Signal::try_from(signal) {
+                Ok(s) => s,
+                Err(e) => return err(format!("signal {signal}: {e}")),
+            };
+            if k.borrow()
+                .containers
+                .get(&id)
+                .is_some_and(|t| t.exit.is_some() || t.reaped.is_some())
+            {
+                return Response::Done; // already gone: nothing to signal
+            }
+            match Container::load(lc_root(&root).join(&id)).and_then(|mut c| c.kill(sig, all)) {
+                Ok(()) => Response::Done,
+                Err(e) => err(format!("kill {id}: {}", chain(&e))),
+            }
+        }
+        Request::Delete { id } => {
+            if let Err(e) = ensure_single_thread() {
+                return err(e);
+            }
+            let path = lc_root(&root).join(&id);
+            if path.exists() {
+                if let Err(e) = Container::load(path).and_then(|mut c| c.delete(true)) {
+                    return err(format!("delete {id}: {}", chain(&e)));
+                }
+            }
+            reap(k);
+            k.borrow_mut().containers.remove(&id);
+            Response::Done
+        }
+        Request::State { id } => match state(k, &root, &id) {
+            Some(s) => Response::State(s),
+            None => err(format!("no such container: {id}")),
+        },
+        Request::List => {
+            let ids: Vec<String> = k.borrow().containers.keys().cloned().collect();
+            Response::List {
+                containers: ids.iter().filter_map(|id| state(k, &root, id)).collect(),
+            }
+        }
+        Request::Wait { id } => {
+            let rx = {
+                let mut kb = k.borrow_mut();
+                let Some(t) = kb.containers.get_mut(&id) else {
+                    return err(format!("no such container: {id}"));
+                };
+                if let Some(x) = &t.exit {
+                    return Response::Exited(x.clone());
+                }
+                let (tx, rx) = oneshot::channel();
+                t.waiters.push(tx);
+                rx
+            };
+            match rx.await {
+                Ok(x) => Response::Exited(x),
+                Err(_) => err(format!("container {id} was deleted while waited on")),
+            }
+        }
+        Request::Exec {
+            id,
+            args,
+            env,
+            uid,
+            gid,
+            timeout_ms,
+        } => exec(k, &root, &id, args, env, uid, gid, timeout_ms).await,
+    }
+}
+
+fn state(k: &Shared, root: &Path, id: &str) -> Option<KeptState> {
+    let kb = k.borrow();
+    let t = kb.containers.get(id)?;
+    let status = if t.exit.is_some() || t.reaped.is_some() {
+        "stopped".to_string()
+    } else {
+        Container::load(lc_root(root).join(id))
+            .map(|c| format!("{:?}", c.status()).to_lowercase())
+            .unwrap_or_else(|_| "stopped".into())
+    };
+    Some(KeptState {
+        id: id.to_string(),
+        status,
+        pid: t.pid,
+        exit: t.exit.clone(),
+    })
+}
+
+fn create(
+    k: &Shared,
+    root: &Path,
+    id: &str,
+    bundle: &Path,
+    dir: &Path,
+    log: LogConfig,
+) -> Result<i32, String> {
+    ensure_single_thread()?;
+    if k.borrow().containers.contains_key(id) {
+        return Err(format!("container {id} exists already"));
+    }
+    let open_rw = |name: &str| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(name))
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    // the container's ends: read-write, so a writer never sees EPIPE even with no reader
+    let out_w = open_rw("stdout.fifo")?;
+    let err_w = open_rw("stderr.fifo")?;
+    let devnull = File::open("/dev/null").map_err(|e| e.to_string())?;
+    let logw = LogWriter::open(&dir.join("logs"), log.clone()).map_err(|e| format!("log: {e}"))?;
+    let _ = fs::write(
+        dir.join("log.json"),
+        serde_json::to_vec(&log).unwrap_or_default(),
+    );
+    k.borrow_mut().containers.insert(
+        id.to_string(),
+        Tracked {
+            dir: dir.to_path_buf(),
+            pid: None,
+            exit: None,
+            reaped: None,
+            pumps: 0,
+            waiters: vec![],
+        },
+    );
+    // our read ends open before the container's write ends can close
+    start_pumps(k, id, dir, logw);
+    let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        .with_root_path(lc_root(root))
+        .and_then(|b| b.validate_id())
+        .map(|b| {
+            b.with_stdin(OwnedFd::from(devnull))
+                .with_stdout(OwnedFd::from(out_w))
+                .with_stderr(OwnedFd::from(err_w))
+        })
+        .and_then(|b| {
+            b.as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+        });
+    match built {
+        Ok(c) => {
+            let pid = c
+                .pid()
+                .map(|p| p.as_raw())
+                .ok_or("libcontainer gave no pid")?;
+            if let Some(t) = k.borrow_mut().containers.get_mut(id) {
+                t.pid = Some(pid);
+            }
+            Ok(pid)
+        }
+        Err(e) => {
+            k.borrow_mut().containers.remove(id);
+            Err(format!("create {id}: {}", chain(&e)))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exec(
+    k: &Shared,
+    root: &Path,
+    id: &str,
+    args: Vec<String>,
+    env: Vec<String>,
+    uid: u32,
+    gid: u32,
+    timeout_ms: u64,
+) -> Response {
+    if let Err(e) = ensure_single_thread() {
+        return err(e);
+    }
+    let (r, w) =
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
+            Ok(p) => p,
+            Err(e) => return err(format!("pipe: {e}")),
+        };
+    let env: HashMap<String, String> = env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let w2 = match w.try_clone() {
+        Ok(x) => x,
+        Err(e) => return err(e.to_string()),
+    };
+    let (tx, rx) = oneshot::channel();
+    let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        .with_root_path(lc_root(root))
+        .map(|b| b.with_stdout(w).with_stderr(w2))
+        .and_then(|b| {
+            b.as_tenant()
+                .with_container_args(args)
+                .with_env(env)
+                .with_user(Some(uid))
+                .with_group(Some(gid))
+                .with_detach(true)
+                .build()
+        });
+    let pid = match built {
+        Ok(p) => p.as_raw(),
+        Err(e) => return err(format!("exec in {id}: {}", chain(&e))),
+    };
+    k.borrow_mut().execs.insert(pid, tx);
+    reap(k); // it may have finished already
+    let file = File::from(r);
+    let mut output = Vec::new();
+    let reader = async {
+        // SAFETY: `file` is our pipe's read end, owned by the AsyncFd and closed only by it.
+        if let Ok(afd) = unsafe { AsyncFd::register(file) } {
+            let mut buf = [0u8; 4096];
+            loop {
+                let Ok(mut g) = afd.readable().await else {
+                    break;
+                };
+                match g.try_io(|i| i.get_ref().read(&mut buf)) {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => {
+                        if output.len() < 4096 {
+                            output.extend_from_slice(&buf[..n.min(4096 - output.len())]);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    };
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let finished = tokio::time::timeout(timeout, async {
+        reader.await;
+        rx.await
+    })
+    .await;
+    match finished {
+        Ok(Ok(code)) => Response::Exec {
+            code,
+            output: String::from_utf8_lossy(&output).into_owned(),
+            timed_out: false,
+        },
+        _ => {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            Response::Exec {
+                code: -1,
+                output: String::from_utf8_lossy(&output).into_owned(),
+                timed_out: true,
+            }
+        }
+    }
+}
+
+/// Talks to a keeper.
+#[derive(Clone, Debug)]
+pub struct KeeperClient {
+    sock: PathBuf,
+}
+
+impl KeeperClient {
+    pub fn new(root: &Path) -> KeeperClient {
+        KeeperClient {
+            sock: socket_path(root),
+        }
+    }
+
+    pub async fn call(&self, req: &Request) -> io::Result<Response> {
+        let mut s = UnixStream::connect(&self.sock).await?;
+        let mut b = serde_json::to_vec(req).map_err(io::Error::other)?;
+        b.push(b'\n');
+        s.write_all(&b).await?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).await?;
+        if line.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "keeper closed the connection",
+            ));
+        }
+        serde_json::from_str(&line).map_err(io::Error::other)
+    }
+
+    /// Pings the keeper; starts it with `cmd` (e.g. `shoal keeper --root ROOT`) if nothing
+    /// answers, and waits up to 10 s for it to answer.
+    pub async fn ensure(&self, cmd: &[std::ffi::OsString]) -> io::Result<i32> {
+        if let Ok(Response::Pong { pid }) = self.call(&Request::Ping).await {
+            return Ok(pid);
+        }
+        let (prog, args) = cmd
+            .split_first()
+            .ok_or_else(|| io::Error::other("no keeper command"))?;
+        let log = self.sock.with_file_name("keeper.log");
+        let out = OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut child = std::process::Command::new(prog)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| {
+                io::Error::other(format!(
+                    "starting the keeper {}: {e}",
+                    prog.to_string_lossy()
+                ))
+            })?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Response::Pong { pid }) = self.call(&Request::Ping).await {
+                // reap the keeper if it ever exits while we live, without blocking anyone
+                std::thread::spawn(move || child.wait());
+                return Ok(pid);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(io::Error::other(format!(
+                    "the keeper exited with {status} before it answered"
+                )));
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(io::Error::other("the keeper did not answer within 10 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `shoal image …` and `shoal login`.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use shoal_runtime::image::store::display_tag;
+use shoal_runtime::image::{Credentials, ImageStore, PullOptions};
+
+use super::util::{ago, human_size, table};
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Pull an image from a registry.
+    Pull { image: String },
+    /// Import a `docker save` tarball or an OCI image layout (directory or tar).
+    Import { file: PathBuf },
+    /// Write images to a tar (an OCI layout with Docker's manifest.json).
+    Save {
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        /// `table` (default) or `json` (one object per line).
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Only show image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove images (refused while a container uses them).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove layers and blobs that no image uses.
+    Prune,
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// Registry host[:port].
+    registry: String,
+    #[arg(short, long)]
+    username: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    #[arg(short, long)]
+    password: Option<String>,
+}
+
+pub fn credentials_file(data_root: &Path) -> PathBuf {
+    data_root.join("registry-auth.json")
+}
+
+pub fn pull_options(data_root: &Path, insecure: &[String]) -> PullOptions {
+    PullOptions {
+        auth: None,
+        credentials_file: Some(credentials_file(data_root)),
+        insecure_registries: insecure.to_vec(),
+    }
+}
+
+pub async fn run(data_root: &Path, insecure: &[String], cmd: ImageCmd) -> anyhow::Result<ExitCode> {
+    let store = ImageStore::open(data_root)
+        .with_context(|| format!("opening the image store under {}", data_root.display()))?;
+    match cmd {
+        ImageCmd::Pull { image } => {
+            let p = store
+                .pull(&image, &pull_options(data_root, insecure))
+                .await?;
+            if let Some(d) = p.image.repo_digests.first() {
+                println!("Digest: {}", d.rsplit_once('@').map(|x| x.1).unwrap_or(d));
+            }
+            println!(
+                "Status: {} for {}",
+                if p.fetched_blobs == 0 {
+                    "Image is up to date"
+                } else {
+                    "Downloaded newer image"
+                },
+                image
+            );
+        }
+        ImageCmd::Import { file } => {
+            for img in store.import(&file).await? {
+                match img.repo_tags.first() {
+                    Some(t) => println!("Loaded image: {}", display_tag(t)),
+                    None => println!("Loaded image ID: {}", img.id),
+                }
+            }
+        }
+        ImageCmd::Save { output, images } => store.save(&images, &output)?,
+        ImageCmd::Ls { format, quiet } => {
+            let now = chrono::Utc::now().timestamp();
+            let mut rows = Vec::new();
+            for img in store.list() {
+                let tags: Vec<(String, String)> = if img.repo_tags.is_empty() {
+                    vec![("<none>".into(), "<none>".into())]
+                } else {
+                    img.repo_tags
+                        .iter()
+                        .map(|t| display_tag(t))
+                        .map(|t| match t.rsplit_once(':') {
+                            Some((r, tag)) => (r.to_string(), tag.to_string()),
+                            None => (t, "<none>".into()),
+                        })
+                        .collect()
+                };
+                for (repo, tag) in tags {
+                    rows.push((
+                        repo,
+                        tag,
+                        img.id.short().to_string(),
+                        ago(now - img.stored_at as i64),
+                        human_size(img.size()),
+                    ));
+                }
+            }
+            match format.as_str() {
+                _ if quiet => rows.iter().for_each(|r| println!("{}", r.2)),
+                "table" => table(
+                    &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+                    &rows
+                        .into_iter()
+                        .map(|r| vec![r.0, r.1, r.2, r.3, r.4])
+                        .collect::<Vec<_>>(),
+                ),
+                "json" | "{{json .}}" => {
+                    for r in rows {
+                        println!(
+                            "{}",
+                            json!({"Repository": r.0, "Tag": r.1, "ID": r.2, "CreatedSince": r.3, "Size": r.4})
+                        );
+                    }
+                }
+                other => bail!("--format {other:?} is not supported: use table or json"),
+            }
+        }
+        ImageCmd::Rm { images } => {
+            let users = shoal_runtime::container::image_users_at(data_root);
+            let mut failed = false;
+            for i in images {
+                match store.remove(&i, &|d| users.get(d).cloned()) {
+                    Ok(msgs) => msgs.iter().for_each(|m| println!("{m}")),
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            store.gc().await?;
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        ImageCmd::Prune => {
+            let n = store.gc().await?;
+            println!("Removed {n} unused layers and blobs");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn login(data_root: &Path, a: LoginArgs) -> anyhow::Result<ExitCode> {
+    let username = match a.username {
+        Some(u) => u,
+        None => bail!("--username is required"),
+    };
+    let password = match (a.password, a.password_stdin) {
+        (Some(_), true) => bail!("--password and --password-stdin are mutually exclusive"),
+        (Some(p), false) => p,
+        (None, true) => {
+            let mut l = String::new();
+            std::io::stdin().lock().read_line(&mut l)?;
+            l.trim_end_matches(['\r', '\n']).to_string()
+        }
+        (None, false) if !std::io::stdin().is_terminal() => {
+            bail!("no password: use --password-stdin")
+        }
+        (None, false) => bail!("no password: use --password-stdin or --password"),
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Credentials::store(
+        &credentials_file(data_root),
+        &a.registry,
+        &username,
+        &password,
+    )?;
+    println!("Login Succeeded");
+    Ok(ExitCode::SUCCESS)
+}

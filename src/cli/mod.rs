@@ -1,0 +1,117 @@
+//! The command line, in Swarm's (and Docker's) words. One module per command group, each
+//! a thin layer over a library call.
+
+mod container;
+mod image;
+mod util;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "A container orchestrator with no container daemon"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Clone)]
+pub struct Globals {
+    /// Where shoal keeps images, containers and cluster state.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_DATA_ROOT",
+        default_value = "/var/lib/shoal"
+    )]
+    data_root: PathBuf,
+    /// Parent cgroup of every container shoal runs.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_CGROUP_PARENT",
+        default_value = "/shoal"
+    )]
+    cgroup_parent: String,
+    /// Registries (host:port) that may be reached over plain http; loopback always may.
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        env = "SHOAL_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+enum Command {
+    /// Manage images.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Manage containers on this host (without the cluster).
+    #[command(subcommand)]
+    Container(container::ContainerCmd),
+    /// Log in to a registry; credentials are kept in DATA_ROOT/registry-auth.json (root only).
+    Login(image::LoginArgs),
+    /// The per-node keeper process (started by shoal itself; not for direct use).
+    #[command(hide = true)]
+    Keeper {
+        #[arg(long)]
+        root: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Keeper { root } = &cli.cmd {
+        // before any runtime or thread exists: the keeper must stay single-threaded
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("SHOAL_LOG"))
+            .with_writer(std::io::stderr)
+            .init();
+        return match shoal_runtime::container::keeper::run(root) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keeper: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SHOAL_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        let g = cli.globals;
+        match cli.cmd {
+            Command::Image(c) => image::run(&g.data_root, &g.insecure_registries, c).await,
+            Command::Login(a) => image::login(&g.data_root, a).await,
+            Command::Container(c) => container::run(&g, c).await,
+            Command::Keeper { .. } => unreachable!("handled above"),
+        }
+    });
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shoal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

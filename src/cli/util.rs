@@ -1,0 +1,84 @@
+//! Output helpers shared by the commands.
+
+/// Sizes as Docker prints them (decimal units, four significant digits): `2.15MB`.
+pub fn human_size(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < units.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    let int_digits = if v < 1.0 {
+        1
+    } else {
+        (v.log10().floor() as usize) + 1
+    };
+    let s = format!("{v:.prec$}", prec = 4usize.saturating_sub(int_digits));
+    let digits = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    format!("{digits}{}", units[i])
+}
+
+/// "3 seconds ago", as Docker says it.
+pub fn ago(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=1 => "Less than a second ago".into(),
+        2..=59 => format!("{s} seconds ago"),
+        60..=119 => "About a minute ago".into(),
+        120..=3599 => format!("{} minutes ago", s / 60),
+        3600..=7199 => "About an hour ago".into(),
+        7200..=172_799 => format!("{} hours ago", s / 3600),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+/// Prints rows as a left-aligned table with three spaces between columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}   ", width = w[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_like_docker() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(2_150_400), "2.15MB");
+        assert_eq!(human_size(1_000_000), "1MB");
+        assert_eq!(human_size(123_456_789), "123.5MB");
+    }
+
+    #[test]
+    fn ago_like_docker() {
+        assert_eq!(ago(3), "3 seconds ago");
+        assert_eq!(ago(90), "About a minute ago");
+        assert_eq!(ago(7300), "2 hours ago");
+    }
+}
