@@ -1,0 +1,199 @@
+//! Shared harness for shoal's integration tests (as root): a private data root and cgroup
+//! parent per test, the test images, and a cleanup that runs even when a test fails.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use shoal_runtime::container::{ContainerRuntime, RuntimeConfig};
+use shoal_runtime::image::ImageStore;
+
+/// A variable `scripts/test.sh` exports; the test fails (it does not skip) without it.
+pub fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh"))
+}
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env("SHOAL_TEST_FIXTURES"))
+}
+
+pub fn shoal_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_shoal"))
+}
+
+/// One host's worth of shoal state. Dropping it kills every process it started (the
+/// keeper and all containers), removes its cgroups and mounts, and deletes its files.
+pub struct Host {
+    pub dir: tempfile::TempDir,
+    pub cgroup_parent: String,
+}
+
+impl Host {
+    pub fn new() -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let tag = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace('.', "");
+        Host {
+            cgroup_parent: format!("/{tag}"),
+            dir,
+        }
+    }
+
+    pub fn data_root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            data_root: self.data_root().to_path_buf(),
+            cgroup_parent: self.cgroup_parent.clone(),
+            keeper_cmd: vec![
+                shoal_bin().into(),
+                OsString::from("keeper"),
+                OsString::from("--root"),
+                self.data_root().join("containers").into(),
+            ],
+        }
+    }
+
+    pub async fn runtime(&self) -> ContainerRuntime {
+        let images = ImageStore::open(self.data_root()).unwrap();
+        ContainerRuntime::open(self.config(), images).await.unwrap()
+    }
+
+    /// The runtime with the busybox test image imported.
+    pub async fn runtime_with_image(&self) -> ContainerRuntime {
+        let rt = self.runtime().await;
+        rt.images()
+            .import(&fixtures().join("busybox-oci"))
+            .await
+            .unwrap();
+        rt
+    }
+
+    /// Runs the shoal CLI against this host.
+    pub fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(shoal_bin())
+            .args(args)
+            .env("SHOAL_DATA_ROOT", self.data_root())
+            .env("SHOAL_CGROUP_PARENT", &self.cgroup_parent)
+            .output()
+            .unwrap()
+    }
+
+    /// Pids of processes whose command line mentions this host's data root (the keeper).
+    pub fn keeper_pids(&self) -> Vec<i32> {
+        let needle = self
+            .data_root()
+            .join("containers")
+            .to_string_lossy()
+            .into_owned();
+        let mut v = Vec::new();
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(" keeper ") && cmd.contains(&needle) {
+                v.push(pid);
+            }
+        }
+        v
+    }
+
+    /// Every cgroup directory under this host's parent, in every hierarchy.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for root in shoal_runtime::container::cgroup_roots() {
+            let p = root.join(self.cgroup_parent.trim_start_matches('/'));
+            if p.is_dir() {
+                for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+                    if e.path().is_dir() {
+                        v.push(e.path());
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Mount points under this host's data root.
+    pub fn mounts(&self) -> Vec<String> {
+        let root = self.data_root().to_string_lossy().into_owned();
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for pid in self.keeper_pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for cg in self.cgroup_dirs() {
+            for pid in fs::read_to_string(cg.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                if let Ok(p) = pid.trim().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for cg in self.cgroup_dirs() {
+            while fs::remove_dir(&cg).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for root in shoal_runtime::container::cgroup_roots() {
+            let _ = fs::remove_dir(root.join(self.cgroup_parent.trim_start_matches('/')));
+        }
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, failing the test after `limit`.
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

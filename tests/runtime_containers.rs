@@ -1,0 +1,469 @@
+//! The runtime's containers for real: libcontainer through the keeper, overlayfs, cgroups,
+//! logs, health checks and re-adoption. As root; run through scripts/test.sh.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use shoal_runtime::container::health::HealthStatus;
+use shoal_runtime::container::logs::{read_logs, LogQuery, Stream};
+use shoal_runtime::container::spec::{ContainerSpec, HealthCheck, LogConfig, MountKind, MountSpec};
+use shoal_runtime::container::{ContainerError, Status};
+
+use common::*;
+
+const IMAGE: &str = "shoal-test/busybox";
+
+fn sh(script: &str) -> ContainerSpec {
+    ContainerSpec {
+        image: IMAGE.into(),
+        command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_with_exit_code_and_separate_streams() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    rt.prepare("c1", &sh("echo out1; echo err1 >&2; echo out2; cat /etc/shoal-release; test -e /etc/removed-by-layer2 || echo whiteout-ok; exit 3")).await.unwrap();
+    assert_eq!(rt.inspect("c1").await.unwrap().status, Status::Prepared);
+    rt.start("c1").await.unwrap();
+    let x = rt.wait("c1").await.unwrap();
+    assert_eq!((x.code, x.signal, x.oom, x.known), (3, None, false, true));
+    let out: Vec<String> = read_logs(
+        &rt.logs_dir("c1"),
+        &LogQuery {
+            stderr: false,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .into_iter()
+    .map(|e| e.log)
+    .collect();
+    assert_eq!(out, ["out1\n", "out2\n", "shoal-test 1\n", "whiteout-ok\n"]);
+    let err = read_logs(
+        &rt.logs_dir("c1"),
+        &LogQuery {
+            stdout: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(err.len(), 1);
+    assert_eq!(
+        (err[0].stream, err[0].log.as_str()),
+        (Stream::Stderr, "err1\n")
+    );
+    assert_eq!(rt.inspect("c1").await.unwrap().status, Status::Exited);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_limit_in_cgroup_and_oom_reported() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    let spec = ContainerSpec {
+        memory_limit: Some(32 << 20),
+        pids_limit: Some(64),
+        ..sh("cat /sys/fs/cgroup/memory/memory.limit_in_bytes; sleep 60")
+    };
+    rt.prepare("lim", &spec).await.unwrap();
+    rt.start("lim").await.unwrap();
+    let host_view = host
+        .cgroup_dirs()
+        .into_iter()
+        .find(|p| p.starts_with("/sys/fs/cgroup/memory") && p.ends_with("lim"))
+        .expect("memory cgroup of the container");
+    assert_eq!(
+        fs::read_to_string(host_view.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim(),
+        (32u64 << 20).to_string()
+    );
+    let pids = host
+        .cgroup_dirs()
+        .into_iter()
+        .find(|p| p.starts_with("/sys/fs/cgroup/pids") && p.ends_with("lim"))
+        .expect("pids cgroup");
+    assert_eq!(
+        fs::read_to_string(pids.join("pids.max")).unwrap().trim(),
+        "64"
+    );
+    let seen = eventually(
+        "the container to print its limit",
+        Duration::from_secs(10),
+        async || {
+            read_logs(&rt.logs_dir("lim"), &LogQuery::default())
+                .unwrap()
+                .first()
+                .map(|e| e.log.clone())
+        },
+    )
+    .await;
+    assert_eq!(
+        seen.trim(),
+        (32u64 << 20).to_string(),
+        "the limit is visible inside too"
+    );
+    rt.stop("lim", Some(Duration::from_secs(5))).await.unwrap();
+
+    let oom = ContainerSpec {
+        memory_limit: Some(16 << 20),
+        ..sh("dd if=/dev/zero of=/dev/null bs=64M count=1")
+    };
+    rt.prepare("oom", &oom).await.unwrap();
+    rt.start("oom").await.unwrap();
+    let x = rt.wait("oom").await.unwrap();
+    assert!(x.oom, "OOM kill reported: {x:?}");
+    assert_eq!((x.code, x.signal), (137, Some(9)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_rotate_by_size() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    let spec = ContainerSpec {
+        log: LogConfig {
+            max_size: 2048,
+            max_files: 2,
+        },
+        ..sh("i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done")
+    };
+    rt.prepare("logs", &spec).await.unwrap();
+    rt.start("logs").await.unwrap();
+    assert_eq!(rt.wait("logs").await.unwrap().code, 0);
+    let files: Vec<_> = fs::read_dir(rt.logs_dir("logs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), 2, "container.log and container.log.1");
+    assert!(files.iter().all(|f| f.metadata().unwrap().len() <= 2048));
+    let all = read_logs(&rt.logs_dir("logs"), &LogQuery::default()).unwrap();
+    assert_eq!(all.last().unwrap().log, "line-299\n");
+    assert!(all.len() < 300, "old lines rotated away");
+    let first: u32 = all[0]
+        .log
+        .trim()
+        .strip_prefix("line-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        all.len() as u32,
+        300 - first,
+        "a contiguous tail, nothing lost in between"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_check_states() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    let check = HealthCheck {
+        test: vec!["CMD-SHELL".into(), "test -f /tmp/ok".into()],
+        interval: Some(Duration::from_millis(200)),
+        timeout: Some(Duration::from_secs(2)),
+        retries: Some(2),
+        start_period: None,
+    };
+    // healthy while /tmp/ok exists (the file comes and goes on the test's word, via exec)
+    let spec = ContainerSpec {
+        healthcheck: Some(check),
+        ..sh("sleep 120")
+    };
+    rt.prepare("h", &spec).await.unwrap();
+    rt.start("h").await.unwrap();
+    let mut rx = rt.watch_health("h").unwrap();
+    assert_eq!(rx.borrow().status, HealthStatus::Starting);
+    let wait_for = async |rx: &mut tokio::sync::watch::Receiver<_>, want: HealthStatus| {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            rx.wait_for(|h: &shoal_runtime::container::health::Health| h.status == want),
+        )
+        .await
+        .expect("health state")
+        .unwrap()
+        .clone()
+    };
+    let h = wait_for(&mut rx, HealthStatus::Unhealthy).await;
+    assert!(h.failing_streak >= 2 && h.log.iter().all(|p| p.exit_code != 0));
+    let (code, _, _) = rt
+        .exec(
+            "h",
+            vec!["touch".into(), "/tmp/ok".into()],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let h = wait_for(&mut rx, HealthStatus::Healthy).await;
+    assert_eq!(h.failing_streak, 0);
+    assert_eq!(
+        rt.inspect("h").await.unwrap().health.unwrap().status,
+        HealthStatus::Healthy
+    );
+    // a timeout counts as a failure
+    let (code, out, timed_out) = rt
+        .exec(
+            "h",
+            vec!["sleep".into(), "5".into()],
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+    assert!(timed_out && code == -1, "{code} {out}");
+    rt.remove("h").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_shared_and_writes_private() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    for id in ["a", "b"] {
+        rt.prepare(id, &sh("echo mine > /etc/shoal-release; sleep 60"))
+            .await
+            .unwrap();
+        rt.start(id).await.unwrap();
+    }
+    let img = rt.images().resolve(IMAGE).unwrap();
+    let layer = rt
+        .images()
+        .layer_path(&img.layers[0].diff_id)
+        .to_string_lossy()
+        .into_owned();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for id in ["a", "b"] {
+        let rootfs = rt.dir(id).join("rootfs").to_string_lossy().into_owned();
+        let line = info
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(rootfs.as_str()))
+            .expect("rootfs mounted");
+        assert!(
+            line.contains("overlay") && line.contains(&layer),
+            "both rootfs stack the one unpacked layer: {line}"
+        );
+    }
+    eventually("a's write", Duration::from_secs(10), async || {
+        fs::read_to_string(rt.dir("a").join("upper/etc/shoal-release")).ok()
+    })
+    .await;
+    assert_eq!(
+        fs::read_to_string(rt.dir("a").join("upper/etc/shoal-release")).unwrap(),
+        "mine\n"
+    );
+    assert_eq!(
+        fs::read_to_string(format!(
+            "{layer}/../{}/etc/shoal-release",
+            img.layers[1].diff_id.hex()
+        ))
+        .unwrap(),
+        "shoal-test 1\n",
+        "the image layer is untouched"
+    );
+    for id in ["a", "b"] {
+        rt.remove(id).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remove_leaves_nothing_and_leftovers_are_cleaned_at_start() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    rt.prepare("gone", &sh("sleep 60")).await.unwrap();
+    rt.start("gone").await.unwrap();
+    assert!(!host.cgroup_dirs().is_empty());
+    assert!(!host.mounts().is_empty());
+    rt.remove("gone").await.unwrap();
+    assert!(
+        host.cgroup_dirs().is_empty(),
+        "cgroups left: {:?}",
+        host.cgroup_dirs()
+    );
+    assert!(host.mounts().is_empty(), "mounts left: {:?}", host.mounts());
+    assert!(!rt.dir("gone").exists());
+    assert!(!host
+        .data_root()
+        .join("containers/libcontainer/gone")
+        .exists());
+    assert!(matches!(
+        rt.remove("gone").await,
+        Err(ContainerError::NotFound(_))
+    ));
+
+    // what a crash in the middle of a prepare leaves: a mounted rootfs, no container.json,
+    // and a stray cgroup
+    let half = rt.dir("half");
+    fs::create_dir_all(half.join("rootfs")).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &half.join("rootfs"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let stray = std::path::Path::new("/sys/fs/cgroup/memory")
+        .join(host.cgroup_parent.trim_start_matches('/'))
+        .join("stray");
+    fs::create_dir_all(&stray).unwrap();
+    drop(rt);
+    let _rt = host.runtime().await;
+    assert!(!half.exists(), "half-prepared container removed");
+    assert!(host.mounts().is_empty(), "mounts left: {:?}", host.mounts());
+    assert!(!stray.exists(), "stray cgroup removed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_specs_are_refused_with_reasons() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    let bind = ContainerSpec {
+        mounts: vec![MountSpec {
+            kind: MountKind::Bind,
+            source: "/no/such/path".into(),
+            target: "/x".into(),
+            read_only: false,
+            tmpfs_size: None,
+        }],
+        ..sh("true")
+    };
+    let e = rt.prepare("b1", &bind).await.unwrap_err().to_string();
+    assert!(
+        e.contains("bind source path does not exist: /no/such/path"),
+        "{e}"
+    );
+    assert!(!rt.dir("b1").exists(), "nothing left of a refused prepare");
+    let e = rt
+        .prepare(
+            "b2",
+            &ContainerSpec {
+                user: Some("ghost".into()),
+                ..sh("true")
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unable to find user ghost"), "{e}");
+    let e = rt
+        .prepare(
+            "b3",
+            &ContainerSpec {
+                image: "no/such:image".into(),
+                ..sh("true")
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no such image"), "{e}");
+    let e = rt
+        .prepare("../evil", &sh("true"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid container name"), "{e}");
+    assert!(host.mounts().is_empty());
+    // read-only root and a non-root user, enforced
+    rt.prepare(
+        "ro",
+        &ContainerSpec {
+            read_only: true,
+            user: Some("nobody".into()),
+            ..sh("id -u; touch /x || echo read-only")
+        },
+    )
+    .await
+    .unwrap();
+    rt.start("ro").await.unwrap();
+    rt.wait("ro").await.unwrap();
+    let out: Vec<String> = read_logs(
+        &rt.logs_dir("ro"),
+        &LogQuery {
+            stderr: false,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .into_iter()
+    .map(|e| e.log)
+    .collect();
+    assert_eq!(out, ["65534\n", "read-only\n"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_two_concurrent_containers_do_not_hang() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    let jobs = (0..32).map(|i| {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            let id = format!("p{i}");
+            rt.prepare(&id, &sh(&format!("echo {i}"))).await.unwrap();
+            rt.start(&id).await.unwrap();
+            let x = rt.wait(&id).await.unwrap();
+            let log = read_logs(&rt.logs_dir(&id), &LogQuery::default()).unwrap();
+            rt.remove(&id).await.unwrap();
+            (x.code, log.first().map(|e| e.log.clone()))
+        })
+    });
+    let all = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(jobs))
+        .await
+        .expect("32 containers hung");
+    for (i, r) in all.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), (0, Some(format!("{i}\n"))));
+    }
+    assert!(host.cgroup_dirs().is_empty() && host.mounts().is_empty());
+}
+
+#[test]
+fn readopted_after_the_creating_process_exits() {
+    let host = Host::new();
+    let out = host.shoal(&[
+        "image",
+        "import",
+        fixtures().join("busybox-docker.tar").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // one process creates the container and exits at once
+    let out = host.shoal(&["container", "run", "-d", "--name", "kept", "shoal-test/busybox:saved", "sh", "-c", "echo started; read x < /tmp/go || true; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo finishing; exit 7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect = |h: &Host| -> serde_json::Value {
+        serde_json::from_slice(&h.shoal(&["container", "inspect", "kept"]).stdout).unwrap()
+    };
+    let before = inspect(&host);
+    assert_eq!(before["status"], "running");
+    let pid = before["pid"].as_i64().unwrap();
+    // a later process finds it as it was: same pid, still running
+    let again = inspect(&host);
+    assert_eq!(
+        (again["status"].as_str(), again["pid"].as_i64()),
+        (Some("running"), Some(pid))
+    );
+    // it finishes while no shoal process but the keeper is around; a new one gets the
+    // exit code and every line
+    let rootfs = host.data_root().join("containers/kept/rootfs/tmp/go");
+    fs::write(&rootfs, b"").unwrap();
+    let out = host.shoal(&["container", "wait", "kept"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+    let out = host.shoal(&["container", "logs", "kept"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\nfinishing\n");
+    let out = host.shoal(&["container", "rm", "kept"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(host.cgroup_dirs().is_empty() && host.mounts().is_empty());
+}
