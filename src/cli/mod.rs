@@ -1,6 +1,7 @@
 //! The command line, in Swarm's (and Docker's) words. One module per command group, each
 //! a thin layer over a library call.
 
+mod bench;
 mod container;
 mod image;
 mod util;
@@ -63,6 +64,9 @@ enum Command {
     Container(container::ContainerCmd),
     /// Log in to a registry; credentials are kept in DATA_ROOT/registry-auth.json (root only).
     Login(image::LoginArgs),
+    /// Times the runtime for scripts/bench/runtime.sh.
+    #[command(hide = true)]
+    BenchRuntime(bench::BenchArgs),
     /// The per-node keeper process (started by shoal itself; not for direct use).
     #[command(hide = true)]
     Keeper {
@@ -104,6 +108,7 @@ pub fn main() -> ExitCode {
             Command::Image(c) => image::run(&g.data_root, &g.insecure_registries, c).await,
             Command::Login(a) => image::login(&g.data_root, a).await,
             Command::Container(c) => container::run(&g, c).await,
+            Command::BenchRuntime(a) => bench::run(&g, a).await,
             Command::Keeper { .. } => unreachable!("handled above"),
         }
     });
