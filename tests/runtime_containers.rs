@@ -16,6 +16,19 @@ use common::*;
 
 const IMAGE: &str = "shoal-test/busybox";
 
+/// The container's stdout, line by line.
+fn stdout_of(rt: &shoal_runtime::container::ContainerRuntime, id: &str) -> Vec<String> {
+    let q = LogQuery {
+        stderr: false,
+        ..Default::default()
+    };
+    read_logs(&rt.logs_dir(id), &q)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.log)
+        .collect()
+}
+
 fn sh(script: &str) -> ContainerSpec {
     ContainerSpec {
         image: IMAGE.into(),
@@ -28,23 +41,24 @@ fn sh(script: &str) -> ContainerSpec {
 async fn runs_with_exit_code_and_separate_streams() {
     let host = Host::new();
     let rt = host.runtime_with_image().await;
-    rt.prepare("c1", &sh("echo out1; echo err1 >&2; echo out2; cat /etc/shoal-release; test -e /etc/removed-by-layer2 || echo whiteout-ok; exit 3")).await.unwrap();
+    rt.prepare("c1", &sh("echo out1; echo err1 >&2; echo out2; cat /etc/shoal-release; test -e /etc/removed-by-layer2 || echo whiteout-ok; grep SigIgn /proc/self/status; exit 3")).await.unwrap();
     assert_eq!(rt.inspect("c1").await.unwrap().status, Status::Prepared);
     rt.start("c1").await.unwrap();
     let x = rt.wait("c1").await.unwrap();
     assert_eq!((x.code, x.signal, x.oom, x.known), (3, None, false, true));
-    let out: Vec<String> = read_logs(
-        &rt.logs_dir("c1"),
-        &LogQuery {
-            stderr: false,
-            ..Default::default()
-        },
-    )
-    .unwrap()
-    .into_iter()
-    .map(|e| e.log)
-    .collect();
-    assert_eq!(out, ["out1\n", "out2\n", "shoal-test 1\n", "whiteout-ok\n"]);
+    let out: Vec<String> = stdout_of(&rt, "c1");
+    assert_eq!(
+        out[..4],
+        ["out1\n", "out2\n", "shoal-test 1\n", "whiteout-ok\n"]
+    );
+    let ignored =
+        u64::from_str_radix(out[4].trim().strip_prefix("SigIgn:\t").unwrap(), 16).unwrap();
+    assert_eq!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE is not ignored in the container: {}",
+        out[4]
+    );
     let err = read_logs(
         &rt.logs_dir("c1"),
         &LogQuery {
@@ -380,17 +394,7 @@ async fn bad_specs_are_refused_with_reasons() {
     .unwrap();
     rt.start("ro").await.unwrap();
     rt.wait("ro").await.unwrap();
-    let out: Vec<String> = read_logs(
-        &rt.logs_dir("ro"),
-        &LogQuery {
-            stderr: false,
-            ..Default::default()
-        },
-    )
-    .unwrap()
-    .into_iter()
-    .map(|e| e.log)
-    .collect();
+    let out: Vec<String> = stdout_of(&rt, "ro");
     assert_eq!(out, ["65534\n", "read-only\n"]);
 }
 
@@ -465,5 +469,177 @@ fn readopted_after_the_creating_process_exits() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(host.cgroup_dirs().is_empty() && host.mounts().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_seccomp_profile_and_capabilities_apply() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    // creating a user namespace needs no capability, so only the seccomp profile stops it
+    let script = "unshare -U true && echo unshare-allowed || echo unshare-blocked; hostname other 2>/dev/null && echo hostname-allowed || echo hostname-blocked";
+    rt.prepare("sc", &sh(script)).await.unwrap();
+    rt.prepare(
+        "admin",
+        &ContainerSpec {
+            cap_add: vec!["SYS_ADMIN".into()],
+            ..sh(script)
+        },
+    )
+    .await
+    .unwrap();
+    for id in ["sc", "admin"] {
+        rt.start(id).await.unwrap();
+        rt.wait(id).await.unwrap();
+    }
+    assert_eq!(
+        stdout_of(&rt, "sc"),
+        ["unshare-blocked\n", "hostname-blocked\n"]
+    );
+    assert_eq!(
+        stdout_of(&rt, "admin"),
+        ["unshare-allowed\n", "hostname-allowed\n"],
+        "cap-add SYS_ADMIN lifts them, as in Docker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_escalates_to_sigkill_after_the_grace_period() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    // a main process that ignores the stop signal
+    let spec = ContainerSpec {
+        stop_grace_period: Some(Duration::from_millis(500)),
+        ..sh("trap '' TERM; echo ready; while true; do sleep 0.1; done")
+    };
+    rt.prepare("stubborn", &spec).await.unwrap();
+    rt.start("stubborn").await.unwrap();
+    eventually("the trap to be set", Duration::from_secs(10), async || {
+        (!read_logs(&rt.logs_dir("stubborn"), &LogQuery::default())
+            .unwrap()
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    let t = std::time::Instant::now();
+    let x = rt.stop("stubborn", None).await.unwrap();
+    assert_eq!(
+        (x.code, x.signal),
+        (137, Some(9)),
+        "killed after the grace period"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "the grace period was given"
+    );
+    // one that honours its stop signal exits by it
+    let polite = ContainerSpec {
+        stop_signal: Some("SIGUSR1".into()),
+        ..sh("trap 'exit 42' USR1; while true; do sleep 0.1; done")
+    };
+    rt.prepare("polite", &polite).await.unwrap();
+    rt.start("polite").await.unwrap();
+    eventually(
+        "the USR1 trap to take",
+        Duration::from_secs(10),
+        async || {
+            // the trap is set a moment after start; until then USR1 would kill sh, so wait
+            // for sh to be sleeping in its loop
+            let pid = rt.inspect("polite").await.unwrap().pid?;
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            (!kids.trim().is_empty()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        rt.stop("polite", Some(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .code,
+        42
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_ends_with_its_process_not_its_pipe() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    rt.prepare("ex", &sh("sleep 120")).await.unwrap();
+    rt.start("ex").await.unwrap();
+    // a background child keeps the output pipe open long after the command exits
+    let t = std::time::Instant::now();
+    let (code, out, timed_out) = rt
+        .exec(
+            "ex",
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "sleep 30 & echo hi; exit 4".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!((code, out.as_str(), timed_out), (4, "hi\n", false));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "did not wait for the pipe to close"
+    );
+    rt.remove("ex").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_keeper_readopts_running_containers() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    rt.prepare("k", &sh("echo before; sleep 120"))
+        .await
+        .unwrap();
+    let pid = rt.start("k").await.unwrap();
+    eventually("the first line", Duration::from_secs(10), async || {
+        (!read_logs(&rt.logs_dir("k"), &LogQuery::default())
+            .unwrap()
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    for p in host.keeper_pids() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    eventually(
+        "the keeper to be gone",
+        Duration::from_secs(10),
+        async || host.keeper_pids().is_empty().then_some(()),
+    )
+    .await;
+    drop(rt);
+    let rt = host.runtime().await; // starts a new keeper
+    let info = rt.inspect("k").await.unwrap();
+    assert_eq!(
+        (info.status, info.pid),
+        (Status::Running, Some(pid)),
+        "the same process, still running"
+    );
+    // the new keeper is not its parent: the exit is seen, its code cannot be
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let x = tokio::time::timeout(Duration::from_secs(10), rt.wait("k"))
+        .await
+        .expect("exit noticed")
+        .unwrap();
+    assert!(!x.known, "{x:?}");
+    assert_eq!(
+        read_logs(&rt.logs_dir("k"), &LogQuery::default()).unwrap()[0].log,
+        "before\n"
+    );
+    rt.remove("k").await.unwrap();
     assert!(host.cgroup_dirs().is_empty() && host.mounts().is_empty());
 }

@@ -52,7 +52,7 @@ impl Executor for ContainerRuntime {
     }
     async fn start(&self, id: &str) -> Result<(), ContainerError> {
         match self.inspect(id).await?.status {
-            Status::Prepared => self.start(id).await.map(|_| ()),
+            Status::Prepared | Status::Created => self.start(id).await.map(|_| ()),
             _ => Ok(()),
         }
     }

@@ -75,6 +75,17 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let _ = nix::unistd::setsid();
+    // Rust ignores SIGPIPE, and an ignored signal stays ignored across exec: containers
+    // would inherit that. A handler that does nothing protects the keeper the same way
+    // but is reset to the default in every container.
+    extern "C" fn ignore(_: libc::c_int) {}
+    let act = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(ignore),
+        nix::sys::signal::SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: the handler is async-signal-safe (it does nothing).
+    unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGPIPE, &act) }?;
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -155,6 +166,9 @@ fn readopt(k: &Shared) {
                     | libcontainer::container::ContainerStatus::Paused
             )
         });
+        // a pid only counts while it is in the container's cgroup (after a reboot the
+        // number may belong to anyone)
+        let alive = alive && pid.is_some_and(|p| in_container_cgroup(p, &dir));
         let mut t = Tracked {
             dir: dir.clone(),
             pid,
@@ -163,15 +177,16 @@ fn readopt(k: &Shared) {
             pumps: 0,
             waiters: vec![],
         };
-        if exit.is_none() && !alive && pid.is_some() && !is_our_zombie(pid) {
-            // died while no keeper was its parent: the status is gone
-            let x = Exit {
+        if exit.is_none() && !alive && !is_our_zombie(pid) {
+            // reaped by a keeper that died before it filed the exit, or died while no
+            // keeper was its parent (then the status is gone)
+            let x = read_pending(&dir).unwrap_or_else(|| Exit {
                 code: 255,
                 signal: None,
                 oom: oom_killed(&dir),
                 finished_at: Utc::now(),
                 known: false,
-            };
+            });
             write_exit(&dir, &x);
             t.exit = Some(x);
         }
@@ -188,6 +203,20 @@ fn readopt(k: &Shared) {
             }
         }
     }
+}
+
+/// Whether `pid` is a process of the container whose directory is `dir`.
+fn in_container_cgroup(pid: i32, dir: &Path) -> bool {
+    let Ok(cg) = fs::read_to_string(dir.join("cgroup")) else {
+        return false;
+    };
+    let want = cg.trim().trim_end_matches('/').to_string();
+    let nested = format!("{want}/");
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .any(|p| p == want || p.starts_with(&nested))
 }
 
 fn is_our_child(pid: i32) -> bool {
@@ -207,12 +236,20 @@ fn is_our_zombie(pid: Option<i32>) -> bool {
 async fn watch_foreign(k: Shared, id: String, pid: i32) {
     // SAFETY: pidfd_open takes a pid and flags, no pointers.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let mut watched = false;
     if fd >= 0 {
         // SAFETY: the kernel just returned this fd to us and nothing else owns it.
         let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         // SAFETY: `owned` is a valid pidfd that the AsyncFd owns and nothing replaces or closes.
         if let Ok(afd) = unsafe { AsyncFd::register(owned) } {
             let _ = afd.readable().await;
+            watched = true;
+        }
+    }
+    if !watched {
+        // no pidfd (an old kernel): poll
+        while nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     let dir = k.borrow().containers.get(&id).map(|t| t.dir.clone());
@@ -273,6 +310,10 @@ fn record_reaped(k: &Shared, id: &str, x: Exit) {
         let Some(t) = kb.containers.get_mut(id) else {
             return;
         };
+        // on disk at once: a keeper that dies while the output drains loses nothing
+        if let Ok(b) = serde_json::to_vec(&x) {
+            let _ = fs::write(t.dir.join("exit.pending"), b);
+        }
         t.reaped = Some(x);
         t.pumps
     };
@@ -306,10 +347,16 @@ fn finalize(k: &Shared, id: &str) {
 fn write_exit(dir: &Path, x: &Exit) {
     let tmp = dir.join("exit.json.tmp");
     if let Ok(b) = serde_json::to_vec(x) {
-        if fs::write(&tmp, b).is_ok() {
-            let _ = fs::rename(&tmp, exit_path(dir));
+        if fs::write(&tmp, b).is_ok() && fs::rename(&tmp, exit_path(dir)).is_ok() {
+            let _ = fs::remove_file(dir.join("exit.pending"));
         }
     }
+}
+
+fn read_pending(dir: &Path) -> Option<Exit> {
+    fs::read(dir.join("exit.pending"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 fn read_exit(dir: &Path) -> Option<Exit> {
@@ -465,6 +512,8 @@ fn err(m: impl Into<String>) -> Response {
 
 async fn dispatch(k: &Shared, req: Request) -> Response {
     let root = k.borrow().root.clone();
+    // statuses the SIGCHLD handler has not filed yet must not look like live processes
+    reap(k);
     match req {
         Request::Ping => Response::Pong {
             pid: std::process::id() as i32,
@@ -501,6 +550,10 @@ async fn dispatch(k: &Shared, req: Request) -> Response {
             }
             match Container::load(lc_root(&root).join(&id)).and_then(|mut c| c.kill(sig, all)) {
                 Ok(()) => Response::Done,
+                // it died between our check and the signal: nothing is left to signal
+                Err(libcontainer::error::LibcontainerError::IncorrectStatus(
+                    libcontainer::container::ContainerStatus::Stopped,
+                )) => Response::Done,
                 Err(e) => err(format!("kill {id}: {}", chain(&e))),
             }
         }
@@ -510,8 +563,17 @@ async fn dispatch(k: &Shared, req: Request) -> Response {
             }
             let path = lc_root(&root).join(&id);
             if path.exists() {
-                if let Err(e) = Container::load(path).and_then(|mut c| c.delete(true)) {
-                    return err(format!("delete {id}: {}", chain(&e)));
+                match Container::load(path.clone()) {
+                    Ok(mut c) => {
+                        if let Err(e) = c.delete(true) {
+                            return err(format!("delete {id}: {}", chain(&e)));
+                        }
+                    }
+                    // state.json unreadable (a crash mid-create): drop the state by hand;
+                    // the caller removes the cgroup
+                    Err(_) => {
+                        let _ = fs::remove_dir_all(&path);
+                    }
                 }
             }
             reap(k);
@@ -571,7 +633,7 @@ fn state(k: &Shared, root: &Path, id: &str) -> Option<KeptState> {
         id: id.to_string(),
         status,
         pid: t.pid,
-        exit: t.exit.clone(),
+        exit: t.exit.clone().or_else(|| t.reaped.clone()),
     })
 }
 
@@ -662,11 +724,17 @@ async fn exec(
     if let Err(e) = ensure_single_thread() {
         return err(e);
     }
-    let (r, w) =
-        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
-            Ok(p) => p,
-            Err(e) => return err(format!("pipe: {e}")),
-        };
+    let (r, w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return err(format!("pipe: {e}")),
+    };
+    // only our end is non-blocking: the process's writes must block, not fail
+    if let Err(e) = nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    ) {
+        return err(format!("pipe: {e}"));
+    }
     let env: HashMap<String, String> = env
         .iter()
         .filter_map(|kv| kv.split_once('='))
@@ -697,43 +765,57 @@ async fn exec(
     reap(k); // it may have finished already
     let file = File::from(r);
     let mut output = Vec::new();
-    let reader = async {
-        // SAFETY: `file` is our pipe's read end, owned by the AsyncFd and closed only by it.
-        if let Ok(afd) = unsafe { AsyncFd::register(file) } {
-            let mut buf = [0u8; 4096];
-            loop {
-                let Ok(mut g) = afd.readable().await else {
-                    break;
-                };
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    // SAFETY: `file` is our pipe's read end, owned by the AsyncFd and closed only by it.
+    let Ok(afd) = (unsafe { AsyncFd::register(file) }) else {
+        return err("exec: cannot watch the output pipe");
+    };
+    let mut rx = rx;
+    let mut code: Option<i32> = None;
+    let mut open = true;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    // the exit decides when it is over, not the pipe's end (a background child may hold
+    // it); output is read while it runs and for a moment after
+    loop {
+        let linger = tokio::time::sleep(Duration::from_millis(50));
+        tokio::select! {
+            c = &mut rx, if code.is_none() => code = Some(c.unwrap_or(-1)),
+            g = afd.readable(), if open => {
+                let Ok(mut g) = g else { open = false; continue };
                 match g.try_io(|i| i.get_ref().read(&mut buf)) {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(0)) | Ok(Err(_)) => open = false,
                     Ok(Ok(n)) => {
                         if output.len() < 4096 {
                             output.extend_from_slice(&buf[..n.min(4096 - output.len())]);
                         }
                     }
-                    Err(_) => {}
+                    Err(_would_block) => {}
                 }
             }
+            _ = tokio::time::sleep_until(deadline), if code.is_none() => break,
+            _ = linger, if code.is_some() => break,
         }
-    };
-    let timeout = Duration::from_millis(timeout_ms.max(1));
-    let finished = tokio::time::timeout(timeout, async {
-        reader.await;
-        rx.await
-    })
-    .await;
-    match finished {
-        Ok(Ok(code)) => Response::Exec {
+        if code.is_some() && !open {
+            break;
+        }
+    }
+    let output = String::from_utf8_lossy(&output).into_owned();
+    match code {
+        Some(code) => Response::Exec {
             code,
-            output: String::from_utf8_lossy(&output).into_owned(),
+            output,
             timed_out: false,
         },
-        _ => {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        None => {
+            // ours to kill only while unreaped: until then its pid cannot be reused
+            if k.borrow_mut().execs.remove(&pid).is_some() {
+                let _ =
+                    nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
             Response::Exec {
                 code: -1,
-                output: String::from_utf8_lossy(&output).into_owned(),
+                output,
                 timed_out: true,
             }
         }
@@ -800,9 +882,13 @@ impl KeeperClient {
                 return Ok(pid);
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(io::Error::other(format!(
-                    "the keeper exited with {status} before it answered"
-                )));
+                // exit 0: another keeper won the race to serve this root; keep asking it
+                if !status.success() {
+                    return Err(io::Error::other(format!(
+                        "the keeper exited with {status} before it answered (see {})",
+                        self.sock.with_file_name("keeper.log").display()
+                    )));
+                }
             }
             if tokio::time::Instant::now() > deadline {
                 let _ = child.kill();

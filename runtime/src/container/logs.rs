@@ -193,9 +193,8 @@ fn parse_lines(r: impl BufRead, q: &LogQuery, out: &mut Vec<LogEntry>) -> io::Re
     Ok(n)
 }
 
-/// Every stored entry that matches, oldest first.
-pub fn read_logs(dir: &Path, q: &LogQuery) -> io::Result<Vec<LogEntry>> {
-    let mut out = Vec::new();
+/// The log files of `dir`, oldest first (`container.log` is last).
+fn log_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut files: Vec<(u32, PathBuf)> = Vec::new();
     for e in fs::read_dir(dir)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -209,7 +208,23 @@ pub fn read_logs(dir: &Path, q: &LogQuery) -> io::Result<Vec<LogEntry>> {
         }
     }
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
-    for (_, p) in files {
+    Ok(files.into_iter().map(|f| f.1).collect())
+}
+
+/// Reads the stored entries that match, oldest first. When `current` is given, the
+/// newest file is read from that open handle instead, and the offset of the end of its
+/// last complete line is returned, so a follower goes on from exactly there.
+fn read_all(
+    dir: &Path,
+    q: &LogQuery,
+    current: Option<&mut File>,
+) -> io::Result<(Vec<LogEntry>, u64)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for p in log_files(dir)? {
+        if current.is_some() && p.file_name().is_some_and(|n| n == FILE) {
+            continue;
+        }
         match File::open(&p) {
             Ok(f) => {
                 parse_lines(BufReader::new(f), q, &mut out)?;
@@ -218,11 +233,20 @@ pub fn read_logs(dir: &Path, q: &LogQuery) -> io::Result<Vec<LogEntry>> {
             Err(e) => return Err(e),
         }
     }
+    if let Some(f) = current {
+        f.seek(SeekFrom::Start(0))?;
+        pos = complete_lines(f, q, &mut out)?;
+    }
     if let Some(t) = q.tail {
         let skip = out.len().saturating_sub(t);
         out.drain(..skip);
     }
-    Ok(out)
+    Ok((out, pos))
+}
+
+/// Every stored entry that matches, oldest first.
+pub fn read_logs(dir: &Path, q: &LogQuery) -> io::Result<Vec<LogEntry>> {
+    read_all(dir, q, None).map(|(v, _)| v)
 }
 
 /// Reads what matches, then follows new entries (across rotations) until `done()` says
@@ -233,14 +257,16 @@ pub async fn follow_logs(
     done: &(dyn Fn() -> bool + Sync),
     emit: &mut (dyn FnMut(LogEntry) -> bool + Send),
 ) -> io::Result<()> {
-    for e in read_logs(dir, q)? {
+    let path = dir.join(FILE);
+    // open the live file first and read it through that handle: no line written in
+    // between is skipped or shown twice
+    let mut f = File::open(&path)?;
+    let (first, mut pos) = read_all(dir, q, Some(&mut f))?;
+    for e in first {
         if !emit(e) {
             return Ok(());
         }
     }
-    let path = dir.join(FILE);
-    let mut f = File::open(&path)?;
-    let mut pos = f.seek(SeekFrom::End(0))?;
     let live = LogQuery {
         tail: None,
         ..q.clone()
@@ -248,6 +274,9 @@ pub async fn follow_logs(
     loop {
         let finished = done();
         let mut batch = Vec::new();
+        if f.metadata()?.len() < pos {
+            pos = 0; // truncated in place (a single log file rotates that way)
+        }
         f.seek(SeekFrom::Start(pos))?;
         pos += complete_lines(&mut f, &live, &mut batch)?;
         // rotated: finish the old file, then start on the new one from its beginning

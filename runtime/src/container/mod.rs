@@ -163,7 +163,12 @@ pub fn validate_id(id: &str) -> Result<()> {
 impl ContainerRuntime {
     /// Connects to (or starts) the keeper, removes what dead containers left behind, and
     /// resumes health checks of running containers.
-    pub async fn open(cfg: RuntimeConfig, images: ImageStore) -> Result<ContainerRuntime> {
+    pub async fn open(mut cfg: RuntimeConfig, images: ImageStore) -> Result<ContainerRuntime> {
+        fs::create_dir_all(&cfg.data_root)
+            .map_err(io("-", format!("create {}", cfg.data_root.display())))?;
+        // mounts are found by path in /proc/self/mountinfo: use the path the kernel reports
+        cfg.data_root = fs::canonicalize(&cfg.data_root)
+            .map_err(io("-", format!("resolve {}", cfg.data_root.display())))?;
         let root = cfg.containers_root();
         fs::create_dir_all(&root).map_err(io("-", format!("create {}", root.display())))?;
         let keeper = KeeperClient::new(&root);
@@ -238,9 +243,6 @@ impl ContainerRuntime {
     pub async fn prepare(&self, id: &str, spec: &ContainerSpec) -> Result<ContainerRecord> {
         validate_id(id)?;
         let dir = self.dir(id);
-        if dir.exists() {
-            return Err(ContainerError::Exists(id.into()));
-        }
         let image = self
             .images
             .resolve(&spec.image)
@@ -248,6 +250,20 @@ impl ContainerRuntime {
                 image: spec.image.clone(),
                 source,
             })?;
+        // the directory's creation is the existence check, atomic against a racing prepare
+        if let Err(e) = fs::create_dir(&dir) {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                return Err(ContainerError::Exists(id.into()));
+            }
+            return Err(ContainerError::Io {
+                id: id.into(),
+                what: "create directory".into(),
+                source: e,
+            });
+        }
+        // held while preparing, so that another process's start-up cleanup leaves this
+        // half-made container alone (the lock dies with us if we crash)
+        let _preparing = lock_file(&dir.join(".preparing"), true);
         let res = self.prepare_in(id, spec, &image, &dir);
         if res.is_err() {
             let _ = unmount(&dir.join("rootfs"));
@@ -376,6 +392,27 @@ impl ContainerRuntime {
     /// Creates and starts the container's process.
     pub async fn start(&self, id: &str) -> Result<i32> {
         let rec = self.record(id)?;
+        match self.keeper.call(&Request::State { id: id.into() }).await {
+            Ok(Response::State(s)) if s.exit.is_some() || s.status == "stopped" => {
+                return Err(ContainerError::Keeper(format!(
+                    "container {id} has exited: remove it and create a new one"
+                )));
+            }
+            // created before a crash but never started: just start it
+            Ok(Response::State(s)) if s.status == "created" => {
+                self.keeper(Request::Start { id: id.into() }).await?;
+                if rec.spec.healthcheck.is_some() {
+                    self.start_health(&rec);
+                }
+                return Ok(s.pid.unwrap_or_default());
+            }
+            Ok(Response::State(_)) => {
+                return Err(ContainerError::Keeper(format!(
+                    "container {id} is already running"
+                )))
+            }
+            _ => {}
+        }
         let image = self
             .images
             .resolve(rec.image_id.as_str())
@@ -649,6 +686,9 @@ impl ContainerRuntime {
                 continue;
             }
             if !p.join("container.json").is_file() {
+                if lock_file(&p.join(".preparing"), false).is_none() {
+                    continue; // another process is preparing it right now
+                }
                 let _ = self
                     .keeper
                     .call(&Request::Delete { id: name.clone() })
@@ -754,6 +794,23 @@ fn remove_cgroup_dirs(parent: &str, id: &str) {
     for d in cgroup_dirs(parent, id) {
         let _ = fs::remove_dir(d);
     }
+}
+
+/// Takes an flock on `path` (creating it): exclusive and waiting when `wait`, else a
+/// try that fails if someone holds it. The lock lasts as long as the returned file.
+fn lock_file(path: &Path, wait: bool) -> Option<nix::fcntl::Flock<fs::File>> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    let arg = if wait {
+        nix::fcntl::FlockArg::LockExclusive
+    } else {
+        nix::fcntl::FlockArg::LockExclusiveNonblock
+    };
+    nix::fcntl::Flock::lock(f, arg).ok()
 }
 
 pub fn is_mountpoint(p: &Path) -> bool {

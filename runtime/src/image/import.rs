@@ -173,7 +173,12 @@ impl ImageStore {
             #[serde(rename = "Layers")]
             layers: Vec<String>,
         }
-        let mpath = dir.join("manifest.json");
+        let mpath = inside(dir, "manifest.json").ok_or_else(|| {
+            bad(
+                shown,
+                "manifest.json is not a regular file inside the archive",
+            )
+        })?;
         let entries: Vec<Entry> = serde_json::from_slice(&fs::read(&mpath).map_err(io_at(&mpath))?)
             .map_err(|e| {
                 bad(
@@ -258,8 +263,13 @@ impl ImageStore {
 
     fn import_oci(&self, dir: &Path, shown: &Path) -> Result<Vec<ImageRecord>, ImportError> {
         let layout: Value =
-            serde_json::from_slice(&fs::read(dir.join("oci-layout")).map_err(io_at(dir))?)
-                .map_err(|e| bad(shown, format!("oci-layout is not JSON: {e}")))?;
+            serde_json::from_slice(
+                &fs::read(inside(dir, "oci-layout").ok_or_else(|| {
+                    bad(shown, "oci-layout is not a regular file inside the layout")
+                })?)
+                .map_err(io_at(dir))?,
+            )
+            .map_err(|e| bad(shown, format!("oci-layout is not JSON: {e}")))?;
         if layout
             .get("imageLayoutVersion")
             .and_then(Value::as_str)
@@ -267,7 +277,12 @@ impl ImageStore {
         {
             return Err(bad(shown, "oci-layout has no imageLayoutVersion"));
         }
-        let ipath = dir.join("index.json");
+        let ipath = inside(dir, "index.json").ok_or_else(|| {
+            bad(
+                shown,
+                "index.json is missing, or not a regular file inside the layout",
+            )
+        })?;
         let index: Index = serde_json::from_slice(
             &fs::read(&ipath).map_err(|e| bad(shown, format!("index.json: {e}")))?,
         )
@@ -355,7 +370,7 @@ impl ImageStore {
         shown: &Path,
         d: &Descriptor,
     ) -> Result<Vec<u8>, ImportError> {
-        let p = dir.join("blobs/sha256").join(d.digest.hex());
+        let p = layout_blob(dir, shown, &d.digest)?;
         let bytes = fs::read(&p).map_err(|e| bad(shown, format!("blob {}: {e}", d.digest)))?;
         super::store::check_blob(
             "blob",
@@ -448,7 +463,8 @@ impl ImageStore {
     }
 }
 
-/// `dir/rel` if `rel` is relative and has no `..`.
+/// `dir/rel`, only if it is a regular file that really lies inside `dir` (no `..`, no
+/// symlink leading out, no device or FIFO that would hang a read).
 fn inside(dir: &Path, rel: &str) -> Option<PathBuf> {
     let p = Path::new(rel);
     if p.is_absolute()
@@ -457,7 +473,22 @@ fn inside(dir: &Path, rel: &str) -> Option<PathBuf> {
     {
         return None;
     }
-    Some(dir.join(p))
+    let base = fs::canonicalize(dir).ok()?;
+    let real = fs::canonicalize(dir.join(p)).ok()?;
+    (real.starts_with(&base) && fs::metadata(&real).ok()?.is_file()).then_some(real)
+}
+
+/// A blob of an OCI layout, checked as [`inside`] does.
+fn layout_blob(dir: &Path, shown: &Path, d: &Digest) -> Result<PathBuf, ImportError> {
+    inside(dir, &format!("blobs/sha256/{}", d.hex())).ok_or_else(|| {
+        bad(
+            shown,
+            format!(
+                "blob {} is missing, or not a regular file inside the layout",
+                d
+            ),
+        )
+    })
 }
 
 fn hash_file(p: &Path) -> io::Result<(Digest, u64)> {

@@ -122,6 +122,9 @@ impl ImageStore {
     /// Opens (creating if needed) the store under `data_root/images`, dropping leftovers
     /// of interrupted work.
     pub fn open(data_root: &Path) -> Result<ImageStore, StoreError> {
+        fs::create_dir_all(data_root).map_err(io_at(data_root))?;
+        // mounts and removals compare paths: use the one the kernel reports
+        let data_root = fs::canonicalize(data_root).map_err(io_at(data_root))?;
         let root = data_root.join("images");
         for d in ["blobs/sha256", "layers", "images", "tmp"] {
             let p = root.join(d);
@@ -129,7 +132,12 @@ impl ImageStore {
         }
         let tmp = root.join("tmp");
         for e in fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
-            remove_path(&e.path())?;
+            // only what a dead process left: another may be pulling right now
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if owner.is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                remove_path(&e.path())?;
+            }
         }
         let mut records = HashMap::new();
         let dir = root.join("images");
@@ -205,7 +213,7 @@ impl ImageStore {
             return Ok(());
         }
         let tmp = self.temp_path("blob");
-        fs::write(&tmp, bytes).map_err(io_at(&tmp))?;
+        write_synced(&tmp, bytes)?;
         self.commit_blob(&tmp, expected)
     }
 
@@ -224,8 +232,12 @@ impl ImageStore {
             let mut w = HashingWriter::new(io::BufWriter::new(f));
             let limit = size.map(|s| s + 1).unwrap_or(u64::MAX);
             io::copy(&mut io::Read::take(src, limit), &mut w).map_err(io_at(&tmp))?;
-            let (actual, n, mut inner) = w.finish();
-            inner.flush().map_err(io_at(&tmp))?;
+            let (actual, n, inner) = w.finish();
+            let f = inner.into_inner().map_err(|e| StoreError::Io {
+                path: tmp.clone(),
+                source: e.into_error(),
+            })?;
+            f.sync_all().map_err(io_at(&tmp))?;
             check_blob(what, expected, size, &actual, n)?;
             self.commit_blob(&tmp, expected)
         })();
@@ -246,7 +258,7 @@ impl ImageStore {
     pub fn unpack(&self, layer: &LayerRecord) -> Result<u64, StoreError> {
         let dst = self.layer_path(&layer.diff_id);
         if dst.is_dir() {
-            return Ok(layer.size);
+            return Ok(self.known_layer_size(&layer.diff_id).unwrap_or(layer.size));
         }
         let src = self.blob_path(&layer.blob);
         let f = fs::File::open(&src).map_err(io_at(&src))?;
@@ -265,13 +277,36 @@ impl ImageStore {
                         actual: u.diff_id,
                     });
                 }
-                fs::rename(&tmp, &dst).map_err(io_at(&dst))?;
-                Ok(u.size)
+                // the unpacked files reach the disk before the layer is trusted
+                if let Ok(d) = fs::File::open(&tmp) {
+                    let _ = nix::unistd::syncfs(&d);
+                }
+                match fs::rename(&tmp, &dst) {
+                    Ok(()) => Ok(u.size),
+                    // someone unpacked the same layer meanwhile: theirs is as good
+                    Err(_) if dst.is_dir() => {
+                        let _ = remove_path(&tmp);
+                        Ok(u.size)
+                    }
+                    Err(e) => Err(StoreError::Io {
+                        path: dst.clone(),
+                        source: e,
+                    }),
+                }
             });
         if res.is_err() {
             let _ = remove_path(&tmp);
         }
         res
+    }
+
+    /// The uncompressed size of an unpacked layer, as some image recorded it.
+    fn known_layer_size(&self, diff_id: &Digest) -> Option<u64> {
+        self.index()
+            .values()
+            .flat_map(|r| r.layers.iter())
+            .find(|l| &l.diff_id == diff_id && l.size > 0)
+            .map(|l| l.size)
     }
 
     /// Records an image, moving its tags away from any image that had them before.
@@ -435,6 +470,13 @@ impl ImageStore {
 }
 
 static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes a file and flushes it to disk, so a rename of it is never of an empty file.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = fs::File::create(path).map_err(io_at(path))?;
+    f.write_all(bytes).map_err(io_at(path))?;
+    f.sync_all().map_err(io_at(path))
+}
 
 pub(crate) fn check_blob(
     what: &str,

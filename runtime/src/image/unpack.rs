@@ -69,7 +69,7 @@ pub fn unpack_layer(src: impl Read, dest: &Path) -> Result<Unpacked, UnpackError
             .map(|m| m.to_vec())
     };
     let plain: Box<dyn Read> = match magic.as_deref() {
-        Some([0x1f, 0x8b, ..]) => Box::new(flate2::read::GzDecoder::new(src)),
+        Some([0x1f, 0x8b, ..]) => Box::new(flate2::read::MultiGzDecoder::new(src)),
         Some([0x28, 0xb5, 0x2f, 0xfd]) => return Err(UnpackError::Compression("zstd")),
         Some([b'B', b'Z', b'h', ..]) => return Err(UnpackError::Compression("bzip2")),
         Some([0xfd, b'7', b'z', b'X']) => return Err(UnpackError::Compression("xz")),
@@ -96,7 +96,11 @@ pub fn unpack_layer(src: impl Read, dest: &Path) -> Result<Unpacked, UnpackError
     }
     // directory times last, since creating their contents changed them
     for (dir, mtime) in dirs.iter().rev() {
-        set_mtime(dir, *mtime)?;
+        // a later entry may have replaced the directory (or a parent) with a symlink:
+        // never follow one out of the layer
+        if still_inside(dest, dir) {
+            set_mtime(dir, *mtime)?;
+        }
     }
     Ok(Unpacked { diff_id, size })
 }
@@ -189,7 +193,11 @@ fn unpack_entry<R: Read>(
         let parent = path.parent().unwrap_or(dest);
         if hidden == b".wh..opq" {
             set_xattr(parent, "trusted.overlay.opaque", b"y")?;
-        } else if hidden.is_empty() || hidden.starts_with(b".wh.") {
+        } else if hidden.is_empty()
+            || hidden == b"."
+            || hidden == b".."
+            || hidden.starts_with(b".wh.")
+        {
             return Err(refused(&raw, "it is a malformed whiteout"));
         } else {
             let target = parent.join(std::ffi::OsStr::from_bytes(hidden));
@@ -224,7 +232,7 @@ fn unpack_entry<R: Read>(
                 .mode(0o600)
                 .open(&path)
                 .map_err(io_err(&path))?;
-            io::copy(entry, &mut f).map_err(UnpackError::Corrupt)?;
+            copy_entry(entry, &mut f, &path)?;
         }
         tar::EntryType::Symlink => {
             let target = entry
@@ -302,6 +310,9 @@ fn unpack_entry<R: Read>(
             let ext = ext.map_err(UnpackError::Corrupt)?;
             if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
                 let name = String::from_utf8_lossy(name).into_owned();
+                if name.starts_with("trusted.overlay.") {
+                    continue; // overlayfs acts on these: only whiteouts may set them
+                }
                 set_xattr(&path, &name, ext.value_bytes())?;
             }
         }
@@ -311,6 +322,37 @@ fn unpack_entry<R: Read>(
     }
     set_mtime(&path, mtime)?;
     Ok(None)
+}
+
+/// Whether `path` is still a real directory inside `dest`, reached through no symlink.
+fn still_inside(dest: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(dest) else {
+        return false;
+    };
+    let mut cur = dest.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Copies an entry's data, telling a short or corrupt archive (read side) from a full
+/// disk (write side).
+fn copy_entry(src: &mut impl Read, dst: &mut fs::File, path: &Path) -> Result<(), UnpackError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(UnpackError::Corrupt(e)),
+        };
+        io::Write::write_all(dst, &buf[..n]).map_err(io_err(path))?;
+    }
 }
 
 fn remove_any(path: &Path) -> Result<(), UnpackError> {
@@ -549,6 +591,63 @@ pub(crate) mod tests {
             );
             assert!(!Path::new("/etc/evil").exists());
         }
+    }
+
+    #[test]
+    fn directory_swapped_for_a_symlink_is_not_followed() {
+        let outer = tempfile::tempdir().unwrap();
+        let victim = outer.path().join("victim");
+        fs::create_dir_all(victim.join("etc")).unwrap();
+        let before = fs::metadata(victim.join("etc")).unwrap().mtime();
+        let dest = outer.path().join("layer");
+        fs::create_dir(&dest).unwrap();
+        let target = victim.to_str().unwrap().to_string();
+        let tar = layer(&[
+            ("a/", D, None, b""),
+            ("a/etc/", D, None, b""),
+            (".wh.a", F, None, b""),
+            ("a", S, Some(&target), b""),
+        ]);
+        unpack_layer(tar.as_slice(), &dest).unwrap();
+        assert_eq!(fs::read_link(dest.join("a")).unwrap(), victim);
+        assert_eq!(
+            fs::metadata(victim.join("etc")).unwrap().mtime(),
+            before,
+            "no directory time was set through the symlink"
+        );
+    }
+
+    #[test]
+    fn overlay_xattrs_from_layers_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        b.append_pax_extensions([
+            ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+            ("SCHILY.xattr.user.keep", &b"1"[..]),
+        ])
+        .unwrap();
+        b.append_data(&mut h, "d/", &[][..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        unpack_layer(tar.as_slice(), dir.path()).unwrap();
+        let p = CString::new(dir.path().join("d").as_os_str().as_bytes()).unwrap();
+        let mut v = [0u8; 8];
+        // SAFETY: valid C strings and buffer
+        let n = unsafe {
+            libc::lgetxattr(
+                p.as_ptr(),
+                c"trusted.overlay.redirect".as_ptr(),
+                v.as_mut_ptr().cast(),
+                v.len(),
+            )
+        };
+        assert_eq!(n, -1, "trusted.overlay.* not applied");
     }
 
     #[test]
