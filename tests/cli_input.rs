@@ -121,3 +121,60 @@ fn refusals_name_the_flag_and_why() {
     );
     assert!(v["ID"].as_str().unwrap().len() == 12 && v["Size"].as_str().unwrap().ends_with("MB"));
 }
+
+#[test]
+fn login_is_checked_with_the_registry_and_then_used() {
+    let host = Host::new();
+    let reg = env("SHOAL_TEST_AUTH_REGISTRY");
+    let image = format!("{reg}/private/busybox");
+    fails_with(
+        &host,
+        &["image", "pull", &image],
+        &format!("run `shoal login {reg}`"),
+    );
+    let login = |pw: &str| {
+        std::process::Command::new(shoal_bin())
+            .args(["login", &reg, "-u", "shoal", "--password-stdin"])
+            .env("SHOAL_DATA_ROOT", host.data_root())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{pw}\n").as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap()
+    };
+    let bad = login("wrong");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("incorrect username or password"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(
+        !host.data_root().join("registry-auth.json").exists(),
+        "refused credentials are not stored"
+    );
+    let good = login("s3cret");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&good.stdout).trim(),
+        "Login Succeeded"
+    );
+    let out = host.shoal(&["image", "pull", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

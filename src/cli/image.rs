@@ -171,7 +171,11 @@ pub async fn run(data_root: &Path, insecure: &[String], cmd: ImageCmd) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn login(data_root: &Path, a: LoginArgs) -> anyhow::Result<ExitCode> {
+pub async fn login(
+    data_root: &Path,
+    insecure: &[String],
+    a: LoginArgs,
+) -> anyhow::Result<ExitCode> {
     let username = match a.username {
         Some(u) => u,
         None => bail!("--username is required"),
@@ -192,6 +196,11 @@ pub async fn login(data_root: &Path, a: LoginArgs) -> anyhow::Result<ExitCode> {
     if password.is_empty() {
         bail!("the password is empty");
     }
+    let auth = shoal_runtime::image::RegistryAuth::Basic {
+        username: username.clone(),
+        password: password.clone(),
+    };
+    shoal_runtime::image::pull::verify_login(&a.registry, &auth, insecure).await?;
     Credentials::store(
         &credentials_file(data_root),
         &a.registry,

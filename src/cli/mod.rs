@@ -106,7 +106,7 @@ pub fn main() -> ExitCode {
         let g = cli.globals;
         match cli.cmd {
             Command::Image(c) => image::run(&g.data_root, &g.insecure_registries, c).await,
-            Command::Login(a) => image::login(&g.data_root, a).await,
+            Command::Login(a) => image::login(&g.data_root, &g.insecure_registries, a).await,
             Command::Container(c) => container::run(&g, c).await,
             Command::BenchRuntime(a) => bench::run(&g, a).await,
             Command::Keeper { .. } => unreachable!("handled above"),

@@ -45,6 +45,8 @@ pub enum PullError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("login to {registry} refused: unauthorized: incorrect username or password")]
+    LoginRefused { registry: String },
     #[error("registry credentials {path}: {why}")]
     Credentials { path: PathBuf, why: String },
 }
@@ -220,6 +222,75 @@ fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A registry client for `r`'s registry: plain http only for loopback and registries
+/// listed as insecure.
+fn client_for(
+    r: &ImageRef,
+    insecure: &[String],
+) -> Result<oci_client::Client, OciDistributionError> {
+    install_crypto();
+    let resolved = r.oci().resolve_registry().to_string();
+    let protocol =
+        if r.is_loopback() || insecure.iter().any(|i| i == r.registry() || *i == resolved) {
+            ClientProtocol::HttpsExcept(vec![resolved])
+        } else {
+            ClientProtocol::Https
+        };
+    oci_client::Client::try_from(ClientConfig {
+        protocol,
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    })
+}
+
+/// Checks credentials with the registry, as `docker login` does: a token service must
+/// issue a token for them, or the registry must accept them on a request.
+pub async fn verify_login(
+    registry: &str,
+    auth: &RegistryAuth,
+    insecure: &[String],
+) -> Result<(), PullError> {
+    let probe = ImageRef::parse(&format!("{registry}/shoal-login-probe/none:latest"))?;
+    let refused = || PullError::LoginRefused {
+        registry: registry.to_string(),
+    };
+    let other = |source| PullError::Registry {
+        image: registry.to_string(),
+        registry: registry.to_string(),
+        source,
+    };
+    let client = client_for(&probe, insecure).map_err(other)?;
+    let oauth: oci_client::secrets::RegistryAuth = auth.into();
+    match client
+        .auth(probe.oci(), &oauth, oci_client::RegistryOperation::Pull)
+        .await
+    {
+        Err(OciDistributionError::AuthenticationFailure(_)) => return Err(refused()),
+        Err(e) => return Err(other(e)),
+        Ok(_) => {}
+    }
+    client
+        .store_auth_if_needed(probe.oci().resolve_registry(), &oauth)
+        .await;
+    match client.fetch_manifest_digest(probe.oci(), &oauth).await {
+        Err(OciDistributionError::UnauthorizedError { .. }) => Err(refused()),
+        Err(OciDistributionError::RegistryError { envelope, .. })
+            if envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, oci_client::errors::OciErrorCode::Unauthorized)) =>
+        {
+            Err(refused())
+        }
+        Err(OciDistributionError::RequestError(e)) => {
+            Err(other(OciDistributionError::RequestError(e)))
+        }
+        // the probe image does not exist; what matters is that we were let in
+        _ => Ok(()),
+    }
+}
+
 impl ImageStore {
     /// Pulls `reference` into the store (or finds every blob already there).
     pub async fn pull(&self, reference: &str, opts: &PullOptions) -> Result<Pulled, PullError> {
@@ -232,19 +303,8 @@ impl ImageStore {
                 None => RegistryAuth::Anonymous,
             },
         };
-        install_crypto();
         let oci_ref = r.oci().clone();
         let resolved = oci_ref.resolve_registry().to_string();
-        let protocol = if r.is_loopback()
-            || opts
-                .insecure_registries
-                .iter()
-                .any(|i| i == r.registry() || *i == resolved)
-        {
-            ClientProtocol::HttpsExcept(vec![resolved.clone()])
-        } else {
-            ClientProtocol::Https
-        };
         let registry = r.registry().to_string();
         let reg_err = |source: OciDistributionError| match source {
             OciDistributionError::UnauthorizedError { .. }
@@ -292,13 +352,7 @@ impl ImageStore {
                 source,
             },
         };
-        let client = oci_client::Client::try_from(ClientConfig {
-            protocol,
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            ..Default::default()
-        })
-        .map_err(reg_err)?;
+        let client = client_for(&r, &opts.insecure_registries).map_err(reg_err)?;
         let oauth: oci_client::secrets::RegistryAuth = (&auth).into();
         client.store_auth_if_needed(&resolved, &oauth).await;
 
