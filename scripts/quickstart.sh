@@ -16,14 +16,10 @@ scripts/fixtures.sh target/demo-image >/dev/null
 "$bin" image ls
 "$bin" container rm -f demo >/dev/null 2>&1 || true
 "$bin" container run -d --name demo --memory 32m \
-  --health-cmd 'test -f /tmp/ready' --health-interval 1s \
-  shoal-test/busybox sh -c 'touch /tmp/ready; i=0; while true; do echo "hello from shoal ($i)"; i=$((i+1)); sleep 1; done'
-for _ in $(seq 1 50); do
-  "$bin" container ls | grep -q 'Up (healthy)' && break
-  sleep 0.2
-done
+  shoal-test/busybox sh -c 'i=0; while true; do echo "hello from shoal ($i)"; i=$((i+1)); sleep 1; done'
 "$bin" container ls
-"$bin" container logs --tail 3 demo
+# the first line shows the container is up and its output is being kept
+"$bin" container logs -f demo | head -n 1
 cat <<MSG
 
 The demo container runs under shoal's keeper (no per-container helper process).

@@ -1,0 +1,21 @@
+//! Generates the prost messages and tonic services from proto/shoal/v1/*.proto with
+//! protox (a Rust protobuf compiler): no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "objects.proto",
+        "control.proto",
+        "dispatcher.proto",
+        "raft.proto",
+    ]
+    .map(|f| format!("proto/shoal/v1/{f}"));
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(&files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
