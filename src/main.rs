@@ -2,6 +2,8 @@
 //! CLI parses and calls the library crates (`shoal-runtime` for images and containers).
 
 mod cli;
+#[allow(dead_code)] // the daemon wires it up next
+mod manager;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -1,0 +1,101 @@
+//! Raft for the store, with openraft: one type config, the log and snapshots on disk in
+//! redb ([`storage`]), the state machine applying batches to the [`Store`], and a
+//! [`Proposer`] that commits a batch through Raft and waits for it to be applied here.
+
+pub mod storage;
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use shoal_proto::StoreBatch;
+
+use super::store::{encode_batch, Proposer, StoreError};
+
+/// A store batch as a Raft log entry: its protobuf bytes (base64 in JSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Proposal {
+    #[serde(with = "b64")]
+    pub batch: Vec<u8>,
+}
+
+/// What applying one entry gave: nothing, or why the batch was refused whole.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub error: Option<StoreError>,
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Commits batches through Raft. On a follower the write is refused with the leader's
+/// address; the control API forwards it there.
+pub struct RaftProposer {
+    pub raft: Raft,
+}
+
+impl Proposer for RaftProposer {
+    fn propose(
+        &self,
+        batch: StoreBatch,
+    ) -> futures::future::BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let r = self
+                .raft
+                .client_write(Proposal {
+                    batch: encode_batch(&batch),
+                })
+                .await
+                .map_err(|e| match e.forward_to_leader::<BasicNode>() {
+                    Some(f) => StoreError::Proposal(format!(
+                        "not the leader (leader: {:?})",
+                        f.leader_node.as_ref().map(|n| n.addr.clone())
+                    )),
+                    None => StoreError::Proposal(e.to_string()),
+                })?;
+            match r.data.error {
+                Some(e) => Err(e),
+                None => Ok(r.log_id.index),
+            }
+        })
+    }
+}
+
+/// Raft settings: elections within about a second, snapshots every 1000 entries,
+/// keeping 500 entries behind the snapshot for followers that lag.
+pub fn config() -> Result<Arc<openraft::Config>, Box<openraft::ConfigError>> {
+    let c = openraft::Config {
+        cluster_name: "shoal".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 500,
+        purge_batch_size: 64,
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate().map_err(Box::new)?))
+}

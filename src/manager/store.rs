@@ -1,0 +1,783 @@
+//! The store: every object the managers agree on, in memory, with `view` (a consistent
+//! read), `update` (a transaction: its changes are proposed through a [`Proposer`] —
+//! Raft on a manager — and applied on every manager in log order) and `watch` (a stream
+//! of changes, each batch closed by a commit marker).
+//!
+//! Updates are checked when they are applied, not when they are made: an update of an
+//! object whose version changed since it was read is refused, so two leaders-in-a-row
+//! or two loops never overwrite each other's changes. Application is deterministic, so
+//! every manager ends in the same state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use prost::Message;
+use shoal_proto::store_action::Kind as ActionKind;
+use shoal_proto::store_object::Object;
+use shoal_proto::{
+    Cluster, Config, Meta, Network, Node, Secret, Service, StoreAction, StoreBatch, StoreObject,
+    StoreSnapshot, Task,
+};
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum StoreError {
+    #[error("{kind} {id} already exists")]
+    Exists { kind: String, id: String },
+    #[error("{kind} {id} not found")]
+    NotFound { kind: String, id: String },
+    #[error("{kind} {id} was changed by someone else (version {expected} is now {actual}): retry")]
+    Conflict {
+        kind: String,
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{kind} name {name:?} is already in use by {id}")]
+    NameInUse {
+        kind: String,
+        name: String,
+        id: String,
+    },
+    #[error("invalid store change: {0}")]
+    Invalid(String),
+    #[error("could not commit: {0}")]
+    Proposal(String),
+}
+
+/// What a kind of object shares: its ID, name and bookkeeping.
+pub trait StoreItem: Clone + Send + Sync + 'static {
+    const KIND: &'static str;
+    fn id(&self) -> &str;
+    fn name(&self) -> &str;
+    fn meta(&self) -> Option<&Meta>;
+    fn meta_mut(&mut self) -> &mut Meta;
+    fn wrap(self) -> Object;
+    fn table(t: &Tables) -> &BTreeMap<String, Self>;
+    fn table_mut(t: &mut Tables) -> &mut BTreeMap<String, Self>;
+    fn version(&self) -> u64 {
+        self.meta().map(|m| m.version).unwrap_or(0)
+    }
+}
+
+macro_rules! item {
+    ($ty:ty, $kind:literal, $field:ident, $variant:ident, |$s:ident| $name:expr) => {
+        impl StoreItem for $ty {
+            const KIND: &'static str = $kind;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn name(&self) -> &str {
+                let $s = self;
+                $name
+            }
+            fn meta(&self) -> Option<&Meta> {
+                self.meta.as_ref()
+            }
+            fn meta_mut(&mut self) -> &mut Meta {
+                self.meta.get_or_insert_with(Meta::default)
+            }
+            fn wrap(self) -> Object {
+                Object::$variant(self)
+            }
+            fn table(t: &Tables) -> &BTreeMap<String, Self> {
+                &t.$field
+            }
+            fn table_mut(t: &mut Tables) -> &mut BTreeMap<String, Self> {
+                &mut t.$field
+            }
+        }
+    };
+}
+
+fn ann_name(a: &Option<shoal_proto::Annotations>) -> &str {
+    a.as_ref().map(|a| a.name.as_str()).unwrap_or("")
+}
+
+item!(Node, "node", nodes, Node, |s| s
+    .description
+    .as_ref()
+    .map(|d| d.hostname.as_str())
+    .unwrap_or(""));
+item!(Service, "service", services, Service, |s| s
+    .spec
+    .as_ref()
+    .map(|x| ann_name(&x.annotations))
+    .unwrap_or(""));
+item!(Task, "task", tasks, Task, |s| ann_name(&s.annotations));
+item!(Network, "network", networks, Network, |s| s
+    .spec
+    .as_ref()
+    .map(|x| ann_name(&x.annotations))
+    .unwrap_or(""));
+item!(Secret, "secret", secrets, Secret, |s| s
+    .spec
+    .as_ref()
+    .map(|x| ann_name(&x.annotations))
+    .unwrap_or(""));
+item!(Config, "config", configs, Config, |s| s
+    .spec
+    .as_ref()
+    .map(|x| ann_name(&x.annotations))
+    .unwrap_or(""));
+item!(Cluster, "cluster", clusters, Cluster, |s| s
+    .spec
+    .as_ref()
+    .map(|x| ann_name(&x.annotations))
+    .unwrap_or(""));
+
+/// Every table.
+#[derive(Clone, Default, Debug, PartialEq)]
+pub struct Tables {
+    pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<String, Service>,
+    pub tasks: BTreeMap<String, Task>,
+    pub networks: BTreeMap<String, Network>,
+    pub secrets: BTreeMap<String, Secret>,
+    pub configs: BTreeMap<String, Config>,
+    pub clusters: BTreeMap<String, Cluster>,
+}
+
+/// Kinds whose names must be unique (tasks and nodes may share names).
+fn unique_names(kind: &str) -> bool {
+    matches!(kind, "service" | "network" | "secret" | "config")
+}
+
+impl Tables {
+    fn apply_item<T: StoreItem>(
+        &mut self,
+        kind: ActionKind,
+        mut item: T,
+        index: u64,
+        now_ms: i64,
+    ) -> Result<(Option<Object>, Object), StoreError> {
+        let id = item.id().to_string();
+        if id.is_empty() {
+            return Err(StoreError::Invalid(format!("{} with an empty ID", T::KIND)));
+        }
+        let existing = T::table(self).get(&id).cloned();
+        match kind {
+            ActionKind::Create => {
+                if existing.is_some() {
+                    return Err(StoreError::Exists {
+                        kind: T::KIND.into(),
+                        id,
+                    });
+                }
+                if unique_names(T::KIND) {
+                    if let Some(other) = T::table(self).values().find(|o| o.name() == item.name()) {
+                        return Err(StoreError::NameInUse {
+                            kind: T::KIND.into(),
+                            name: item.name().into(),
+                            id: other.id().into(),
+                        });
+                    }
+                }
+                let m = item.meta_mut();
+                m.version = index;
+                m.created_at_ms = now_ms;
+                m.updated_at_ms = now_ms;
+                T::table_mut(self).insert(id, item.clone());
+                Ok((None, item.wrap()))
+            }
+            ActionKind::Update => {
+                let Some(old) = existing else {
+                    return Err(StoreError::NotFound {
+                        kind: T::KIND.into(),
+                        id,
+                    });
+                };
+                if old.version() != item.version() {
+                    return Err(StoreError::Conflict {
+                        kind: T::KIND.into(),
+                        id,
+                        expected: item.version(),
+                        actual: old.version(),
+                    });
+                }
+                if unique_names(T::KIND) && old.name() != item.name() {
+                    if let Some(other) = T::table(self).values().find(|o| o.name() == item.name()) {
+                        return Err(StoreError::NameInUse {
+                            kind: T::KIND.into(),
+                            name: item.name().into(),
+                            id: other.id().into(),
+                        });
+                    }
+                }
+                let created = old.meta().map(|m| m.created_at_ms).unwrap_or(now_ms);
+                let m = item.meta_mut();
+                m.version = index;
+                m.created_at_ms = created;
+                m.updated_at_ms = now_ms;
+                T::table_mut(self).insert(id, item.clone());
+                Ok((Some(old.wrap()), item.wrap()))
+            }
+            ActionKind::Remove => match T::table_mut(self).remove(&id) {
+                Some(old) => Ok((None, old.wrap())),
+                None => Err(StoreError::NotFound {
+                    kind: T::KIND.into(),
+                    id,
+                }),
+            },
+        }
+    }
+
+    fn apply_action(
+        &mut self,
+        a: &StoreAction,
+        index: u64,
+        now_ms: i64,
+    ) -> Result<Event, StoreError> {
+        let kind = ActionKind::try_from(a.kind)
+            .map_err(|_| StoreError::Invalid(format!("action kind {}", a.kind)))?;
+        let obj = a
+            .object
+            .clone()
+            .and_then(|o| o.object)
+            .ok_or_else(|| StoreError::Invalid("action without an object".into()))?;
+        let (old, new) = match obj {
+            Object::Node(x) => self.apply_item(kind, x, index, now_ms),
+            Object::Service(x) => self.apply_item(kind, x, index, now_ms),
+            Object::Task(x) => self.apply_item(kind, x, index, now_ms),
+            Object::Network(x) => self.apply_item(kind, x, index, now_ms),
+            Object::Secret(x) => self.apply_item(kind, x, index, now_ms),
+            Object::Config(x) => self.apply_item(kind, x, index, now_ms),
+            Object::Cluster(x) => self.apply_item(kind, x, index, now_ms),
+        }?;
+        Ok(Event::Change {
+            kind,
+            object: new,
+            old,
+        })
+    }
+
+    /// Applies a batch all or nothing. Returns the events it makes.
+    pub fn apply_batch(
+        &mut self,
+        batch: &StoreBatch,
+        index: u64,
+        now_ms: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut next = self.clone();
+        let mut events = Vec::with_capacity(batch.actions.len() + 1);
+        for a in &batch.actions {
+            events.push(next.apply_action(a, index, now_ms)?);
+        }
+        *self = next;
+        events.push(Event::Commit { index });
+        Ok(events)
+    }
+
+    pub fn snapshot(&self) -> StoreSnapshot {
+        let mut objects = Vec::new();
+        objects.extend(self.nodes.values().cloned().map(|x| StoreObject {
+            object: Some(x.wrap()),
+        }));
+        objects.extend(self.services.values().cloned().map(|x| StoreObject {
+            object: Some(x.wrap()),
+        }));
+        objects.extend(self.tasks.values().cloned().map(|x| StoreObject {
+            object: Some(x.wrap()),
+        }));
+        objects.extend(self.networks.values().cloned().map(|x| StoreObject {
+            object: Some(x.wrap()),
+        }));
+        objects.extend(self.secrets.values().cloned().map(|x| StoreObject {
+            object: Some(x.wrap()),
+        }));
+        objects.extend(self.configs.values().cloned().map(|x| StoreObject {
+            object: Some(x.wrap()),
+        }));
+        objects.extend(self.clusters.values().cloned().map(|x| StoreObject {
+            object: Some(x.wrap()),
+        }));
+        StoreSnapshot { objects }
+    }
+
+    pub fn from_snapshot(s: &StoreSnapshot) -> Tables {
+        let mut t = Tables::default();
+        for o in s.objects.iter().filter_map(|o| o.object.clone()) {
+            match o {
+                Object::Node(x) => insert(&mut t, x),
+                Object::Service(x) => insert(&mut t, x),
+                Object::Task(x) => insert(&mut t, x),
+                Object::Network(x) => insert(&mut t, x),
+                Object::Secret(x) => insert(&mut t, x),
+                Object::Config(x) => insert(&mut t, x),
+                Object::Cluster(x) => insert(&mut t, x),
+            }
+        }
+        t
+    }
+}
+
+fn insert<T: StoreItem>(t: &mut Tables, x: T) {
+    T::table_mut(t).insert(x.id().to_string(), x);
+}
+
+/// A change as watchers see it.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // commit markers are rare next to changes
+pub enum Event {
+    /// `object` is the new value (the removed one for a remove); `old` the value before
+    /// an update.
+    Change {
+        kind: ActionKind,
+        object: Object,
+        old: Option<Object>,
+    },
+    /// The end of one committed batch, at this Raft index.
+    Commit { index: u64 },
+}
+
+/// Gets a batch of changes committed (through Raft, or directly for tests) and returns
+/// once the local store has applied it, with the result of applying it.
+pub trait Proposer: Send + Sync + 'static {
+    fn propose(&self, batch: StoreBatch)
+        -> futures::future::BoxFuture<'_, Result<u64, StoreError>>;
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tables: RwLock<Tables>,
+    events: broadcast::Sender<Event>,
+    /// The Raft index last applied.
+    applied: RwLock<u64>,
+    proposer: OnceLock<Arc<dyn Proposer>>,
+    /// Serializes transactions on this manager, so that a transaction sees the effects
+    /// of the previous one.
+    update_lock: tokio::sync::Mutex<()>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    pub fn new() -> Store {
+        let (events, _) = broadcast::channel(16 * 1024);
+        Store {
+            inner: Arc::new(Inner {
+                tables: RwLock::default(),
+                events,
+                applied: RwLock::new(0),
+                proposer: OnceLock::new(),
+                update_lock: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// A store whose updates apply directly, with no Raft: for tests of the loops.
+    pub fn in_memory() -> Store {
+        let s = Store::new();
+        let direct = DirectProposer {
+            store: s.clone(),
+            next: std::sync::atomic::AtomicU64::new(1),
+        };
+        let _ = s.inner.proposer.set(Arc::new(direct));
+        s
+    }
+
+    /// Sets how updates are committed (once).
+    pub fn set_proposer(&self, p: Arc<dyn Proposer>) {
+        let _ = self.inner.proposer.set(p);
+    }
+
+    /// A consistent read of every table.
+    pub fn view<R>(&self, f: impl FnOnce(&Tables) -> R) -> R {
+        let t = self.inner.tables.read().unwrap_or_else(|p| p.into_inner());
+        f(&t)
+    }
+
+    /// Events from now on.
+    pub fn watch(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// A consistent read and the events after it, with no gap between them.
+    pub fn view_and_watch<R>(
+        &self,
+        f: impl FnOnce(&Tables) -> R,
+    ) -> (R, broadcast::Receiver<Event>) {
+        let t = self.inner.tables.read().unwrap_or_else(|p| p.into_inner());
+        let rx = self.inner.events.subscribe();
+        (f(&t), rx)
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.inner.applied.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a transaction: `f` reads through the tx and records changes; they are
+    /// committed together. Returns `f`'s result, or the commit's error.
+    pub async fn update<R>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let _serial = self.inner.update_lock.lock().await;
+        let (result, actions) = {
+            let t = self.inner.tables.read().unwrap_or_else(|p| p.into_inner());
+            let mut tx = Tx {
+                base: &t,
+                overlay: HashMap::new(),
+                actions: Vec::new(),
+            };
+            let r = f(&mut tx)?;
+            (r, tx.actions)
+        };
+        if actions.is_empty() {
+            return Ok(result);
+        }
+        let proposer = self
+            .inner
+            .proposer
+            .get()
+            .ok_or_else(|| StoreError::Proposal("this node is not a manager".into()))?
+            .clone();
+        proposer.propose(StoreBatch { actions }).await?;
+        Ok(result)
+    }
+
+    /// Applies a committed batch (the Raft state machine calls this, in log order).
+    pub fn apply(&self, batch: &StoreBatch, index: u64, now_ms: i64) -> Result<(), StoreError> {
+        let mut t = self.inner.tables.write().unwrap_or_else(|p| p.into_inner());
+        let res = t.apply_batch(batch, index, now_ms);
+        *self
+            .inner
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = index;
+        match res {
+            Ok(events) => {
+                for e in events {
+                    let _ = self.inner.events.send(e);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.inner.events.send(Event::Commit { index });
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces everything (a Raft snapshot was installed). Watchers get a commit marker
+    /// and, lagging or not, should do a full pass.
+    pub fn restore(&self, tables: Tables, index: u64) {
+        *self.inner.tables.write().unwrap_or_else(|p| p.into_inner()) = tables;
+        *self
+            .inner
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = index;
+        let _ = self.inner.events.send(Event::Commit { index });
+    }
+
+    pub fn snapshot(&self) -> (StoreSnapshot, u64) {
+        let t = self.inner.tables.read().unwrap_or_else(|p| p.into_inner());
+        (t.snapshot(), self.applied_index())
+    }
+}
+
+/// Commits by applying at once, numbering batches itself.
+struct DirectProposer {
+    store: Store,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Proposer for DirectProposer {
+    fn propose(
+        &self,
+        batch: StoreBatch,
+    ) -> futures::future::BoxFuture<'_, Result<u64, StoreError>> {
+        let index = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let res = self.store.apply(&batch, index, now_ms()).map(|_| index);
+        Box::pin(async move { res })
+    }
+}
+
+/// A transaction: reads see its own changes.
+pub struct Tx<'a> {
+    base: &'a Tables,
+    overlay: HashMap<(&'static str, String), Option<Object>>,
+    actions: Vec<StoreAction>,
+}
+
+impl Tx<'_> {
+    pub fn get<T: StoreItem + TryFromObject>(&self, id: &str) -> Option<T> {
+        match self.overlay.get(&(T::KIND, id.to_string())) {
+            Some(Some(o)) => T::try_from_object(o.clone()),
+            Some(None) => None,
+            None => T::table(self.base).get(id).cloned(),
+        }
+    }
+
+    /// Every object of a kind, with this transaction's changes.
+    pub fn list<T: StoreItem + TryFromObject>(&self) -> Vec<T> {
+        let mut m: BTreeMap<String, T> = T::table(self.base).clone();
+        for ((kind, id), o) in &self.overlay {
+            if *kind != T::KIND {
+                continue;
+            }
+            match o.clone().and_then(T::try_from_object) {
+                Some(x) => {
+                    m.insert(id.clone(), x);
+                }
+                None => {
+                    m.remove(id);
+                }
+            }
+        }
+        m.into_values().collect()
+    }
+
+    /// The tables as they were when the transaction began.
+    pub fn base(&self) -> &Tables {
+        self.base
+    }
+
+    fn record<T: StoreItem>(&mut self, kind: ActionKind, item: T, after: Option<Object>) {
+        self.overlay.insert((T::KIND, item.id().to_string()), after);
+        self.actions.push(StoreAction {
+            kind: kind as i32,
+            object: Some(StoreObject {
+                object: Some(item.wrap()),
+            }),
+        });
+    }
+
+    pub fn create<T: StoreItem + TryFromObject>(&mut self, item: T) -> Result<(), StoreError> {
+        if self.get::<T>(item.id()).is_some() {
+            return Err(StoreError::Exists {
+                kind: T::KIND.into(),
+                id: item.id().into(),
+            });
+        }
+        if unique_names(T::KIND) && !item.name().is_empty() {
+            if let Some(other) = self
+                .list::<T>()
+                .into_iter()
+                .find(|o| o.name() == item.name())
+            {
+                return Err(StoreError::NameInUse {
+                    kind: T::KIND.into(),
+                    name: item.name().into(),
+                    id: other.id().into(),
+                });
+            }
+        }
+        let after = Some(item.clone().wrap());
+        self.record(ActionKind::Create, item, after);
+        Ok(())
+    }
+
+    /// Updates an object read earlier; refused at commit if it changed meanwhile.
+    pub fn update<T: StoreItem + TryFromObject>(&mut self, item: T) -> Result<(), StoreError> {
+        if self.get::<T>(item.id()).is_none() {
+            return Err(StoreError::NotFound {
+                kind: T::KIND.into(),
+                id: item.id().into(),
+            });
+        }
+        let after = Some(item.clone().wrap());
+        self.record(ActionKind::Update, item, after);
+        Ok(())
+    }
+
+    pub fn remove<T: StoreItem + TryFromObject>(&mut self, id: &str) -> Result<(), StoreError> {
+        let Some(item) = self.get::<T>(id) else {
+            return Err(StoreError::NotFound {
+                kind: T::KIND.into(),
+                id: id.into(),
+            });
+        };
+        self.record(ActionKind::Remove, item, None);
+        Ok(())
+    }
+}
+
+/// Getting a typed object back out of a [`Object`].
+pub trait TryFromObject: Sized {
+    fn try_from_object(o: Object) -> Option<Self>;
+}
+
+macro_rules! from_object {
+    ($($ty:ident),*) => {$(
+        impl TryFromObject for $ty {
+            fn try_from_object(o: Object) -> Option<Self> {
+                match o {
+                    Object::$ty(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+from_object!(Node, Service, Task, Network, Secret, Config, Cluster);
+
+/// Encodes a batch for the Raft log.
+pub fn encode_batch(b: &StoreBatch) -> Vec<u8> {
+    b.encode_to_vec()
+}
+
+pub fn decode_batch(bytes: &[u8]) -> Result<StoreBatch, StoreError> {
+    StoreBatch::decode(bytes).map_err(|e| StoreError::Invalid(format!("undecodable batch: {e}")))
+}
+
+/// A fresh object ID: 25 lowercase base-36 characters, as swarmkit makes them.
+pub fn new_id() -> String {
+    let mut b = [0u8; 25];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter()
+        .map(|x| char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[(*x % 36) as usize]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::{Annotations, ServiceSpec};
+
+    fn service(id: &str, name: &str) -> Service {
+        Service {
+            id: id.into(),
+            spec: Some(ServiceSpec {
+                annotations: Some(Annotations {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn transactions_commit_together_and_watchers_see_them() {
+        let s = Store::in_memory();
+        let mut rx = s.watch();
+        s.update(|tx| {
+            tx.create(service("a", "web"))?;
+            tx.create(Task {
+                id: "t1".into(),
+                service_id: "a".into(),
+                ..Default::default()
+            })?;
+            assert_eq!(
+                tx.list::<Task>().len(),
+                1,
+                "a transaction reads its own writes"
+            );
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            Event::Change {
+                kind: ActionKind::Create,
+                object: Object::Service(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            Event::Change {
+                kind: ActionKind::Create,
+                object: Object::Task(_),
+                ..
+            }
+        ));
+        assert_eq!(rx.recv().await.unwrap(), Event::Commit { index: 1 });
+        let v = s.view(|t| t.services["a"].meta.unwrap().version);
+        assert_eq!(v, 1);
+    }
+
+    #[tokio::test]
+    async fn stale_updates_and_duplicate_names_are_refused_whole() {
+        let s = Store::in_memory();
+        s.update(|tx| tx.create(service("a", "web"))).await.unwrap();
+        let stale = s.view(|t| t.services["a"].clone());
+        let mut fresh = stale.clone();
+        fresh
+            .spec
+            .as_mut()
+            .unwrap()
+            .annotations
+            .as_mut()
+            .unwrap()
+            .labels
+            .insert("x".into(), "1".into());
+        s.update(|tx| tx.update(fresh)).await.unwrap();
+        let err = s
+            .update(|tx| {
+                tx.create(Task {
+                    id: "t9".into(),
+                    ..Default::default()
+                })?;
+                tx.update(stale)
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        assert!(
+            s.view(|t| t.tasks.is_empty()),
+            "nothing of a refused batch is applied"
+        );
+        let err = s
+            .update(|tx| tx.create(service("b", "web")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service name \"web\" is already in use by a"
+        );
+        let err = s
+            .update(|tx| tx.remove::<Service>("zzz"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "service zzz not found");
+    }
+
+    #[tokio::test]
+    async fn snapshots_round_trip() {
+        let s = Store::in_memory();
+        s.update(|tx| {
+            tx.create(service("a", "web"))?;
+            tx.create(Node {
+                id: "n1".into(),
+                ..Default::default()
+            })
+        })
+        .await
+        .unwrap();
+        let (snap, idx) = s.snapshot();
+        let bytes = snap.encode_to_vec();
+        let back = Tables::from_snapshot(&StoreSnapshot::decode(bytes.as_slice()).unwrap());
+        assert_eq!(idx, 1);
+        assert_eq!(back, s.view(|t| t.clone()));
+    }
+
+    #[test]
+    fn ids() {
+        let a = new_id();
+        assert_eq!(a.len(), 25);
+        assert_ne!(a, new_id());
+    }
+}
