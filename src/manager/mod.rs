@@ -1,4 +1,11 @@
 //! The manager: the replicated store and the leader-only loops that reconcile it.
 
+pub mod orchestrator;
 pub mod raft;
+pub mod restart;
+pub mod scheduler;
 pub mod store;
+pub mod tasks;
+
+#[cfg(test)]
+mod tests;

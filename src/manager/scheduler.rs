@@ -1,0 +1,340 @@
+//! The scheduler: places pending tasks on nodes through a pipeline of filters (ready,
+//! availability, constraints, resources, max replicas per node), then spreads them:
+//! fewest tasks of the same service first, then fewest tasks overall. A task that fits
+//! nowhere stays pending and says why, as Swarm does ("no suitable node (…)").
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shoal_proto::{Node, NodeAvailability, NodeRole, NodeState, Task, TaskState};
+use tokio_util::sync::CancellationToken;
+
+use super::store::{Store, StoreError};
+use super::tasks::{desired, run_loop, state, status};
+
+/// One constraint: `node.labels.zone==east`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Constraint {
+    key: String,
+    equal: bool,
+    value: String,
+}
+
+/// Parses Swarm's constraint expressions, refusing what Swarm would refuse.
+pub fn parse_constraint(c: &str) -> Result<Constraint, String> {
+    let (key, equal, value) = if let Some((k, v)) = c.split_once("==") {
+        (k, true, v)
+    } else if let Some((k, v)) = c.split_once("!=") {
+        (k, false, v)
+    } else {
+        return Err(format!("constraint {c:?} has no == or != operator"));
+    };
+    let key = key.trim();
+    let value = value.trim();
+    let known = [
+        "node.id",
+        "node.hostname",
+        "node.role",
+        "node.platform.os",
+        "node.platform.arch",
+    ];
+    if !known.contains(&key)
+        && !key.starts_with("node.labels.")
+        && !key.starts_with("engine.labels.")
+    {
+        return Err(format!("constraint {c:?}: unknown key {key:?} (node.id, node.hostname, node.role, node.platform.os, node.platform.arch, node.labels.*, engine.labels.*)"));
+    }
+    if value.is_empty() {
+        return Err(format!("constraint {c:?} has no value"));
+    }
+    if key == "node.role" && !["manager", "worker"].contains(&value) {
+        return Err(format!("constraint {c:?}: node.role is manager or worker"));
+    }
+    Ok(Constraint {
+        key: key.into(),
+        equal,
+        value: value.into(),
+    })
+}
+
+impl Constraint {
+    pub fn matches(&self, n: &Node) -> bool {
+        let d = n.description.as_ref();
+        let actual: Option<String> = match self.key.as_str() {
+            "node.id" => Some(n.id.clone()),
+            "node.hostname" => d.map(|d| d.hostname.clone()),
+            "node.role" => Some(
+                if n.role == NodeRole::Manager as i32 {
+                    "manager"
+                } else {
+                    "worker"
+                }
+                .into(),
+            ),
+            "node.platform.os" => d.and_then(|d| d.platform.as_ref()).map(|p| p.os.clone()),
+            "node.platform.arch" => d
+                .and_then(|d| d.platform.as_ref())
+                .map(|p| p.architecture.clone()),
+            k => {
+                if let Some(l) = k.strip_prefix("node.labels.") {
+                    n.spec
+                        .as_ref()
+                        .and_then(|s| s.annotations.as_ref())
+                        .and_then(|a| a.labels.get(l).cloned())
+                } else if let Some(l) = k.strip_prefix("engine.labels.") {
+                    d.and_then(|d| d.engine.as_ref())
+                        .and_then(|e| e.labels.get(l).cloned())
+                } else {
+                    None
+                }
+            }
+        };
+        // names compare case-insensitively, as in Swarm
+        let eq = actual.is_some_and(|a| a.eq_ignore_ascii_case(&self.value));
+        eq == self.equal
+    }
+}
+
+pub fn node_matches_constraints(n: &Node, constraints: &[String]) -> Result<bool, String> {
+    for c in constraints {
+        if !parse_constraint(c)?.matches(n) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Why a node was passed over, for the "no suitable node" message.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Reason {
+    NotAvailable,
+    Constraints,
+    Memory,
+    Cpu,
+    MaxReplicas,
+}
+
+impl Reason {
+    fn explain(self, n: usize) -> String {
+        let nodes = if n == 1 {
+            "1 node".to_string()
+        } else {
+            format!("{n} nodes")
+        };
+        match self {
+            Reason::NotAvailable => format!("{nodes} not available for new tasks"),
+            Reason::Constraints => format!("scheduling constraints not satisfied on {nodes}"),
+            Reason::Memory => format!("insufficient resources on {nodes}"),
+            Reason::Cpu => format!("insufficient resources on {nodes}"),
+            Reason::MaxReplicas => format!("max replicas per node limit exceed on {nodes}"),
+        }
+    }
+}
+
+/// What is already placed on each node.
+#[derive(Default, Clone)]
+struct NodeLoad {
+    tasks: usize,
+    per_service: HashMap<String, usize>,
+    memory: i64,
+    cpu: i64,
+}
+
+fn reservations(t: &Task) -> (i64, i64) {
+    let r = t
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.reservations.as_ref());
+    (
+        r.map(|r| r.memory_bytes).unwrap_or(0),
+        r.map(|r| r.nano_cpus).unwrap_or(0),
+    )
+}
+
+/// Tasks that hold resources on their node.
+fn holds_node(t: &Task) -> bool {
+    !t.node_id.is_empty()
+        && state(t) as i32 >= TaskState::Assigned as i32
+        && !state(t).is_terminal()
+}
+
+fn check(n: &Node, load: &NodeLoad, t: &Task) -> Result<(), Reason> {
+    let ready = n
+        .status
+        .as_ref()
+        .is_some_and(|s| s.state == NodeState::Ready as i32);
+    let active =
+        n.spec.as_ref().map(|s| s.availability).unwrap_or(0) == NodeAvailability::Active as i32;
+    if !ready || !active {
+        return Err(Reason::NotAvailable);
+    }
+    let placement = t.spec.as_ref().and_then(|s| s.placement.as_ref());
+    let constraints = placement.map(|p| p.constraints.clone()).unwrap_or_default();
+    if !node_matches_constraints(n, &constraints).unwrap_or(false) {
+        return Err(Reason::Constraints);
+    }
+    let (mem, cpu) = reservations(t);
+    let res = n.description.as_ref().and_then(|d| d.resources.as_ref());
+    if mem > 0 && load.memory + mem > res.map(|r| r.memory_bytes).unwrap_or(0) {
+        return Err(Reason::Memory);
+    }
+    if cpu > 0 && load.cpu + cpu > res.map(|r| r.nano_cpus).unwrap_or(0) {
+        return Err(Reason::Cpu);
+    }
+    let max = placement.map(|p| p.max_replicas).unwrap_or(0);
+    if max > 0 && load.per_service.get(&t.service_id).copied().unwrap_or(0) as u64 >= max {
+        return Err(Reason::MaxReplicas);
+    }
+    Ok(())
+}
+
+/// Places every pending task it can, in one transaction.
+pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
+    store
+        .update(|tx| {
+            let nodes = tx.list::<Node>();
+            let tasks = tx.list::<Task>();
+            let mut load: HashMap<String, NodeLoad> = nodes
+                .iter()
+                .map(|n| (n.id.clone(), NodeLoad::default()))
+                .collect();
+            for t in tasks.iter().filter(|t| holds_node(t)) {
+                if let Some(l) = load.get_mut(&t.node_id) {
+                    let (m, c) = reservations(t);
+                    l.tasks += 1;
+                    *l.per_service.entry(t.service_id.clone()).or_default() += 1;
+                    l.memory += m;
+                    l.cpu += c;
+                }
+            }
+            let mut placed = 0;
+            let mut pending: Vec<Task> = tasks
+                .into_iter()
+                .filter(|t| {
+                    state(t) == TaskState::Pending
+                        && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
+                })
+                .collect();
+            pending.sort_by(|a, b| a.service_id.cmp(&b.service_id).then(a.slot.cmp(&b.slot)));
+            for mut t in pending {
+                let mut why: HashMap<Reason, usize> = HashMap::new();
+                let candidates: Vec<&Node> = nodes
+                    .iter()
+                    .filter(|n| t.node_id.is_empty() || n.id == t.node_id)
+                    .collect();
+                let mut best: Option<(&Node, (usize, usize, String))> = None;
+                for n in candidates {
+                    let l = load.get(&n.id).cloned().unwrap_or_default();
+                    match check(n, &l, &t) {
+                        Ok(()) => {
+                            let key = (
+                                l.per_service.get(&t.service_id).copied().unwrap_or(0),
+                                l.tasks,
+                                n.id.clone(),
+                            );
+                            if best.as_ref().is_none_or(|(_, k)| key < *k) {
+                                best = Some((n, key));
+                            }
+                        }
+                        Err(r) => *why.entry(r).or_default() += 1,
+                    }
+                }
+                match best {
+                    Some((n, _)) => {
+                        let (m, c) = reservations(&t);
+                        let l = load.entry(n.id.clone()).or_default();
+                        l.tasks += 1;
+                        *l.per_service.entry(t.service_id.clone()).or_default() += 1;
+                        l.memory += m;
+                        l.cpu += c;
+                        t.node_id = n.id.clone();
+                        t.status = Some(status(
+                            TaskState::Assigned,
+                            "scheduler assigned task to node",
+                        ));
+                        tx.update(t)?;
+                        placed += 1;
+                    }
+                    None => {
+                        let mut reasons: Vec<(Reason, usize)> = why.into_iter().collect();
+                        reasons.sort();
+                        let text = if reasons.is_empty() {
+                            "no nodes in the cluster".to_string()
+                        } else {
+                            {
+                                let mut parts: Vec<String> = Vec::new();
+                                for (r, n) in &reasons {
+                                    let p = r.explain(*n);
+                                    if !parts.contains(&p) {
+                                        parts.push(p);
+                                    }
+                                }
+                                parts.join("; ")
+                            }
+                        };
+                        let msg = format!("no suitable node ({text})");
+                        if t.status.as_ref().map(|s| s.err.as_str()) != Some(msg.as_str()) {
+                            let st = t.status.get_or_insert_with(Default::default);
+                            st.err = msg.clone();
+                            st.message = "pending task scheduling".into();
+                            tx.update(t)?;
+                        }
+                    }
+                }
+            }
+            Ok(placed)
+        })
+        .await
+}
+
+/// Moves new tasks to pending: network addresses come here once overlays exist.
+pub async fn allocate_new(store: &Store) -> Result<usize, StoreError> {
+    store
+        .update(|tx| {
+            let mut n = 0;
+            for mut t in tx.list::<Task>().into_iter().filter(|t| {
+                state(t) == TaskState::New
+                    && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
+            }) {
+                t.status = Some(status(TaskState::Pending, "pending task scheduling"));
+                tx.update(t)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+}
+
+/// The allocator and the scheduler, debounced as swarmkit does (50 ms after a change).
+pub struct Scheduler {
+    store: Store,
+}
+
+impl Scheduler {
+    pub fn new(store: Store) -> Scheduler {
+        Scheduler { store }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let store = self.store.clone();
+        run_loop(
+            "scheduler",
+            store.clone(),
+            shutdown,
+            Duration::from_millis(50),
+            |_| {
+                let store = store.clone();
+                async move {
+                    if let Err(e) = allocate_new(&store).await {
+                        tracing::warn!(error = %e, "allocating tasks failed");
+                    }
+                    if let Err(e) = schedule_pending(&store).await {
+                        tracing::warn!(error = %e, "scheduling failed");
+                    }
+                }
+            },
+        )
+        .await;
+    }
+}

@@ -1,0 +1,476 @@
+//! The manager loops on an in-memory store, with no Raft, no gRPC and no root: the
+//! agent's part is played by setting task states directly.
+
+use std::time::Duration;
+
+use shoal_proto::service_spec::Mode;
+use shoal_proto::*;
+
+use super::orchestrator::reconcile;
+use super::restart::{reap, restart_dead, start_ready};
+use super::scheduler::{allocate_new, parse_constraint, schedule_pending};
+use super::store::{new_id, Store};
+use super::tasks::{desired, state, status};
+
+fn node(name: &str, labels: &[(&str, &str)]) -> Node {
+    Node {
+        id: new_id(),
+        spec: Some(NodeSpec {
+            annotations: Some(Annotations {
+                name: String::new(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }),
+            ..Default::default()
+        }),
+        description: Some(NodeDescription {
+            hostname: name.into(),
+            platform: Some(Platform {
+                architecture: "x86_64".into(),
+                os: "linux".into(),
+            }),
+            resources: Some(Resources {
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 1 << 30,
+            }),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: NodeState::Ready as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn service(name: &str, mode: Mode) -> Service {
+    Service {
+        id: new_id(),
+        spec: Some(ServiceSpec {
+            annotations: Some(Annotations {
+                name: name.into(),
+                ..Default::default()
+            }),
+            task: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "busybox".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            mode: Some(mode),
+            ..Default::default()
+        }),
+        spec_version: 1,
+        ..Default::default()
+    }
+}
+
+fn replicated(n: u64) -> Mode {
+    Mode::Replicated(ReplicatedService { replicas: n })
+}
+
+async fn setup(nodes: Vec<Node>, s: &Service) -> Store {
+    let store = Store::in_memory();
+    let s = s.clone();
+    store
+        .update(move |tx| {
+            for n in nodes {
+                tx.create(n)?;
+            }
+            tx.create(s)
+        })
+        .await
+        .unwrap();
+    store
+}
+
+/// One round of the manager's loops, as their events would trigger them.
+async fn round(store: &Store, service_id: &str) {
+    reconcile(store, service_id).await.unwrap();
+    allocate_new(store).await.unwrap();
+    schedule_pending(store).await.unwrap();
+}
+
+fn tasks_of(store: &Store, service_id: &str) -> Vec<Task> {
+    store.view(|t| {
+        t.tasks
+            .values()
+            .filter(|x| x.service_id == service_id)
+            .cloned()
+            .collect()
+    })
+}
+
+/// Plays the agent: every assigned task heads to its desired state at once.
+async fn agent_converges(store: &Store) {
+    store
+        .update(|tx| {
+            for mut t in tx.list::<Task>() {
+                let (cur, want) = (state(&t), desired(&t));
+                let next = if cur.is_terminal() || (cur as i32) < TaskState::Assigned as i32 {
+                    continue;
+                } else if want == TaskState::Running && cur != TaskState::Running {
+                    TaskState::Running
+                } else if want == TaskState::Complete {
+                    TaskState::Complete
+                } else if matches!(want, TaskState::Shutdown | TaskState::Remove) {
+                    TaskState::Shutdown
+                } else if want == TaskState::Ready && (cur as i32) < TaskState::Ready as i32 {
+                    TaskState::Ready
+                } else {
+                    continue;
+                };
+                t.status = Some(status(next, "agent"));
+                tx.update(t)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+async fn set_state(store: &Store, id: &str, s: TaskState) {
+    let id = id.to_string();
+    store
+        .update(move |tx| {
+            let mut t = tx.get::<Task>(&id).unwrap();
+            t.status = Some(status(s, "test"));
+            tx.update(t)
+        })
+        .await
+        .unwrap();
+}
+
+fn running(ts: &[Task]) -> usize {
+    ts.iter()
+        .filter(|t| state(t) == TaskState::Running && desired(t) == TaskState::Running)
+        .count()
+}
+
+#[tokio::test]
+async fn replicated_scales_up_and_down() {
+    let s = service("web", replicated(3));
+    let store = setup(vec![node("n1", &[])], &s).await;
+    round(&store, &s.id).await;
+    let ts = tasks_of(&store, &s.id);
+    let mut slots: Vec<u64> = ts.iter().map(|t| t.slot).collect();
+    slots.sort();
+    assert_eq!(slots, [1, 2, 3]);
+    assert!(ts
+        .iter()
+        .all(|t| state(t) == TaskState::Assigned && !t.node_id.is_empty()));
+    assert!(ts.iter().all(|t| t
+        .annotations
+        .as_ref()
+        .unwrap()
+        .name
+        .starts_with(&format!("web.{}.", t.slot))));
+    agent_converges(&store).await;
+    assert_eq!(running(&tasks_of(&store, &s.id)), 3);
+
+    let mut s2 = store.view(|t| t.services[&s.id].clone());
+    if let Some(Mode::Replicated(r)) = s2.spec.as_mut().unwrap().mode.as_mut() {
+        r.replicas = 1;
+    }
+    store.update(|tx| tx.update(s2)).await.unwrap();
+    round(&store, &s.id).await;
+    let ts = tasks_of(&store, &s.id);
+    assert_eq!(
+        ts.iter()
+            .filter(|t| desired(t) == TaskState::Remove)
+            .map(|t| t.slot)
+            .max(),
+        Some(3)
+    );
+    assert_eq!(
+        ts.iter()
+            .filter(|t| desired(t) == TaskState::Running)
+            .map(|t| t.slot)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    agent_converges(&store).await;
+    assert_eq!(
+        reap(&store).await.unwrap(),
+        2,
+        "removed tasks go once stopped"
+    );
+    assert_eq!(tasks_of(&store, &s.id).len(), 1);
+}
+
+#[tokio::test]
+async fn update_replaces_one_slot_at_a_time_stop_first() {
+    let s = service("web", replicated(2));
+    let store = setup(vec![node("n1", &[])], &s).await;
+    round(&store, &s.id).await;
+    agent_converges(&store).await;
+    let mut s2 = store.view(|t| t.services[&s.id].clone());
+    s2.spec
+        .as_mut()
+        .unwrap()
+        .task
+        .as_mut()
+        .unwrap()
+        .container
+        .as_mut()
+        .unwrap()
+        .image = "busybox:2".into();
+    s2.spec_version = 2;
+    store.update(|tx| tx.update(s2)).await.unwrap();
+    round(&store, &s.id).await;
+    let ts = tasks_of(&store, &s.id);
+    let new: Vec<&Task> = ts.iter().filter(|t| t.spec_version == 2).collect();
+    assert_eq!(new.len(), 1, "one slot at a time");
+    assert_eq!(
+        desired(new[0]),
+        TaskState::Ready,
+        "stop-first: prepared, not started, while the old one stops"
+    );
+    let old = ts
+        .iter()
+        .find(|t| t.slot == new[0].slot && t.spec_version == 1)
+        .unwrap();
+    assert_eq!(desired(old), TaskState::Shutdown);
+    assert_eq!(running(&ts), 1, "the other slot keeps running");
+    agent_converges(&store).await; // the old one stops
+    round(&store, &s.id).await;
+    let t = store.view(|x| x.tasks[&new[0].id].clone());
+    assert_eq!(
+        desired(&t),
+        TaskState::Running,
+        "started once its predecessor stopped"
+    );
+    agent_converges(&store).await;
+    round(&store, &s.id).await;
+    agent_converges(&store).await;
+    round(&store, &s.id).await;
+    agent_converges(&store).await;
+    round(&store, &s.id).await;
+    let ts = tasks_of(&store, &s.id);
+    let live: Vec<&Task> = ts
+        .iter()
+        .filter(|t| desired(t) == TaskState::Running)
+        .collect();
+    assert_eq!(live.len(), 2);
+    assert!(
+        live.iter()
+            .all(|t| t.spec_version == 2 && state(t) == TaskState::Running),
+        "every task replaced"
+    );
+}
+
+#[tokio::test]
+async fn restart_policy_any_on_failure_none_and_max_attempts() {
+    let mut s = service("web", replicated(1));
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().restart = Some(RestartPolicy {
+        condition: restart_policy::Condition::Any as i32,
+        delay: Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        max_attempts: 2,
+        window: None,
+    });
+    let store = setup(vec![node("n1", &[])], &s).await;
+    round(&store, &s.id).await;
+    agent_converges(&store).await;
+    for attempt in 1..=3 {
+        let t = tasks_of(&store, &s.id)
+            .into_iter()
+            .find(|t| desired(t) == TaskState::Running && state(t) == TaskState::Running)
+            .expect("a running task");
+        set_state(&store, &t.id, TaskState::Failed).await;
+        let later = restart_dead(&store).await.unwrap();
+        if attempt == 3 {
+            assert!(later.is_empty(), "max attempts reached: no third restart");
+            assert_eq!(
+                desired(&store.view(|x| x.tasks[&t.id].clone())),
+                TaskState::Running,
+                "left as it ended"
+            );
+            break;
+        }
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].1, Duration::from_secs(5));
+        let repl = store.view(|x| x.tasks[&later[0].0].clone());
+        assert_eq!((desired(&repl), repl.slot), (TaskState::Ready, t.slot));
+        start_ready(&store, &repl.id).await.unwrap();
+        round(&store, &s.id).await;
+        agent_converges(&store).await;
+    }
+
+    // condition none: a failed task stays down, and the orchestrator does not replace it
+    let mut n = service("once", replicated(1));
+    n.spec.as_mut().unwrap().task.as_mut().unwrap().restart = Some(RestartPolicy {
+        condition: restart_policy::Condition::None as i32,
+        ..Default::default()
+    });
+    let store = setup(vec![node("n1", &[])], &n).await;
+    round(&store, &n.id).await;
+    agent_converges(&store).await;
+    let t = tasks_of(&store, &n.id)[0].clone();
+    set_state(&store, &t.id, TaskState::Failed).await;
+    assert!(restart_dead(&store).await.unwrap().is_empty());
+    round(&store, &n.id).await;
+    assert_eq!(tasks_of(&store, &n.id).len(), 1, "stays down");
+
+    // on-failure: an exit 0 is not restarted
+    let mut f = service("jobby", replicated(1));
+    f.spec.as_mut().unwrap().task.as_mut().unwrap().restart = Some(RestartPolicy {
+        condition: restart_policy::Condition::OnFailure as i32,
+        ..Default::default()
+    });
+    let store = setup(vec![node("n1", &[])], &f).await;
+    round(&store, &f.id).await;
+    agent_converges(&store).await;
+    let t = tasks_of(&store, &f.id)[0].clone();
+    set_state(&store, &t.id, TaskState::Complete).await;
+    assert!(restart_dead(&store).await.unwrap().is_empty());
+    assert_eq!(tasks_of(&store, &f.id).len(), 1);
+}
+
+#[tokio::test]
+async fn scheduler_filters_spreads_and_explains() {
+    let mut s = service("web", replicated(4));
+    let store = setup(
+        vec![
+            node("a", &[("zone", "east")]),
+            node("b", &[("zone", "west")]),
+        ],
+        &s,
+    )
+    .await;
+    round(&store, &s.id).await;
+    let ts = tasks_of(&store, &s.id);
+    let on_a = ts
+        .iter()
+        .filter(|t| {
+            store.view(|x| x.nodes[&t.node_id].description.clone().unwrap().hostname) == "a"
+        })
+        .count();
+    assert_eq!(on_a, 2, "spread evenly over two nodes");
+
+    s = service("east", replicated(2));
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().placement = Some(Placement {
+        constraints: vec!["node.labels.zone==east".into()],
+        max_replicas: 1,
+        ..Default::default()
+    });
+    let id = s.id.clone();
+    store.update(|tx| tx.create(s)).await.unwrap();
+    round(&store, &id).await;
+    let ts = tasks_of(&store, &id);
+    let placed: Vec<&Task> = ts
+        .iter()
+        .filter(|t| state(t) == TaskState::Assigned)
+        .collect();
+    assert_eq!(
+        placed.len(),
+        1,
+        "max one replica per node, one node matches"
+    );
+    let stuck = ts.iter().find(|t| state(t) == TaskState::Pending).unwrap();
+    assert_eq!(
+        stuck.status.as_ref().unwrap().err,
+        "no suitable node (scheduling constraints not satisfied on 1 node; max replicas per node limit exceed on 1 node)"
+    );
+
+    let mut big = service("big", replicated(1));
+    big.spec.as_mut().unwrap().task.as_mut().unwrap().resources = Some(ResourceRequirements {
+        reservations: Some(Resources {
+            memory_bytes: 2 << 30,
+            nano_cpus: 0,
+        }),
+        ..Default::default()
+    });
+    let id = big.id.clone();
+    store.update(|tx| tx.create(big)).await.unwrap();
+    round(&store, &id).await;
+    let t = &tasks_of(&store, &id)[0];
+    assert_eq!(
+        t.status.as_ref().unwrap().err,
+        "no suitable node (insufficient resources on 2 nodes)"
+    );
+
+    assert!(parse_constraint("node.labels.zone==east").is_ok());
+    assert!(parse_constraint("node.role==king")
+        .unwrap_err()
+        .contains("manager or worker"));
+    assert!(parse_constraint("node.color==red")
+        .unwrap_err()
+        .contains("unknown key"));
+    assert!(parse_constraint("zone=east")
+        .unwrap_err()
+        .contains("no == or !="));
+}
+
+#[tokio::test]
+async fn global_runs_one_per_eligible_node_and_leaves_drained_ones() {
+    let s = service("agent", Mode::Global(GlobalService {}));
+    let (a, b) = (node("a", &[]), node("b", &[]));
+    let b_id = b.id.clone();
+    let store = setup(vec![a, b], &s).await;
+    round(&store, &s.id).await;
+    let ts = tasks_of(&store, &s.id);
+    assert_eq!(ts.len(), 2);
+    assert_ne!(ts[0].node_id, ts[1].node_id);
+    agent_converges(&store).await;
+    let mut nb = store.view(|t| t.nodes[&b_id].clone());
+    nb.spec.as_mut().unwrap().availability = NodeAvailability::Drain as i32;
+    store.update(|tx| tx.update(nb)).await.unwrap();
+    round(&store, &s.id).await;
+    let on_b = tasks_of(&store, &s.id)
+        .into_iter()
+        .find(|t| t.node_id == b_id)
+        .unwrap();
+    assert_eq!(
+        desired(&on_b),
+        TaskState::Shutdown,
+        "drained node's task is shut down"
+    );
+}
+
+#[tokio::test]
+async fn replicated_job_runs_to_its_completions() {
+    let s = service(
+        "batch",
+        Mode::ReplicatedJob(ReplicatedJob {
+            max_concurrent: 2,
+            total_completions: 3,
+        }),
+    );
+    let store = setup(vec![node("a", &[])], &s).await;
+    round(&store, &s.id).await;
+    assert_eq!(tasks_of(&store, &s.id).len(), 2, "at most two at once");
+    assert!(tasks_of(&store, &s.id)
+        .iter()
+        .all(|t| desired(t) == TaskState::Complete));
+    agent_converges(&store).await; // assigned -> complete
+    round(&store, &s.id).await;
+    assert_eq!(tasks_of(&store, &s.id).len(), 3, "the third one");
+    agent_converges(&store).await;
+    round(&store, &s.id).await;
+    let ts = tasks_of(&store, &s.id);
+    assert_eq!(ts.len(), 3);
+    assert!(ts.iter().all(|t| state(t) == TaskState::Complete));
+}
+
+#[tokio::test]
+async fn removing_a_service_removes_its_tasks() {
+    let s = service("web", replicated(2));
+    let store = setup(vec![node("a", &[])], &s).await;
+    round(&store, &s.id).await;
+    agent_converges(&store).await;
+    let id = s.id.clone();
+    store.update(|tx| tx.remove::<Service>(&id)).await.unwrap();
+    round(&store, &s.id).await;
+    assert!(tasks_of(&store, &s.id)
+        .iter()
+        .all(|t| desired(t) == TaskState::Remove));
+    agent_converges(&store).await;
+    reap(&store).await.unwrap();
+    assert!(tasks_of(&store, &s.id).is_empty());
+}
