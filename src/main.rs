@@ -1,8 +1,10 @@
 //! shoal: a Docker-Swarm-class orchestrator in one binary. This is the thin binary: the
 //! CLI parses and calls the library crates (`shoal-runtime` for images and containers).
 
+mod agent;
+mod api;
 mod cli;
-#[allow(dead_code)] // the daemon wires it up next
+mod daemon;
 mod manager;
 
 fn main() -> std::process::ExitCode {

@@ -300,6 +300,7 @@ pub async fn open_runtime(cli: &Cli) -> anyhow::Result<ContainerRuntime> {
             "--root".into(),
             cli.data_root.join("containers").into(),
         ],
+        pull: super::image::pull_options(&cli.data_root, &cli.insecure_registries),
     };
     Ok(ContainerRuntime::open(cfg, images).await?)
 }

@@ -2,8 +2,12 @@
 //! a thin layer over a library call.
 
 mod bench;
+mod client;
 mod container;
+mod daemon;
 mod image;
+mod service;
+mod swarm;
 mod util;
 
 use std::path::PathBuf;
@@ -43,6 +47,15 @@ pub struct Globals {
         default_value = "/shoal"
     )]
     cgroup_parent: String,
+    /// The daemon's socket (the CLI's and the daemon's alike), like DOCKER_HOST.
+    #[arg(
+        long = "host",
+        short = 'H',
+        global = true,
+        env = "SHOAL_HOST",
+        default_value = "unix:///run/shoal/shoal.sock"
+    )]
+    host: String,
     /// Registries (host:port) that may be reached over plain http; loopback always may.
     #[arg(
         long = "insecure-registry",
@@ -64,6 +77,17 @@ enum Command {
     Container(container::ContainerCmd),
     /// Log in to a registry; credentials are kept in DATA_ROOT/registry-auth.json (root only).
     Login(image::LoginArgs),
+    /// Manage the swarm.
+    #[command(subcommand)]
+    Swarm(swarm::SwarmCmd),
+    /// Manage swarm nodes.
+    #[command(subcommand)]
+    Node(swarm::NodeCmd),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
+    /// Run the shoal daemon (as root): the node's runtime, agent and, once in a swarm, manager.
+    Daemon(daemon::DaemonArgs),
     /// Times the runtime for scripts/bench/runtime.sh.
     #[command(hide = true)]
     BenchRuntime(bench::BenchArgs),
@@ -109,6 +133,10 @@ pub fn main() -> ExitCode {
             Command::Login(a) => image::login(&g.data_root, &g.insecure_registries, a).await,
             Command::Container(c) => container::run(&g, c).await,
             Command::BenchRuntime(a) => bench::run(&g, a).await,
+            Command::Daemon(a) => daemon::run(&g, a).await,
+            Command::Swarm(c) => swarm::run_swarm(&g, c).await,
+            Command::Node(c) => swarm::run_node(&g, c).await,
+            Command::Service(c) => service::run(&g, c).await,
             Command::Keeper { .. } => unreachable!("handled above"),
         }
     });

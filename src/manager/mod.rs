@@ -1,5 +1,8 @@
 //! The manager: the replicated store and the leader-only loops that reconcile it.
 
+pub mod control;
+pub mod dispatcher;
+pub mod node;
 pub mod orchestrator;
 pub mod raft;
 pub mod restart;

@@ -382,6 +382,7 @@ impl Store {
     }
 
     /// A store whose updates apply directly, with no Raft: for tests of the loops.
+    #[cfg(test)]
     pub fn in_memory() -> Store {
         let s = Store::new();
         let direct = DirectProposer {
@@ -494,11 +495,13 @@ impl Store {
 }
 
 /// Commits by applying at once, numbering batches itself.
+#[cfg(test)]
 struct DirectProposer {
     store: Store,
     next: std::sync::atomic::AtomicU64,
 }
 
+#[cfg(test)]
 impl Proposer for DirectProposer {
     fn propose(
         &self,
@@ -545,19 +548,37 @@ impl Tx<'_> {
         m.into_values().collect()
     }
 
-    /// The tables as they were when the transaction began.
-    pub fn base(&self) -> &Tables {
-        self.base
-    }
-
+    /// Records a change. A second change of one object in a transaction folds into the
+    /// first (create+update is a create of the final value, create+remove is nothing),
+    /// so a batch never holds two changes of one object.
     fn record<T: StoreItem>(&mut self, kind: ActionKind, item: T, after: Option<Object>) {
-        self.overlay.insert((T::KIND, item.id().to_string()), after);
-        self.actions.push(StoreAction {
-            kind: kind as i32,
+        let id = item.id().to_string();
+        self.overlay.insert((T::KIND, id.clone()), after);
+        let same = |a: &StoreAction| {
+            a.object
+                .as_ref()
+                .and_then(|o| o.object.as_ref())
+                .is_some_and(|o| object_key(o) == (T::KIND, id.as_str()))
+        };
+        let action = |k: ActionKind, item: T| StoreAction {
+            kind: k as i32,
             object: Some(StoreObject {
                 object: Some(item.wrap()),
             }),
-        });
+        };
+        match self.actions.iter().position(same) {
+            None => self.actions.push(action(kind, item)),
+            Some(i) => {
+                let prev = ActionKind::try_from(self.actions[i].kind).unwrap_or(ActionKind::Update);
+                match (prev, kind) {
+                    (ActionKind::Create, ActionKind::Remove) => {
+                        self.actions.remove(i);
+                    }
+                    (ActionKind::Create, _) => self.actions[i] = action(ActionKind::Create, item),
+                    (_, k) => self.actions[i] = action(k, item),
+                }
+            }
+        }
     }
 
     pub fn create<T: StoreItem + TryFromObject>(&mut self, item: T) -> Result<(), StoreError> {
@@ -607,6 +628,19 @@ impl Tx<'_> {
         };
         self.record(ActionKind::Remove, item, None);
         Ok(())
+    }
+}
+
+/// An object's kind and ID.
+fn object_key(o: &Object) -> (&'static str, &str) {
+    match o {
+        Object::Node(x) => (Node::KIND, &x.id),
+        Object::Service(x) => (Service::KIND, &x.id),
+        Object::Task(x) => (Task::KIND, &x.id),
+        Object::Network(x) => (Network::KIND, &x.id),
+        Object::Secret(x) => (Secret::KIND, &x.id),
+        Object::Config(x) => (Config::KIND, &x.id),
+        Object::Cluster(x) => (Cluster::KIND, &x.id),
     }
 }
 
@@ -753,6 +787,35 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "service zzz not found");
+    }
+
+    #[tokio::test]
+    async fn several_changes_of_one_object_in_a_transaction_fold() {
+        let s = Store::in_memory();
+        s.update(|tx| {
+            tx.create(Task {
+                id: "t".into(),
+                ..Default::default()
+            })
+        })
+        .await
+        .unwrap();
+        s.update(|tx| {
+            for slot in 1..=3 {
+                let mut t = tx.get::<Task>("t").unwrap();
+                t.slot = slot;
+                tx.update(t)?;
+            }
+            tx.create(Task {
+                id: "u".into(),
+                ..Default::default()
+            })?;
+            tx.remove::<Task>("u")
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.view(|t| t.tasks["t"].slot), 3);
+        assert!(s.view(|t| !t.tasks.contains_key("u")));
     }
 
     #[tokio::test]

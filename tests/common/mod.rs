@@ -64,6 +64,7 @@ impl Host {
                 OsString::from("--root"),
                 self.data_root().join("containers").into(),
             ],
+            pull: Default::default(),
         }
     }
 

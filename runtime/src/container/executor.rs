@@ -48,6 +48,7 @@ impl Executor for ContainerRuntime {
         if self.dir(id).join("container.json").is_file() {
             return Ok(()); // prepared before a restart
         }
+        self.ensure_image(&spec.image, &self.config().pull).await?;
         self.prepare(id, spec).await.map(|_| ())
     }
     async fn start(&self, id: &str) -> Result<(), ContainerError> {

@@ -82,6 +82,8 @@ pub struct RuntimeConfig {
     pub cgroup_parent: String,
     /// The command that runs the keeper (`shoal keeper --root <data-root>/containers`).
     pub keeper_cmd: Vec<OsString>,
+    /// How images missing from the store are pulled when a container is prepared.
+    pub pull: PullOptions,
 }
 
 impl RuntimeConfig {
@@ -190,6 +192,10 @@ impl ContainerRuntime {
             }
         }
         Ok(rt)
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
     }
 
     pub fn images(&self) -> &ImageStore {

@@ -2,6 +2,7 @@
 //! redb ([`storage`]), the state machine applying batches to the [`Store`], and a
 //! [`Proposer`] that commits a batch through Raft and waits for it to be applied here.
 
+pub mod network;
 pub mod storage;
 
 use std::io::Cursor;

@@ -1,0 +1,226 @@
+//! The agent: the worker side of a node. It holds a session with the dispatcher (the
+//! same gRPC service whether the manager is this process or another host), receives its
+//! assignments (a full set, then changes), runs one task manager per task, and reports
+//! statuses until the dispatcher acknowledges them.
+
+pub mod convert;
+pub mod task;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::assignments_message::Type as AssignType;
+use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::{
+    AssignmentsRequest, HeartbeatRequest, NodeDescription, SessionRequest, Task, TaskStatusUpdate,
+    UpdateTaskStatusRequest,
+};
+use shoal_runtime::container::executor::Executor;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use task::Report;
+
+/// The agent of one node.
+pub struct Agent<E: Executor> {
+    pub exec: Arc<E>,
+    pub node_id: String,
+    pub description: NodeDescription,
+}
+
+impl<E: Executor> Agent<E> {
+    /// Runs sessions until shut down, reconnecting when a session breaks.
+    pub async fn run(
+        self,
+        connect: impl Fn() -> futures::future::BoxFuture<'static, anyhow::Result<Channel>>,
+        shutdown: CancellationToken,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel::<Report>();
+        let mut rx = Some(rx);
+        let mut tasks: HashMap<String, watch::Sender<Task>> = HashMap::new();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let res = async {
+                let ch = connect().await?;
+                self.session(ch, &tx, &mut rx, &mut tasks, &shutdown).await
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = res => {
+                    if let Err(e) = r {
+                        tracing::info!(error = %e, "dispatcher session ended; reconnecting");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn session(
+        &self,
+        ch: Channel,
+        tx: &mpsc::UnboundedSender<Report>,
+        rx: &mut Option<mpsc::UnboundedReceiver<Report>>,
+        tasks: &mut HashMap<String, watch::Sender<Task>>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut client =
+            DispatcherClient::with_interceptor(ch, NodeIdentity(self.node_id.parse()?));
+        let req = tonic::Request::new(SessionRequest {
+            description: Some(self.description.clone()),
+            running_tasks: tasks.keys().cloned().collect(),
+        });
+        let mut session = client.session(req).await?.into_inner();
+        let first = session
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("dispatcher closed the session"))?;
+        let sid = first.session_id.clone();
+        let period = Duration::from_millis(first.heartbeat_period_ms.max(100) as u64);
+        tracing::info!(session = %sid, node.id = %self.node_id, "dispatcher session started");
+
+        // the reporter outlives sessions; it is started once and keeps the receiver
+        if let Some(r) = rx.take() {
+            tokio::spawn(report_loop(client.clone(), r, shutdown.clone()));
+        }
+        REPORT_SESSION.with_sid(&sid);
+
+        let mut assign = client
+            .assignments(AssignmentsRequest {
+                session_id: sid.clone(),
+            })
+            .await?
+            .into_inner();
+        let mut beat = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = beat.tick() => {
+                    client.heartbeat(HeartbeatRequest { session_id: sid.clone() }).await?;
+                }
+                m = session.message() => {
+                    if m?.is_none() {
+                        anyhow::bail!("dispatcher closed the session");
+                    }
+                }
+                m = assign.message() => {
+                    let Some(m) = m? else { anyhow::bail!("assignments stream ended") };
+                    if m.r#type == AssignType::Complete as i32 {
+                        let keep: std::collections::HashSet<&str> = m.update_tasks.iter().map(|t| t.id.as_str()).collect();
+                        let gone: Vec<String> = tasks.keys().filter(|k| !keep.contains(k.as_str())).cloned().collect();
+                        for id in gone {
+                            self.forget(tasks, &id);
+                        }
+                    }
+                    for id in &m.remove_tasks {
+                        self.forget(tasks, id);
+                    }
+                    for t in m.update_tasks {
+                        match tasks.get(&t.id) {
+                            Some(w) => {
+                                w.send_if_modified(|cur| {
+                                    let changed = cur.desired_state != t.desired_state || cur.spec_version != t.spec_version;
+                                    *cur = t.clone();
+                                    changed
+                                });
+                            }
+                            None => {
+                                let (w, r) = watch::channel(t.clone());
+                                tasks.insert(t.id.clone(), w);
+                                tokio::spawn(task::manage(self.exec.clone(), r, tx.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A task no longer assigned here: stop its manager, then its container.
+    fn forget(&self, tasks: &mut HashMap<String, watch::Sender<Task>>, id: &str) {
+        if tasks.remove(id).is_some() {
+            let exec = self.exec.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                let _ = exec.shutdown(&id, None).await;
+                let _ = exec.remove(&id).await;
+            });
+        }
+    }
+}
+
+/// The session the reporter sends with: it changes when the agent reconnects.
+struct SessionCell(std::sync::Mutex<String>);
+impl SessionCell {
+    fn with_sid(&self, s: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = s.to_string();
+    }
+    fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+static REPORT_SESSION: SessionCell = SessionCell(std::sync::Mutex::new(String::new()));
+
+/// Sends statuses in batches, retrying until the dispatcher acknowledges them.
+/// Says which node the agent is for on every request (mTLS certificates will, across hosts).
+#[derive(Clone)]
+pub struct NodeIdentity(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for NodeIdentity {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("x-shoal-node-id", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Client =
+    DispatcherClient<tonic::service::interceptor::InterceptedService<Channel, NodeIdentity>>;
+
+async fn report_loop(
+    mut client: Client,
+    mut rx: mpsc::UnboundedReceiver<Report>,
+    shutdown: CancellationToken,
+) {
+    let mut pending: Vec<Report> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = rx.recv() => match r {
+                    Some(r) => pending.push(r),
+                    None => return,
+                }
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            pending.push(r);
+        }
+        let updates: Vec<TaskStatusUpdate> = pending
+            .iter()
+            .map(|(id, s)| TaskStatusUpdate {
+                task_id: id.clone(),
+                status: Some(s.clone()),
+            })
+            .collect();
+        let req = tonic::Request::new(UpdateTaskStatusRequest {
+            session_id: REPORT_SESSION.get(),
+            updates,
+        });
+        match client.update_task_status(req).await {
+            Ok(_) => pending.clear(),
+            Err(e) => {
+                tracing::debug!(error = %e, "status report not acknowledged; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! One task manager per task: steps the task's container towards the task's desired
+//! state through the executor, and reports every state it reaches. It starts from what
+//! the executor says the container is (so a restarted agent re-adopts running containers
+//! instead of starting them again).
+
+use std::sync::Arc;
+
+use shoal_proto::{ContainerStatus as ApiContainer, Task, TaskState, TaskStatus};
+use shoal_runtime::container::executor::Executor;
+use shoal_runtime::container::Status;
+use tokio::sync::{mpsc, watch};
+
+use super::convert::container_spec;
+use crate::manager::store::now_ms;
+use crate::manager::tasks::desired;
+
+/// A status to report for a task.
+pub type Report = (String, TaskStatus);
+
+fn st(state: TaskState, message: &str) -> TaskStatus {
+    TaskStatus {
+        timestamp_ms: now_ms(),
+        state: state as i32,
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+fn exited(code: i32, oom: bool, known: bool, pid: i32) -> TaskStatus {
+    let (state, err) = match (code, known) {
+        (0, true) => (TaskState::Complete, String::new()),
+        (_, false) => (
+            TaskState::Failed,
+            "task: exit status lost (the node's keeper restarted)".into(),
+        ),
+        (c, true) if oom => (
+            TaskState::Failed,
+            format!("task: non-zero exit ({c}): OOM killed"),
+        ),
+        (c, true) => (TaskState::Failed, format!("task: non-zero exit ({c})")),
+    };
+    TaskStatus {
+        timestamp_ms: now_ms(),
+        state: state as i32,
+        message: if state == TaskState::Complete {
+            "finished".into()
+        } else {
+            "failed".into()
+        },
+        err,
+        container: Some(ApiContainer {
+            container_id: String::new(),
+            pid,
+            exit_code: code,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs until the task is removed (its watch closes) or reaches its end.
+pub async fn manage<E: Executor>(
+    exec: Arc<E>,
+    mut task: watch::Receiver<Task>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let id = task.borrow().id.clone();
+    let report = |s: TaskStatus| {
+        let _ = reports.send((id.clone(), s));
+    };
+    // where the container is, as the executor knows it
+    let mut reached = match exec.inspect(&id).await {
+        Ok(c) => match c.status {
+            Status::Prepared => TaskState::Ready,
+            Status::Created => TaskState::Ready,
+            Status::Running => TaskState::Running,
+            Status::Exited => {
+                if let Some(x) = c.exit {
+                    let s = exited(x.code, x.oom, x.known, c.pid.unwrap_or(0));
+                    let state = TaskState::try_from(s.state).unwrap_or(TaskState::Failed);
+                    report(s);
+                    state
+                } else {
+                    TaskState::Failed
+                }
+            }
+        },
+        Err(_) => TaskState::Assigned,
+    };
+    if reached == TaskState::Running {
+        report(st(TaskState::Running, "re-adopted"));
+    }
+    loop {
+        let t = task.borrow_and_update().clone();
+        let want = desired(&t);
+        if matches!(want, TaskState::Shutdown | TaskState::Remove)
+            || want as i32 > TaskState::Complete as i32
+        {
+            if !reached.is_terminal() {
+                if (reached as i32) >= TaskState::Starting as i32 {
+                    let grace = None;
+                    if let Err(e) = exec.shutdown(&id, grace).await {
+                        tracing::warn!(task.id = %id, error = %e, "shutdown failed");
+                    }
+                }
+                reached = TaskState::Shutdown;
+                report(st(TaskState::Shutdown, "shutdown"));
+            }
+            if want == TaskState::Remove {
+                let _ = exec.remove(&id).await;
+            }
+            if task.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if reached.is_terminal() {
+            if task.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if (reached as i32) < TaskState::Accepted as i32 {
+            reached = TaskState::Accepted;
+            report(st(reached, "accepted"));
+            continue;
+        }
+        if (reached as i32) < TaskState::Ready as i32 {
+            report(st(TaskState::Preparing, "preparing"));
+            match exec.prepare(&id, &container_spec(&t)).await {
+                Ok(()) => {
+                    reached = TaskState::Ready;
+                    report(st(reached, "prepared"));
+                }
+                Err(e) => {
+                    reached = TaskState::Rejected;
+                    let mut s = st(reached, "preparing failed");
+                    s.err = e.to_string();
+                    report(s);
+                }
+            }
+            continue;
+        }
+        if reached == TaskState::Ready {
+            if !matches!(want, TaskState::Running | TaskState::Complete) {
+                if task.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            report(st(TaskState::Starting, "starting"));
+            match exec.start(&id).await {
+                Ok(()) => {
+                    reached = TaskState::Running;
+                    let pid = exec
+                        .inspect(&id)
+                        .await
+                        .ok()
+                        .and_then(|c| c.pid)
+                        .unwrap_or(0);
+                    let mut s = st(reached, "started");
+                    s.container = Some(ApiContainer {
+                        container_id: id.clone(),
+                        pid,
+                        exit_code: 0,
+                    });
+                    report(s);
+                }
+                Err(e) => {
+                    reached = TaskState::Failed;
+                    let mut s = st(reached, "starting failed");
+                    s.err = e.to_string();
+                    report(s);
+                }
+            }
+            continue;
+        }
+        // running: until it exits or the task changes
+        tokio::select! {
+            x = exec.wait(&id) => {
+                match x {
+                    Ok(x) => {
+                        let pid = exec.inspect(&id).await.ok().and_then(|c| c.pid).unwrap_or(0);
+                        let s = exited(x.code, x.oom, x.known, pid);
+                        reached = TaskState::try_from(s.state).unwrap_or(TaskState::Failed);
+                        report(s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(task.id = %id, error = %e, "wait failed");
+                        if task.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            changed = task.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

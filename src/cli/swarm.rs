@@ -1,0 +1,211 @@
+//! `shoal swarm …` and `shoal node …`.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Subcommand;
+use serde_json::json;
+use shoal_proto::*;
+
+use super::client::{control, refusal, swarm};
+use super::util::table;
+use super::Globals;
+
+#[derive(Subcommand)]
+pub enum SwarmCmd {
+    /// Make this node the first manager of a new swarm.
+    Init {
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        #[arg(long)]
+        listen_addr: Option<String>,
+    },
+    /// Leave the swarm (a manager needs --force: its state goes with it).
+    Leave {
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, default_value = "table")]
+        format: String,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show nodes in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
+    let mut s = swarm(g).await?;
+    match c {
+        SwarmCmd::Init {
+            advertise_addr,
+            listen_addr,
+        } => {
+            let info = s
+                .init(SwarmInitRequest {
+                    advertise_addr: advertise_addr.unwrap_or_default(),
+                    listen_addr: listen_addr.unwrap_or_default(),
+                    force_new_cluster: false,
+                })
+                .await
+                .map_err(refusal)?
+                .into_inner();
+            println!(
+                "Swarm initialized: current node ({}) is now a manager.",
+                info.node_id
+            );
+        }
+        SwarmCmd::Leave { force } => {
+            s.leave(SwarmLeaveRequest { force })
+                .await
+                .map_err(refusal)?;
+            println!("Node left the swarm.");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn node_state(n: &Node) -> &'static str {
+    match n
+        .status
+        .as_ref()
+        .and_then(|s| NodeState::try_from(s.state).ok())
+        .unwrap_or(NodeState::Unknown)
+    {
+        NodeState::Ready => "Ready",
+        NodeState::Down => "Down",
+        NodeState::Disconnected => "Disconnected",
+        NodeState::Unknown => "Unknown",
+    }
+}
+
+fn availability(n: &Node) -> &'static str {
+    match n
+        .spec
+        .as_ref()
+        .and_then(|s| NodeAvailability::try_from(s.availability).ok())
+        .unwrap_or(NodeAvailability::Active)
+    {
+        NodeAvailability::Active => "Active",
+        NodeAvailability::Pause => "Pause",
+        NodeAvailability::Drain => "Drain",
+    }
+}
+
+fn manager_status(n: &Node) -> &'static str {
+    match &n.manager_status {
+        Some(m) if m.leader => "Leader",
+        Some(m) if m.reachability == Reachability::Unreachable as i32 => "Unreachable",
+        Some(_) => "Reachable",
+        None => "",
+    }
+}
+
+pub fn hostname(n: &Node) -> String {
+    n.description
+        .as_ref()
+        .map(|d| d.hostname.clone())
+        .unwrap_or_default()
+}
+
+pub async fn run_node(g: &Globals, c: NodeCmd) -> anyhow::Result<ExitCode> {
+    let mut ctl = control(g).await?;
+    match c {
+        NodeCmd::Ls { format, quiet } => {
+            let info = swarm(g)
+                .await?
+                .info(Empty {})
+                .await
+                .map_err(refusal)?
+                .into_inner();
+            let nodes = ctl
+                .list_nodes(ListRequest::default())
+                .await
+                .map_err(refusal)?
+                .into_inner()
+                .nodes;
+            let engine = |n: &Node| {
+                n.description
+                    .as_ref()
+                    .and_then(|d| d.engine.as_ref())
+                    .map(|e| e.engine_version.clone())
+                    .unwrap_or_default()
+            };
+            if quiet {
+                nodes.iter().for_each(|n| println!("{}", n.id));
+                return Ok(ExitCode::SUCCESS);
+            }
+            match format.as_str() {
+                "table" => {
+                    let rows: Vec<Vec<String>> = nodes
+                        .iter()
+                        .map(|n| {
+                            let me = if n.id == info.node_id { " *" } else { "" };
+                            vec![
+                                format!("{}{me}", n.id),
+                                hostname(n),
+                                node_state(n).into(),
+                                availability(n).into(),
+                                manager_status(n).into(),
+                                engine(n),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "ID",
+                            "HOSTNAME",
+                            "STATUS",
+                            "AVAILABILITY",
+                            "MANAGER STATUS",
+                            "ENGINE VERSION",
+                        ],
+                        &rows,
+                    );
+                }
+                "json" | "{{json .}}" => {
+                    for n in &nodes {
+                        println!(
+                            "{}",
+                            json!({"ID": n.id, "Self": n.id == info.node_id, "Hostname": hostname(n), "Status": node_state(n), "Availability": availability(n), "ManagerStatus": manager_status(n), "EngineVersion": engine(n)})
+                        );
+                    }
+                }
+                other => bail!("--format {other:?} is not supported: use table or json"),
+            }
+        }
+        NodeCmd::Inspect { nodes } => {
+            let mut out = Vec::new();
+            for what in nodes {
+                let n = ctl
+                    .get_node(GetRequest { id_or_name: what })
+                    .await
+                    .map_err(refusal)?
+                    .into_inner();
+                out.push(json!({
+                    "ID": n.id,
+                    "Version": {"Index": n.meta.map(|m| m.version).unwrap_or(0)},
+                    "Spec": {"Role": if n.role == NodeRole::Manager as i32 { "manager" } else { "worker" }, "Availability": availability(&n).to_lowercase(),
+                              "Labels": n.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.labels.clone()).unwrap_or_default()},
+                    "Description": {"Hostname": hostname(&n),
+                                    "Platform": n.description.as_ref().and_then(|d| d.platform.as_ref()).map(|p| json!({"Architecture": p.architecture, "OS": p.os})),
+                                    "Resources": n.description.as_ref().and_then(|d| d.resources.as_ref()).map(|r| json!({"NanoCPUs": r.nano_cpus, "MemoryBytes": r.memory_bytes}))},
+                    "Status": {"State": node_state(&n).to_lowercase(), "Addr": n.status.as_ref().map(|s| s.addr.clone()).unwrap_or_default()},
+                    "ManagerStatus": n.manager_status.as_ref().map(|m| json!({"Leader": m.leader, "Reachability": "reachable", "Addr": m.addr})),
+                }));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,313 @@
+//! The control API's logic on the store: find, create, update and remove services,
+//! list tasks and nodes. Validation happens here, so that every client (CLI, remote
+//! manager) gets the same refusals, each naming the field and why.
+
+use std::collections::HashMap;
+
+use shoal_proto::service_spec::Mode;
+use shoal_proto::*;
+
+use super::scheduler::parse_constraint;
+use super::store::{new_id, Store, StoreError, StoreItem, Tables, TryFromObject};
+use super::tasks::{desired, mode, state};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{kind} {what} not found")]
+    NotFound { kind: &'static str, what: String },
+    #[error("{kind} {what} is ambiguous: it matches {count}")]
+    Ambiguous {
+        kind: &'static str,
+        what: String,
+        count: usize,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(s: impl Into<String>) -> ControlError {
+    ControlError::Invalid(s.into())
+}
+
+/// Finds an object by full ID, name, or unique ID prefix (in that order, as Docker does).
+pub fn find<T: StoreItem + TryFromObject>(
+    table: &std::collections::BTreeMap<String, T>,
+    what: &str,
+) -> Result<T, ControlError> {
+    if let Some(x) = table.get(what) {
+        return Ok(x.clone());
+    }
+    let by_name: Vec<&T> = table.values().filter(|x| x.name() == what).collect();
+    if by_name.len() == 1 {
+        return Ok(by_name[0].clone());
+    }
+    let by_prefix: Vec<&T> = table
+        .values()
+        .filter(|x| x.id().starts_with(what))
+        .collect();
+    match (by_name.len(), by_prefix.len()) {
+        (0, 1) => Ok(by_prefix[0].clone()),
+        (0, 0) => Err(ControlError::NotFound {
+            kind: T::KIND,
+            what: what.into(),
+        }),
+        (n, m) => Err(ControlError::Ambiguous {
+            kind: T::KIND,
+            what: what.into(),
+            count: n.max(m),
+        }),
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Checks a service spec the way `docker service create` would.
+pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ControlError> {
+    let name = spec
+        .annotations
+        .as_ref()
+        .map(|a| a.name.as_str())
+        .unwrap_or("");
+    if !valid_name(name) {
+        return Err(invalid(format!("--name: {name:?} is not a valid service name: use up to 63 of [a-zA-Z0-9-_], starting with a letter or digit")));
+    }
+    let task = spec
+        .task
+        .as_ref()
+        .ok_or_else(|| invalid("the service has no task spec"))?;
+    let c = task
+        .container
+        .as_ref()
+        .ok_or_else(|| invalid("the service has no container spec"))?;
+    if c.image.trim().is_empty() {
+        return Err(invalid("image: an image is required"));
+    }
+    shoal_runtime_free_checks(c)?;
+    if let Some(p) = &task.placement {
+        for k in &p.constraints {
+            parse_constraint(k).map_err(|e| invalid(format!("--constraint: {e}")))?;
+        }
+        for pref in &p.preferences {
+            if !pref.spread_descriptor.starts_with("node.labels.") {
+                return Err(invalid(format!(
+                    "--placement-pref: spread={} is not supported: use spread=node.labels.<name>",
+                    pref.spread_descriptor
+                )));
+            }
+        }
+    }
+    if let Some(r) = &task.resources {
+        for (what, res) in [("limit", &r.limits), ("reserve", &r.reservations)] {
+            if let Some(res) = res {
+                if res.memory_bytes < 0 || res.nano_cpus < 0 {
+                    return Err(invalid(format!(
+                        "--{what}-memory / --{what}-cpu must not be negative"
+                    )));
+                }
+            }
+        }
+    }
+    match &spec.mode {
+        None => Err(invalid("--mode: a service needs a mode")),
+        Some(Mode::ReplicatedJob(j)) if j.total_completions == 0 && j.max_concurrent == 0 => Ok(()),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks that need no runtime: env syntax, mount targets, signals are checked again by
+/// the runtime on the node, but a user should hear of them at create time.
+fn shoal_runtime_free_checks(c: &ContainerSpec) -> Result<(), ControlError> {
+    for e in &c.env {
+        if !e.contains('=') && e.is_empty() {
+            return Err(invalid(format!("--env: {e:?} is not KEY=VALUE")));
+        }
+    }
+    for m in &c.mounts {
+        if !m.target.starts_with('/') {
+            return Err(invalid(format!(
+                "--mount: target {:?} must be an absolute path",
+                m.target
+            )));
+        }
+        if m.r#type == mount::Type::Bind as i32 && !m.source.starts_with('/') {
+            return Err(invalid(format!(
+                "--mount: bind source {:?} must be an absolute path",
+                m.source
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn create_service(store: &Store, spec: ServiceSpec) -> Result<Service, ControlError> {
+    validate_spec(&spec)?;
+    let s = Service {
+        id: new_id(),
+        spec: Some(spec),
+        spec_version: 1,
+        ..Default::default()
+    };
+    let id = s.id.clone();
+    store.update(|tx| tx.create(s)).await?;
+    store
+        .view(|t| t.services.get(&id).cloned())
+        .ok_or(ControlError::NotFound {
+            kind: "service",
+            what: id,
+        })
+}
+
+pub async fn update_service(
+    store: &Store,
+    what: &str,
+    version: u64,
+    mut spec: ServiceSpec,
+    rollback: bool,
+) -> Result<Service, ControlError> {
+    let cur = store.view(|t| find(&t.services, what))?;
+    if version != 0 && cur.meta.map(|m| m.version) != Some(version) {
+        return Err(ControlError::Store(StoreError::Conflict {
+            kind: "service".into(),
+            id: cur.id.clone(),
+            expected: version,
+            actual: cur.meta.map(|m| m.version).unwrap_or(0),
+        }));
+    }
+    if rollback {
+        spec = cur.previous_spec.clone().ok_or_else(|| {
+            invalid(format!(
+                "service {} has no previous spec to roll back to",
+                what
+            ))
+        })?;
+    }
+    validate_spec(&spec)?;
+    let cur_mode = mode(&cur).map(std::mem::discriminant);
+    if cur_mode != spec.mode.as_ref().map(std::mem::discriminant) {
+        return Err(invalid("--mode: a service's mode cannot be changed"));
+    }
+    let mut next = cur.clone();
+    let task_changed = cur.spec.as_ref().and_then(|s| s.task.clone()) != spec.task;
+    next.previous_spec = cur.spec.clone();
+    next.spec = Some(spec);
+    if task_changed {
+        next.spec_version += 1;
+    }
+    let id = next.id.clone();
+    store.update(|tx| tx.update(next)).await?;
+    Ok(store.view(|t| t.services[&id].clone()))
+}
+
+pub async fn remove_service(store: &Store, what: &str) -> Result<(), ControlError> {
+    let s = store.view(|t| find(&t.services, what))?;
+    store.update(|tx| tx.remove::<Service>(&s.id)).await?;
+    Ok(())
+}
+
+/// Running and desired task counts per service, as `service ls` shows "n/m".
+pub fn replica_counts(t: &Tables) -> (HashMap<String, u64>, HashMap<String, u64>) {
+    let mut running: HashMap<String, u64> = HashMap::new();
+    let mut desired_n: HashMap<String, u64> = HashMap::new();
+    let ready_nodes: Vec<&String> = t
+        .nodes
+        .values()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .is_some_and(|s| s.state == NodeState::Ready as i32)
+        })
+        .map(|n| &n.id)
+        .collect();
+    for s in t.services.values() {
+        let want = match mode(s) {
+            Some(Mode::Replicated(r)) => r.replicas,
+            Some(Mode::ReplicatedJob(j)) => j.total_completions.max(1),
+            Some(Mode::Global(_)) | Some(Mode::GlobalJob(_)) => t
+                .tasks
+                .values()
+                .filter(|x| {
+                    x.service_id == s.id
+                        && desired(x) as i32 <= TaskState::Complete as i32
+                        && desired(x) != TaskState::Shutdown
+                })
+                .count() as u64,
+            None => 0,
+        };
+        desired_n.insert(s.id.clone(), want);
+        running.insert(s.id.clone(), 0);
+    }
+    for x in t.tasks.values() {
+        let counts = state(x) == TaskState::Running
+            && desired(x) == TaskState::Running
+            && ready_nodes.contains(&&x.node_id)
+            || state(x) == TaskState::Complete && desired(x) == TaskState::Complete;
+        if counts {
+            *running.entry(x.service_id.clone()).or_default() += 1;
+        }
+    }
+    (running, desired_n)
+}
+
+/// Tasks matching `docker service ps`-style filters (service=, node=, desired-state=, id=, name=).
+pub fn list_tasks(t: &Tables, filters: &[String]) -> Result<Vec<Task>, ControlError> {
+    let mut out: Vec<Task> = t.tasks.values().cloned().collect();
+    for f in filters {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| invalid(format!("--filter {f:?}: use key=value")))?;
+        match k {
+            "service" => {
+                let s = find(&t.services, v)?;
+                out.retain(|x| x.service_id == s.id);
+            }
+            "node" => {
+                let n = find(&t.nodes, v)?;
+                out.retain(|x| x.node_id == n.id);
+            }
+            "desired-state" => {
+                let want: &[TaskState] = match v {
+                    "running" => &[TaskState::Running, TaskState::Ready, TaskState::Complete],
+                    "shutdown" => &[TaskState::Shutdown, TaskState::Remove],
+                    "accepted" => &[TaskState::Accepted],
+                    _ => {
+                        return Err(invalid(format!(
+                            "--filter desired-state={v}: use running, shutdown or accepted"
+                        )))
+                    }
+                };
+                out.retain(|x| want.contains(&desired(x)));
+            }
+            "id" => out.retain(|x| x.id.starts_with(v)),
+            "name" => out.retain(|x| {
+                x.annotations
+                    .as_ref()
+                    .is_some_and(|a| a.name.starts_with(v))
+            }),
+            _ => {
+                return Err(invalid(format!(
+                    "--filter {k:?} is not supported (service, node, desired-state, id, name)"
+                )))
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        a.service_id
+            .cmp(&b.service_id)
+            .then(a.slot.cmp(&b.slot))
+            .then(
+                b.status
+                    .as_ref()
+                    .map(|s| s.timestamp_ms)
+                    .cmp(&a.status.as_ref().map(|s| s.timestamp_ms)),
+            )
+    });
+    Ok(out)
+}

@@ -1,0 +1,341 @@
+//! The dispatcher: the agents' side of the managers. Sessions (a node registers and is
+//! marked ready; heartbeats keep it so), assignments (a full set of the node's tasks,
+//! then changes as they commit), and status reports, written to the store in batches
+//! every 100 ms, accepted only from the node that owns the task and only forwards.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use shoal_proto::assignments_message::Type as AssignType;
+use shoal_proto::dispatcher_server::Dispatcher as DispatcherApi;
+use shoal_proto::store_object::Object;
+use shoal_proto::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::store::{new_id, Event, Store, StoreError};
+use super::tasks::state;
+
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(1000);
+
+type Pending = (
+    String,
+    Vec<TaskStatusUpdate>,
+    oneshot::Sender<Result<(), StoreError>>,
+);
+
+struct Session {
+    node_id: String,
+    last_beat: Instant,
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Store,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    updates: mpsc::Sender<Pending>,
+    heartbeat: Duration,
+}
+
+fn node_of<T>(r: &Request<T>) -> Result<String, Status> {
+    r.metadata()
+        .get("x-shoal-node-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Status::unauthenticated("no node identity"))
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Proposal(m) => Status::unavailable(m),
+        e => Status::failed_precondition(e.to_string()),
+    }
+}
+
+impl Dispatcher {
+    /// The dispatcher, with its status batcher running until `shutdown`.
+    pub fn new(store: Store, shutdown: CancellationToken) -> Dispatcher {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(batch_writer(store.clone(), rx, shutdown));
+        Dispatcher {
+            store,
+            sessions: Arc::default(),
+            updates: tx,
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
+
+    fn session_node(&self, sid: &str, node: &str) -> Result<(), Status> {
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match s.get_mut(sid) {
+            Some(x) if x.node_id == node => {
+                x.last_beat = Instant::now();
+                Ok(())
+            }
+            _ => Err(Status::not_found("session invalid: start a new one")),
+        }
+    }
+}
+
+/// Writes status reports in batches: one store transaction per 100 ms.
+async fn batch_writer(store: Store, mut rx: mpsc::Receiver<Pending>, shutdown: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = rx.recv() => match p { Some(p) => p, None => return },
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                p = rx.recv() => match p { Some(p) => batch.push(p), None => break },
+            }
+        }
+        let all: Vec<(String, TaskStatusUpdate)> = batch
+            .iter()
+            .flat_map(|(n, us, _)| us.iter().map(move |u| (n.clone(), u.clone())))
+            .collect();
+        let res = store
+            .update(|tx| {
+                for (node, u) in &all {
+                    let Some(mut t) = tx.get::<Task>(&u.task_id) else {
+                        continue;
+                    };
+                    if &t.node_id != node {
+                        continue; // only the owning node may report a task
+                    }
+                    let Some(new) = u.status.clone() else {
+                        continue;
+                    };
+                    if new.state < state(&t) as i32 {
+                        continue; // states only move forward
+                    }
+                    if t.status.as_ref() == Some(&new) {
+                        continue;
+                    }
+                    t.status = Some(new);
+                    tx.update(t)?;
+                }
+                Ok(())
+            })
+            .await;
+        for (_, _, done) in batch {
+            let _ = done.send(res.clone());
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn is_for(t: &Task, node: &str) -> bool {
+    t.node_id == node && state(t) as i32 >= TaskState::Assigned as i32
+}
+
+#[tonic::async_trait]
+impl DispatcherApi for Dispatcher {
+    type SessionStream = BoxStream<SessionMessage>;
+    type AssignmentsStream = BoxStream<AssignmentsMessage>;
+
+    async fn session(
+        &self,
+        req: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let node_id = node_of(&req)?;
+        let desc = req.into_inner().description.unwrap_or_default();
+        let id = node_id.clone();
+        self.store
+            .update(move |tx| {
+                let mut n = tx.get::<Node>(&id).unwrap_or_else(|| Node {
+                    id: id.clone(),
+                    ..Default::default()
+                });
+                let exists = n.meta.is_some();
+                n.description = Some(desc);
+                n.status = Some(NodeStatus {
+                    state: NodeState::Ready as i32,
+                    message: String::new(),
+                    addr: n
+                        .status
+                        .as_ref()
+                        .map(|s| s.addr.clone())
+                        .unwrap_or_default(),
+                });
+                n.spec.get_or_insert_with(NodeSpec::default);
+                if exists {
+                    tx.update(n)
+                } else {
+                    tx.create(n)
+                }
+            })
+            .await
+            .map_err(store_status)?;
+        let sid = new_id();
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                sid.clone(),
+                Session {
+                    node_id: node_id.clone(),
+                    last_beat: Instant::now(),
+                },
+            );
+        let (tx, rx) = mpsc::channel(4);
+        let msg = SessionMessage {
+            session_id: sid,
+            node_id,
+            managers: vec![],
+            heartbeat_period_ms: self.heartbeat.as_millis() as i64,
+        };
+        let _ = tx.send(Ok(msg)).await;
+        // the sender lives as long as the stream is open
+        tokio::spawn(async move {
+            tx.closed().await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let node = node_of(&req)?;
+        self.session_node(&req.get_ref().session_id, &node)
+            .map_err(|_| Status::not_found("session invalid"))?;
+        Ok(Response::new(HeartbeatResponse {
+            period_ms: self.heartbeat.as_millis() as i64,
+        }))
+    }
+
+    async fn update_task_status(
+        &self,
+        req: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        let node = node_of(&req)?;
+        let r = req.into_inner();
+        let (done, wait) = oneshot::channel();
+        self.updates
+            .send((node, r.updates, done))
+            .await
+            .map_err(|_| Status::unavailable("dispatcher stopping"))?;
+        match wait.await {
+            Ok(Ok(())) => Ok(Response::new(UpdateTaskStatusResponse {})),
+            Ok(Err(e)) => Err(store_status(e)),
+            Err(_) => Err(Status::unavailable("dispatcher stopping")),
+        }
+    }
+
+    async fn assignments(
+        &self,
+        req: Request<AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let node = node_of(&req)?;
+        self.session_node(&req.get_ref().session_id, &node)?;
+        let (first, mut events) = self.store.view_and_watch(|t| {
+            t.tasks
+                .values()
+                .filter(|x| is_for(x, &node))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        let (tx, rx) = mpsc::channel(64);
+        let _ = tx
+            .send(Ok(AssignmentsMessage {
+                r#type: AssignType::Complete as i32,
+                update_tasks: first,
+                ..Default::default()
+            }))
+            .await;
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut msg = AssignmentsMessage {
+                r#type: AssignType::Incremental as i32,
+                ..Default::default()
+            };
+            loop {
+                let ev = tokio::select! {
+                    _ = tx.closed() => return,
+                    ev = events.recv() => ev,
+                };
+                match ev {
+                    Ok(Event::Change {
+                        object: Object::Task(t),
+                        kind,
+                        old,
+                    }) => {
+                        let was_ours = matches!(&old, Some(Object::Task(o)) if is_for(o, &node));
+                        if kind == shoal_proto::store_action::Kind::Remove {
+                            if t.node_id == node {
+                                msg.remove_tasks.push(t.id);
+                            }
+                        } else if is_for(&t, &node) {
+                            msg.update_tasks.retain(|x| x.id != t.id);
+                            msg.update_tasks.push(t);
+                        } else if was_ours {
+                            msg.remove_tasks.push(t.id);
+                        }
+                    }
+                    Ok(Event::Commit { .. }) => {
+                        if !msg.update_tasks.is_empty() || !msg.remove_tasks.is_empty() {
+                            let m = std::mem::replace(
+                                &mut msg,
+                                AssignmentsMessage {
+                                    r#type: AssignType::Incremental as i32,
+                                    ..Default::default()
+                                },
+                            );
+                            if tx.send(Ok(m)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // start over with a full set
+                        let all = store.view(|t| {
+                            t.tasks
+                                .values()
+                                .filter(|x| is_for(x, &node))
+                                .cloned()
+                                .collect::<Vec<_>>()
+                        });
+                        msg = AssignmentsMessage {
+                            r#type: AssignType::Incremental as i32,
+                            ..Default::default()
+                        };
+                        if tx
+                            .send(Ok(AssignmentsMessage {
+                                r#type: AssignType::Complete as i32,
+                                update_tasks: all,
+                                ..Default::default()
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn publish_logs(
+        &self,
+        _req: Request<tonic::Streaming<PublishLogsMessage>>,
+    ) -> Result<Response<PublishLogsResponse>, Status> {
+        Err(Status::unimplemented(
+            "log publishing from remote nodes comes with multi-node clusters",
+        ))
+    }
+}

@@ -1,0 +1,171 @@
+//! A running manager: Raft (single member for now) over the redb log, the store it
+//! feeds, the dispatcher, and the leader-only loops, started when this manager becomes
+//! leader (openraft's metrics say so) and stopped when it is not.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, ServerState};
+use shoal_proto::*;
+use tokio_util::sync::CancellationToken;
+
+use super::dispatcher::Dispatcher;
+use super::orchestrator::Orchestrator;
+use super::raft::network::NoPeers;
+use super::raft::storage::{open_db, LogStore, StateMachine};
+use super::raft::{config, Raft, RaftProposer};
+use super::restart::RestartSupervisor;
+use super::scheduler::Scheduler;
+use super::store::{new_id, Store};
+
+pub struct Manager {
+    pub store: Store,
+    pub raft: Raft,
+    pub dispatcher: Dispatcher,
+    shutdown: CancellationToken,
+}
+
+impl Manager {
+    /// Starts the manager whose state is under `dir`; `init` makes a new cluster with
+    /// this node as its only member.
+    pub async fn start(
+        dir: &Path,
+        node_id: &str,
+        hostname: &str,
+        addr: &str,
+        init: bool,
+    ) -> anyhow::Result<Manager> {
+        std::fs::create_dir_all(dir)?;
+        let db = open_db(&dir.join("raft.redb"))?;
+        let store = Store::new();
+        let sm = StateMachine::open(store.clone(), db.clone())?;
+        let raft = Raft::new(1, config()?, NoPeers, LogStore::new(db), sm).await?;
+        if init {
+            let mut members = BTreeMap::new();
+            members.insert(1u64, BasicNode::new(addr));
+            if let Err(e) = raft.initialize(members).await {
+                if !matches!(
+                    e,
+                    openraft::error::RaftError::APIError(
+                        openraft::error::InitializeError::NotAllowed(_)
+                    )
+                ) {
+                    return Err(e.into());
+                }
+            }
+        }
+        store.set_proposer(Arc::new(RaftProposer { raft: raft.clone() }));
+        raft.wait(Some(Duration::from_secs(10)))
+            .state(ServerState::Leader, "the only manager leads")
+            .await?;
+        // the log is applied before we serve: wait for what was committed
+        let last = raft.metrics().borrow().last_log_index;
+        raft.wait(Some(Duration::from_secs(30)))
+            .applied_index_at_least(last, "the log is applied")
+            .await?;
+        if init {
+            let (nid, host, addr) = (node_id.to_string(), hostname.to_string(), addr.to_string());
+            store
+                .update(move |tx| {
+                    if tx.list::<Cluster>().is_empty() {
+                        tx.create(Cluster {
+                            id: new_id(),
+                            spec: Some(ClusterSpec {
+                                annotations: Some(Annotations {
+                                    name: "default".into(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        })?;
+                    }
+                    let node = Node {
+                        id: nid.clone(),
+                        spec: Some(NodeSpec {
+                            desired_role: NodeRole::Manager as i32,
+                            ..Default::default()
+                        }),
+                        description: Some(NodeDescription {
+                            hostname: host,
+                            ..Default::default()
+                        }),
+                        status: Some(NodeStatus {
+                            state: NodeState::Unknown as i32,
+                            addr: addr.clone(),
+                            ..Default::default()
+                        }),
+                        manager_status: Some(ManagerStatus {
+                            raft_id: 1,
+                            addr,
+                            leader: true,
+                            reachability: Reachability::Reachable as i32,
+                        }),
+                        role: NodeRole::Manager as i32,
+                        ..Default::default()
+                    };
+                    match tx.get::<Node>(&nid) {
+                        Some(_) => Ok(()),
+                        None => tx.create(node),
+                    }
+                })
+                .await?;
+        }
+        let shutdown = CancellationToken::new();
+        let dispatcher = Dispatcher::new(store.clone(), shutdown.child_token());
+        tokio::spawn(lead_when_leader(
+            raft.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
+        Ok(Manager {
+            store,
+            raft,
+            dispatcher,
+            shutdown,
+        })
+    }
+
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        let _ = self.raft.shutdown().await;
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.store
+            .view(|t| t.clusters.keys().next().cloned().unwrap_or_default())
+    }
+}
+
+/// Runs the leader-only loops while this manager leads.
+async fn lead_when_leader(raft: Raft, store: Store, shutdown: CancellationToken) {
+    let mut metrics = raft.metrics();
+    let mut loops: Option<CancellationToken> = None;
+    loop {
+        let leading = metrics.borrow_and_update().state == ServerState::Leader;
+        match (leading, &loops) {
+            (true, None) => {
+                let t = shutdown.child_token();
+                tracing::info!(
+                    "became leader: starting the orchestrator, scheduler and restart supervisor"
+                );
+                tokio::spawn(Orchestrator::new(store.clone()).run(t.clone()));
+                tokio::spawn(Scheduler::new(store.clone()).run(t.clone()));
+                tokio::spawn(RestartSupervisor::new(store.clone()).run(t.clone()));
+                loops = Some(t);
+            }
+            (false, Some(t)) => {
+                tracing::info!("no longer leader: stopping the leader loops");
+                t.cancel();
+                loops = None;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+        }
+    }
+}
