@@ -198,3 +198,107 @@ pub async fn eventually<T>(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A `shoal daemon` of a [`Host`], on its own socket. Dropping it stops it (SIGKILL);
+/// the host's drop then removes its keeper, containers, cgroups and mounts.
+pub struct DaemonProc {
+    pub child: Option<std::process::Child>,
+}
+
+impl Host {
+    pub fn socket(&self) -> PathBuf {
+        self.data_root().join("shoal.sock")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(shoal_bin());
+        c.env("SHOAL_DATA_ROOT", self.data_root())
+            .env("SHOAL_CGROUP_PARENT", &self.cgroup_parent)
+            .env("SHOAL_HOST", format!("unix://{}", self.socket().display()));
+        c
+    }
+
+    /// Runs the CLI against this host's daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs the CLI and fails the test if it fails; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "shoal {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts the daemon and waits until it answers.
+    pub fn start_daemon(&self) -> DaemonProc {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_root().join("daemon.log"))
+            .unwrap();
+        let child = self
+            .cmd()
+            .arg("daemon")
+            .env("SHOAL_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.cli(&["node", "ls"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() || err.contains("not a swarm manager") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not answer within 30 s: {err}\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        DaemonProc { child: Some(child) }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(self.data_root().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl DaemonProc {
+    /// kill -9, and wait for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` (blocking) until it returns Some, failing after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

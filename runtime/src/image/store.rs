@@ -139,20 +139,7 @@ impl ImageStore {
                 remove_path(&e.path())?;
             }
         }
-        let mut records = HashMap::new();
-        let dir = root.join("images");
-        for e in fs::read_dir(&dir).map_err(io_at(&dir))?.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                let bytes = fs::read(&p).map_err(io_at(&p))?;
-                let r: ImageRecord =
-                    serde_json::from_slice(&bytes).map_err(|source| StoreError::Record {
-                        path: p.clone(),
-                        source,
-                    })?;
-                records.insert(r.id.clone(), r);
-            }
-        }
+        let records = load_records(&root)?;
         Ok(ImageStore {
             root,
             records: Arc::new(Mutex::new(records)),
@@ -356,6 +343,7 @@ impl ImageStore {
 
     /// All images, newest first.
     pub fn list(&self) -> Vec<ImageRecord> {
+        self.refresh();
         let mut v: Vec<_> = self.index().values().cloned().collect();
         v.sort_by(|a, b| b.stored_at.cmp(&a.stored_at).then(a.id.cmp(&b.id)));
         v
@@ -364,6 +352,24 @@ impl ImageStore {
     /// Finds an image by reference (`busybox`, `host/repo:tag`, `repo@sha256:…`), by ID,
     /// or by a unique ID prefix of at least 4 hex characters, as Docker does.
     pub fn resolve(&self, reference: &str) -> Result<ImageRecord, StoreError> {
+        match self.resolve_cached(reference) {
+            Err(StoreError::NotFound(_)) => {
+                // another process (`shoal image import` beside a daemon) may have added it
+                self.refresh();
+                self.resolve_cached(reference)
+            }
+            r => r,
+        }
+    }
+
+    /// Re-reads the records on disk into the index.
+    fn refresh(&self) {
+        if let Ok(recs) = load_records(&self.root) {
+            *self.index() = recs;
+        }
+    }
+
+    fn resolve_cached(&self, reference: &str) -> Result<ImageRecord, StoreError> {
         let idx = self.index();
         let id_like = reference.strip_prefix("sha256:").unwrap_or(reference);
         if id_like.len() >= 4 && id_like.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -467,6 +473,29 @@ impl ImageStore {
         }
         Ok(removed)
     }
+}
+
+/// Reads every image record under `root/images`; a corrupt one is set aside.
+fn load_records(root: &Path) -> Result<HashMap<Digest, ImageRecord>, StoreError> {
+    let mut records = HashMap::new();
+    let dir = root.join("images");
+    for e in fs::read_dir(&dir).map_err(io_at(&dir))?.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let bytes = fs::read(&p).map_err(io_at(&p))?;
+            match serde_json::from_slice::<ImageRecord>(&bytes) {
+                Ok(r) => {
+                    records.insert(r.id.clone(), r);
+                }
+                Err(e) => {
+                    // one bad record must not take every image down: set it aside
+                    tracing::warn!(path = %p.display(), error = %e, "image record is corrupt; moved aside");
+                    let _ = fs::rename(&p, p.with_extension("corrupt"));
+                }
+            }
+        }
+    }
+    Ok(records)
 }
 
 static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

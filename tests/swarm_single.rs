@@ -1,0 +1,297 @@
+//! A single-node swarm for real: `shoal daemon`, `swarm init`, services with real
+//! containers, kill -9 of tasks and of the daemon. As root; through scripts/test.sh.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn replicas(h: &Host, name: &str) -> String {
+    let ls = h.ok(&["service", "ls", "--format", "json"]);
+    json_lines(&ls)
+        .into_iter()
+        .find(|v| v["Name"] == name)
+        .map(|v| v["Replicas"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Running tasks of a service: task ID prefix → container pid.
+fn running_pids(h: &Host, name: &str) -> BTreeMap<String, i64> {
+    let ps = h.ok(&[
+        "service",
+        "ps",
+        name,
+        "--format",
+        "json",
+        "--filter",
+        "desired-state=running",
+    ]);
+    let mut out = BTreeMap::new();
+    for t in json_lines(&ps) {
+        if t["CurrentState"].as_str().unwrap().starts_with("Running") {
+            let id = t["ID"].as_str().unwrap().to_string();
+            let full = h.ok(&["container", "ls", "--format", "json"]);
+            let cid = json_lines(&full)
+                .into_iter()
+                .map(|c| c["ID"].as_str().unwrap().to_string())
+                .find(|c| c.starts_with(&id))
+                .unwrap();
+            let info: serde_json::Value =
+                serde_json::from_str(&h.ok(&["container", "inspect", &cid])).unwrap();
+            out.insert(cid, info["pid"].as_i64().unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn services_converge_scale_update_and_survive_a_daemon_kill() {
+    let h = Host::new();
+    let mut d = h.start_daemon();
+    h.ok(&[
+        "image",
+        "import",
+        fixtures().join("busybox-oci").to_str().unwrap(),
+    ]);
+    h.ok(&[
+        "image",
+        "import",
+        fixtures().join("busybox-docker.tar").to_str().unwrap(),
+    ]);
+    let out = h.cli(&["service", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("This node is not a swarm manager"),
+        "before init"
+    );
+    assert!(h.ok(&["swarm", "init"]).contains("is now a manager"));
+    let nodes = json_lines(&h.ok(&["node", "ls", "--format", "json"]));
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(
+        (
+            nodes[0]["Status"].as_str(),
+            nodes[0]["ManagerStatus"].as_str()
+        ),
+        (Some("Ready"), Some("Leader"))
+    );
+
+    // 50 replicas, without --detach: returns once converged
+    let out = h.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "50",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    assert!(out.contains("verify: Service web converged"), "{out}");
+    assert_eq!(replicas(&h, "web"), "50/50");
+    assert_eq!(running_pids(&h, "web").len(), 50);
+
+    // scale down and back up
+    h.ok(&["service", "scale", "web=5"]);
+    assert_eq!(replicas(&h, "web"), "5/5");
+    wait_for("removed tasks to go", Duration::from_secs(30), || {
+        (running_pids(&h, "web").len() == 5
+            && json_lines(&h.ok(&["container", "ls", "--format", "json"])).len() == 5)
+            .then_some(())
+    });
+    h.ok(&["service", "scale", "web=10"]);
+    assert_eq!(replicas(&h, "web"), "10/10");
+
+    // an update of the image replaces every task
+    let before = running_pids(&h, "web");
+    let out = h.ok(&[
+        "service",
+        "update",
+        "--image",
+        "shoal-test/busybox:saved",
+        "web",
+    ]);
+    assert!(out.contains("converged"), "{out}");
+    let ps = json_lines(&h.ok(&[
+        "service",
+        "ps",
+        "web",
+        "--format",
+        "json",
+        "--filter",
+        "desired-state=running",
+    ]));
+    assert_eq!(ps.len(), 10);
+    assert!(
+        ps.iter().all(|t| t["Image"] == "shoal-test/busybox:saved"
+            && t["CurrentState"].as_str().unwrap().starts_with("Running")),
+        "{ps:?}"
+    );
+    let after = running_pids(&h, "web");
+    assert!(
+        before.keys().all(|k| !after.contains_key(k)),
+        "every task replaced"
+    );
+
+    // kill -9 of the daemon: nothing restarts, the service stays 10/10, the store is intact
+    d.kill();
+    let mut d = h.start_daemon();
+    assert_eq!(running_pids(&h, "web"), after, "same containers, same pids");
+    assert_eq!(replicas(&h, "web"), "10/10");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&h.ok(&["service", "inspect", "web"])).unwrap();
+    assert_eq!(
+        inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
+        "shoal-test/busybox:saved"
+    );
+
+    h.ok(&["service", "rm", "web"]);
+    wait_for("the containers to go", Duration::from_secs(30), || {
+        json_lines(&h.ok(&["container", "ls", "--format", "json"]))
+            .is_empty()
+            .then_some(())
+    });
+    d.kill();
+}
+
+#[test]
+fn killed_tasks_fail_and_restart_by_policy() {
+    let h = Host::new();
+    let _d = h.start_daemon();
+    h.ok(&[
+        "image",
+        "import",
+        fixtures().join("busybox-oci").to_str().unwrap(),
+    ]);
+    h.ok(&["swarm", "init"]);
+    h.ok(&[
+        "service",
+        "create",
+        "--name",
+        "again",
+        "--restart-delay",
+        "100ms",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    h.ok(&[
+        "service",
+        "create",
+        "--name",
+        "once",
+        "--restart-condition",
+        "none",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    for (name, restarts) in [("again", true), ("once", false)] {
+        let pids = running_pids(&h, name);
+        let (_, pid) = pids.iter().next().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let failed = wait_for("the task to fail", Duration::from_secs(30), || {
+            json_lines(&h.ok(&["service", "ps", name, "--format", "json"]))
+                .into_iter()
+                .find(|t| t["CurrentState"].as_str().unwrap().starts_with("Failed"))
+        });
+        assert_eq!(failed["Error"], "task: non-zero exit (137)");
+        if restarts {
+            let new = wait_for("a replacement", Duration::from_secs(30), || {
+                let p = running_pids(&h, name);
+                (p.len() == 1 && p != pids).then_some(p)
+            });
+            assert_eq!(new.len(), 1);
+            assert_eq!(replicas(&h, name), "1/1");
+        } else {
+            std::thread::sleep(Duration::from_millis(500)); // give a wrong restart its chance to show
+            assert!(
+                running_pids(&h, name).is_empty(),
+                "condition none: it stays down"
+            );
+            assert_eq!(replicas(&h, name), "0/1");
+        }
+    }
+}
+
+#[test]
+fn refusals_name_what_is_wrong() {
+    let h = Host::new();
+    let _d = h.start_daemon();
+    h.ok(&["swarm", "init"]);
+    let err = |args: &[&str]| String::from_utf8_lossy(&h.cli(args).stderr).into_owned();
+    assert!(err(&["swarm", "init"]).contains("already part of a swarm"));
+    assert!(err(&["service", "create", "busybox"]).contains("--name"));
+    assert!(err(&["service", "create", "--name", "bad name", "busybox"])
+        .contains("not a valid service name"));
+    assert!(
+        err(&["service", "create", "--name", "x", "--mode", "sideways", "busybox"])
+            .contains("--mode \"sideways\"")
+    );
+    assert!(err(&[
+        "service",
+        "create",
+        "--name",
+        "x",
+        "--constraint",
+        "node.color==red",
+        "busybox"
+    ])
+    .contains("unknown key"));
+    assert!(err(&[
+        "service",
+        "create",
+        "--name",
+        "x",
+        "--restart-condition",
+        "sometimes",
+        "busybox"
+    ])
+    .contains("--restart-condition"));
+    assert!(err(&[
+        "service",
+        "create",
+        "--name",
+        "x",
+        "--limit-memory",
+        "lots",
+        "busybox"
+    ])
+    .contains("--limit-memory"));
+    assert!(err(&["service", "scale", "ghost=3"]).contains("not found"));
+    assert!(err(&["service", "scale", "x"]).contains("use SERVICE=REPLICAS"));
+    assert!(err(&["swarm", "leave"]).contains("--force"));
+    // an image that does not exist: create says why instead of waiting forever
+    let out = h.cli(&[
+        "service",
+        "create",
+        "--name",
+        "nope",
+        "127.0.0.1:1/no/such:image",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot converge"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
