@@ -1,29 +1,41 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian machine as root: install what is missing, build
-# shoal, build a demo image locally from Debian's busybox-static, and run it through
-# shoal's own runtime (no Docker, containerd or runc anywhere).
+# shoal, start its daemon, make this host a single-node swarm, and deploy a demo service
+# from an image built locally from Debian's busybox-static. No Docker, containerd or
+# runc anywhere: shoal runs the containers itself.
 #
-# Until the cluster commands land (issue 3: `shoal swarm init`, `shoal service create`),
-# the demo runs as a single container on this host; it stays up after the script ends.
+# The daemon keeps running afterwards (log: /var/log/shoal-daemon.log), with the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "quickstart: run as root" >&2; exit 1; }
 scripts/deps.sh
 cargo build --release --bin shoal
 bin=$PWD/target/release/shoal
+
+if ! "$bin" swarm init >/dev/null 2>&1 && ! "$bin" node ls >/dev/null 2>&1; then
+  # no daemon answering yet: start one
+  nohup "$bin" daemon >>/var/log/shoal-daemon.log 2>&1 &
+  for _ in $(seq 1 100); do
+    out=$("$bin" node ls 2>&1) && break
+    case "$out" in *"not a swarm manager"*) break ;; esac
+    sleep 0.1
+  done
+  "$bin" swarm init
+fi
+
 scripts/fixtures.sh target/demo-image >/dev/null
 "$bin" image import target/demo-image/busybox-oci
-"$bin" image ls
-"$bin" container rm -f demo >/dev/null 2>&1 || true
-"$bin" container run -d --name demo --memory 32m \
-  shoal-test/busybox sh -c 'i=0; while true; do echo "hello from shoal ($i)"; i=$((i+1)); sleep 1; done'
-"$bin" container ls
-# the first line shows the container is up and its output is being kept
-"$bin" container logs -f demo | head -n 1
+"$bin" service rm demo >/dev/null 2>&1 || true
+"$bin" service create --name demo --replicas 3 --limit-memory 32m --stop-signal KILL \
+  shoal-test/busybox sh -c 'while true; do echo "hello from $(hostname)"; sleep 2; done'
+"$bin" service ls
+"$bin" service ps demo
+"$bin" service logs --tail 1 demo
 cat <<MSG
 
-The demo container runs under shoal's keeper (no per-container helper process).
-  $bin container logs -f demo     follow its output
-  $bin container inspect demo     its state, pid, health
-  $bin container rm -f demo       stop and remove it
+The demo service runs 3 replicas under shoal's daemon and its keeper:
+  $bin service logs -f demo       follow their output
+  $bin service scale demo=10      scale it
+  $bin service rm demo            remove it
+  $bin swarm leave --force        leave the swarm (the daemon keeps running)
 MSG
