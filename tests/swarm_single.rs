@@ -295,3 +295,68 @@ fn refusals_name_what_is_wrong() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn logs_and_a_clean_sigterm_that_leaves_tasks_running() {
+    let h = Host::new();
+    let mut d = h.start_daemon();
+    h.ok(&[
+        "image",
+        "import",
+        fixtures().join("busybox-oci").to_str().unwrap(),
+    ]);
+    h.ok(&["swarm", "init"]);
+    h.ok(&[
+        "service",
+        "create",
+        "--name",
+        "talk",
+        "--replicas",
+        "2",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "echo hello from $(hostname); echo oops >&2; sleep 3600",
+    ]);
+    let out = wait_for("two lines of logs", Duration::from_secs(20), || {
+        let o = h.ok(&["service", "logs", "talk"]);
+        (o.matches("hello from").count() == 2).then_some(o)
+    });
+    assert!(
+        out.lines()
+            .all(|l| l.starts_with("talk.") && l.contains("@") && l.contains("    | hello from ")),
+        "{out}"
+    );
+    // the last two lines of each task: its hello (stdout) and its oops (stderr)
+    let ts = h.ok(&["service", "logs", "--timestamps", "--tail", "2", "talk"]);
+    assert_eq!(ts.lines().count(), 2, "one stdout line per task: {ts}");
+    assert!(ts.contains("Z hello from"), "{ts}");
+    let err = h.cli(&["service", "logs", "talk"]);
+    assert_eq!(
+        String::from_utf8_lossy(&err.stderr).matches("oops").count(),
+        2,
+        "stderr lines go to stderr"
+    );
+
+    let pids = running_pids(&h, "talk");
+    let child = d.child.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait_with_output().unwrap().status;
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+    assert!(!h.socket().exists(), "the socket is removed");
+    for pid in pids.values() {
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "task {pid} kept running"
+        );
+    }
+    let _d = h.start_daemon();
+    assert_eq!(running_pids(&h, "talk"), pids);
+    assert_eq!(replicas(&h, "talk"), "2/2");
+}
