@@ -360,3 +360,72 @@ fn logs_and_a_clean_sigterm_that_leaves_tasks_running() {
     assert_eq!(running_pids(&h, "talk"), pids);
     assert_eq!(replicas(&h, "talk"), "2/2");
 }
+
+#[test]
+fn health_checks_gate_running_and_fail_unhealthy_tasks() {
+    let h = Host::new();
+    let _d = h.start_daemon();
+    h.ok(&[
+        "image",
+        "import",
+        fixtures().join("busybox-oci").to_str().unwrap(),
+    ]);
+    h.ok(&["swarm", "init"]);
+    let out = h.ok(&[
+        "service",
+        "create",
+        "--name",
+        "fine",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "200ms",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    assert!(out.contains("converged"), "{out}");
+    assert_eq!(replicas(&h, "fine"), "1/1");
+    // never healthy: the task fails as unhealthy and is replaced, and create says so
+    let out = h.cli(&[
+        "service",
+        "create",
+        "--name",
+        "sick",
+        "--health-cmd",
+        "false",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "2",
+        "--restart-delay",
+        "100ms",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("task: unhealthy container"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // and the restart supervisor keeps replacing it
+    wait_for(
+        "a second unhealthy failure",
+        Duration::from_secs(30),
+        || {
+            let ps = json_lines(&h.ok(&["service", "ps", "sick", "--format", "json"]));
+            (ps.iter()
+                .filter(|t| t["Error"] == "task: unhealthy container")
+                .count()
+                >= 2)
+                .then_some(())
+        },
+    );
+    assert_eq!(replicas(&h, "sick"), "0/1");
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use shoal_proto::{ContainerStatus as ApiContainer, Task, TaskState, TaskStatus};
 use shoal_runtime::container::executor::Executor;
+use shoal_runtime::container::health::HealthStatus;
 use shoal_runtime::container::Status;
 use tokio::sync::{mpsc, watch};
 
@@ -54,6 +55,21 @@ fn exited(code: i32, oom: bool, known: bool, pid: i32) -> TaskStatus {
             exit_code: code,
         }),
         ..Default::default()
+    }
+}
+
+/// Resolves when the container turns unhealthy (never, without a health check).
+async fn unhealthy<E: Executor>(exec: &E, id: &str) {
+    match exec.health(id) {
+        Some(mut h) => {
+            if h.wait_for(|x| x.status == HealthStatus::Unhealthy)
+                .await
+                .is_err()
+            {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 
@@ -150,6 +166,30 @@ pub async fn manage<E: Executor>(
             report(st(TaskState::Starting, "starting"));
             match exec.start(&id).await {
                 Ok(()) => {
+                    // with a health check, a task is running once it is healthy (as in Swarm)
+                    if let Some(mut h) = exec.health(&id) {
+                        let healthy = tokio::select! {
+                            r = h.wait_for(|x| x.status != HealthStatus::Starting) => r.map(|x| x.status == HealthStatus::Healthy).unwrap_or(false),
+                            x = exec.wait(&id) => {
+                                // it exited before it was ever healthy: report how
+                                if let Ok(x) = x {
+                                    let s = exited(x.code, x.oom, x.known, 0);
+                                    reached = TaskState::try_from(s.state).unwrap_or(TaskState::Failed);
+                                    report(s);
+                                    continue;
+                                }
+                                false
+                            }
+                        };
+                        if !healthy {
+                            reached = TaskState::Failed;
+                            let _ = exec.shutdown(&id, None).await;
+                            let mut s = st(reached, "unhealthy");
+                            s.err = "task: unhealthy container".into();
+                            report(s);
+                            continue;
+                        }
+                    }
                     reached = TaskState::Running;
                     let pid = exec
                         .inspect(&id)
@@ -196,6 +236,13 @@ pub async fn manage<E: Executor>(
                 if changed.is_err() {
                     return;
                 }
+            }
+            _ = unhealthy(exec.as_ref(), &id) => {
+                reached = TaskState::Failed;
+                let _ = exec.shutdown(&id, None).await;
+                let mut s = st(reached, "unhealthy");
+                s.err = "task: unhealthy container".into();
+                report(s);
             }
         }
     }

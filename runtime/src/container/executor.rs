@@ -41,9 +41,16 @@ pub trait Executor: Send + Sync + 'static {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<ContainerStatus, ContainerError>> + Send;
+    /// The container's health as it changes, when it has a health check.
+    fn health(&self, _id: &str) -> Option<watch::Receiver<super::health::Health>> {
+        None
+    }
 }
 
 impl Executor for ContainerRuntime {
+    fn health(&self, id: &str) -> Option<watch::Receiver<super::health::Health>> {
+        self.watch_health(id)
+    }
     async fn prepare(&self, id: &str, spec: &ContainerSpec) -> Result<(), ContainerError> {
         if self.dir(id).join("container.json").is_file() {
             return Ok(()); // prepared before a restart
