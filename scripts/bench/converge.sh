@@ -4,7 +4,7 @@
 # same busybox image imported into both:
 #   - seconds from `service create --replicas N` to N/N, for N = 1, 10, 50
 #   - seconds to remove the 50 (until their containers are gone)
-#   - memory resident with 50 tasks: shoal daemon + keeper; dockerd + containerd + shims
+#   - memory resident with 50 tasks (PSS): shoal daemon + keeper; dockerd + containerd + shims
 # Usage: scripts/bench/converge.sh   (as root)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,9 +32,10 @@ scripts/fixtures.sh "$work/fixtures" >/dev/null
 
 now() { date +%s.%N; }
 secs() { echo "scale=2; ($2 - $1) / 1" | bc; }
-rss_mib() { # PIDS...: total resident set size in MiB
+mem_mib() { # PIDS...: total proportional set size (PSS) in MiB: shared pages are split
+  # between the processes that share them, so a binary mapped twice counts once
   local kb=0
-  for p in "$@"; do kb=$((kb + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done
+  for p in "$@"; do kb=$((kb + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0))); done
   echo "scale=1; $kb / 1024" | bc
 }
 
@@ -53,7 +54,7 @@ for n in 1 10 50; do
   [ "$n" = 50 ] || "$bin" service rm "b$n" >/dev/null
 done
 keeper=$(pgrep -f "keeper --root $work/shoal/containers" | head -1)
-shoal_mem=$(rss_mib "$shoal_pid" "$keeper")
+shoal_mem=$(mem_mib "$shoal_pid" "$keeper")
 t0=$(now)
 "$bin" service rm b50 >/dev/null
 while [ "$("$bin" container ls --format json | grep -c '"ID"')" -gt 0 ]; do sleep 0.05; done
@@ -74,7 +75,7 @@ for n in 1 10 50; do
   docker_t[$n]=$(secs "$t0" "$t1")
   [ "$n" = 50 ] || docker service rm "b$n" >/dev/null
 done
-docker_mem=$(rss_mib "$dockerd_pid" $(pgrep -x containerd) $(pgrep -f containerd-shim))
+docker_mem=$(mem_mib "$dockerd_pid" $(pgrep -x containerd) $(pgrep -f containerd-shim))
 t0=$(now)
 docker service rm b50 >/dev/null
 while [ "$(docker ps -q | wc -l)" -gt 0 ]; do sleep 0.05; done

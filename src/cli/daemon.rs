@@ -55,6 +55,15 @@ pub async fn run(g: &Globals, _a: DaemonArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("listening on {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %sock.display(), node.id = %daemon.node_id, "shoal daemon ready");
+    // give memory freed after a burst (a scale, a deploy) back to the system
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe { libc::malloc_trim(0) };
+        }
+    });
     let api = Api {
         daemon: daemon.clone(),
     };

@@ -119,6 +119,10 @@ pub fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("SHOAL_LOG"))
         .with_writer(std::io::stderr)
         .init();
+    // glibc gives every thread its own malloc arena, which keeps freed memory resident;
+    // two arenas are plenty for a daemon that mostly waits
+    // SAFETY: mallopt only tunes the allocator; no thread exists yet besides this one.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -258,14 +258,75 @@ impl Tables {
         index: u64,
         now_ms: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        let mut next = self.clone();
+        // in place, with an undo list: copying every table per batch costs too much
         let mut events = Vec::with_capacity(batch.actions.len() + 1);
+        let mut undo: Vec<Object> = Vec::new();
+        let mut absent: Vec<(&'static str, String)> = Vec::new();
         for a in &batch.actions {
-            events.push(next.apply_action(a, index, now_ms)?);
+            let target = a.object.as_ref().and_then(|o| o.object.as_ref());
+            let before = target
+                .map(|o| (object_key(o).0, object_key(o).1.to_string()))
+                .map(|(k, id)| (k, id.clone(), self.get_object(k, &id)));
+            match self.apply_action(a, index, now_ms) {
+                Ok(e) => {
+                    match before {
+                        Some((_, _, Some(prev))) => undo.push(prev),
+                        Some((k, id, None)) => absent.push((k, id)),
+                        None => {}
+                    }
+                    events.push(e);
+                }
+                Err(e) => {
+                    for (k, id) in absent {
+                        self.remove_object(k, &id);
+                    }
+                    for prev in undo.into_iter().rev() {
+                        self.put_object(prev);
+                    }
+                    return Err(e);
+                }
+            }
         }
-        *self = next;
         events.push(Event::Commit { index });
         Ok(events)
+    }
+
+    fn get_object(&self, kind: &str, id: &str) -> Option<Object> {
+        match kind {
+            "node" => self.nodes.get(id).cloned().map(Object::Node),
+            "service" => self.services.get(id).cloned().map(Object::Service),
+            "task" => self.tasks.get(id).cloned().map(Object::Task),
+            "network" => self.networks.get(id).cloned().map(Object::Network),
+            "secret" => self.secrets.get(id).cloned().map(Object::Secret),
+            "config" => self.configs.get(id).cloned().map(Object::Config),
+            "cluster" => self.clusters.get(id).cloned().map(Object::Cluster),
+            _ => None,
+        }
+    }
+
+    fn put_object(&mut self, o: Object) {
+        match o {
+            Object::Node(x) => insert(self, x),
+            Object::Service(x) => insert(self, x),
+            Object::Task(x) => insert(self, x),
+            Object::Network(x) => insert(self, x),
+            Object::Secret(x) => insert(self, x),
+            Object::Config(x) => insert(self, x),
+            Object::Cluster(x) => insert(self, x),
+        }
+    }
+
+    fn remove_object(&mut self, kind: &str, id: &str) {
+        match kind {
+            "node" => drop(self.nodes.remove(id)),
+            "service" => drop(self.services.remove(id)),
+            "task" => drop(self.tasks.remove(id)),
+            "network" => drop(self.networks.remove(id)),
+            "secret" => drop(self.secrets.remove(id)),
+            "config" => drop(self.configs.remove(id)),
+            "cluster" => drop(self.clusters.remove(id)),
+            _ => {}
+        }
     }
 
     pub fn snapshot(&self) -> StoreSnapshot {
@@ -297,15 +358,7 @@ impl Tables {
     pub fn from_snapshot(s: &StoreSnapshot) -> Tables {
         let mut t = Tables::default();
         for o in s.objects.iter().filter_map(|o| o.object.clone()) {
-            match o {
-                Object::Node(x) => insert(&mut t, x),
-                Object::Service(x) => insert(&mut t, x),
-                Object::Task(x) => insert(&mut t, x),
-                Object::Network(x) => insert(&mut t, x),
-                Object::Secret(x) => insert(&mut t, x),
-                Object::Config(x) => insert(&mut t, x),
-                Object::Cluster(x) => insert(&mut t, x),
-            }
+            t.put_object(o);
         }
         t
     }
@@ -369,7 +422,8 @@ pub fn now_ms() -> i64 {
 
 impl Store {
     pub fn new() -> Store {
-        let (events, _) = broadcast::channel(16 * 1024);
+        // a watcher more than 1024 events behind does a full pass instead
+        let (events, _) = broadcast::channel(1024);
         Store {
             inner: Arc::new(Inner {
                 tables: RwLock::default(),

@@ -454,7 +454,8 @@ async fn pump(k: Shared, id: String, f: File, stream: Stream, log: Rc<RefCell<Lo
     let mut split = LineSplitter::default();
     // SAFETY: `f` is an open FIFO that the AsyncFd owns and nothing replaces or closes.
     if let Ok(afd) = unsafe { AsyncFd::register(f) } {
-        let mut buf = vec![0u8; 64 * 1024];
+        // small: there is one per stream of every container (the pipe holds 64 KiB anyway)
+        let mut buf = vec![0u8; 8 * 1024];
         loop {
             let Ok(mut guard) = afd.readable().await else {
                 break;

@@ -39,7 +39,9 @@ fn r<E: std::error::Error + 'static>(e: E) -> SErr {
 
 /// Opens (creating) the Raft database and its tables.
 pub fn open_db(path: &Path) -> Result<Arc<Database>, redb::Error> {
-    let db = Database::create(path)?;
+    // a small page cache: the log is written once and read back rarely, and edge hosts
+    // have little memory (redb's default cache grows to 1 GiB)
+    let db = Database::builder().set_cache_size(4 << 20).create(path)?;
     let txn = db.begin_write()?;
     {
         txn.open_table(LOGS)?;
