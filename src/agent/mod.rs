@@ -40,11 +40,13 @@ impl<E: Executor> Agent<E> {
         let (tx, rx) = mpsc::unbounded_channel::<Report>();
         let mut rx = Some(rx);
         let mut tasks: HashMap<String, watch::Sender<Task>> = HashMap::new();
+        let sid_cell: SessionId = Arc::default();
         let mut backoff = Duration::from_millis(100);
         loop {
             let res = async {
                 let ch = connect().await?;
-                self.session(ch, &tx, &mut rx, &mut tasks, &shutdown).await
+                self.session(ch, &tx, &mut rx, &mut tasks, &sid_cell, &shutdown)
+                    .await
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -68,6 +70,7 @@ impl<E: Executor> Agent<E> {
         tx: &mpsc::UnboundedSender<Report>,
         rx: &mut Option<mpsc::UnboundedReceiver<Report>>,
         tasks: &mut HashMap<String, watch::Sender<Task>>,
+        sid_cell: &SessionId,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let mut client =
@@ -87,9 +90,14 @@ impl<E: Executor> Agent<E> {
 
         // the reporter outlives sessions; it is started once and keeps the receiver
         if let Some(r) = rx.take() {
-            tokio::spawn(report_loop(client.clone(), r, shutdown.clone()));
+            tokio::spawn(report_loop(
+                client.clone(),
+                sid_cell.clone(),
+                r,
+                shutdown.clone(),
+            ));
         }
-        REPORT_SESSION.with_sid(&sid);
+        *sid_cell.lock().unwrap_or_else(|p| p.into_inner()) = sid.clone();
 
         let mut assign = client
             .assignments(AssignmentsRequest {
@@ -156,16 +164,7 @@ impl<E: Executor> Agent<E> {
 }
 
 /// The session the reporter sends with: it changes when the agent reconnects.
-struct SessionCell(std::sync::Mutex<String>);
-impl SessionCell {
-    fn with_sid(&self, s: &str) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = s.to_string();
-    }
-    fn get(&self) -> String {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-static REPORT_SESSION: SessionCell = SessionCell(std::sync::Mutex::new(String::new()));
+type SessionId = Arc<std::sync::Mutex<String>>;
 
 /// Sends statuses in batches, retrying until the dispatcher acknowledges them.
 /// Says which node the agent is for on every request (mTLS certificates will, across hosts).
@@ -184,6 +183,7 @@ type Client =
 
 async fn report_loop(
     mut client: Client,
+    sid: SessionId,
     mut rx: mpsc::UnboundedReceiver<Report>,
     shutdown: CancellationToken,
 ) {
@@ -209,7 +209,7 @@ async fn report_loop(
             })
             .collect();
         let req = tonic::Request::new(UpdateTaskStatusRequest {
-            session_id: REPORT_SESSION.get(),
+            session_id: sid.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             updates,
         });
         match client.update_task_status(req).await {

@@ -90,7 +90,7 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ControlError> {
     if c.image.trim().is_empty() {
         return Err(invalid("image: an image is required"));
     }
-    shoal_runtime_free_checks(c)?;
+    container_checks(c)?;
     if let Some(p) = &task.placement {
         for k in &p.constraints {
             parse_constraint(k).map_err(|e| invalid(format!("--constraint: {e}")))?;
@@ -124,9 +124,9 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ControlError> {
 
 /// Checks that need no runtime: env syntax, mount targets, signals are checked again by
 /// the runtime on the node, but a user should hear of them at create time.
-fn shoal_runtime_free_checks(c: &ContainerSpec) -> Result<(), ControlError> {
+fn container_checks(c: &ContainerSpec) -> Result<(), ControlError> {
     for e in &c.env {
-        if !e.contains('=') && e.is_empty() {
+        if !e.contains('=') || e.starts_with('=') {
             return Err(invalid(format!("--env: {e:?} is not KEY=VALUE")));
         }
     }
