@@ -165,7 +165,7 @@ pub async fn manage<E: Executor>(
             }
             report(st(TaskState::Starting, "starting"));
             match exec.start(&id).await {
-                Ok(()) => {
+                Ok(pid) => {
                     // with a health check, a task is running once it is healthy (as in Swarm)
                     if let Some(mut h) = exec.health(&id) {
                         let healthy = tokio::select! {
@@ -191,12 +191,7 @@ pub async fn manage<E: Executor>(
                         }
                     }
                     reached = TaskState::Running;
-                    let pid = exec
-                        .inspect(&id)
-                        .await
-                        .ok()
-                        .and_then(|c| c.pid)
-                        .unwrap_or(0);
+                    let pid = pid.unwrap_or(0);
                     let mut s = st(reached, "started");
                     s.container = Some(ApiContainer {
                         container_id: id.clone(),

@@ -902,7 +902,7 @@ async fn converge(
         if start.elapsed() > Duration::from_secs(600) {
             bail!("service {} did not converge within 10 minutes", name_of(&s));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

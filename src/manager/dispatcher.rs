@@ -103,6 +103,8 @@ async fn batch_writer(store: Store, mut rx: mpsc::Receiver<Pending>, shutdown: C
             .iter()
             .flat_map(|(n, us, _)| us.iter().map(move |u| (n.clone(), u.clone())))
             .collect();
+        let started = std::time::Instant::now();
+        let n = all.len();
         let res = store
             .update(|tx| {
                 for (node, u) in &all {
@@ -127,6 +129,11 @@ async fn batch_writer(store: Store, mut rx: mpsc::Receiver<Pending>, shutdown: C
                 Ok(())
             })
             .await;
+        tracing::debug!(
+            updates = n,
+            took_ms = started.elapsed().as_millis() as u64,
+            "status batch written"
+        );
         for (_, _, done) in batch {
             let _ = done.send(res.clone());
         }

@@ -29,7 +29,8 @@ pub trait Executor: Send + Sync + 'static {
         id: &str,
         spec: &ContainerSpec,
     ) -> impl Future<Output = Result<(), ContainerError>> + Send;
-    fn start(&self, id: &str) -> impl Future<Output = Result<(), ContainerError>> + Send;
+    /// Starts the container (again a no-op if it runs); returns its pid when known.
+    fn start(&self, id: &str) -> impl Future<Output = Result<Option<i32>, ContainerError>> + Send;
     fn wait(&self, id: &str) -> impl Future<Output = Result<Exit, ContainerError>> + Send;
     fn shutdown(
         &self,
@@ -58,11 +59,8 @@ impl Executor for ContainerRuntime {
         self.ensure_image(&spec.image, &self.config().pull).await?;
         self.prepare(id, spec).await.map(|_| ())
     }
-    async fn start(&self, id: &str) -> Result<(), ContainerError> {
-        match self.inspect(id).await?.status {
-            Status::Prepared | Status::Created => self.start(id).await.map(|_| ()),
-            _ => Ok(()),
-        }
+    async fn start(&self, id: &str) -> Result<Option<i32>, ContainerError> {
+        ContainerRuntime::start(self, id).await.map(Some)
     }
     async fn wait(&self, id: &str) -> Result<Exit, ContainerError> {
         ContainerRuntime::wait(self, id).await
@@ -166,7 +164,7 @@ impl Executor for FakeExecutor {
         });
         Ok(())
     }
-    async fn start(&self, id: &str) -> Result<(), ContainerError> {
+    async fn start(&self, id: &str) -> Result<Option<i32>, ContainerError> {
         let s = self.get(id)?;
         s.send_if_modified(|v| {
             let go = v.0 == Status::Prepared;
@@ -175,7 +173,7 @@ impl Executor for FakeExecutor {
             }
             go
         });
-        Ok(())
+        Ok(None)
     }
     async fn wait(&self, id: &str) -> Result<Exit, ContainerError> {
         let mut rx = self.get(id)?.subscribe();

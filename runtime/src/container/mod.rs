@@ -412,11 +412,8 @@ impl ContainerRuntime {
                 }
                 return Ok(s.pid.unwrap_or_default());
             }
-            Ok(Response::State(_)) => {
-                return Err(ContainerError::Keeper(format!(
-                    "container {id} is already running"
-                )))
-            }
+            // already running: starting is done
+            Ok(Response::State(s)) => return Ok(s.pid.unwrap_or_default()),
             _ => {}
         }
         let image = self
