@@ -88,14 +88,23 @@ impl Proposer for RaftProposer {
 /// Raft settings: elections within about a second, snapshots every 1000 entries,
 /// keeping 500 entries behind the snapshot for followers that lag.
 pub fn config() -> Result<Arc<openraft::Config>, Box<openraft::ConfigError>> {
+    config_with_snapshots_every(1000, 500)
+}
+
+/// [`config`] with another snapshot interval (tests use a small one).
+pub fn config_with_snapshots_every(
+    every: u64,
+    keep: u64,
+) -> Result<Arc<openraft::Config>, Box<openraft::ConfigError>> {
     let c = openraft::Config {
         cluster_name: "shoal".into(),
         heartbeat_interval: 100,
         election_timeout_min: 500,
         election_timeout_max: 1000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
-        max_in_snapshot_log_to_keep: 500,
-        purge_batch_size: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(every),
+        max_in_snapshot_log_to_keep: keep,
+        // purge as soon as there is anything to purge
+        purge_batch_size: 1,
         ..Default::default()
     };
     Ok(Arc::new(c.validate().map_err(Box::new)?))
