@@ -15,7 +15,10 @@
 //!   has a single thread). The keeper is single-threaded *by construction*: a
 //!   current-thread tokio runtime, no blocking pool, and a check of
 //!   `/proc/self/status` before every libcontainer call that refuses if another thread
-//!   ever appears. Calls are therefore serialized without any lock.
+//!   ever appears. To create several containers at once it forks short-lived helpers
+//!   (a fork of a single-threaded process is safe); each runs one libcontainer build in
+//!   its own process, with `as_sibling`, so the container's init is still the keeper's
+//!   child. Everything else (start, kill, exec, delete) runs in the keeper itself.
 //! - **No resident process per container**: one keeper for all of them (about 3 MiB).
 //!
 //! What the keeper cannot survive: being killed itself while containers run. They keep
@@ -116,7 +119,15 @@ struct Keeper {
     containers: HashMap<String, Tracked>,
     /// Exec'd processes (health checks) by pid.
     execs: HashMap<i32, oneshot::Sender<i32>>,
+    /// Exits of children nobody claimed yet: a container's init can exit before the
+    /// helper that created it has told us its pid.
+    unclaimed: HashMap<i32, (i32, Option<i32>)>,
+    /// Creations in flight, at most [`PARALLEL_CREATES`].
+    creating: usize,
 }
+
+/// How many containers are created at once, each by a helper forked from the keeper.
+const PARALLEL_CREATES: usize = 8;
 
 type Shared = Rc<RefCell<Keeper>>;
 
@@ -299,6 +310,12 @@ fn on_exit(k: &Shared, pid: i32, code: i32, signal: Option<i32>) {
             known: true,
         };
         record_reaped(k, &id, x);
+    } else {
+        let mut kb = k.borrow_mut();
+        if kb.unclaimed.len() > 4096 {
+            kb.unclaimed.clear(); // helpers' and intermediates' exits nobody will claim
+        }
+        kb.unclaimed.insert(pid, (code, signal));
     }
 }
 
@@ -524,7 +541,7 @@ async fn dispatch(k: &Shared, req: Request) -> Response {
             bundle,
             dir,
             log,
-        } => match create(k, &root, &id, &bundle, &dir, log) {
+        } => match create(k, &root, &id, &bundle, &dir, log).await {
             Ok(pid) => Response::Created { pid },
             Err(e) => err(e),
         },
@@ -638,7 +655,10 @@ fn state(k: &Shared, root: &Path, id: &str) -> Option<KeptState> {
     })
 }
 
-fn create(
+/// Creates a container. libcontainer runs in a helper forked from this (single-threaded)
+/// process, so several containers are created at once; with `as_sibling` the helper
+/// makes the container's init a child of the keeper, which reaps it as before.
+async fn create(
     k: &Shared,
     root: &Path,
     id: &str,
@@ -677,36 +697,114 @@ fn create(
             waiters: vec![],
         },
     );
-    // our read ends open before the container's write ends can close
+    // our read ends open while we still hold write ends: no early EOF
     start_pumps(k, id, dir, logw);
-    let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-        .with_root_path(lc_root(root))
-        .and_then(|b| b.validate_id())
-        .map(|b| {
-            b.with_stdin(OwnedFd::from(devnull))
-                .with_stdout(OwnedFd::from(out_w))
-                .with_stderr(OwnedFd::from(err_w))
-        })
-        .and_then(|b| {
-            b.as_init(bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .build()
-        });
-    match built {
-        Ok(c) => {
-            let pid = c
-                .pid()
-                .map(|p| p.as_raw())
-                .ok_or("libcontainer gave no pid")?;
+    while k.borrow().creating >= PARALLEL_CREATES {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    k.borrow_mut().creating += 1;
+    let res = create_in_helper(root, id, bundle, out_w, err_w, devnull).await;
+    k.borrow_mut().creating -= 1;
+    match res {
+        Ok(pid) => {
+            let early = k.borrow_mut().unclaimed.remove(&pid);
             if let Some(t) = k.borrow_mut().containers.get_mut(id) {
                 t.pid = Some(pid);
+            }
+            if let Some((code, signal)) = early {
+                on_exit(k, pid, code, signal); // it ended before we knew its pid
             }
             Ok(pid)
         }
         Err(e) => {
             k.borrow_mut().containers.remove(id);
-            Err(format!("create {id}: {}", chain(&e)))
+            Err(e)
+        }
+    }
+}
+
+async fn create_in_helper(
+    root: &Path,
+    id: &str,
+    bundle: &Path,
+    out_w: File,
+    err_w: File,
+    devnull: File,
+) -> Result<i32, String> {
+    ensure_single_thread()?;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: this process has a single thread (checked just above), so the child starts
+    // in a consistent state; it only calls libcontainer, writes one line and _exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+                .with_root_path(lc_root(root))
+                .and_then(|b| b.validate_id())
+                .map(|b| {
+                    b.with_stdin(OwnedFd::from(devnull))
+                        .with_stdout(OwnedFd::from(out_w))
+                        .with_stderr(OwnedFd::from(err_w))
+                })
+                .and_then(|b| {
+                    b.as_init(bundle)
+                        .with_systemd(false)
+                        .with_detach(true)
+                        .as_sibling(true)
+                        .build()
+                });
+            let line = match built {
+                Ok(c) => match c.pid() {
+                    Some(p) => format!("OK {}\n", p.as_raw()),
+                    None => "ERR libcontainer gave no pid\n".to_string(),
+                },
+                Err(e) => format!("ERR create {id}: {}\n", chain(&e)),
+            };
+            let mut f = File::from(w);
+            let _ = std::io::Write::write_all(&mut f, line.as_bytes());
+            // SAFETY: _exit ends the helper without running the keeper's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(w);
+            drop((out_w, err_w, devnull));
+            nix::fcntl::fcntl(
+                &r,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .map_err(|e| format!("pipe: {e}"))?;
+            let mut out = Vec::new();
+            // SAFETY: `r` is our pipe's read end, owned by the AsyncFd and closed only by it.
+            let afd =
+                unsafe { AsyncFd::register(File::from(r)) }.map_err(|e| format!("pipe: {e}"))?;
+            let mut buf = [0u8; 1024];
+            loop {
+                let mut g = afd.readable().await.map_err(|e| format!("pipe: {e}"))?;
+                // one line is the whole answer; don't wait for EOF: the new container's
+                // init holds a copy of the write end until it execs
+                match g.try_io(|i| i.get_ref().read(&mut buf)) {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(n)) => {
+                        out.extend_from_slice(&buf[..n]);
+                        if out.contains(&b'\n') {
+                            break;
+                        }
+                    }
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Ok(Err(e)) => return Err(format!("create {id}: helper: {e}")),
+                    Err(_would_block) => {}
+                }
+            }
+            let _ = child; // reaped with the others; its exit is nobody's
+            let text = String::from_utf8_lossy(&out);
+            match text.trim().split_once(' ') {
+                Some(("OK", pid)) => pid
+                    .parse()
+                    .map_err(|_| format!("create {id}: helper said {text:?}")),
+                Some(("ERR", msg)) => Err(msg.to_string()),
+                _ => Err(format!("create {id}: the helper died without an answer")),
+            }
         }
     }
 }
