@@ -19,7 +19,7 @@ cleanup() {
   [ -n "${shoal_pid:-}" ] && kill "$shoal_pid" 2>/dev/null || true
   pkill -f "keeper --root $work/shoal/containers" 2>/dev/null || true
   for c in /sys/fs/cgroup/*/shoal-bench-$$; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null; done
-  grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $work[^ ]*" /proc/self/mountinfo || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   if [ -n "$dockerd_pid" ]; then
     docker swarm leave --force >/dev/null 2>&1 || true
     kill "$dockerd_pid" 2>/dev/null || true

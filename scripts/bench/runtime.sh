@@ -18,7 +18,7 @@ cleanup() {
   pkill -f "keeper --root $work/data/containers" 2>/dev/null || true
   for _ in $(seq 1 100); do pgrep -f "keeper --root $work/data/containers" >/dev/null || break; sleep 0.05; done
   for c in /sys/fs/cgroup/*/shoal-bench-$$; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null; done
-  grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $work[^ ]*" /proc/self/mountinfo || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$work" || true
 }
 trap cleanup EXIT

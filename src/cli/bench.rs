@@ -67,7 +67,13 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<ExitCode> {
             let in_container = std::fs::read_to_string(e.path().join("cgroup"))
                 .unwrap_or_default()
                 .contains(&in_containers);
-            if is_shoal && !in_container {
+            // numeric entries only: /proc/self and /proc/thread-self are this process again
+            let is_pid = e
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit());
+            if is_pid && is_shoal && !in_container {
                 helpers += 1;
             }
         }
