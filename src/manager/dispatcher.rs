@@ -273,12 +273,10 @@ impl DispatcherApi for Dispatcher {
                     ev = events.recv() => ev,
                 };
                 match ev {
-                    Ok(Event::Change {
-                        object: Object::Task(t),
-                        kind,
-                        old,
-                    }) => {
-                        let was_ours = matches!(&old, Some(Object::Task(o)) if is_for(o, &node));
+                    Ok(Event::Change { object, kind, old }) => {
+                        let Object::Task(t) = *object else { continue };
+                        let was_ours =
+                            matches!(old.as_deref(), Some(Object::Task(o)) if is_for(o, &node));
                         if kind == shoal_proto::store_action::Kind::Remove {
                             if t.node_id == node {
                                 msg.remove_tasks.push(t.id);
@@ -304,7 +302,6 @@ impl DispatcherApi for Dispatcher {
                             }
                         }
                     }
-                    Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // start over with a full set
                         let all = store.view(|t| {

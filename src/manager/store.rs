@@ -246,8 +246,8 @@ impl Tables {
         }?;
         Ok(Event::Change {
             kind,
-            object: new,
-            old,
+            object: Box::new(new),
+            old: old.map(Box::new),
         })
     }
 
@@ -369,15 +369,16 @@ fn insert<T: StoreItem>(t: &mut Tables, x: T) {
 }
 
 /// A change as watchers see it.
+/// Objects are boxed: the watch buffer holds 1024 events, and an unboxed object (a
+/// service with its previous spec inline) is kilobytes.
 #[derive(Clone, Debug, PartialEq)]
-#[allow(clippy::large_enum_variant)] // commit markers are rare next to changes
 pub enum Event {
     /// `object` is the new value (the removed one for a remove); `old` the value before
     /// an update.
     Change {
         kind: ActionKind,
-        object: Object,
-        old: Option<Object>,
+        object: Box<Object>,
+        old: Option<Box<Object>>,
     },
     /// The end of one committed batch, at this Raft index.
     Commit { index: u64 },
@@ -778,19 +779,11 @@ mod tests {
         .unwrap();
         assert!(matches!(
             rx.recv().await.unwrap(),
-            Event::Change {
-                kind: ActionKind::Create,
-                object: Object::Service(_),
-                ..
-            }
+            Event::Change { kind: ActionKind::Create, object, .. } if matches!(*object, Object::Service(_))
         ));
         assert!(matches!(
             rx.recv().await.unwrap(),
-            Event::Change {
-                kind: ActionKind::Create,
-                object: Object::Task(_),
-                ..
-            }
+            Event::Change { kind: ActionKind::Create, object, .. } if matches!(*object, Object::Task(_))
         ));
         assert_eq!(rx.recv().await.unwrap(), Event::Commit { index: 1 });
         let v = s.view(|t| t.services["a"].meta.unwrap().version);

@@ -81,7 +81,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired_state: Task
 /// The service IDs an event concerns.
 pub fn services_of(e: &Event, out: &mut BTreeSet<String>) {
     if let Event::Change { object, old, .. } = e {
-        for o in std::iter::once(object).chain(old.iter()) {
+        for o in std::iter::once(object.as_ref()).chain(old.as_deref()) {
             match o {
                 Object::Service(s) => {
                     out.insert(s.id.clone());
