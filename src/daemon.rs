@@ -114,8 +114,26 @@ impl Daemon {
             true,
         )
         .await?;
-        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(m));
+        let m = Arc::new(m);
+        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
         self.start_agent();
+        // as in Swarm, init returns with this node ready for tasks: its agent's session
+        // is open
+        let (ready, mut events) = m.store.view_and_watch(|t| node_ready(t, &self.node_id));
+        if !ready {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                        if m.store.view(|t| node_ready(t, &self.node_id)) {
+                            break;
+                        }
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => anyhow::bail!("the swarm was created but this node's agent did not report ready within 10 s"),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -238,6 +256,13 @@ impl Daemon {
         }
         rx
     }
+}
+
+fn node_ready(t: &crate::manager::store::Tables, id: &str) -> bool {
+    t.nodes
+        .get(id)
+        .and_then(|n| n.status.as_ref())
+        .is_some_and(|s| s.state == NodeState::Ready as i32)
 }
 
 /// CPUs and memory of this host, for the scheduler's resource filter.

@@ -176,7 +176,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-fn parse_mount(s: &str) -> anyhow::Result<MountSpec> {
+pub(super) fn parse_mount(s: &str) -> anyhow::Result<MountSpec> {
     let mut m = MountSpec {
         kind: MountKind::Volume,
         source: String::new(),

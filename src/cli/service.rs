@@ -192,33 +192,22 @@ fn bytes(s: &str, flag: &str) -> anyhow::Result<i64> {
         .map_err(|e| anyhow!("{flag}: {e}"))
 }
 
+/// `--mount` as `container run` parses it, in the API's terms.
 fn parse_mount(s: &str) -> anyhow::Result<shoal_proto::Mount> {
-    let mut m = shoal_proto::Mount {
-        r#type: mount::Type::Volume as i32,
-        ..Default::default()
+    use shoal_runtime::container::spec::MountKind;
+    let m = super::container::parse_mount(s)?;
+    let kind = match m.kind {
+        MountKind::Bind => mount::Type::Bind,
+        MountKind::Volume => mount::Type::Volume,
+        MountKind::Tmpfs => mount::Type::Tmpfs,
     };
-    for part in s.split(',') {
-        let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        match k {
-            "type" => {
-                m.r#type = match v {
-                    "bind" => mount::Type::Bind,
-                    "volume" => mount::Type::Volume,
-                    "tmpfs" => mount::Type::Tmpfs,
-                    _ => bail!("--mount {s:?}: type {v:?} is not supported (bind, volume, tmpfs)"),
-                } as i32
-            }
-            "source" | "src" => m.source = v.into(),
-            "target" | "destination" | "dst" => m.target = v.into(),
-            "readonly" | "ro" => m.read_only = v.is_empty() || v == "true" || v == "1",
-            "tmpfs-size" => m.tmpfs_size_bytes = bytes(v, "--mount tmpfs-size")?,
-            _ => bail!("--mount {s:?}: unknown key {k:?}"),
-        }
-    }
-    if m.target.is_empty() {
-        bail!("--mount {s:?}: target is required");
-    }
-    Ok(m)
+    Ok(shoal_proto::Mount {
+        r#type: kind as i32,
+        source: m.source,
+        target: m.target,
+        read_only: m.read_only,
+        tmpfs_size_bytes: m.tmpfs_size.unwrap_or(0) as i64,
+    })
 }
 
 /// Applies the flags that were given onto a spec (create starts from an empty one).
@@ -386,6 +375,19 @@ fn image_of(s: &Service) -> String {
         .unwrap_or_default()
 }
 
+/// Node IDs to hostnames, for the NODE column and log prefixes.
+async fn node_names(
+    ctl: &mut shoal_proto::control_client::ControlClient<tonic::transport::Channel>,
+) -> anyhow::Result<HashMap<String, String>> {
+    let nodes = ctl
+        .list_nodes(ListRequest::default())
+        .await
+        .map_err(refusal)?
+        .into_inner()
+        .nodes;
+    Ok(nodes.iter().map(|n| (n.id.clone(), hostname(n))).collect())
+}
+
 pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
     let mut ctl = control(g).await?;
     match c {
@@ -496,15 +498,7 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
             quiet,
             filter,
         } => {
-            let nodes: HashMap<String, String> = ctl
-                .list_nodes(ListRequest::default())
-                .await
-                .map_err(refusal)?
-                .into_inner()
-                .nodes
-                .iter()
-                .map(|n| (n.id.clone(), hostname(n)))
-                .collect();
+            let nodes = node_names(&mut ctl).await?;
             let mut rows = Vec::new();
             for what in services {
                 let s = ctl
@@ -643,15 +637,7 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .map(|t| (t.id.clone(), t))
                 .collect();
-            let nodes: HashMap<String, String> = ctl
-                .list_nodes(ListRequest::default())
-                .await
-                .map_err(refusal)?
-                .into_inner()
-                .nodes
-                .iter()
-                .map(|n| (n.id.clone(), hostname(n)))
-                .collect();
+            let nodes = node_names(&mut ctl).await?;
             let mut stream = ctl
                 .service_logs(ServiceLogsRequest {
                     service_or_task: service,
