@@ -50,6 +50,12 @@ push_image() { # PORT REPO FIXTURES [AUTH]
 start() {
   local fx=${1:?FIXTURES}
   stop; mkdir -p "$dir"
+  for p in "$port" "$aport"; do
+    if curl -s -o /dev/null "http://127.0.0.1:$p/v2/"; then
+      echo "registry: something already answers on 127.0.0.1:$p; stop it or set SHOAL_TEST_REGISTRY_PORT / SHOAL_TEST_AUTH_REGISTRY_PORT" >&2
+      exit 1
+    fi
+  done
   htpasswd -Bbn shoal s3cret > "$dir/htpasswd" 2>/dev/null
   for kind in open auth; do
     local p=$port extra=""
