@@ -9,6 +9,19 @@ use std::time::Duration;
 
 use common::*;
 
+/// A host with its daemon, the test image imported, and a single-node swarm.
+fn swarm_host() -> (Host, DaemonProc) {
+    let h = Host::new();
+    let d = h.start_daemon();
+    h.ok(&[
+        "image",
+        "import",
+        fixtures().join("busybox-oci").to_str().unwrap(),
+    ]);
+    h.ok(&["swarm", "init"]);
+    (h, d)
+}
+
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
     s.lines()
         .filter(|l| !l.trim().is_empty())
@@ -167,14 +180,7 @@ fn services_converge_scale_update_and_survive_a_daemon_kill() {
 
 #[test]
 fn killed_tasks_fail_and_restart_by_policy() {
-    let h = Host::new();
-    let _d = h.start_daemon();
-    h.ok(&[
-        "image",
-        "import",
-        fixtures().join("busybox-oci").to_str().unwrap(),
-    ]);
-    h.ok(&["swarm", "init"]);
+    let (h, _d) = swarm_host();
     h.ok(&[
         "service",
         "create",
@@ -298,14 +304,7 @@ fn refusals_name_what_is_wrong() {
 
 #[test]
 fn logs_and_a_clean_sigterm_that_leaves_tasks_running() {
-    let h = Host::new();
-    let mut d = h.start_daemon();
-    h.ok(&[
-        "image",
-        "import",
-        fixtures().join("busybox-oci").to_str().unwrap(),
-    ]);
-    h.ok(&["swarm", "init"]);
+    let (h, mut d) = swarm_host();
     h.ok(&[
         "service",
         "create",
@@ -363,14 +362,7 @@ fn logs_and_a_clean_sigterm_that_leaves_tasks_running() {
 
 #[test]
 fn health_checks_gate_running_and_fail_unhealthy_tasks() {
-    let h = Host::new();
-    let _d = h.start_daemon();
-    h.ok(&[
-        "image",
-        "import",
-        fixtures().join("busybox-oci").to_str().unwrap(),
-    ]);
-    h.ok(&["swarm", "init"]);
+    let (h, _d) = swarm_host();
     let out = h.ok(&[
         "service",
         "create",
