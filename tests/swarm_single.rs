@@ -358,6 +358,37 @@ fn logs_and_a_clean_sigterm_that_leaves_tasks_running() {
     let _d = h.start_daemon();
     assert_eq!(running_pids(&h, "talk"), pids);
     assert_eq!(replicas(&h, "talk"), "2/2");
+
+    // Docker's add/rm edits on update
+    h.ok(&[
+        "service",
+        "update",
+        "--env-add",
+        "A=1",
+        "--env-add",
+        "B=2",
+        "--label-add",
+        "tier=web",
+        "talk",
+    ]);
+    h.ok(&[
+        "service",
+        "update",
+        "--env-rm",
+        "A",
+        "--env-add",
+        "B=3",
+        "talk",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&h.ok(&["service", "inspect", "talk"])).unwrap();
+    assert_eq!(
+        v[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"],
+        serde_json::json!(["B=3"])
+    );
+    assert_eq!(v[0]["Spec"]["Labels"]["tier"], "web");
+    let err = h.cli(&["service", "update", "--env-add", "NOVALUE", "talk"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("--env-add \"NOVALUE\": use KEY=VALUE"));
 }
 
 #[test]

@@ -162,9 +162,74 @@ pub struct UpdateArgs {
     rollback: bool,
     #[arg(long)]
     args: Option<String>,
+    /// Add or replace an environment variable (KEY=VALUE).
+    #[arg(long)]
+    env_add: Vec<String>,
+    /// Remove an environment variable (KEY).
+    #[arg(long)]
+    env_rm: Vec<String>,
+    /// Add or replace a service label (KEY=VALUE).
+    #[arg(long)]
+    label_add: Vec<String>,
+    /// Remove a service label (KEY).
+    #[arg(long)]
+    label_rm: Vec<String>,
+    /// Add a placement constraint.
+    #[arg(long)]
+    constraint_add: Vec<String>,
+    /// Remove a placement constraint.
+    #[arg(long)]
+    constraint_rm: Vec<String>,
     #[command(flatten)]
     flags: SpecFlags,
     service: String,
+}
+
+/// Docker's `--*-add` / `--*-rm` edits on top of the current spec.
+fn apply_edits(spec: &mut ServiceSpec, a: &UpdateArgs) -> anyhow::Result<()> {
+    let task = spec.task.get_or_insert_with(TaskSpec::default);
+    let c = task.container.get_or_insert_with(ContainerSpec::default);
+    for e in &a.env_add {
+        let (k, _) = e
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| anyhow!("--env-add {e:?}: use KEY=VALUE"))?;
+        c.env
+            .retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
+        c.env.push(e.clone());
+    }
+    for k in &a.env_rm {
+        c.env
+            .retain(|x| x.split_once('=').map(|(xk, _)| xk).unwrap_or(x) != k);
+    }
+    // touch only what is edited: an untouched empty part must stay absent, or the task
+    // spec would differ and every task be replaced
+    if !a.constraint_add.is_empty() || !a.constraint_rm.is_empty() {
+        let placement = task.placement.get_or_insert_with(Placement::default);
+        for k in &a.constraint_add {
+            crate::manager::scheduler::parse_constraint(k)
+                .map_err(|e| anyhow!("--constraint-add: {e}"))?;
+            if !placement.constraints.contains(k) {
+                placement.constraints.push(k.clone());
+            }
+        }
+        placement
+            .constraints
+            .retain(|x| !a.constraint_rm.contains(x));
+    }
+    if !a.label_add.is_empty() || !a.label_rm.is_empty() {
+        let labels = &mut spec
+            .annotations
+            .get_or_insert_with(Annotations::default)
+            .labels;
+        for (k, v) in kv(&a.label_add, "--label-add")? {
+            labels.insert(k, v);
+        }
+        for k in &a.label_rm {
+            labels.remove(k);
+        }
+    }
+    Ok(())
 }
 
 fn pd(d: Duration) -> prost_types::Duration {
@@ -732,6 +797,7 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
                 .into_inner();
             let mut spec = s.spec.clone().unwrap_or_default();
             apply_flags(&mut spec, &a.flags)?;
+            apply_edits(&mut spec, &a)?;
             let task = spec.task.get_or_insert_with(TaskSpec::default);
             if let Some(i) = &a.image {
                 task.container
