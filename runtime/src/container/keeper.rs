@@ -113,7 +113,6 @@ struct Tracked {
     waiters: Vec<oneshot::Sender<Exit>>,
 }
 
-#[derive(Default)]
 struct Keeper {
     root: PathBuf,
     containers: HashMap<String, Tracked>,
@@ -122,8 +121,8 @@ struct Keeper {
     /// Exits of children nobody claimed yet: a container's init can exit before the
     /// helper that created it has told us its pid.
     unclaimed: HashMap<i32, (i32, Option<i32>)>,
-    /// Creations in flight, at most [`PARALLEL_CREATES`].
-    creating: usize,
+    /// Limits creations in flight to [`PARALLEL_CREATES`].
+    creating: Rc<tokio::sync::Semaphore>,
 }
 
 /// How many containers are created at once, each by a helper forked from the keeper.
@@ -138,7 +137,10 @@ async fn serve(root: PathBuf) -> anyhow::Result<()> {
     fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let k: Shared = Rc::new(RefCell::new(Keeper {
         root: root.clone(),
-        ..Default::default()
+        containers: HashMap::new(),
+        execs: HashMap::new(),
+        unclaimed: HashMap::new(),
+        creating: Rc::new(tokio::sync::Semaphore::new(PARALLEL_CREATES)),
     }));
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
     readopt(&k);
@@ -699,12 +701,11 @@ async fn create(
     );
     // our read ends open while we still hold write ends: no early EOF
     start_pumps(k, id, dir, logw);
-    while k.borrow().creating >= PARALLEL_CREATES {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    k.borrow_mut().creating += 1;
-    let res = create_in_helper(root, id, bundle, out_w, err_w, devnull).await;
-    k.borrow_mut().creating -= 1;
+    let slots = k.borrow().creating.clone();
+    let res = match slots.acquire().await {
+        Ok(_slot) => create_in_helper(root, id, bundle, out_w, err_w, devnull).await,
+        Err(_) => Err("keeper is stopping".to_string()),
+    };
     match res {
         Ok(pid) => {
             let early = k.borrow_mut().unclaimed.remove(&pid);
