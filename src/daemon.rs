@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
 use crate::manager::node::Manager;
-use crate::manager::store::new_id;
+use crate::manager::store::{new_id, Event, Store};
+use shoal_proto::store_object::Object;
 
 pub struct Daemon {
     pub data_root: PathBuf,
@@ -204,57 +205,117 @@ impl Daemon {
         }
     }
 
-    /// Log lines of tasks that ran on this node.
+    /// Log lines of tasks that ran on this node. With `follow` and a service's events
+    /// (`watch`), tasks that start later are followed too, until the caller goes away.
     pub fn task_logs(
         &self,
         tasks: Vec<Task>,
         follow: bool,
         tail: u64,
+        watch: Option<(String, Store, tokio::sync::broadcast::Receiver<Event>)>,
     ) -> mpsc::Receiver<Result<LogMessage, tonic::Status>> {
         let (tx, rx) = mpsc::channel(256);
-        let rt = self.runtime.clone();
-        let node = self.node_id.clone();
-        for t in tasks.into_iter().filter(|t| t.node_id == node) {
-            let (tx, rt) = (tx.clone(), rt.clone());
-            let node = node.clone();
+        let logs = TaskLogs {
+            rt: self.runtime.clone(),
+            node: self.node_id.clone(),
+            tx,
+            follow,
+        };
+        let mut followed = std::collections::HashSet::new();
+        for t in tasks.into_iter().filter(|t| t.node_id == logs.node) {
+            followed.insert(t.id.clone());
+            logs.spawn(t, tail);
+        }
+        if let (true, Some((service_id, store, mut events))) = (follow, watch) {
             tokio::spawn(async move {
-                let dir = rt.logs_dir(&t.id);
-                if !dir.exists() {
-                    return;
-                }
-                let q = LogQuery {
-                    tail: (tail > 0).then_some(tail as usize),
-                    ..Default::default()
-                };
-                let conv = |e: shoal_runtime::container::logs::LogEntry| LogMessage {
-                    task_id: t.id.clone(),
-                    node_id: node.clone(),
-                    stream: if e.stream == LogStream::Stdout {
-                        "stdout"
-                    } else {
-                        "stderr"
-                    }
-                    .into(),
-                    time_ms: e.time.timestamp_millis(),
-                    data: e.log.into_bytes(),
-                };
-                if follow {
-                    let exit = rt.dir(&t.id).join("exit.json");
-                    let tx2 = tx.clone();
-                    let _ = follow_logs(&dir, &q, &|| exit.exists() || tx2.is_closed(), &mut |e| {
-                        tx.try_send(Ok(conv(e))).is_ok()
-                    })
-                    .await;
-                } else if let Ok(lines) = read_logs(&dir, &q) {
-                    for e in lines {
-                        if tx.send(Ok(conv(e))).await.is_err() {
-                            return;
+                loop {
+                    let ev = tokio::select! {
+                        _ = logs.tx.closed() => return,
+                        ev = events.recv() => ev,
+                    };
+                    let candidates: Vec<Task> = match ev {
+                        Ok(Event::Change { object, .. }) => match *object {
+                            Object::Task(t) => vec![t],
+                            _ => continue,
+                        },
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            store.view(|t| t.tasks.values().cloned().collect())
+                        }
+                        Err(_) => return, // the manager stopped
+                    };
+                    for t in candidates {
+                        // a task's logs exist once its container does
+                        if t.service_id == service_id
+                            && t.node_id == logs.node
+                            && !followed.contains(&t.id)
+                            && logs.rt.logs_dir(&t.id).exists()
+                        {
+                            followed.insert(t.id.clone());
+                            logs.spawn(t, 0);
                         }
                     }
                 }
             });
         }
         rx
+    }
+}
+
+/// What one `service logs` request sends its lines through.
+struct TaskLogs {
+    rt: ContainerRuntime,
+    node: String,
+    tx: mpsc::Sender<Result<LogMessage, tonic::Status>>,
+    follow: bool,
+}
+
+impl TaskLogs {
+    /// Sends one task's lines (the last `tail`, or all when 0), following if asked.
+    fn spawn(&self, t: Task, tail: u64) {
+        let (rt, node, tx, follow) = (
+            self.rt.clone(),
+            self.node.clone(),
+            self.tx.clone(),
+            self.follow,
+        );
+        tokio::spawn(async move {
+            let dir = rt.logs_dir(&t.id);
+            if !dir.exists() {
+                return;
+            }
+            let q = LogQuery {
+                tail: (tail > 0).then_some(tail as usize),
+                ..Default::default()
+            };
+            let conv = |e: shoal_runtime::container::logs::LogEntry| LogMessage {
+                task_id: t.id.clone(),
+                node_id: node.clone(),
+                stream: if e.stream == LogStream::Stdout {
+                    "stdout"
+                } else {
+                    "stderr"
+                }
+                .into(),
+                time_ms: e.time.timestamp_millis(),
+                data: e.log.into_bytes(),
+            };
+            if follow {
+                let exit = rt.dir(&t.id).join("exit.json");
+                let tx2 = tx.clone();
+                let _ = follow_logs(&dir, &q, &|| exit.exists() || tx2.is_closed(), |e| {
+                    let (tx, m) = (tx.clone(), conv(e));
+                    async move { tx.send(Ok(m)).await.is_ok() }
+                })
+                .await;
+            } else if let Ok(lines) = read_logs(&dir, &q) {
+                for e in lines {
+                    if tx.send(Ok(conv(e))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -339,6 +339,22 @@ fn logs_and_a_clean_sigterm_that_leaves_tasks_running() {
         "stderr lines go to stderr"
     );
 
+    // -f follows the tasks there are and those that start later
+    let follower = h.spawn_cli(&["service", "logs", "-f", "talk"]);
+    wait_for(
+        "the follower's first lines",
+        Duration::from_secs(20),
+        || (follower.stdout().matches("hello from").count() == 2).then_some(()),
+    );
+    h.ok(&["service", "scale", "talk=3"]);
+    wait_for(
+        "the new task's line in the follower",
+        Duration::from_secs(20),
+        || (follower.stdout().matches("hello from").count() == 3).then_some(()),
+    );
+    drop(follower);
+    h.ok(&["service", "scale", "talk=2"]);
+
     let pids = running_pids(&h, "talk");
     let child = d.child.take().unwrap();
     nix::sys::signal::kill(
@@ -389,6 +405,31 @@ fn logs_and_a_clean_sigterm_that_leaves_tasks_running() {
     assert_eq!(v[0]["Spec"]["Labels"]["tier"], "web");
     let err = h.cli(&["service", "update", "--env-add", "NOVALUE", "talk"]);
     assert!(String::from_utf8_lossy(&err.stderr).contains("--env-add \"NOVALUE\": use KEY=VALUE"));
+    h.ok(&[
+        "service",
+        "update",
+        "--mount-add",
+        "type=tmpfs,target=/scratch",
+        "--mount-add",
+        "type=tmpfs,target=/cache",
+        "--container-label-add",
+        "team=edge",
+        "talk",
+    ]);
+    h.ok(&["service", "update", "--mount-rm", "/cache", "talk"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&h.ok(&["service", "inspect", "talk"])).unwrap();
+    let c = &v[0]["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert_eq!(c["Mounts"].as_array().map(Vec::len), Some(1), "{c}");
+    assert_eq!(c["Mounts"][0]["Target"], "/scratch");
+    assert_eq!(c["Labels"]["team"], "edge");
+    let err = h.cli(&["service", "update", "--mount-rm", "/nowhere", "talk"]);
+    assert!(
+        String::from_utf8_lossy(&err.stderr)
+            .contains("--mount-rm \"/nowhere\": the service has no mount"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
 }
 
 #[test]

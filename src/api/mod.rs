@@ -203,21 +203,25 @@ impl Control for Api {
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         let m = self.manager()?;
         let r = req.into_inner();
-        let tasks = m
-            .store
-            .view(|t| match ctl::find(&t.services, &r.service_or_task) {
-                Ok(s) => Ok(t
-                    .tasks
-                    .values()
-                    .filter(|x| x.service_id == s.id)
-                    .cloned()
-                    .collect::<Vec<_>>()),
-                Err(e) => ctl::find(&t.tasks, &r.service_or_task)
-                    .map(|x| vec![x])
-                    .map_err(|_| e),
-            })
-            .map_err(status)?;
-        let rx = self.daemon.task_logs(tasks, r.follow, r.tail);
+        // the events start where the read ends: no task that starts in between is missed
+        let (found, events) =
+            m.store
+                .view_and_watch(|t| match ctl::find(&t.services, &r.service_or_task) {
+                    Ok(s) => Ok((
+                        t.tasks
+                            .values()
+                            .filter(|x| x.service_id == s.id)
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                        Some(s.id),
+                    )),
+                    Err(e) => ctl::find(&t.tasks, &r.service_or_task)
+                        .map(|x| (vec![x], None))
+                        .map_err(|_| e),
+                });
+        let (tasks, service) = found.map_err(status)?;
+        let watch = service.map(|id| (id, m.store.clone(), events));
+        let rx = self.daemon.task_logs(tasks, r.follow, r.tail, watch);
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

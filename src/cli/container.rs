@@ -327,7 +327,10 @@ async fn print_logs(
     };
     if follow {
         let exit_file = rt.dir(name).join("exit.json");
-        follow_logs(&dir, q, &|| exit_file.exists(), &mut emit).await?;
+        follow_logs(&dir, q, &|| exit_file.exists(), |e| {
+            std::future::ready(emit(e))
+        })
+        .await?;
     } else {
         for e in read_logs(&dir, q)? {
             emit(e);

@@ -20,7 +20,7 @@ use super::Globals;
 #[derive(Subcommand)]
 pub enum ServiceCmd {
     /// Create a service.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List services.
     #[command(alias = "list")]
     Ls {
@@ -65,7 +65,7 @@ pub enum ServiceCmd {
         detach: bool,
     },
     /// Update a service.
-    Update(UpdateArgs),
+    Update(Box<UpdateArgs>),
     /// Remove services.
     #[command(alias = "remove")]
     Rm {
@@ -180,6 +180,18 @@ pub struct UpdateArgs {
     /// Remove a placement constraint.
     #[arg(long)]
     constraint_rm: Vec<String>,
+    /// Add or replace a mount (same syntax as --mount; replaces one at the same target).
+    #[arg(long)]
+    mount_add: Vec<String>,
+    /// Remove the mount at this target path.
+    #[arg(long)]
+    mount_rm: Vec<String>,
+    /// Add or replace a container label (KEY=VALUE).
+    #[arg(long)]
+    container_label_add: Vec<String>,
+    /// Remove a container label (KEY).
+    #[arg(long)]
+    container_label_rm: Vec<String>,
     #[command(flatten)]
     flags: SpecFlags,
     service: String,
@@ -201,6 +213,23 @@ fn apply_edits(spec: &mut ServiceSpec, a: &UpdateArgs) -> anyhow::Result<()> {
     for k in &a.env_rm {
         c.env
             .retain(|x| x.split_once('=').map(|(xk, _)| xk).unwrap_or(x) != k);
+    }
+    for t in &a.mount_rm {
+        if !c.mounts.iter().any(|m| &m.target == t) {
+            bail!("--mount-rm {t:?}: the service has no mount at that target");
+        }
+        c.mounts.retain(|m| &m.target != t);
+    }
+    for m in &a.mount_add {
+        let m = parse_mount(m).map_err(|e| anyhow!("--mount-add: {e}"))?;
+        c.mounts.retain(|x| x.target != m.target);
+        c.mounts.push(m);
+    }
+    for (k, v) in kv(&a.container_label_add, "--container-label-add")? {
+        c.labels.insert(k, v);
+    }
+    for k in &a.container_label_rm {
+        c.labels.remove(k);
     }
     // touch only what is edited: an untouched empty part must stay absent, or the task
     // spec would differ and every task be replaced
@@ -815,7 +844,13 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
             if let Some(n) = a.replicas {
                 match spec.mode.as_mut() {
                     Some(Mode::Replicated(r)) => r.replicas = n,
-                    _ => bail!("--replicas can only be used with replicated mode"),
+                    Some(Mode::ReplicatedJob(j)) => {
+                        j.total_completions = n;
+                        j.max_concurrent = n;
+                    }
+                    _ => {
+                        bail!("--replicas can only be used with replicated or replicated-job mode")
+                    }
                 }
             }
             ctl.update_service(UpdateServiceRequest {

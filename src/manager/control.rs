@@ -201,6 +201,13 @@ pub async fn update_service(
     if task_changed {
         next.spec_version += 1;
     }
+    if matches!(
+        mode(&cur),
+        Some(Mode::ReplicatedJob(_)) | Some(Mode::GlobalJob(_))
+    ) {
+        // every update of a job runs it again, as `docker service update` does
+        next.job_iteration += 1;
+    }
     let id = next.id.clone();
     store.update(|tx| tx.update(next)).await?;
     Ok(store.view(|t| t.services[&id].clone()))

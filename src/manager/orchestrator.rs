@@ -63,8 +63,12 @@ pub async fn reconcile(store: &Store, service_id: &str) -> Result<(), StoreError
                 Some(s) => match mode(&s).cloned() {
                     Some(Mode::Replicated(r)) => replicated(tx, &s, tasks, r.replicas),
                     Some(Mode::Global(_)) => global(tx, &s, tasks, false),
-                    Some(Mode::GlobalJob(_)) => global(tx, &s, tasks, true),
+                    Some(Mode::GlobalJob(_)) => {
+                        retire_old_iterations(tx, &s, &tasks)?;
+                        global(tx, &s, tasks, true)
+                    }
                     Some(Mode::ReplicatedJob(j)) => {
+                        retire_old_iterations(tx, &s, &tasks)?;
                         replicated_job(tx, &s, tasks, j.max_concurrent, j.total_completions)
                     }
                     None => Ok(()),
@@ -88,6 +92,20 @@ fn remove_all(tx: &mut Tx<'_>, tasks: Vec<Task>) -> Result<(), StoreError> {
     for t in tasks {
         if desired(&t) != TaskState::Remove {
             set_desired(tx, &t, TaskState::Remove)?;
+        }
+    }
+    Ok(())
+}
+
+/// A job's update starts a new iteration (as in Swarm): tasks of earlier iterations that
+/// are still at work are shut down, and the new iteration runs to completion afresh.
+fn retire_old_iterations(tx: &mut Tx<'_>, s: &Service, tasks: &[Task]) -> Result<(), StoreError> {
+    for t in tasks {
+        if t.job_iteration != s.job_iteration
+            && !state(t).is_terminal()
+            && (desired(t) as i32) < TaskState::Shutdown as i32
+        {
+            set_desired(tx, t, TaskState::Shutdown)?;
         }
     }
     Ok(())

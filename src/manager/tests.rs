@@ -474,3 +474,47 @@ async fn removing_a_service_removes_its_tasks() {
     reap(&store).await.unwrap();
     assert!(tasks_of(&store, &s.id).is_empty());
 }
+
+#[tokio::test]
+async fn updating_a_job_runs_it_again() {
+    let s = service(
+        "batch",
+        Mode::ReplicatedJob(ReplicatedJob {
+            max_concurrent: 2,
+            total_completions: 2,
+        }),
+    );
+    let store = setup(vec![node("a", &[])], &s).await;
+    round(&store, &s.id).await;
+    let first: Vec<String> = tasks_of(&store, &s.id).into_iter().map(|t| t.id).collect();
+    assert_eq!(first.len(), 2);
+    // updated while the first run is still at work: that run is stopped, a new one starts
+    let mut spec = s.spec.clone().unwrap();
+    spec.task.as_mut().unwrap().force_update += 1;
+    super::control::update_service(&store, &s.id, 0, spec.clone(), false)
+        .await
+        .unwrap();
+    round(&store, &s.id).await;
+    let ts = tasks_of(&store, &s.id);
+    assert_eq!(ts.len(), 4, "two of the old run, two of the new");
+    for t in &ts {
+        if first.contains(&t.id) {
+            assert_eq!(desired(t), TaskState::Shutdown, "old iteration is stopped");
+        } else {
+            assert_eq!((t.job_iteration, desired(t)), (1, TaskState::Complete));
+        }
+    }
+    agent_converges(&store).await;
+    round(&store, &s.id).await;
+    // a job that has completed runs again on the next update
+    spec.task.as_mut().unwrap().force_update += 1;
+    super::control::update_service(&store, &s.id, 0, spec, false)
+        .await
+        .unwrap();
+    round(&store, &s.id).await;
+    let again: Vec<Task> = tasks_of(&store, &s.id)
+        .into_iter()
+        .filter(|t| t.job_iteration == 2)
+        .collect();
+    assert_eq!(again.len(), 2, "the completed job runs again");
+}

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal_runtime::container::{ContainerRuntime, RuntimeConfig};
@@ -223,6 +224,23 @@ impl Host {
         self.cmd().args(args).output().unwrap()
     }
 
+    /// Starts the CLI in the background (e.g. `logs -f`); its stdout goes to a file that
+    /// [`BackgroundCli::stdout`] reads. Dropping it kills it.
+    pub fn spawn_cli(&self, args: &[&str]) -> BackgroundCli {
+        let out = self.data_root().join(format!(
+            "cli-{}.out",
+            NEXT_CLI.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = self
+            .cmd()
+            .args(args)
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        BackgroundCli { child, out }
+    }
+
     /// Runs the CLI and fails the test if it fails; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
@@ -269,6 +287,28 @@ impl Host {
 
     pub fn daemon_log(&self) -> String {
         fs::read_to_string(self.data_root().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+static NEXT_CLI: AtomicUsize = AtomicUsize::new(0);
+
+/// A CLI command running in the background; killed when dropped.
+pub struct BackgroundCli {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl BackgroundCli {
+    /// What it has printed so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for BackgroundCli {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -251,19 +251,23 @@ pub fn read_logs(dir: &Path, q: &LogQuery) -> io::Result<Vec<LogEntry>> {
 
 /// Reads what matches, then follows new entries (across rotations) until `done()` says
 /// the writer has finished and nothing more is there. `emit` returning false stops early.
-pub async fn follow_logs(
+pub async fn follow_logs<F, Fut>(
     dir: &Path,
     q: &LogQuery,
     done: &(dyn Fn() -> bool + Sync),
-    emit: &mut (dyn FnMut(LogEntry) -> bool + Send),
-) -> io::Result<()> {
+    mut emit: F,
+) -> io::Result<()>
+where
+    F: FnMut(LogEntry) -> Fut + Send,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let path = dir.join(FILE);
     // open the live file first and read it through that handle: no line written in
     // between is skipped or shown twice
     let mut f = File::open(&path)?;
     let (first, mut pos) = read_all(dir, q, Some(&mut f))?;
     for e in first {
-        if !emit(e) {
+        if !emit(e).await {
             return Ok(());
         }
     }
@@ -290,7 +294,7 @@ pub async fn follow_logs(
             pos = 0;
         }
         for e in batch {
-            if !emit(e) {
+            if !emit(e).await {
                 return Ok(());
             }
         }
@@ -416,7 +420,7 @@ mod tests {
                 &dir2,
                 &LogQuery::default(),
                 &|| stop2.load(std::sync::atomic::Ordering::SeqCst),
-                &mut |e| tx.send(e.log).is_ok(),
+                |e| std::future::ready(tx.send(e.log).is_ok()),
             )
             .await
             .unwrap();
