@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "control.proto",
         "dispatcher.proto",
         "raft.proto",
+        "ca.proto",
     ]
     .map(|f| format!("proto/shoal/v1/{f}"));
     for f in &files {

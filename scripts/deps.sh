@@ -2,7 +2,7 @@
 # Installs the Debian packages shoal's build, tests and quickstart need, if missing.
 # Usage: scripts/deps.sh [extra-package ...]   (as root)
 set -euo pipefail
-need=(libseccomp-dev busybox-static docker-registry apache2-utils nftables iproute2 curl ca-certificates gcc libc6-dev "$@")
+need=(libseccomp-dev busybox-static docker-registry apache2-utils nftables iproute2 util-linux curl ca-certificates gcc libc6-dev "$@")
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 top=$PWD
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root (containers, cgroups and mounts need it)" >&2; exit 1; }
 scripts/deps.sh
+# network namespaces a killed test run could not delete (cluster tests name theirs sht*)
+ip netns list | awk '/^sht[0-9]+x[0-9]+-/ {print $1}' | xargs -r -n1 ip netns del
 work=$top/target/test-env
 mkdir -p "$work"
 scripts/fixtures.sh "$work/fixtures"

@@ -16,22 +16,86 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::Agent;
 use crate::manager::node::Manager;
 use crate::manager::store::{new_id, Event, Store};
+use crate::tls::{transport, JoinToken, NodeCerts, Role, RootCa};
+use serde::{Deserialize, Serialize};
 use shoal_proto::store_object::Object;
 
 pub struct Daemon {
     pub data_root: PathBuf,
     pub socket: PathBuf,
-    pub node_id: String,
     pub hostname: String,
     pub runtime: ContainerRuntime,
+    node_id: RwLock<String>,
+    state: RwLock<Option<SwarmState>>,
     manager: RwLock<Option<Arc<Manager>>>,
     agent: Mutex<Option<CancellationToken>>,
-    /// Serializes init and leave.
+    cluster_port: Mutex<Option<CancellationToken>>,
+    /// Serializes init, join and leave.
     admin: tokio::sync::Mutex<()>,
 }
 
+/// What this node is in its swarm; `swarm/node.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SwarmState {
+    /// "manager" or "worker"
+    pub role: String,
+    /// The cluster port this node serves (managers), as bound.
+    pub listen_addr: String,
+    /// The address other nodes reach this node at.
+    pub advertise_addr: String,
+    /// Managers' cluster addresses, tried in turn.
+    pub managers: Vec<String>,
+    pub cluster_id: String,
+}
+
+pub const DEFAULT_PORT: u16 = 2377;
+
 fn swarm_dir(root: &Path) -> PathBuf {
     root.join("swarm")
+}
+
+fn state_file(root: &Path) -> PathBuf {
+    swarm_dir(root).join("node.json")
+}
+
+/// `host[:port]` with Swarm's default port; `host` may be an IP or a name.
+pub fn with_default_port(addr: &str, what: &str) -> anyhow::Result<String> {
+    let a = addr.trim();
+    if a.is_empty() {
+        anyhow::bail!("{what}: an address is required");
+    }
+    if a.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(a.to_string());
+    }
+    if let Ok(ip) = a.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, DEFAULT_PORT).to_string());
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.contains(':') => {
+            p.parse::<u16>()
+                .map_err(|_| anyhow::anyhow!("{what} {a:?}: {p:?} is not a port number"))?;
+            Ok(a.to_string())
+        }
+        None if a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') =>
+        {
+            Ok(format!("{a}:{DEFAULT_PORT}"))
+        }
+        _ => anyhow::bail!("{what} {a:?}: use HOST[:PORT] or IP[:PORT]"),
+    }
+}
+
+/// The address of this host that routes towards `dest` (no packet is sent).
+fn local_ip_towards(dest: std::net::SocketAddr) -> Option<std::net::IpAddr> {
+    let bind = if dest.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(dest).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
 }
 
 impl Daemon {
@@ -43,40 +107,60 @@ impl Daemon {
         let id_file = data_root.join("node-id");
         let node_id = match std::fs::read_to_string(&id_file) {
             Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
-            _ => {
-                let id = new_id();
-                std::fs::write(&id_file, &id)
-                    .with_context(|| format!("writing {}", id_file.display()))?;
-                id
-            }
+            _ => new_node_id(&data_root)?,
         };
         let hostname = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into());
+        let state: Option<SwarmState> =
+            match std::fs::read(state_file(&data_root)) {
+                Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
+                    format!("{} is unreadable", state_file(&data_root).display())
+                })?),
+                Err(_) => None,
+            };
         let d = Arc::new(Daemon {
             data_root,
             socket,
-            node_id,
             hostname,
             runtime,
+            node_id: RwLock::new(node_id),
+            state: RwLock::new(state.clone()),
             manager: RwLock::new(None),
             agent: Mutex::new(None),
+            cluster_port: Mutex::new(None),
             admin: tokio::sync::Mutex::new(()),
         });
-        if swarm_dir(&d.data_root).join("raft.redb").exists() {
+        let Some(st) = state else { return Ok(d) };
+        let certs = NodeCerts::load(&d.data_root)?
+            .context("the node is in a swarm but its certificates are missing")?;
+        if st.role == "manager" {
             let m = Manager::start(
                 &swarm_dir(&d.data_root),
-                &d.node_id,
+                &d.node_id(),
                 &d.hostname,
-                "127.0.0.1:2377",
-                false,
+                &st.advertise_addr,
+                None,
             )
             .await
             .context("restarting the manager")?;
             *d.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(m));
-            d.start_agent();
+            let listener = tokio::net::TcpListener::bind(&st.listen_addr)
+                .await
+                .with_context(|| format!("listening on the cluster port {}", st.listen_addr))?;
+            d.serve_cluster_port(listener, &certs)?;
+            d.start_local_agent();
+        } else {
+            d.start_remote_agent(&st.managers, &certs)?;
         }
         Ok(d)
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn manager(&self) -> Option<Arc<Manager>> {
@@ -86,47 +170,142 @@ impl Daemon {
             .clone()
     }
 
+    fn swarm_state(&self) -> Option<SwarmState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn save_state(&self, st: Option<SwarmState>) -> anyhow::Result<()> {
+        let path = state_file(&self.data_root);
+        match &st {
+            Some(st) => {
+                std::fs::create_dir_all(swarm_dir(&self.data_root))?;
+                let tmp = path.with_extension("json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
+                std::fs::rename(&tmp, &path)?;
+            }
+            None => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = st;
+        Ok(())
+    }
+
     pub fn info(&self) -> SwarmInfo {
         let m = self.manager();
+        let st = self.swarm_state();
         SwarmInfo {
-            local_node_state: if m.is_some() { "active" } else { "inactive" }.into(),
-            node_id: self.node_id.clone(),
-            cluster_id: m.as_ref().map(|m| m.cluster_id()).unwrap_or_default(),
+            local_node_state: if st.is_some() { "active" } else { "inactive" }.into(),
+            node_id: self.node_id(),
+            cluster_id: st
+                .as_ref()
+                .map(|s| s.cluster_id.clone())
+                .unwrap_or_default(),
             is_manager: m.is_some(),
             hostname: self.hostname.clone(),
+            managers: st.as_ref().map(|s| s.managers.clone()).unwrap_or_default(),
+            node_addr: st.map(|s| s.advertise_addr).unwrap_or_default(),
         }
     }
 
-    pub async fn init(self: &Arc<Self>, advertise: &str) -> anyhow::Result<()> {
-        let _g = self.admin.lock().await;
-        if self.manager().is_some() {
+    fn not_in_a_swarm_yet(&self) -> anyhow::Result<()> {
+        if self.swarm_state().is_some() {
             anyhow::bail!("This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.");
         }
-        let addr = if advertise.is_empty() {
-            "127.0.0.1:2377".to_string()
+        Ok(())
+    }
+
+    pub async fn init(self: &Arc<Self>, r: SwarmInitRequest) -> anyhow::Result<()> {
+        let _g = self.admin.lock().await;
+        self.not_in_a_swarm_yet()?;
+        if r.force_new_cluster {
+            anyhow::bail!("--force-new-cluster is not supported yet");
+        }
+        let listen = with_default_port(
+            if r.listen_addr.is_empty() {
+                "0.0.0.0"
+            } else {
+                &r.listen_addr
+            },
+            "--listen-addr",
+        )?;
+        let listen_sa: std::net::SocketAddr = listen
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--listen-addr {listen:?}: use IP[:PORT]"))?;
+        // bind first: a port in use is refused before anything changes
+        let listener = tokio::net::TcpListener::bind(listen_sa)
+            .await
+            .with_context(|| format!("--listen-addr {listen}: cannot listen there"))?;
+        let bound = listener.local_addr()?;
+        let advertise = if !r.advertise_addr.is_empty() {
+            let a = r.advertise_addr.trim();
+            match a.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, bound.port()).to_string(),
+                Err(_) => with_default_port(a, "--advertise-addr")?,
+            }
+        } else if bound.ip().is_unspecified() {
+            let ip = local_ip_towards("192.0.2.1:9".parse()?).context(
+                "could not choose an address to advertise (no default route): use --advertise-addr",
+            )?;
+            std::net::SocketAddr::new(ip, bound.port()).to_string()
         } else {
-            advertise.to_string()
+            bound.to_string()
         };
-        let m = Manager::start(
+        let ca = match (r.ca_cert_pem.is_empty(), r.ca_key_pem.is_empty()) {
+            (true, true) => RootCa::generate()?,
+            (false, false) => RootCa::from_pem(&r.ca_cert_pem, &r.ca_key_pem)?,
+            _ => anyhow::bail!("--ca-cert and --ca-key go together: give both or neither"),
+        };
+        let expiry = match r.cert_expiry_secs {
+            0 => crate::tls::DEFAULT_CERT_EXPIRY,
+            s if s < 3600 => anyhow::bail!("--cert-expiry: at least 1h"),
+            s => std::time::Duration::from_secs(s as u64),
+        };
+        let cluster = crate::manager::ca::new_cluster(&ca, expiry);
+        let cluster_id = cluster.id.clone();
+        let (key_pem, csr) = crate::tls::new_key_and_csr()?;
+        let node_id = self.node_id();
+        let certs = NodeCerts {
+            cert_pem: ca.issue(&csr, &node_id, Role::Manager, &cluster_id, expiry)?,
+            key_pem,
+            roots_pem: ca.cert_pem.clone(),
+        };
+        certs.save(&self.data_root)?;
+        let m = match Manager::start(
             &swarm_dir(&self.data_root),
-            &self.node_id,
+            &node_id,
             &self.hostname,
-            &addr,
-            true,
+            &advertise,
+            Some(cluster),
         )
-        .await?;
-        let m = Arc::new(m);
+        .await
+        {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                NodeCerts::remove(&self.data_root);
+                let _ = std::fs::remove_dir_all(swarm_dir(&self.data_root));
+                return Err(e);
+            }
+        };
         *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
-        self.start_agent();
+        self.save_state(Some(SwarmState {
+            role: "manager".into(),
+            listen_addr: bound.to_string(),
+            advertise_addr: advertise.clone(),
+            managers: vec![advertise],
+            cluster_id,
+        }))?;
+        self.serve_cluster_port(listener, &certs)?;
+        self.start_local_agent();
         // as in Swarm, init returns with this node ready for tasks: its agent's session
         // is open
-        let (ready, mut events) = m.store.view_and_watch(|t| node_ready(t, &self.node_id));
+        let (ready, mut events) = m.store.view_and_watch(|t| node_ready(t, &node_id));
         if !ready {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
             loop {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                        if m.store.view(|t| node_ready(t, &self.node_id)) {
+                        if m.store.view(|t| node_ready(t, &node_id)) {
                             break;
                         }
                     }
@@ -138,40 +317,151 @@ impl Daemon {
         Ok(())
     }
 
-    pub async fn leave(self: &Arc<Self>, force: bool) -> anyhow::Result<()> {
+    /// `swarm join`: check the manager's CA against the token, get a certificate, and
+    /// start the agent (as a worker).
+    pub async fn join(self: &Arc<Self>, r: SwarmJoinRequest) -> anyhow::Result<()> {
+        use shoal_proto::node_ca_client::NodeCaClient;
         let _g = self.admin.lock().await;
-        let Some(m) = self.manager() else {
-            anyhow::bail!("This node is not part of a swarm")
+        self.not_in_a_swarm_yet()?;
+        let token = JoinToken::parse(&r.token)?;
+        let remote = with_default_port(&r.remote_addr, "manager address")?;
+        let unreachable = |e: tonic::Status| {
+            anyhow::anyhow!("could not reach a manager at {remote}: {}", e.message())
         };
-        if !force {
-            anyhow::bail!("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.");
+        let ch = transport::channel(&remote, transport::unverified_config()?)?;
+        let ca_pem = NodeCaClient::new(ch)
+            .get_root_ca_certificate(Empty {})
+            .await
+            .map_err(unreachable)?
+            .into_inner()
+            .cert_pem;
+        let digest =
+            crate::tls::ca_digest(&crate::tls::pem_cert_der(&ca_pem).map_err(anyhow::Error::msg)?);
+        if digest != token.ca_digest {
+            anyhow::bail!("the manager at {remote} shows a CA that does not match the join token (token pins {}, manager has {digest}): a wrong token, or not the swarm meant; nothing was sent", token.ca_digest);
         }
-        if let Some(t) = self.agent.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            t.cancel();
+        let advertise = if r.advertise_addr.is_empty() {
+            let dest: std::net::SocketAddr = tokio::net::lookup_host(&remote)
+                .await?
+                .next()
+                .with_context(|| format!("{remote} does not resolve"))?;
+            local_ip_towards(dest)
+                .map(|ip| ip.to_string())
+                .context("could not choose an address to advertise: use --advertise-addr")?
+        } else {
+            r.advertise_addr.trim().to_string()
+        };
+        let (key_pem, csr) = crate::tls::new_key_and_csr()?;
+        let ch = transport::channel(&remote, transport::bootstrap_config(&ca_pem)?)?;
+        let resp = NodeCaClient::new(ch)
+            .issue_node_certificate(IssueNodeCertificateRequest {
+                csr_pem: csr,
+                token: r.token.trim().to_string(),
+                node_id: self.node_id(),
+                hostname: self.hostname.clone(),
+                addr: advertise.clone(),
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("the manager at {remote} refused: {}", e.message()))?
+            .into_inner();
+        let certs = NodeCerts {
+            cert_pem: resp.cert_pem,
+            key_pem,
+            roots_pem: resp.roots_pem,
+        };
+        let id = certs.identity()?;
+        if id.node_id != self.node_id() {
+            anyhow::bail!(
+                "the manager issued a certificate for another node ({})",
+                id.node_id
+            );
         }
-        // the node's tasks go with the swarm
-        let ours: Vec<String> = m.store.view(|t| {
-            t.tasks
-                .values()
-                .filter(|x| x.node_id == self.node_id)
-                .map(|x| x.id.clone())
-                .collect()
-        });
-        for id in ours {
-            let _ = self.runtime.stop(&id, None).await;
-            let _ = self.runtime.remove(&id).await;
+        certs.save(&self.data_root)?;
+        let mut managers = resp.managers;
+        if !managers.contains(&remote) {
+            managers.insert(0, remote.clone());
         }
-        m.stop().await;
-        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = None;
-        std::fs::remove_dir_all(swarm_dir(&self.data_root)).context("removing the swarm state")?;
+        self.save_state(Some(SwarmState {
+            role: "worker".into(),
+            listen_addr: String::new(),
+            advertise_addr: advertise,
+            managers: managers.clone(),
+            cluster_id: resp.cluster_id,
+        }))?;
+        let session = self.start_remote_agent(&managers, &certs)?;
+        tokio::time::timeout(std::time::Duration::from_secs(10), session.notified())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "this node joined but could not open a session with a manager within 10 s"
+                )
+            })?;
         Ok(())
     }
 
-    fn start_agent(self: &Arc<Self>) {
+    pub async fn join_token(&self, role: &str, rotate: bool) -> anyhow::Result<(String, String)> {
+        let m = self.manager().context(crate::api::NOT_MANAGER)?;
+        let role = match role {
+            "worker" => Role::Worker,
+            "manager" => Role::Manager,
+            r => anyhow::bail!("{r:?} is not a role: use worker or manager"),
+        };
+        let token = crate::manager::ca::join_token(&m.store, role, rotate)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let addr = self
+            .swarm_state()
+            .map(|s| s.advertise_addr)
+            .unwrap_or_default();
+        Ok((token, addr))
+    }
+
+    pub async fn leave(self: &Arc<Self>, force: bool) -> anyhow::Result<()> {
+        let _g = self.admin.lock().await;
+        if self.swarm_state().is_none() {
+            anyhow::bail!("This node is not part of a swarm");
+        }
+        let m = self.manager();
+        if m.is_some() && !force {
+            anyhow::bail!("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.");
+        }
+        self.stop_agent_and_port();
+        // the node's tasks go with the swarm
+        let node = self.node_id();
+        for c in self.runtime.list().await.unwrap_or_default() {
+            if c.record.spec.labels.get("com.docker.swarm.node.id") == Some(&node) {
+                let _ = self.runtime.stop(&c.record.id, None).await;
+                let _ = self.runtime.remove(&c.record.id).await;
+            }
+        }
+        if let Some(m) = m {
+            m.stop().await;
+            *self.manager.write().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        self.save_state(None)?;
+        std::fs::remove_dir_all(swarm_dir(&self.data_root)).context("removing the swarm state")?;
+        NodeCerts::remove(&self.data_root);
+        // a node that left joins again as a new node, as in Swarm
+        *self.node_id.write().unwrap_or_else(|p| p.into_inner()) = new_node_id(&self.data_root)?;
+        Ok(())
+    }
+
+    fn serve_cluster_port(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        certs: &NodeCerts,
+    ) -> anyhow::Result<()> {
+        let tls = Arc::new(RwLock::new(transport::server_config(certs)?));
         let token = CancellationToken::new();
-        let agent = Agent {
+        crate::api::cluster::serve(self.clone(), listener, tls, token.clone());
+        *self.cluster_port.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+        Ok(())
+    }
+
+    fn agent(&self) -> Agent<ContainerRuntime> {
+        Agent {
             exec: Arc::new(self.runtime.clone()),
-            node_id: self.node_id.clone(),
+            node_id: self.node_id(),
             description: NodeDescription {
                 hostname: self.hostname.clone(),
                 platform: Some(Platform {
@@ -184,9 +474,15 @@ impl Daemon {
                     ..Default::default()
                 }),
             },
-        };
+            on_session: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// A manager's own agent talks to its dispatcher over the local socket.
+    fn start_local_agent(self: &Arc<Self>) {
+        let token = CancellationToken::new();
         let sock = self.socket.clone();
-        tokio::spawn(agent.run(
+        tokio::spawn(self.agent().run(
             move || {
                 let p = sock.clone();
                 Box::pin(async move { crate::api::client::connect(&p).await })
@@ -196,10 +492,44 @@ impl Daemon {
         *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
     }
 
-    pub async fn stop(&self) {
-        if let Some(t) = self.agent.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            t.cancel();
+    /// A worker's agent talks to the managers over mTLS, trying them in turn.
+    fn start_remote_agent(
+        self: &Arc<Self>,
+        managers: &[String],
+        certs: &NodeCerts,
+    ) -> anyhow::Result<Arc<tokio::sync::Notify>> {
+        if managers.is_empty() {
+            anyhow::bail!("no manager address is known");
         }
+        let cfg = transport::client_config(certs)?;
+        let managers = managers.to_vec();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let token = CancellationToken::new();
+        let agent = self.agent();
+        let session = agent.on_session.clone();
+        tokio::spawn(agent.run(
+            move || {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let addr = managers[i % managers.len()].clone();
+                let cfg = cfg.clone();
+                Box::pin(async move { Ok(transport::channel(&addr, cfg)?) })
+            },
+            token.clone(),
+        ));
+        *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+        Ok(session)
+    }
+
+    fn stop_agent_and_port(&self) {
+        for slot in [&self.agent, &self.cluster_port] {
+            if let Some(t) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                t.cancel();
+            }
+        }
+    }
+
+    pub async fn stop(&self) {
+        self.stop_agent_and_port();
         if let Some(m) = self.manager() {
             m.stop().await;
         }
@@ -217,7 +547,7 @@ impl Daemon {
         let (tx, rx) = mpsc::channel(256);
         let logs = TaskLogs {
             rt: self.runtime.clone(),
-            node: self.node_id.clone(),
+            node: self.node_id(),
             tx,
             follow,
         };
@@ -317,6 +647,13 @@ impl TaskLogs {
             }
         });
     }
+}
+
+fn new_node_id(data_root: &Path) -> anyhow::Result<String> {
+    let id = new_id();
+    let file = data_root.join("node-id");
+    std::fs::write(&file, &id).with_context(|| format!("writing {}", file.display()))?;
+    Ok(id)
 }
 
 fn node_ready(t: &crate::manager::store::Tables, id: &str) -> bool {

@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod daemon;
 mod manager;
+mod tls;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -18,15 +18,8 @@ fn swarm_host() -> (Host, DaemonProc) {
         "import",
         fixtures().join("busybox-oci").to_str().unwrap(),
     ]);
-    h.ok(&["swarm", "init"]);
+    h.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
     (h, d)
-}
-
-fn json_lines(s: &str) -> Vec<serde_json::Value> {
-    s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn replicas(h: &Host, name: &str) -> String {
@@ -86,7 +79,9 @@ fn services_converge_scale_update_and_survive_a_daemon_kill() {
         String::from_utf8_lossy(&out.stderr).contains("This node is not a swarm manager"),
         "before init"
     );
-    assert!(h.ok(&["swarm", "init"]).contains("is now a manager"));
+    assert!(h
+        .ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"])
+        .contains("is now a manager"));
     let nodes = json_lines(&h.ok(&["node", "ls", "--format", "json"]));
     assert_eq!(nodes.len(), 1);
     assert_eq!(
@@ -243,9 +238,11 @@ fn killed_tasks_fail_and_restart_by_policy() {
 fn refusals_name_what_is_wrong() {
     let h = Host::new();
     let _d = h.start_daemon();
-    h.ok(&["swarm", "init"]);
+    h.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
     let err = |args: &[&str]| String::from_utf8_lossy(&h.cli(args).stderr).into_owned();
-    assert!(err(&["swarm", "init"]).contains("already part of a swarm"));
+    assert!(
+        err(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]).contains("already part of a swarm")
+    );
     assert!(err(&["service", "create", "busybox"]).contains("--name"));
     assert!(err(&["service", "create", "--name", "bad name", "busybox"])
         .contains("not a valid service name"));

@@ -43,7 +43,7 @@ mem_mib() { # PIDS...: total proportional set size (PSS) in MiB: shared pages ar
 "$bin" daemon >"$work/shoal.log" 2>&1 &
 shoal_pid=$!
 for _ in $(seq 1 100); do "$bin" node ls 2>&1 | grep -qE 'not a swarm manager|Leader' && break; sleep 0.1; done
-"$bin" swarm init >/dev/null
+"$bin" swarm init --listen-addr 127.0.0.1:0 >/dev/null
 "$bin" image import "$work/fixtures/busybox-oci" >/dev/null
 declare -A shoal_t docker_t
 for n in 1 10 50; do

@@ -28,6 +28,8 @@ pub struct Agent<E: Executor> {
     pub exec: Arc<E>,
     pub node_id: String,
     pub description: NodeDescription,
+    /// Notified each time a session with a dispatcher opens.
+    pub on_session: Arc<tokio::sync::Notify>,
 }
 
 impl<E: Executor> Agent<E> {
@@ -88,16 +90,13 @@ impl<E: Executor> Agent<E> {
         let period = Duration::from_millis(first.heartbeat_period_ms.max(100) as u64);
         tracing::info!(session = %sid, node.id = %self.node_id, "dispatcher session started");
 
-        // the reporter outlives sessions; it is started once and keeps the receiver
+        // the reporter outlives sessions (it is started once and keeps the receiver) and
+        // sends through the current one
+        *sid_cell.lock().unwrap_or_else(|p| p.into_inner()) = (sid.clone(), Some(client.clone()));
         if let Some(r) = rx.take() {
-            tokio::spawn(report_loop(
-                client.clone(),
-                sid_cell.clone(),
-                r,
-                shutdown.clone(),
-            ));
+            tokio::spawn(report_loop(sid_cell.clone(), r, shutdown.clone()));
         }
-        *sid_cell.lock().unwrap_or_else(|p| p.into_inner()) = sid.clone();
+        self.on_session.notify_one();
 
         let mut assign = client
             .assignments(AssignmentsRequest {
@@ -163,8 +162,9 @@ impl<E: Executor> Agent<E> {
     }
 }
 
-/// The session the reporter sends with: it changes when the agent reconnects.
-type SessionId = Arc<std::sync::Mutex<String>>;
+/// The session the reporter sends with, and its client: they change when the agent
+/// reconnects (perhaps to another manager).
+type SessionId = Arc<std::sync::Mutex<(String, Option<Client>)>>;
 
 /// Sends statuses in batches, retrying until the dispatcher acknowledges them.
 /// Says which node the agent is for on every request (mTLS certificates will, across hosts).
@@ -182,7 +182,6 @@ type Client =
     DispatcherClient<tonic::service::interceptor::InterceptedService<Channel, NodeIdentity>>;
 
 async fn report_loop(
-    mut client: Client,
     sid: SessionId,
     mut rx: mpsc::UnboundedReceiver<Report>,
     shutdown: CancellationToken,
@@ -208,11 +207,16 @@ async fn report_loop(
                 status: Some(s.clone()),
             })
             .collect();
+        let (session_id, client) = sid.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let req = tonic::Request::new(UpdateTaskStatusRequest {
-            session_id: sid.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            session_id,
             updates,
         });
-        match client.update_task_status(req).await {
+        let sent = match client {
+            Some(mut c) => c.update_task_status(req).await.map(|_| ()),
+            None => Err(tonic::Status::unavailable("no session yet")),
+        };
+        match sent {
             Ok(_) => pending.clear(),
             Err(e) => {
                 tracing::debug!(error = %e, "status report not acknowledged; retrying");

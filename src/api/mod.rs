@@ -3,6 +3,7 @@
 //! between the wire and the manager's logic, nothing more.
 
 pub mod client;
+pub mod cluster;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::manager::node::Manager;
 
 pub const NOT_MANAGER: &str = "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to connect this node to swarm and try again.";
 
-fn status(e: ControlError) -> Status {
+pub(crate) fn status(e: ControlError) -> Status {
     match e {
         ControlError::Invalid(m) => Status::invalid_argument(m),
         ControlError::NotFound { .. } => Status::not_found(e.to_string()),
@@ -53,12 +54,33 @@ impl Api {
 #[tonic::async_trait]
 impl Swarm for Api {
     async fn init(&self, req: Request<SwarmInitRequest>) -> Result<Response<SwarmInfo>, Status> {
-        let r = req.into_inner();
         self.daemon
-            .init(&r.advertise_addr)
+            .init(req.into_inner())
             .await
             .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         Ok(Response::new(self.daemon.info()))
+    }
+    async fn join(&self, req: Request<SwarmJoinRequest>) -> Result<Response<SwarmInfo>, Status> {
+        self.daemon
+            .join(req.into_inner())
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(self.daemon.info()))
+    }
+    async fn join_token(
+        &self,
+        req: Request<JoinTokenRequest>,
+    ) -> Result<Response<JoinTokenResponse>, Status> {
+        let r = req.into_inner();
+        let (token, manager_addr) = self
+            .daemon
+            .join_token(&r.role, r.rotate)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(JoinTokenResponse {
+            token,
+            manager_addr,
+        }))
     }
     async fn leave(&self, req: Request<SwarmLeaveRequest>) -> Result<Response<Empty>, Status> {
         self.daemon

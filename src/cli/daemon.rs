@@ -54,7 +54,7 @@ pub async fn run(g: &Globals, _a: DaemonArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("listening on {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
-    tracing::info!(socket = %sock.display(), node.id = %daemon.node_id, "shoal daemon ready");
+    tracing::info!(socket = %sock.display(), node.id = %daemon.node_id(), "shoal daemon ready");
     // give memory freed after a burst (a scale, a deploy) back to the system
     tokio::spawn(async {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

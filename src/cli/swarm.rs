@@ -15,10 +15,45 @@ use super::Globals;
 pub enum SwarmCmd {
     /// Make this node the first manager of a new swarm.
     Init {
+        /// The address other nodes reach this manager at (IP[:PORT]).
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Where to serve the cluster port (IP[:PORT], default 0.0.0.0:2377).
+        #[arg(long)]
+        listen_addr: Option<String>,
+        /// An external root CA certificate (PEM file); needs --ca-key.
+        #[arg(long)]
+        ca_cert: Option<std::path::PathBuf>,
+        /// The external root CA's private key (PEM file).
+        #[arg(long)]
+        ca_key: Option<std::path::PathBuf>,
+        /// How long node certificates last (e.g. 2160h, the default 90 days).
+        #[arg(long, value_parser = super::container::parse_duration)]
+        cert_expiry: Option<std::time::Duration>,
+        #[arg(long)]
+        force_new_cluster: bool,
+    },
+    /// Join a swarm as the node the token says.
+    Join {
+        #[arg(long)]
+        token: String,
+        /// The address other nodes reach this node at.
         #[arg(long)]
         advertise_addr: Option<String>,
         #[arg(long)]
         listen_addr: Option<String>,
+        /// A manager's address, HOST[:PORT] (port 2377 by default).
+        manager: String,
+    },
+    /// Show (or rotate) the token that joins a worker or a manager.
+    JoinToken {
+        /// worker or manager
+        role: String,
+        #[arg(long)]
+        rotate: bool,
+        /// Print the token only.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Leave the swarm (a manager needs --force: its state goes with it).
     Leave {
@@ -50,20 +85,96 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
         SwarmCmd::Init {
             advertise_addr,
             listen_addr,
+            ca_cert,
+            ca_key,
+            cert_expiry,
+            force_new_cluster,
         } => {
+            let read = |p: Option<std::path::PathBuf>, flag: &str| -> anyhow::Result<String> {
+                match p {
+                    None => Ok(String::new()),
+                    Some(p) => std::fs::read_to_string(&p)
+                        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display())),
+                }
+            };
             let info = s
                 .init(SwarmInitRequest {
                     advertise_addr: advertise_addr.unwrap_or_default(),
                     listen_addr: listen_addr.unwrap_or_default(),
-                    force_new_cluster: false,
+                    force_new_cluster,
+                    ca_cert_pem: read(ca_cert, "--ca-cert")?,
+                    ca_key_pem: read(ca_key, "--ca-key")?,
+                    cert_expiry_secs: cert_expiry.map(|d| d.as_secs() as i64).unwrap_or(0),
                 })
                 .await
                 .map_err(refusal)?
                 .into_inner();
             println!(
-                "Swarm initialized: current node ({}) is now a manager.",
+                "Swarm initialized: current node ({}) is now a manager.\n",
                 info.node_id
             );
+            let t = s
+                .join_token(JoinTokenRequest {
+                    role: "worker".into(),
+                    rotate: false,
+                })
+                .await
+                .map_err(refusal)?
+                .into_inner();
+            println!(
+                "To add a worker to this swarm, run the following command:\n\n    shoal swarm join --token {} {}\n",
+                t.token, t.manager_addr
+            );
+        }
+        SwarmCmd::Join {
+            token,
+            advertise_addr,
+            listen_addr,
+            manager,
+        } => {
+            crate::tls::JoinToken::parse(&token)?;
+            let info = s
+                .join(SwarmJoinRequest {
+                    token,
+                    remote_addr: manager,
+                    advertise_addr: advertise_addr.unwrap_or_default(),
+                    listen_addr: listen_addr.unwrap_or_default(),
+                })
+                .await
+                .map_err(refusal)?
+                .into_inner();
+            println!(
+                "This node joined a swarm as a {}.",
+                if info.is_manager { "manager" } else { "worker" }
+            );
+        }
+        SwarmCmd::JoinToken {
+            role,
+            rotate,
+            quiet,
+        } => {
+            if role != "worker" && role != "manager" {
+                bail!("{role:?} is not a role: use worker or manager");
+            }
+            let t = s
+                .join_token(JoinTokenRequest {
+                    role: role.clone(),
+                    rotate,
+                })
+                .await
+                .map_err(refusal)?
+                .into_inner();
+            if quiet {
+                println!("{}", t.token);
+            } else {
+                if rotate {
+                    println!("Successfully rotated {role} join token.\n");
+                }
+                println!(
+                    "To add a {role} to this swarm, run the following command:\n\n    shoal swarm join --token {} {}\n",
+                    t.token, t.manager_addr
+                );
+            }
         }
         SwarmCmd::Leave { force } => {
             s.leave(SwarmLeaveRequest { force })

@@ -42,7 +42,16 @@ pub struct Dispatcher {
     heartbeat: Duration,
 }
 
+/// The calling node: from its certificate on the cluster port; over the local Unix
+/// socket (root only) the local agent names itself in a header.
 fn node_of<T>(r: &Request<T>) -> Result<String, Status> {
+    if let Some(peer) = r.extensions().get::<crate::tls::transport::Peer>() {
+        return peer
+            .identity
+            .as_ref()
+            .map(|i| i.node_id.clone())
+            .ok_or_else(|| Status::unauthenticated("a node certificate is required"));
+    }
     r.metadata()
         .get("x-shoal-node-id")
         .and_then(|v| v.to_str().ok())

@@ -1,5 +1,6 @@
 //! The manager: the replicated store and the leader-only loops that reconcile it.
 
+pub mod ca;
 pub mod control;
 pub mod dispatcher;
 pub mod node;

@@ -18,7 +18,7 @@ use super::raft::storage::{open_db, LogStore, StateMachine};
 use super::raft::{config, Raft, RaftProposer};
 use super::restart::RestartSupervisor;
 use super::scheduler::Scheduler;
-use super::store::{new_id, Store};
+use super::store::Store;
 
 pub struct Manager {
     pub store: Store,
@@ -30,14 +30,14 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Starts the manager whose state is under `dir`; `init` makes a new cluster with
-    /// this node as its only member.
+    /// Starts the manager whose state is under `dir`; `init` (the new cluster object,
+    /// with its CA) makes a new cluster with this node as its only member.
     pub async fn start(
         dir: &Path,
         node_id: &str,
         hostname: &str,
         addr: &str,
-        init: bool,
+        init: Option<Cluster>,
     ) -> anyhow::Result<Manager> {
         Self::start_with(config()?, dir, node_id, hostname, addr, init).await
     }
@@ -48,14 +48,14 @@ impl Manager {
         node_id: &str,
         hostname: &str,
         addr: &str,
-        init: bool,
+        init: Option<Cluster>,
     ) -> anyhow::Result<Manager> {
         std::fs::create_dir_all(dir)?;
         let db = open_db(&dir.join("raft.redb"))?;
         let store = Store::new();
         let sm = StateMachine::open(store.clone(), db.clone())?;
         let raft = Raft::new(1, cfg, NoPeers, LogStore::new(db.clone()), sm).await?;
-        if init {
+        if init.is_some() {
             let mut members = BTreeMap::new();
             members.insert(1u64, BasicNode::new(addr));
             if let Err(e) = raft.initialize(members).await {
@@ -78,22 +78,12 @@ impl Manager {
         raft.wait(Some(Duration::from_secs(30)))
             .applied_index_at_least(last, "the log is applied")
             .await?;
-        if init {
+        if let Some(cluster) = init {
             let (nid, host, addr) = (node_id.to_string(), hostname.to_string(), addr.to_string());
             store
                 .update(move |tx| {
                     if tx.list::<Cluster>().is_empty() {
-                        tx.create(Cluster {
-                            id: new_id(),
-                            spec: Some(ClusterSpec {
-                                annotations: Some(Annotations {
-                                    name: "default".into(),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        })?;
+                        tx.create(cluster)?;
                     }
                     let node = Node {
                         id: nid.clone(),
@@ -152,11 +142,6 @@ impl Manager {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
-
-    pub fn cluster_id(&self) -> String {
-        self.store
-            .view(|t| t.clusters.keys().next().cloned().unwrap_or_default())
-    }
 }
 
 /// Runs the leader-only loops while this manager leads.
@@ -198,6 +183,9 @@ mod tests {
 
     async fn started(dir: &Path, init: bool) -> Manager {
         let cfg = config_with_snapshots_every(20, 5).unwrap();
+        let ca = crate::tls::RootCa::generate().unwrap();
+        let init =
+            init.then(|| crate::manager::ca::new_cluster(&ca, crate::tls::DEFAULT_CERT_EXPIRY));
         Manager::start_with(cfg, dir, "node1", "host1", "127.0.0.1:2377", init)
             .await
             .unwrap()

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use shoal_runtime::container::{ContainerRuntime, RuntimeConfig};
 use shoal_runtime::image::ImageStore;
 
+pub mod cluster;
+
 /// A variable `scripts/test.sh` exports; the test fails (it does not skip) without it.
 pub fn env(name: &str) -> String {
     std::env::var(name)
@@ -31,6 +33,8 @@ pub fn shoal_bin() -> PathBuf {
 pub struct Host {
     pub dir: tempfile::TempDir,
     pub cgroup_parent: String,
+    /// The network namespace its daemon runs in (cluster tests), and its host name there.
+    pub netns: Option<(String, String)>,
 }
 
 impl Host {
@@ -48,6 +52,7 @@ impl Host {
         Host {
             cgroup_parent: format!("/{tag}"),
             dir,
+            netns: None,
         }
     }
 
@@ -260,9 +265,24 @@ impl Host {
             .append(true)
             .open(self.data_root().join("daemon.log"))
             .unwrap();
-        let child = self
-            .cmd()
-            .arg("daemon")
+        let mut cmd = self.cmd();
+        if let Some((ns, hostname)) = &self.netns {
+            // in the host's network namespace, with its own host name (nsenter, not
+            // `ip netns exec`, which remounts /sys and so hides the cgroup mounts)
+            cmd = Command::new("nsenter");
+            cmd.arg(format!("--net=/run/netns/{ns}"))
+                .args(["unshare", "--uts", "sh", "-c"])
+                .arg(format!(
+                    "hostname {hostname} && exec {} daemon",
+                    shoal_bin().display()
+                ))
+                .env("SHOAL_DATA_ROOT", self.data_root())
+                .env("SHOAL_CGROUP_PARENT", &self.cgroup_parent)
+                .env("SHOAL_HOST", format!("unix://{}", self.socket().display()));
+        } else {
+            cmd.arg("daemon");
+        }
+        let child = cmd
             .env("SHOAL_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -326,6 +346,14 @@ impl Drop for DaemonProc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `--format json` output: one JSON object per line.
+pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Polls `f` (blocking) until it returns Some, failing after `limit`.

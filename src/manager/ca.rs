@@ -1,0 +1,188 @@
+//! The CA's side of joining, on the store: the cluster object holds the root CA and the
+//! join tokens; a node that shows a valid token gets a node object and a certificate.
+
+use std::time::Duration;
+
+use shoal_proto::*;
+
+use super::control::ControlError;
+use super::store::{new_id, Store, StoreError};
+use crate::tls::{same_secret, JoinToken, Role, RootCa, DEFAULT_CERT_EXPIRY};
+
+fn invalid(m: impl Into<String>) -> ControlError {
+    ControlError::Invalid(m.into())
+}
+
+/// The cluster object (there is one).
+pub fn cluster(store: &Store) -> Result<Cluster, ControlError> {
+    store
+        .view(|t| t.clusters.values().next().cloned())
+        .ok_or_else(|| invalid("the swarm has no cluster object yet"))
+}
+
+/// The root CA of the cluster, with its key.
+pub fn root_ca(c: &Cluster) -> Result<RootCa, ControlError> {
+    let cert_pem = String::from_utf8_lossy(&c.root_ca_cert).into_owned();
+    let der = crate::tls::pem_cert_der(&cert_pem)
+        .map_err(|e| invalid(format!("the cluster's root CA is unreadable: {e}")))?;
+    Ok(RootCa {
+        cert_pem,
+        cert_der: der,
+        key_pem: String::from_utf8_lossy(&c.root_ca_key).into_owned(),
+    })
+}
+
+/// A new cluster object with `ca` and fresh join tokens.
+pub fn new_cluster(ca: &RootCa, cert_expiry: Duration) -> Cluster {
+    Cluster {
+        id: new_id(),
+        spec: Some(ClusterSpec {
+            annotations: Some(Annotations {
+                name: "default".into(),
+                ..Default::default()
+            }),
+            ca_config: Some(CaConfig {
+                node_cert_expiry: Some(prost_types::Duration {
+                    seconds: cert_expiry.as_secs() as i64,
+                    nanos: 0,
+                }),
+            }),
+            ..Default::default()
+        }),
+        join_tokens: Some(JoinTokens {
+            worker: JoinToken::generate(&ca.cert_der).to_string(),
+            manager: JoinToken::generate(&ca.cert_der).to_string(),
+        }),
+        root_ca_cert: ca.cert_pem.clone().into_bytes(),
+        root_ca_key: ca.key_pem.clone().into_bytes(),
+        ..Default::default()
+    }
+}
+
+pub fn cert_expiry(c: &Cluster) -> Duration {
+    c.spec
+        .as_ref()
+        .and_then(|s| s.ca_config.as_ref())
+        .and_then(|c| c.node_cert_expiry.as_ref())
+        .filter(|d| d.seconds > 0)
+        .map(|d| Duration::from_secs(d.seconds as u64))
+        .unwrap_or(DEFAULT_CERT_EXPIRY)
+}
+
+/// `swarm join-token ROLE [--rotate]`.
+pub async fn join_token(store: &Store, role: Role, rotate: bool) -> Result<String, ControlError> {
+    let c = cluster(store)?;
+    if rotate {
+        let ca = root_ca(&c)?;
+        let mut next = c.clone();
+        let tokens = next.join_tokens.get_or_insert_with(JoinTokens::default);
+        let fresh = JoinToken::generate(&ca.cert_der).to_string();
+        match role {
+            Role::Worker => tokens.worker = fresh,
+            Role::Manager => tokens.manager = fresh,
+        }
+        store.update(|tx| tx.update(next)).await?;
+    }
+    let c = cluster(store)?;
+    let tokens = c.join_tokens.unwrap_or_default();
+    Ok(match role {
+        Role::Worker => tokens.worker,
+        Role::Manager => tokens.manager,
+    })
+}
+
+/// Node IDs are what `new_id` makes: lowercase letters and digits.
+fn valid_node_id(id: &str) -> bool {
+    (10..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+/// Checks the token, registers the node and signs its certificate.
+pub async fn issue_node_certificate(
+    store: &Store,
+    req: IssueNodeCertificateRequest,
+) -> Result<IssueNodeCertificateResponse, ControlError> {
+    let c = cluster(store)?;
+    let ca = root_ca(&c)?;
+    let token = JoinToken::parse(&req.token).map_err(|e| invalid(e.to_string()))?;
+    if token.ca_digest != ca.digest() {
+        return Err(invalid(
+            "the join token is for a different CA: it was made by another swarm, or this swarm's CA was rotated since",
+        ));
+    }
+    let tokens = c.join_tokens.clone().unwrap_or_default();
+    let secret_of = |t: &str| JoinToken::parse(t).map(|t| t.secret).unwrap_or_default();
+    let role = if same_secret(&token.secret, &secret_of(&tokens.manager)) {
+        Role::Manager
+    } else if same_secret(&token.secret, &secret_of(&tokens.worker)) {
+        Role::Worker
+    } else {
+        return Err(invalid(
+            "the join token is not valid (it may have been rotated): get the current one with `shoal swarm join-token worker|manager` on a manager",
+        ));
+    };
+    if role == Role::Manager {
+        return Err(invalid(
+            "joining as a manager is not supported yet: join with the worker token",
+        ));
+    }
+    if !valid_node_id(&req.node_id) {
+        return Err(invalid(format!(
+            "node ID {:?} is not valid (10 to 64 lowercase letters and digits)",
+            req.node_id
+        )));
+    }
+    if c.removed_nodes.contains(&req.node_id) {
+        return Err(invalid(format!(
+            "node {} was removed from this swarm; a node that left joins again with a new ID",
+            req.node_id
+        )));
+    }
+    let cert = ca
+        .issue(&req.csr_pem, &req.node_id, role, &c.id, cert_expiry(&c))
+        .map_err(|e| invalid(e.to_string()))?;
+    let node = Node {
+        id: req.node_id.clone(),
+        spec: Some(NodeSpec {
+            desired_role: NodeRole::Worker as i32,
+            ..Default::default()
+        }),
+        description: Some(NodeDescription {
+            hostname: req.hostname.clone(),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: NodeState::Unknown as i32,
+            addr: req.addr.clone(),
+            ..Default::default()
+        }),
+        role: NodeRole::Worker as i32,
+        ..Default::default()
+    };
+    let id = req.node_id.clone();
+    store
+        .update(move |tx| match tx.get::<Node>(&id) {
+            Some(_) => Err(StoreError::Exists {
+                kind: "node".into(),
+                id,
+            }),
+            None => tx.create(node),
+        })
+        .await?;
+    let managers = store.view(|t| {
+        t.nodes
+            .values()
+            .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
+            .collect()
+    });
+    Ok(IssueNodeCertificateResponse {
+        node_id: req.node_id,
+        cert_pem: cert,
+        roots_pem: ca.cert_pem,
+        role: NodeRole::Worker as i32,
+        cluster_id: c.id,
+        managers,
+    })
+}

@@ -1,0 +1,181 @@
+//! Clusters of hosts on one machine (a network namespace and a daemon per host, see
+//! common/cluster.rs): joining with tokens over mTLS, workers running tasks, refusals.
+//! As root; through scripts/test.sh.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+
+fn stderr_of(h: &ClusterHost, args: &[&str]) -> String {
+    let out = h.cli(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn import_image(h: &ClusterHost) {
+    h.ok(&[
+        "image",
+        "import",
+        fixtures().join("busybox-oci").to_str().unwrap(),
+    ]);
+}
+
+/// Hostname → Status of every node, as `node ls` on `h` shows them.
+fn node_states(h: &ClusterHost) -> BTreeMap<String, (String, String)> {
+    json_lines(&h.ok(&["node", "ls", "--format", "json"]))
+        .into_iter()
+        .map(|n| {
+            (
+                n["Hostname"].as_str().unwrap().to_string(),
+                (
+                    n["Status"].as_str().unwrap().to_string(),
+                    n["ManagerStatus"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn workers_join_with_tokens_over_mtls_and_run_tasks() {
+    let mut c = Cluster::new(3);
+    for h in &c.hosts {
+        import_image(h);
+    }
+    let m = c.h(1).addr.clone();
+    let init = c.h(1).ok(&["swarm", "init", "--advertise-addr", &m]);
+    assert!(init.contains(&format!("{m}:2377")), "{init}");
+    let token = |role: &str| {
+        c.h(1)
+            .ok(&["swarm", "join-token", "-q", role])
+            .trim()
+            .to_string()
+    };
+    let worker = token("worker");
+    let manager = token("manager");
+    assert!(worker.starts_with("SWMTKN-1-") && worker != manager);
+
+    // refusals, each naming what is wrong; none of them joins the node
+    let h2 = c.h(2);
+    let e = stderr_of(h2, &["swarm", "join", "--token", "SWMTKN-1-abc", &m]);
+    assert!(e.contains("invalid join token"), "{e}");
+    let secret = worker.rsplit('-').next().unwrap();
+    let forged = format!("SWMTKN-1-{}-{secret}", "1".repeat(50));
+    let e = stderr_of(h2, &["swarm", "join", "--token", &forged, &m]);
+    assert!(e.contains("does not match the join token"), "{e}");
+    let e = stderr_of(h2, &["swarm", "join", "--token", &worker, &c.h(3).addr]);
+    assert!(
+        e.contains("could not reach a manager at 10.99.0.3:2377"),
+        "{e}"
+    );
+    let rotated = c.h(1).ok(&["swarm", "join-token", "--rotate", "worker"]);
+    assert!(
+        rotated.contains("Successfully rotated worker join token"),
+        "{rotated}"
+    );
+    let e = stderr_of(h2, &["swarm", "join", "--token", &worker, &m]);
+    assert!(e.contains("may have been rotated"), "{e}");
+    let e = stderr_of(h2, &["swarm", "join", "--token", &manager, &m]);
+    assert!(e.contains("as a manager is not supported yet"), "{e}");
+    assert_eq!(
+        node_states(c.h(1)).len(),
+        1,
+        "no refused node was registered"
+    );
+
+    let worker = token("worker");
+    for i in [2, 3] {
+        let out = c.h(i).ok(&["swarm", "join", "--token", &worker, &m]);
+        assert!(out.contains("joined a swarm as a worker"), "{out}");
+    }
+    let e = stderr_of(c.h(2), &["swarm", "join", "--token", &worker, &m]);
+    assert!(e.contains("already part of a swarm"), "{e}");
+    let nodes = wait_for("three Ready nodes", Duration::from_secs(20), || {
+        let n = node_states(c.h(1));
+        (n.len() == 3 && n.values().all(|(s, _)| s == "Ready")).then_some(n)
+    });
+    assert_eq!(nodes["node1"].1, "Leader");
+    assert_eq!(nodes["node2"].1, "", "a worker has no manager status");
+    // a worker's daemon is no manager: the control API is not there
+    let e = stderr_of(c.h(2), &["service", "ls"]);
+    assert!(e.contains("not a swarm manager"), "{e}");
+
+    // tasks spread over the three hosts and run there
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    let per_node = |c: &Cluster| {
+        let ps = c.h(1).ok(&[
+            "service",
+            "ps",
+            "web",
+            "--format",
+            "json",
+            "--filter",
+            "desired-state=running",
+        ]);
+        let mut n: BTreeMap<String, usize> = BTreeMap::new();
+        for t in json_lines(&ps) {
+            if t["CurrentState"].as_str().unwrap().starts_with("Running") {
+                *n.entry(t["Node"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+        n
+    };
+    let spread = wait_for("6 running tasks", Duration::from_secs(30), || {
+        let n = per_node(&c);
+        (n.values().sum::<usize>() == 6).then_some(n)
+    });
+    assert_eq!(
+        spread.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "two per node: {spread:?}"
+    );
+    let containers =
+        |h: &ClusterHost| json_lines(&h.ok(&["container", "ls", "--format", "json"])).len();
+    assert_eq!(containers(c.h(2)), 2, "the worker runs its tasks itself");
+
+    // a worker's daemon killed and restarted: it comes back with its certificate, and its
+    // containers were never restarted
+    let pids = |h: &ClusterHost| -> BTreeMap<String, i64> {
+        json_lines(&h.ok(&["container", "ls", "--format", "json"]))
+            .into_iter()
+            .map(|x| {
+                let id = x["ID"].as_str().unwrap().to_string();
+                let info: serde_json::Value =
+                    serde_json::from_str(&h.ok(&["container", "inspect", &id])).unwrap();
+                (id, info["pid"].as_i64().unwrap())
+            })
+            .collect()
+    };
+    let before = pids(c.h(2));
+    c.h_mut(2).start_daemon();
+    wait_for("node2 Ready again", Duration::from_secs(20), || {
+        (node_states(c.h(1))["node2"].0 == "Ready").then_some(())
+    });
+    assert_eq!(per_node(&c).values().sum::<usize>(), 6);
+    assert_eq!(pids(c.h(2)), before, "same containers, same pids");
+
+    // a worker that leaves takes its tasks' containers with it
+    let out = c.h(3).ok(&["swarm", "leave"]);
+    assert!(out.contains("left the swarm"), "{out}");
+    assert_eq!(containers(c.h(3)), 0);
+    let e = stderr_of(c.h(3), &["swarm", "leave"]);
+    assert!(e.contains("not part of a swarm"), "{e}");
+}
