@@ -119,27 +119,8 @@ fn workers_join_with_tokens_over_mtls_and_run_tasks() {
         "sleep",
         "3600",
     ]);
-    let per_node = |c: &Cluster| {
-        let ps = c.h(1).ok(&[
-            "service",
-            "ps",
-            "web",
-            "--format",
-            "json",
-            "--filter",
-            "desired-state=running",
-        ]);
-        let mut n: BTreeMap<String, usize> = BTreeMap::new();
-        for t in json_lines(&ps) {
-            if t["CurrentState"].as_str().unwrap().starts_with("Running") {
-                *n.entry(t["Node"].as_str().unwrap().to_string())
-                    .or_default() += 1;
-            }
-        }
-        n
-    };
     let spread = wait_for("6 running tasks", Duration::from_secs(30), || {
-        let n = per_node(&c);
+        let n = running_per_node(c.h(1), "web");
         (n.values().sum::<usize>() == 6).then_some(n)
     });
     assert_eq!(
@@ -169,7 +150,7 @@ fn workers_join_with_tokens_over_mtls_and_run_tasks() {
     wait_for("node2 Ready again", Duration::from_secs(20), || {
         (node_states(c.h(1))["node2"].0 == "Ready").then_some(())
     });
-    assert_eq!(per_node(&c).values().sum::<usize>(), 6);
+    assert_eq!(running_per_node(c.h(1), "web").values().sum::<usize>(), 6);
     assert_eq!(pids(c.h(2)), before, "same containers, same pids");
 
     // a worker that leaves takes its tasks' containers with it
@@ -178,4 +159,99 @@ fn workers_join_with_tokens_over_mtls_and_run_tasks() {
     assert_eq!(containers(c.h(3)), 0);
     let e = stderr_of(c.h(3), &["swarm", "leave"]);
     assert!(e.contains("not part of a swarm"), "{e}");
+}
+
+/// Running tasks of a service per node (hostname), as the manager on `h` sees them.
+fn running_per_node(h: &ClusterHost, service: &str) -> BTreeMap<String, usize> {
+    let ps = h.ok(&[
+        "service",
+        "ps",
+        service,
+        "--format",
+        "json",
+        "--filter",
+        "desired-state=running",
+    ]);
+    let mut n: BTreeMap<String, usize> = BTreeMap::new();
+    for t in json_lines(&ps) {
+        if t["CurrentState"].as_str().unwrap().starts_with("Running") {
+            *n.entry(t["Node"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    n
+}
+
+/// Containers on a host that are up.
+fn up_containers(h: &ClusterHost) -> usize {
+    json_lines(&h.ok(&["container", "ls", "--format", "json"]))
+        .iter()
+        .filter(|c| c["Status"].as_str().unwrap_or("").starts_with("Up"))
+        .count()
+}
+
+#[test]
+fn a_node_cut_off_is_marked_down_and_its_tasks_move_then_it_returns() {
+    let c = Cluster::swarm(3);
+    for h in &c.hosts {
+        import_image(h);
+    }
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    wait_for("2 tasks on each node", Duration::from_secs(30), || {
+        (running_per_node(c.h(1), "web")
+            .values()
+            .copied()
+            .collect::<Vec<_>>()
+            == vec![2, 2, 2])
+        .then_some(())
+    });
+
+    // node3 drops off the network: Down within a few heartbeats, its tasks replaced
+    c.net.cut(3);
+    wait_for("node3 Down", Duration::from_secs(20), || {
+        let ls = json_lines(&c.h(1).ok(&["node", "ls", "--format", "json"]));
+        ls.iter()
+            .any(|n| n["Hostname"] == "node3" && n["Status"] == "Down")
+            .then_some(())
+    });
+    let moved = wait_for(
+        "6 tasks on node1 and node2",
+        Duration::from_secs(20),
+        || {
+            let n = running_per_node(c.h(1), "web");
+            (n.values().sum::<usize>() == 6 && !n.contains_key("node3")).then_some(n)
+        },
+    );
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    // cut off, the worker keeps its tasks running
+    assert_eq!(up_containers(c.h(3)), 2, "a worker cut off keeps its tasks");
+
+    // back on the network: Ready again, and its superseded tasks are stopped there
+    c.net.heal(3);
+    wait_for("node3 Ready", Duration::from_secs(20), || {
+        let ls = json_lines(&c.h(1).ok(&["node", "ls", "--format", "json"]));
+        ls.iter()
+            .any(|n| n["Hostname"] == "node3" && n["Status"] == "Ready")
+            .then_some(())
+    });
+    wait_for("node3's old tasks stopped", Duration::from_secs(20), || {
+        (up_containers(c.h(3)) == 0).then_some(())
+    });
+    assert_eq!(
+        running_per_node(c.h(1), "web").values().sum::<usize>(),
+        6,
+        "never more replicas than declared, once settled"
+    );
 }

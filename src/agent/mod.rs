@@ -87,7 +87,7 @@ impl<E: Executor> Agent<E> {
             .await?
             .ok_or_else(|| anyhow::anyhow!("dispatcher closed the session"))?;
         let sid = first.session_id.clone();
-        let period = Duration::from_millis(first.heartbeat_period_ms.max(100) as u64);
+        let mut period = Duration::from_millis(first.heartbeat_period_ms.max(100) as u64);
         tracing::info!(session = %sid, node.id = %self.node_id, "dispatcher session started");
 
         // the reporter outlives sessions (it is started once and keeps the receiver) and
@@ -109,7 +109,15 @@ impl<E: Executor> Agent<E> {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = beat.tick() => {
-                    client.heartbeat(HeartbeatRequest { session_id: sid.clone() }).await?;
+                    let r = tokio::time::timeout(period * 3, client.heartbeat(HeartbeatRequest { session_id: sid.clone() }))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("heartbeat not answered within {:?}", period * 3))??;
+                    // the period is the cluster's setting and may change
+                    let p = Duration::from_millis(r.into_inner().period_ms.max(100) as u64);
+                    if p != period {
+                        period = p;
+                        beat = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+                    }
                 }
                 m = session.message() => {
                     if m?.is_none() {

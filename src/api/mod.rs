@@ -208,16 +208,19 @@ impl Control for Api {
         let m = self.manager()?;
         m.store
             .view(|t| t.clusters.values().next().cloned())
-            .map(Response::new)
+            .map(|c| Response::new(ctl::without_secrets(c)))
             .ok_or_else(|| Status::not_found("no cluster"))
     }
     async fn update_cluster(
         &self,
-        _req: Request<UpdateClusterRequest>,
+        req: Request<UpdateClusterRequest>,
     ) -> Result<Response<Cluster>, Status> {
-        Err(Status::unimplemented(
-            "swarm update comes with multi-node clusters",
-        ))
+        let m = self.manager()?;
+        let r = req.into_inner();
+        ctl::update_cluster(&m.store, r.version, r.spec.unwrap_or_default())
+            .await
+            .map(|c| Response::new(ctl::without_secrets(c)))
+            .map_err(status)
     }
     async fn service_logs(
         &self,

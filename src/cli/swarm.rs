@@ -55,6 +55,18 @@ pub enum SwarmCmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Change the swarm's settings.
+    Update {
+        /// How often agents send heartbeats (default 1s); a node is Down after three missed.
+        #[arg(long, value_parser = super::container::parse_duration)]
+        dispatcher_heartbeat: Option<std::time::Duration>,
+        /// How long new node certificates last (at least 1h).
+        #[arg(long, value_parser = super::container::parse_duration)]
+        cert_expiry: Option<std::time::Duration>,
+        /// Dead tasks kept per slot.
+        #[arg(long)]
+        task_history_limit: Option<i64>,
+    },
     /// Leave the swarm (a manager needs --force: its state goes with it).
     Leave {
         #[arg(short, long)]
@@ -175,6 +187,46 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
                     t.token, t.manager_addr
                 );
             }
+        }
+        SwarmCmd::Update {
+            dispatcher_heartbeat,
+            cert_expiry,
+            task_history_limit,
+        } => {
+            let mut ctl = control(g).await?;
+            let c = ctl
+                .get_cluster(GetRequest::default())
+                .await
+                .map_err(refusal)?
+                .into_inner();
+            let mut spec = c.spec.clone().unwrap_or_default();
+            let pd = |d: std::time::Duration| prost_types::Duration {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos() as i32,
+            };
+            if let Some(d) = dispatcher_heartbeat {
+                spec.dispatcher
+                    .get_or_insert_with(DispatcherConfig::default)
+                    .heartbeat_period = Some(pd(d));
+            }
+            if let Some(d) = cert_expiry {
+                spec.ca_config
+                    .get_or_insert_with(CaConfig::default)
+                    .node_cert_expiry = Some(pd(d));
+            }
+            if let Some(n) = task_history_limit {
+                spec.orchestration
+                    .get_or_insert_with(OrchestrationConfig::default)
+                    .task_history_retention_limit = n;
+            }
+            ctl.update_cluster(UpdateClusterRequest {
+                version: c.meta.map(|m| m.version).unwrap_or(0),
+                spec: Some(spec),
+                ..Default::default()
+            })
+            .await
+            .map_err(refusal)?;
+            println!("Swarm updated.");
         }
         SwarmCmd::Leave { force } => {
             s.leave(SwarmLeaveRequest { force })

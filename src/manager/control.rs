@@ -318,3 +318,65 @@ pub fn list_tasks(t: &Tables, filters: &[String]) -> Result<Vec<Task>, ControlEr
     });
     Ok(out)
 }
+
+/// The cluster object as callers see it: the CA's key never leaves the store.
+pub fn without_secrets(mut c: Cluster) -> Cluster {
+    c.root_ca_key.clear();
+    c
+}
+
+fn positive(
+    d: &Option<prost_types::Duration>,
+    what: &str,
+    min_ms: i64,
+) -> Result<(), ControlError> {
+    if let Some(d) = d {
+        let ms = d.seconds * 1000 + i64::from(d.nanos) / 1_000_000;
+        if ms < min_ms {
+            return Err(invalid(format!("{what}: at least {min_ms} ms")));
+        }
+    }
+    Ok(())
+}
+
+/// `swarm update`: the cluster's settings (not its CA or tokens).
+pub async fn update_cluster(
+    store: &Store,
+    version: u64,
+    spec: ClusterSpec,
+) -> Result<Cluster, ControlError> {
+    positive(
+        &spec.dispatcher.as_ref().and_then(|d| d.heartbeat_period),
+        "--dispatcher-heartbeat",
+        100,
+    )?;
+    positive(
+        &spec.ca_config.as_ref().and_then(|c| c.node_cert_expiry),
+        "--cert-expiry",
+        3_600_000,
+    )?;
+    if spec
+        .orchestration
+        .as_ref()
+        .is_some_and(|o| o.task_history_retention_limit < 0)
+    {
+        return Err(invalid("--task-history-limit: must not be negative"));
+    }
+    let cur = store
+        .view(|t| t.clusters.values().next().cloned())
+        .ok_or_else(|| invalid("the swarm has no cluster object"))?;
+    let actual = cur.meta.map(|m| m.version).unwrap_or(0);
+    if version != 0 && version != actual {
+        return Err(ControlError::Store(StoreError::Conflict {
+            kind: "cluster".into(),
+            id: cur.id.clone(),
+            expected: version,
+            actual,
+        }));
+    }
+    let mut next = cur.clone();
+    next.spec = Some(spec);
+    let id = next.id.clone();
+    store.update(|tx| tx.update(next)).await?;
+    Ok(store.view(|t| t.clusters[&id].clone()))
+}

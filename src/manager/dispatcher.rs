@@ -38,6 +38,8 @@ struct Session {
 pub struct Dispatcher {
     store: Store,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
+    /// When each node was last heard from (a session opened or a heartbeat).
+    last_seen: Arc<Mutex<HashMap<String, Instant>>>,
     updates: mpsc::Sender<Pending>,
     heartbeat: Duration,
 }
@@ -75,6 +77,7 @@ impl Dispatcher {
         Dispatcher {
             store,
             sessions: Arc::default(),
+            last_seen: Arc::default(),
             updates: tx,
             heartbeat: DEFAULT_HEARTBEAT,
         }
@@ -85,9 +88,103 @@ impl Dispatcher {
         match s.get_mut(sid) {
             Some(x) if x.node_id == node => {
                 x.last_beat = Instant::now();
+                self.seen(node);
                 Ok(())
             }
             _ => Err(Status::not_found("session invalid: start a new one")),
+        }
+    }
+
+    fn seen(&self, node: &str) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), Instant::now());
+    }
+
+    /// The heartbeat period: the cluster's setting, or the default (1 s).
+    pub fn heartbeat_period(&self) -> Duration {
+        self.store
+            .view(|t| {
+                t.clusters
+                    .values()
+                    .next()
+                    .and_then(|c| c.spec.as_ref())
+                    .and_then(|s| s.dispatcher.as_ref())
+                    .and_then(|d| d.heartbeat_period.as_ref())
+                    .filter(|d| d.seconds > 0 || d.nanos > 0)
+                    .map(|d| Duration::new(d.seconds as u64, d.nanos as u32))
+            })
+            .unwrap_or(self.heartbeat)
+    }
+
+    /// Leader only: a node not heard from for three heartbeat periods is marked Down and
+    /// its tasks are shut down, so that the orchestrators replace them on other nodes.
+    /// (A node that comes back opens a new session and is Ready again; the agent then
+    /// stops the tasks that were superseded.) After a leader change every node gets the
+    /// full grace period from the start of this loop.
+    pub async fn monitor_nodes(self, shutdown: CancellationToken) {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let grace = self.heartbeat_period() * 3;
+            let seen = self
+                .last_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let now = Instant::now();
+            let down: Vec<String> = self.store.view(|t| {
+                t.nodes
+                    .values()
+                    .filter(|n| {
+                        n.status
+                            .as_ref()
+                            .is_some_and(|s| s.state == NodeState::Ready as i32)
+                    })
+                    .filter(|n| {
+                        let last = seen.get(&n.id).copied().unwrap_or(start).max(start);
+                        now.duration_since(last) > grace
+                    })
+                    .map(|n| n.id.clone())
+                    .collect()
+            });
+            if down.is_empty() {
+                continue;
+            }
+            tracing::warn!(nodes = ?down, "no heartbeat: marking nodes down");
+            let r = self
+                .store
+                .update(move |tx| {
+                    for id in &down {
+                        let Some(mut n) = tx.get::<Node>(id) else {
+                            continue;
+                        };
+                        let st = n.status.get_or_insert_with(NodeStatus::default);
+                        st.state = NodeState::Down as i32;
+                        st.message = "heartbeat failure".into();
+                        tx.update(n)?;
+                        for t in tx.list::<Task>() {
+                            if &t.node_id == id
+                                && !state(&t).is_terminal()
+                                && t.desired_state < TaskState::Shutdown as i32
+                            {
+                                let mut t = t.clone();
+                                t.desired_state = TaskState::Shutdown as i32;
+                                tx.update(t)?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "could not mark nodes down; retrying");
+            }
         }
     }
 }
@@ -204,17 +301,24 @@ impl DispatcherApi for Dispatcher {
                     last_beat: Instant::now(),
                 },
             );
+        self.seen(&node_id);
         let (tx, rx) = mpsc::channel(4);
         let msg = SessionMessage {
-            session_id: sid,
+            session_id: sid.clone(),
             node_id,
             managers: vec![],
-            heartbeat_period_ms: self.heartbeat.as_millis() as i64,
+            heartbeat_period_ms: self.heartbeat_period().as_millis() as i64,
         };
         let _ = tx.send(Ok(msg)).await;
-        // the sender lives as long as the stream is open
+        // the session lives as long as its stream is open (the node stays Ready until its
+        // heartbeats are missed, so a quick reconnect does not flap it)
+        let sessions = self.sessions.clone();
         tokio::spawn(async move {
             tx.closed().await;
+            sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&sid);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -227,7 +331,7 @@ impl DispatcherApi for Dispatcher {
         self.session_node(&req.get_ref().session_id, &node)
             .map_err(|_| Status::not_found("session invalid"))?;
         Ok(Response::new(HeartbeatResponse {
-            period_ms: self.heartbeat.as_millis() as i64,
+            period_ms: self.heartbeat_period().as_millis() as i64,
         }))
     }
 

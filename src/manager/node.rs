@@ -121,6 +121,7 @@ impl Manager {
         tokio::spawn(lead_when_leader(
             raft.clone(),
             store.clone(),
+            dispatcher.clone(),
             shutdown.clone(),
         ));
         Ok(Manager {
@@ -145,7 +146,12 @@ impl Manager {
 }
 
 /// Runs the leader-only loops while this manager leads.
-async fn lead_when_leader(raft: Raft, store: Store, shutdown: CancellationToken) {
+async fn lead_when_leader(
+    raft: Raft,
+    store: Store,
+    dispatcher: Dispatcher,
+    shutdown: CancellationToken,
+) {
     let mut metrics = raft.metrics();
     let mut loops: Option<CancellationToken> = None;
     loop {
@@ -154,11 +160,12 @@ async fn lead_when_leader(raft: Raft, store: Store, shutdown: CancellationToken)
             (true, None) => {
                 let t = shutdown.child_token();
                 tracing::info!(
-                    "became leader: starting the orchestrator, scheduler and restart supervisor"
+                    "became leader: starting the orchestrator, scheduler, restart supervisor and node monitor"
                 );
                 tokio::spawn(Orchestrator::new(store.clone()).run(t.clone()));
                 tokio::spawn(Scheduler::new(store.clone()).run(t.clone()));
                 tokio::spawn(RestartSupervisor::new(store.clone()).run(t.clone()));
+                tokio::spawn(dispatcher.clone().monitor_nodes(t.clone()));
                 loops = Some(t);
             }
             (false, Some(t)) => {

@@ -289,9 +289,12 @@ fn replicated_job(
     } else {
         max_concurrent
     };
+    // tasks shut down (their node went down, say) no longer count
     let current: Vec<&Task> = tasks
         .iter()
-        .filter(|t| t.job_iteration == s.job_iteration && desired(t) != TaskState::Remove)
+        .filter(|t| {
+            t.job_iteration == s.job_iteration && (desired(t) as i32) < TaskState::Shutdown as i32
+        })
         .collect();
     let completed = current
         .iter()

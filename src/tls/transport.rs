@@ -169,7 +169,10 @@ pub fn channel(addr: &str, cfg: Arc<ClientConfig>) -> Result<Channel, TlsError> 
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| bad(format!("manager address {addr:?}: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(3))
-        .timeout(std::time::Duration::from_secs(30));
+        .timeout(std::time::Duration::from_secs(30))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+        .keep_alive_timeout(std::time::Duration::from_secs(5))
+        .keep_alive_while_idle(true);
     Ok(
         ep.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let (addr, cfg) = (addr.clone(), cfg.clone());
