@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
-use crate::manager::node::Manager;
+use crate::manager::node::{Manager, ManagerOpts};
+use crate::manager::raft::network::PeerTls;
 use crate::manager::store::{new_id, Event, Store};
 use crate::tls::{transport, JoinToken, NodeCerts, Role, RootCa};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,10 @@ pub struct Daemon {
     manager: RwLock<Option<Arc<Manager>>>,
     agent: Mutex<Option<CancellationToken>>,
     cluster_port: Mutex<Option<CancellationToken>>,
+    /// How this node reaches managers (its certificate); shared with Raft's network.
+    peer_tls: PeerTls,
+    /// A channel to the current leader, by address.
+    leader_chan: Mutex<Option<(String, tonic::transport::Channel)>>,
     /// Serializes init, join and leave.
     admin: tokio::sync::Mutex<()>,
 }
@@ -46,6 +51,9 @@ pub struct SwarmState {
     /// Managers' cluster addresses, tried in turn.
     pub managers: Vec<String>,
     pub cluster_id: String,
+    /// A manager's ID in the Raft group.
+    #[serde(default)]
+    pub raft_id: u64,
 }
 
 pub const DEFAULT_PORT: u16 = 2377;
@@ -129,31 +137,74 @@ impl Daemon {
             manager: RwLock::new(None),
             agent: Mutex::new(None),
             cluster_port: Mutex::new(None),
+            peer_tls: PeerTls::default(),
+            leader_chan: Mutex::new(None),
             admin: tokio::sync::Mutex::new(()),
         });
         let Some(st) = state else { return Ok(d) };
         let certs = NodeCerts::load(&d.data_root)?
             .context("the node is in a swarm but its certificates are missing")?;
+        d.set_certs(&certs)?;
         if st.role == "manager" {
-            let m = Manager::start(
-                &swarm_dir(&d.data_root),
-                &d.node_id(),
-                &d.hostname,
-                &st.advertise_addr,
-                None,
-            )
-            .await
-            .context("restarting the manager")?;
-            *d.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(m));
+            // serve the cluster port first: the other managers' Raft must reach us for
+            // this manager to learn who leads
             let listener = tokio::net::TcpListener::bind(&st.listen_addr)
                 .await
                 .with_context(|| format!("listening on the cluster port {}", st.listen_addr))?;
             d.serve_cluster_port(listener, &certs)?;
-            d.start_local_agent();
-        } else {
-            d.start_remote_agent(&st.managers, &certs)?;
+            let m = d
+                .start_manager(&st, None)
+                .await
+                .context("restarting the manager")?;
+            *d.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(m));
         }
+        d.start_agent(&st.managers);
         Ok(d)
+    }
+
+    async fn start_manager(
+        &self,
+        st: &SwarmState,
+        init: Option<Cluster>,
+    ) -> anyhow::Result<Manager> {
+        let (dir, node_id) = (swarm_dir(&self.data_root), self.node_id());
+        Manager::start(ManagerOpts {
+            dir: &dir,
+            node_id: &node_id,
+            hostname: &self.hostname,
+            addr: &st.advertise_addr,
+            raft_id: st.raft_id.max(1),
+            init,
+            tls: self.peer_tls.clone(),
+        })
+        .await
+    }
+
+    /// This node's certificate is what it shows other nodes from now on.
+    fn set_certs(&self, certs: &NodeCerts) -> anyhow::Result<()> {
+        *self.peer_tls.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(transport::client_config(certs)?);
+        *self.leader_chan.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
+    }
+
+    /// A channel to a manager at `addr` over mTLS (the leader's is kept).
+    pub fn channel_to(&self, addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+        let mut cached = self.leader_chan.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((a, ch)) = cached.as_ref() {
+            if a == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let cfg = self
+            .peer_tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .context("this node has no certificate")?;
+        let ch = transport::channel(addr, cfg)?;
+        *cached = Some((addr.to_string(), ch.clone()));
+        Ok(ch)
     }
 
     pub fn node_id(&self) -> String {
@@ -271,15 +322,16 @@ impl Daemon {
             roots_pem: ca.cert_pem.clone(),
         };
         certs.save(&self.data_root)?;
-        let m = match Manager::start(
-            &swarm_dir(&self.data_root),
-            &node_id,
-            &self.hostname,
-            &advertise,
-            Some(cluster),
-        )
-        .await
-        {
+        self.set_certs(&certs)?;
+        let st = SwarmState {
+            role: "manager".into(),
+            listen_addr: bound.to_string(),
+            advertise_addr: advertise.clone(),
+            managers: vec![advertise],
+            cluster_id,
+            raft_id: 1,
+        };
+        let m = match self.start_manager(&st, Some(cluster)).await {
             Ok(m) => Arc::new(m),
             Err(e) => {
                 NodeCerts::remove(&self.data_root);
@@ -288,15 +340,9 @@ impl Daemon {
             }
         };
         *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
-        self.save_state(Some(SwarmState {
-            role: "manager".into(),
-            listen_addr: bound.to_string(),
-            advertise_addr: advertise.clone(),
-            managers: vec![advertise],
-            cluster_id,
-        }))?;
+        self.save_state(Some(st.clone()))?;
         self.serve_cluster_port(listener, &certs)?;
-        self.start_local_agent();
+        self.start_agent(&st.managers);
         // as in Swarm, init returns with this node ready for tasks: its agent's session
         // is open
         let (ready, mut events) = m.store.view_and_watch(|t| node_ready(t, &node_id));
@@ -377,18 +423,26 @@ impl Daemon {
             );
         }
         certs.save(&self.data_root)?;
+        self.set_certs(&certs)?;
         let mut managers = resp.managers;
         if !managers.contains(&remote) {
             managers.insert(0, remote.clone());
         }
-        self.save_state(Some(SwarmState {
+        let mut st = SwarmState {
             role: "worker".into(),
             listen_addr: String::new(),
             advertise_addr: advertise,
-            managers: managers.clone(),
+            managers,
             cluster_id: resp.cluster_id,
-        }))?;
-        let session = self.start_remote_agent(&managers, &certs)?;
+            raft_id: 0,
+        };
+        if id.role == Role::Manager {
+            self.join_raft(&mut st, &r.listen_addr, resp.raft_id, &remote, &certs)
+                .await?;
+        } else {
+            self.save_state(Some(st.clone()))?;
+        }
+        let session = self.start_agent(&st.managers);
         tokio::time::timeout(std::time::Duration::from_secs(10), session.notified())
             .await
             .map_err(|_| {
@@ -396,6 +450,71 @@ impl Daemon {
                     "this node joined but could not open a session with a manager within 10 s"
                 )
             })?;
+        Ok(())
+    }
+
+    /// A node admitted as a manager: serve the cluster port, start Raft empty, and ask
+    /// the leader to add this manager to the group; done once a leader is heard from.
+    async fn join_raft(
+        self: &Arc<Self>,
+        st: &mut SwarmState,
+        listen: &str,
+        raft_id: u64,
+        remote: &str,
+        certs: &NodeCerts,
+    ) -> anyhow::Result<()> {
+        let listen = with_default_port(
+            if listen.is_empty() { "0.0.0.0" } else { listen },
+            "--listen-addr",
+        )?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("--listen-addr {listen}: cannot listen there"))?;
+        let bound = listener.local_addr()?;
+        let ip = st
+            .advertise_addr
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| {
+                st.advertise_addr
+                    .parse::<std::net::SocketAddr>()
+                    .map(|a| a.ip())
+            })
+            .context("--advertise-addr: a manager advertises an IP address")?;
+        st.advertise_addr = std::net::SocketAddr::new(ip, bound.port()).to_string();
+        st.role = "manager".into();
+        st.listen_addr = bound.to_string();
+        st.raft_id = raft_id;
+        // the state (cluster ID included) is in place before the leader calls in
+        self.save_state(Some(st.clone()))?;
+        self.serve_cluster_port(listener, certs)?;
+        let m = Arc::new(self.start_manager(st, None).await?);
+        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+        let joined = shoal_proto::raft_client::RaftClient::new(self.channel_to(remote)?)
+            .join(RaftJoinRequest {
+                node_id: self.node_id(),
+                raft_id,
+                addr: st.advertise_addr.clone(),
+            })
+            .await;
+        let resp = match joined {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                self.stop_agent_and_port();
+                m.stop().await;
+                *self.manager.write().unwrap_or_else(|p| p.into_inner()) = None;
+                self.save_state(None)?;
+                let _ = std::fs::remove_dir_all(swarm_dir(&self.data_root));
+                NodeCerts::remove(&self.data_root);
+                anyhow::bail!("joining the managers' Raft group failed: {}", e.message());
+            }
+        };
+        st.managers = resp.managers;
+        self.save_state(Some(st.clone()))?;
+        m.raft
+            .wait(Some(std::time::Duration::from_secs(30)))
+            .metrics(|x| x.current_leader.is_some(), "a leader")
+            .await
+            .context("joined, but no leader was heard from within 30 s")?;
         Ok(())
     }
 
@@ -475,49 +594,47 @@ impl Daemon {
                 }),
             },
             on_session: Arc::new(tokio::sync::Notify::new()),
+            managers: Arc::default(),
         }
     }
 
-    /// A manager's own agent talks to its dispatcher over the local socket.
-    fn start_local_agent(self: &Arc<Self>) {
-        let token = CancellationToken::new();
-        let sock = self.socket.clone();
-        tokio::spawn(self.agent().run(
-            move || {
-                let p = sock.clone();
-                Box::pin(async move { crate::api::client::connect(&p).await })
-            },
-            token.clone(),
-        ));
-        *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
-    }
-
-    /// A worker's agent talks to the managers over mTLS, trying them in turn.
-    fn start_remote_agent(
-        self: &Arc<Self>,
-        managers: &[String],
-        certs: &NodeCerts,
-    ) -> anyhow::Result<Arc<tokio::sync::Notify>> {
-        if managers.is_empty() {
-            anyhow::bail!("no manager address is known");
-        }
-        let cfg = transport::client_config(certs)?;
-        let managers = managers.to_vec();
-        let next = std::sync::atomic::AtomicUsize::new(0);
+    /// Starts the agent. Its dispatcher is the leader's: over the local socket when this
+    /// node leads, else over mTLS to the leader (a manager knows who leads) or to the
+    /// known managers in turn (a worker; a manager that is not the leader says so and
+    /// the agent tries the next). Notified when a session opens.
+    fn start_agent(self: &Arc<Self>, managers: &[String]) -> Arc<tokio::sync::Notify> {
         let token = CancellationToken::new();
         let agent = self.agent();
         let session = agent.on_session.clone();
+        let known = agent.managers.clone();
+        *known.write().unwrap_or_else(|p| p.into_inner()) = managers.to_vec();
+        let me = Arc::downgrade(self);
+        let next = std::sync::atomic::AtomicUsize::new(0);
         tokio::spawn(agent.run(
             move || {
+                let me = me.clone();
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let addr = managers[i % managers.len()].clone();
-                let cfg = cfg.clone();
-                Box::pin(async move { Ok(transport::channel(&addr, cfg)?) })
+                let list = known.read().unwrap_or_else(|p| p.into_inner()).clone();
+                Box::pin(async move {
+                    let d = me.upgrade().context("the daemon is stopping")?;
+                    if let Some(m) = d.manager() {
+                        if m.is_leader() {
+                            return crate::api::client::connect(&d.socket).await;
+                        }
+                        if let Some(addr) = m.leader_addr() {
+                            return d.channel_to(&addr);
+                        }
+                    }
+                    if list.is_empty() {
+                        anyhow::bail!("no manager address is known");
+                    }
+                    d.channel_to(&list[i % list.len()])
+                })
             },
             token.clone(),
         ));
         *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
-        Ok(session)
+        session
     }
 
     fn stop_agent_and_port(&self) {

@@ -57,8 +57,7 @@ fn workers_join_with_tokens_over_mtls_and_run_tasks() {
             .to_string()
     };
     let worker = token("worker");
-    let manager = token("manager");
-    assert!(worker.starts_with("SWMTKN-1-") && worker != manager);
+    assert!(worker.starts_with("SWMTKN-1-") && worker != token("manager"));
 
     // refusals, each naming what is wrong; none of them joins the node
     let h2 = c.h(2);
@@ -80,8 +79,6 @@ fn workers_join_with_tokens_over_mtls_and_run_tasks() {
     );
     let e = stderr_of(h2, &["swarm", "join", "--token", &worker, &m]);
     assert!(e.contains("may have been rotated"), "{e}");
-    let e = stderr_of(h2, &["swarm", "join", "--token", &manager, &m]);
-    assert!(e.contains("as a manager is not supported yet"), "{e}");
     assert_eq!(
         node_states(c.h(1)).len(),
         1,
@@ -254,4 +251,81 @@ fn a_node_cut_off_is_marked_down_and_its_tasks_move_then_it_returns() {
         6,
         "never more replicas than declared, once settled"
     );
+}
+
+/// Hostname → ManagerStatus, as `node ls` on `h` shows them.
+fn manager_status(h: &ClusterHost) -> BTreeMap<String, String> {
+    node_states(h)
+        .into_iter()
+        .map(|(k, (_, m))| (k, m))
+        .collect()
+}
+
+#[test]
+fn three_managers_replicate_and_survive_the_leader() {
+    let mut c = Cluster::new(3);
+    for h in &c.hosts {
+        import_image(h);
+    }
+    let m1 = c.h(1).addr.clone();
+    c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
+    let token = c.h(1).ok(&["swarm", "join-token", "-q", "manager"]);
+    for i in [2, 3] {
+        let out = c.h(i).ok(&["swarm", "join", "--token", token.trim(), &m1]);
+        assert!(out.contains("joined a swarm as a manager"), "{out}");
+    }
+    let st = wait_for(
+        "a leader and two reachable managers",
+        Duration::from_secs(20),
+        || {
+            let s = manager_status(c.h(1));
+            (s.values().filter(|m| *m == "Reachable").count() == 2).then_some(s)
+        },
+    );
+    assert_eq!(st["node1"], "Leader", "{st:?}");
+
+    // any manager takes writes (followers pass them to the leader) and reads
+    c.h(2).ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    for i in [1, 3] {
+        let ls = c.h(i).ok(&["service", "ls", "--format", "json"]);
+        assert_eq!(json_lines(&ls)[0]["Replicas"], "3/3", "on node{i}: {ls}");
+    }
+
+    // the leader's host dies: another manager leads within a few seconds and the
+    // cluster still takes writes
+    c.h_mut(1).kill_daemon();
+    let st = wait_for("a new leader", Duration::from_secs(30), || {
+        let out = c.h(2).cli(&["node", "ls", "--format", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let s = manager_status(c.h(2));
+        (s.values().any(|m| m == "Leader") && s["node1"] == "Unreachable").then_some(s)
+    });
+    assert_eq!(st.values().filter(|m| *m == "Reachable").count(), 1, "{st:?}");
+    c.h(3).ok(&["service", "scale", "web=5"]);
+    wait_for("web at 5/5 without node1", Duration::from_secs(30), || {
+        let ls = c.h(2).ok(&["service", "ls", "--format", "json"]);
+        (json_lines(&ls)[0]["Replicas"] == "5/5").then_some(())
+    });
+
+    // node1 comes back as a follower, with everything that happened meanwhile
+    c.h_mut(1).start_daemon();
+    wait_for("node1 Reachable again", Duration::from_secs(30), || {
+        (manager_status(c.h(2))["node1"] == "Reachable").then_some(())
+    });
+    let ls = c.h(1).ok(&["service", "ls", "--format", "json"]);
+    assert_eq!(json_lines(&ls)[0]["Replicas"], "5/5", "{ls}");
 }

@@ -30,6 +30,8 @@ pub struct Agent<E: Executor> {
     pub description: NodeDescription,
     /// Notified each time a session with a dispatcher opens.
     pub on_session: Arc<tokio::sync::Notify>,
+    /// The managers' addresses, as the dispatcher last told them.
+    pub managers: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 impl<E: Executor> Agent<E> {
@@ -87,6 +89,9 @@ impl<E: Executor> Agent<E> {
             .await?
             .ok_or_else(|| anyhow::anyhow!("dispatcher closed the session"))?;
         let sid = first.session_id.clone();
+        if !first.managers.is_empty() {
+            *self.managers.write().unwrap_or_else(|p| p.into_inner()) = first.managers.clone();
+        }
         let mut period = Duration::from_millis(first.heartbeat_period_ms.max(100) as u64);
         tracing::info!(session = %sid, node.id = %self.node_id, "dispatcher session started");
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use shoal_proto::control_server::ControlServer;
 use shoal_proto::dispatcher_server::DispatcherServer;
 use shoal_proto::node_ca_server::{NodeCa, NodeCaServer};
+use shoal_proto::raft_server::{Raft as RaftApi, RaftServer};
 use shoal_proto::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,13 +30,17 @@ use crate::tls::Role;
 /// Checks the caller of a cluster-port method: a certificate of this swarm, of a node
 /// that has not been removed, with the role `need` (if any).
 pub fn authorize(daemon: &Daemon, req: &Request<()>, need: Option<Role>) -> Result<(), Status> {
-    let m = daemon
-        .manager()
-        .ok_or_else(|| Status::unavailable("this node is no longer a manager"))?;
-    authorize_with(&m.store, req, need)
+    let cluster_id = daemon.info().cluster_id;
+    let m = daemon.manager();
+    authorize_with(&cluster_id, m.as_ref().map(|m| &m.store), req, need)
 }
 
-fn authorize_with(store: &Store, req: &Request<()>, need: Option<Role>) -> Result<(), Status> {
+fn authorize_with(
+    cluster_id: &str,
+    store: Option<&Store>,
+    req: &Request<()>,
+    need: Option<Role>,
+) -> Result<(), Status> {
     let id = req
         .extensions()
         .get::<Peer>()
@@ -43,22 +48,10 @@ fn authorize_with(store: &Store, req: &Request<()>, need: Option<Role>) -> Resul
         .ok_or_else(|| {
             Status::unauthenticated("this call needs a node certificate of the swarm")
         })?;
-    let (cluster, known) = store.view(|t| {
-        (
-            t.clusters.values().next().cloned().unwrap_or_default(),
-            t.nodes.contains_key(&id.node_id),
-        )
-    });
-    if id.cluster_id != cluster.id {
+    if id.cluster_id != cluster_id {
         return Err(Status::permission_denied(format!(
             "the certificate of node {} is for another swarm ({})",
             id.node_id, id.cluster_id
-        )));
-    }
-    if cluster.removed_nodes.contains(&id.node_id) || !known {
-        return Err(Status::permission_denied(format!(
-            "node {} has been removed from the swarm",
-            id.node_id
         )));
     }
     if need == Some(Role::Manager) && id.role != Role::Manager {
@@ -66,6 +59,20 @@ fn authorize_with(store: &Store, req: &Request<()>, need: Option<Role>) -> Resul
             "node {} is a {}: this call needs a manager",
             id.node_id,
             id.role.name()
+        )));
+    }
+    // a manager that is still joining has no store yet; every other one checks that
+    // the node is a member
+    let verdict = store.and_then(|s| {
+        s.view(|t| {
+            let cluster = t.clusters.values().next()?;
+            Some(cluster.removed_nodes.contains(&id.node_id) || !t.nodes.contains_key(&id.node_id))
+        })
+    });
+    if verdict == Some(true) {
+        return Err(Status::permission_denied(format!(
+            "node {} has been removed from the swarm",
+            id.node_id
         )));
     }
     Ok(())
@@ -95,10 +102,133 @@ impl NodeCa for Api {
         if r.addr.is_empty() {
             r.addr = peer.map(|a| a.ip().to_string()).unwrap_or_default();
         }
+        // the leader writes the new node; a follower passes the request on
+        if let Some(ch) = self.leader_channel().await? {
+            return shoal_proto::node_ca_client::NodeCaClient::new(ch)
+                .issue_node_certificate(r)
+                .await;
+        }
         ca::issue_node_certificate(&m.store, r)
             .await
             .map(Response::new)
             .map_err(status)
+    }
+}
+
+/// Decodes an openraft request, runs it, encodes the `Result` for the caller.
+async fn relay<Req, Resp, E, F>(
+    m: &RaftMessage,
+    f: impl FnOnce(Req) -> F,
+) -> Result<Response<RaftMessage>, Status>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    E: serde::Serialize,
+    F: std::future::Future<Output = Result<Resp, E>>,
+{
+    let req: Req = serde_json::from_slice(&m.data)
+        .map_err(|e| Status::invalid_argument(format!("raft message: {e}")))?;
+    let r = f(req).await;
+    let data = serde_json::to_vec(&r).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftMessage { data }))
+}
+
+#[tonic::async_trait]
+impl RaftApi for Api {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let m = self.manager()?;
+        relay(
+            req.get_ref(),
+            |r| async move { m.raft.append_entries(r).await },
+        )
+        .await
+    }
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = self.manager()?;
+        relay(req.get_ref(), |r| async move { m.raft.vote(r).await }).await
+    }
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let m = self.manager()?;
+        relay(req.get_ref(), |r| async move {
+            m.raft.install_snapshot(r).await
+        })
+        .await
+    }
+
+    /// A new manager joins the Raft group: as a learner until it has caught up, then as
+    /// a voter; then its node object says it is a manager. Followers pass this to the
+    /// leader.
+    async fn join(
+        &self,
+        req: Request<RaftJoinRequest>,
+    ) -> Result<Response<RaftJoinResponse>, Status> {
+        if let Some(ch) = self.leader_channel().await? {
+            return shoal_proto::raft_client::RaftClient::new(ch)
+                .join(req.into_inner())
+                .await;
+        }
+        let m = self.manager()?;
+        let caller = req
+            .extensions()
+            .get::<Peer>()
+            .and_then(|p| p.identity.clone())
+            .ok_or_else(|| Status::unauthenticated("a manager certificate is required"))?;
+        let r = req.into_inner();
+        if caller.node_id != r.node_id || caller.role != Role::Manager {
+            return Err(Status::permission_denied(
+                "a node can only add itself, with a manager certificate",
+            ));
+        }
+        let known = m.store.view(|t| {
+            t.nodes
+                .get(&r.node_id)
+                .map(|n| n.spec.as_ref().map(|s| s.desired_role) == Some(NodeRole::Manager as i32))
+        });
+        if known != Some(true) {
+            return Err(Status::permission_denied(format!(
+                "node {} was not admitted as a manager",
+                r.node_id
+            )));
+        }
+        let fail = |e: String| Status::unavailable(format!("adding the manager to Raft: {e}"));
+        m.raft
+            .add_learner(r.raft_id, openraft::BasicNode::new(&r.addr), true)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        m.raft
+            .change_membership(
+                openraft::ChangeMembers::AddVoterIds([r.raft_id].into_iter().collect()),
+                false,
+            )
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let (id, raft_id, addr) = (r.node_id.clone(), r.raft_id, r.addr.clone());
+        m.store
+            .update(move |tx| {
+                let Some(mut n) = tx.get::<Node>(&id) else {
+                    return Ok(());
+                };
+                n.role = NodeRole::Manager as i32;
+                n.manager_status = Some(ManagerStatus {
+                    raft_id,
+                    addr,
+                    leader: false,
+                    reachability: Reachability::Reachable as i32,
+                });
+                tx.update(n)
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tracing::info!(node.id = %r.node_id, raft.id = r.raft_id, addr = %r.addr, "a manager joined");
+        Ok(Response::new(RaftJoinResponse {
+            managers: m.member_addrs(),
+        }))
     }
 }
 
@@ -120,7 +250,16 @@ pub fn serve(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .add_service(NodeCaServer::new(api.clone()))
         .add_service(DispatcherServer::with_interceptor(api.clone(), node_only))
-        .add_service(ControlServer::with_interceptor(api, manager_only))
+        .add_service(ControlServer::with_interceptor(
+            api.clone(),
+            manager_only.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            RaftServer::new(api)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+            manager_only,
+        ))
         .serve_with_incoming_shutdown(incoming(listener, tls), shutdown.cancelled_owned());
     tokio::spawn(async move {
         if let Err(e) = server.await {
@@ -211,8 +350,9 @@ mod tests {
             server_config(&server_certs).unwrap(),
         ));
         let st = store.clone();
-        let manager_only =
-            move |r: Request<()>| authorize_with(&st, &r, Some(Role::Manager)).map(|_| r);
+        let manager_only = move |r: Request<()>| {
+            authorize_with("c1", Some(&st), &r, Some(Role::Manager)).map(|_| r)
+        };
         let shutdown = CancellationToken::new();
         tokio::spawn(
             tonic::transport::Server::builder()

@@ -9,10 +9,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use shoal_proto::control_client::ControlClient;
 use shoal_proto::control_server::Control;
 use shoal_proto::dispatcher_server::Dispatcher as DispatcherApi;
 use shoal_proto::swarm_server::Swarm;
 use shoal_proto::*;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::daemon::Daemon;
@@ -43,12 +45,53 @@ pub struct Api {
     pub daemon: Arc<Daemon>,
 }
 
+pub const NO_LEADER: &str =
+    "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
+
 impl Api {
     fn manager(&self) -> Result<Arc<Manager>, Status> {
         self.daemon
             .manager()
             .ok_or_else(|| Status::failed_precondition(NOT_MANAGER))
     }
+
+    /// On a follower: a channel to the leader (with this manager's certificate), so
+    /// that every control call, reads included, is served by the leader and is
+    /// linearizable. None on the leader itself.
+    pub(crate) async fn leader_channel(&self) -> Result<Option<Channel>, Status> {
+        let m = self.manager()?;
+        if m.is_leader() {
+            return Ok(None);
+        }
+        let addr = m
+            .leader_addr()
+            .ok_or_else(|| Status::unavailable(NO_LEADER))?;
+        self.daemon
+            .channel_to(&addr)
+            .map(Some)
+            .map_err(|e| Status::unavailable(format!("the leader at {addr}: {e}")))
+    }
+
+    /// The dispatcher runs on the leader only; agents elsewhere are told to go there.
+    fn leading_dispatcher(&self) -> Result<Arc<Manager>, Status> {
+        let m = self.manager()?;
+        if m.is_leader() {
+            return Ok(m);
+        }
+        Err(Status::unavailable(match m.leader_addr() {
+            Some(a) => format!("not the leader: the leader is at {a}"),
+            None => NO_LEADER.into(),
+        }))
+    }
+}
+
+/// On a follower, sends the call to the leader and returns its answer.
+macro_rules! on_leader {
+    ($self:ident, $req:ident, $method:ident) => {
+        if let Some(ch) = $self.leader_channel().await? {
+            return ControlClient::new(ch).$method($req.into_inner()).await;
+        }
+    };
 }
 
 #[tonic::async_trait]
@@ -94,6 +137,25 @@ impl Swarm for Api {
     }
 }
 
+/// A node as the leader sees it now: which manager leads (Raft), and whether a manager
+/// is reachable (its node answers heartbeats).
+fn manager_view(m: &Manager, mut n: Node) -> Node {
+    let leader = m.raft.metrics().borrow().current_leader;
+    let ready = n
+        .status
+        .as_ref()
+        .is_some_and(|s| s.state == NodeState::Ready as i32);
+    if let Some(ms) = n.manager_status.as_mut() {
+        ms.leader = Some(ms.raft_id) == leader;
+        ms.reachability = if ready || ms.leader {
+            Reachability::Reachable
+        } else {
+            Reachability::Unreachable
+        } as i32;
+    }
+    n
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -101,30 +163,34 @@ impl Control for Api {
     type ServiceLogsStream = BoxStream<LogMessage>;
 
     async fn get_node(&self, req: Request<GetRequest>) -> Result<Response<Node>, Status> {
+        on_leader!(self, req, get_node);
         let m = self.manager()?;
         m.store
             .view(|t| ctl::find(&t.nodes, &req.get_ref().id_or_name))
-            .map(Response::new)
+            .map(|n| Response::new(manager_view(&m, n)))
             .map_err(status)
     }
     async fn list_nodes(
         &self,
-        _req: Request<ListRequest>,
+        req: Request<ListRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        on_leader!(self, req, list_nodes);
         let m = self.manager()?;
+        let nodes = m
+            .store
+            .view(|t| t.nodes.values().cloned().collect::<Vec<_>>());
         Ok(Response::new(ListNodesResponse {
-            nodes: m.store.view(|t| t.nodes.values().cloned().collect()),
+            nodes: nodes.into_iter().map(|n| manager_view(&m, n)).collect(),
         }))
     }
-    async fn update_node(
-        &self,
-        _req: Request<UpdateNodeRequest>,
-    ) -> Result<Response<Node>, Status> {
+    async fn update_node(&self, req: Request<UpdateNodeRequest>) -> Result<Response<Node>, Status> {
+        on_leader!(self, req, update_node);
         Err(Status::unimplemented(
             "node update comes with multi-node clusters",
         ))
     }
-    async fn remove_node(&self, _req: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+    async fn remove_node(&self, req: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        on_leader!(self, req, remove_node);
         Err(Status::unimplemented(
             "node rm comes with multi-node clusters",
         ))
@@ -133,6 +199,7 @@ impl Control for Api {
         &self,
         req: Request<CreateServiceRequest>,
     ) -> Result<Response<Service>, Status> {
+        on_leader!(self, req, create_service);
         let m = self.manager()?;
         let spec = req
             .into_inner()
@@ -144,6 +211,7 @@ impl Control for Api {
             .map_err(status)
     }
     async fn get_service(&self, req: Request<GetRequest>) -> Result<Response<Service>, Status> {
+        on_leader!(self, req, get_service);
         let m = self.manager()?;
         m.store
             .view(|t| ctl::find(&t.services, &req.get_ref().id_or_name))
@@ -154,6 +222,7 @@ impl Control for Api {
         &self,
         req: Request<UpdateServiceRequest>,
     ) -> Result<Response<Service>, Status> {
+        on_leader!(self, req, update_service);
         let m = self.manager()?;
         let r = req.into_inner();
         let spec = r.spec.unwrap_or_default();
@@ -163,6 +232,7 @@ impl Control for Api {
             .map_err(status)
     }
     async fn remove_service(&self, req: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        on_leader!(self, req, remove_service);
         let m = self.manager()?;
         ctl::remove_service(&m.store, &req.get_ref().id_or_name)
             .await
@@ -171,8 +241,9 @@ impl Control for Api {
     }
     async fn list_services(
         &self,
-        _req: Request<ListRequest>,
+        req: Request<ListRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
+        on_leader!(self, req, list_services);
         let m = self.manager()?;
         let (services, (running, desired)) = m.store.view(|t| {
             (
@@ -187,6 +258,7 @@ impl Control for Api {
         }))
     }
     async fn get_task(&self, req: Request<GetRequest>) -> Result<Response<Task>, Status> {
+        on_leader!(self, req, get_task);
         let m = self.manager()?;
         m.store
             .view(|t| ctl::find(&t.tasks, &req.get_ref().id_or_name))
@@ -197,6 +269,7 @@ impl Control for Api {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
+        on_leader!(self, req, list_tasks);
         let m = self.manager()?;
         let tasks = m
             .store
@@ -204,7 +277,8 @@ impl Control for Api {
             .map_err(status)?;
         Ok(Response::new(ListTasksResponse { tasks }))
     }
-    async fn get_cluster(&self, _req: Request<GetRequest>) -> Result<Response<Cluster>, Status> {
+    async fn get_cluster(&self, req: Request<GetRequest>) -> Result<Response<Cluster>, Status> {
+        on_leader!(self, req, get_cluster);
         let m = self.manager()?;
         m.store
             .view(|t| t.clusters.values().next().cloned())
@@ -215,6 +289,7 @@ impl Control for Api {
         &self,
         req: Request<UpdateClusterRequest>,
     ) -> Result<Response<Cluster>, Status> {
+        on_leader!(self, req, update_cluster);
         let m = self.manager()?;
         let r = req.into_inner();
         ctl::update_cluster(&m.store, r.version, r.spec.unwrap_or_default())
@@ -226,6 +301,13 @@ impl Control for Api {
         &self,
         req: Request<ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        if let Some(ch) = self.leader_channel().await? {
+            let s = ControlClient::new(ch)
+                .service_logs(req.into_inner())
+                .await?
+                .into_inner();
+            return Ok(Response::new(Box::pin(s)));
+        }
         let m = self.manager()?;
         let r = req.into_inner();
         // the events start where the read ends: no task that starts in between is missed
@@ -262,30 +344,36 @@ impl DispatcherApi for Api {
         &self,
         req: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        self.manager()?.dispatcher.session(req).await
+        self.leading_dispatcher()?.dispatcher.session(req).await
     }
     async fn heartbeat(
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        self.manager()?.dispatcher.heartbeat(req).await
+        self.leading_dispatcher()?.dispatcher.heartbeat(req).await
     }
     async fn update_task_status(
         &self,
         req: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
-        self.manager()?.dispatcher.update_task_status(req).await
+        self.leading_dispatcher()?
+            .dispatcher
+            .update_task_status(req)
+            .await
     }
     async fn assignments(
         &self,
         req: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        self.manager()?.dispatcher.assignments(req).await
+        self.leading_dispatcher()?.dispatcher.assignments(req).await
     }
     async fn publish_logs(
         &self,
         req: Request<tonic::Streaming<PublishLogsMessage>>,
     ) -> Result<Response<PublishLogsResponse>, Status> {
-        self.manager()?.dispatcher.publish_logs(req).await
+        self.leading_dispatcher()?
+            .dispatcher
+            .publish_logs(req)
+            .await
     }
 }

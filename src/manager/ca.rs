@@ -123,11 +123,6 @@ pub async fn issue_node_certificate(
             "the join token is not valid (it may have been rotated): get the current one with `shoal swarm join-token worker|manager` on a manager",
         ));
     };
-    if role == Role::Manager {
-        return Err(invalid(
-            "joining as a manager is not supported yet: join with the worker token",
-        ));
-    }
     if !valid_node_id(&req.node_id) {
         return Err(invalid(format!(
             "node ID {:?} is not valid (10 to 64 lowercase letters and digits)",
@@ -143,10 +138,28 @@ pub async fn issue_node_certificate(
     let cert = ca
         .issue(&req.csr_pem, &req.node_id, role, &c.id, cert_expiry(&c))
         .map_err(|e| invalid(e.to_string()))?;
+    let desired = match role {
+        Role::Manager => NodeRole::Manager,
+        Role::Worker => NodeRole::Worker,
+    };
+    // a manager's Raft ID: random, never one in use (it becomes a member when it asks
+    // the leader to add it, see the Raft service's Join)
+    let used: Vec<u64> = store.view(|t| {
+        t.nodes
+            .values()
+            .filter_map(|n| n.manager_status.as_ref().map(|m| m.raft_id))
+            .collect()
+    });
+    let mut raft_id = 0;
+    while role == Role::Manager && (raft_id == 0 || used.contains(&raft_id)) {
+        let mut b = [0u8; 8];
+        crate::tls::fill_random(&mut b);
+        raft_id = u64::from_le_bytes(b) >> 1;
+    }
     let node = Node {
         id: req.node_id.clone(),
         spec: Some(NodeSpec {
-            desired_role: NodeRole::Worker as i32,
+            desired_role: desired as i32,
             ..Default::default()
         }),
         description: Some(NodeDescription {
@@ -181,8 +194,9 @@ pub async fn issue_node_certificate(
         node_id: req.node_id,
         cert_pem: cert,
         roots_pem: ca.cert_pem,
-        role: NodeRole::Worker as i32,
+        role: desired as i32,
         cluster_id: c.id,
         managers,
+        raft_id,
     })
 }

@@ -40,6 +40,9 @@ pub struct Dispatcher {
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     /// When each node was last heard from (a session opened or a heartbeat).
     last_seen: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Cancelled when this manager stops leading: sessions and assignment streams end,
+    /// and agents go to the new leader.
+    term: Arc<Mutex<Option<CancellationToken>>>,
     updates: mpsc::Sender<Pending>,
     heartbeat: Duration,
 }
@@ -78,6 +81,7 @@ impl Dispatcher {
             store,
             sessions: Arc::default(),
             last_seen: Arc::default(),
+            term: Arc::default(),
             updates: tx,
             heartbeat: DEFAULT_HEARTBEAT,
         }
@@ -93,6 +97,23 @@ impl Dispatcher {
             }
             _ => Err(Status::not_found("session invalid: start a new one")),
         }
+    }
+
+    /// Called as this manager starts (Some) or stops (None) leading.
+    pub fn set_term(&self, t: Option<CancellationToken>) {
+        let mut cur = self.term.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = cur.take() {
+            old.cancel();
+        }
+        *cur = t;
+    }
+
+    fn term(&self) -> Result<CancellationToken, Status> {
+        self.term
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Status::unavailable("this manager is not the leader"))
     }
 
     fn seen(&self, node: &str) {
@@ -262,6 +283,7 @@ impl DispatcherApi for Dispatcher {
         req: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let node_id = node_of(&req)?;
+        let term = self.term()?;
         let desc = req.into_inner().description.unwrap_or_default();
         let id = node_id.clone();
         self.store
@@ -303,10 +325,16 @@ impl DispatcherApi for Dispatcher {
             );
         self.seen(&node_id);
         let (tx, rx) = mpsc::channel(4);
+        let managers = self.store.view(|t| {
+            t.nodes
+                .values()
+                .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
+                .collect()
+        });
         let msg = SessionMessage {
             session_id: sid.clone(),
             node_id,
-            managers: vec![],
+            managers,
             heartbeat_period_ms: self.heartbeat_period().as_millis() as i64,
         };
         let _ = tx.send(Ok(msg)).await;
@@ -314,7 +342,11 @@ impl DispatcherApi for Dispatcher {
         // heartbeats are missed, so a quick reconnect does not flap it)
         let sessions = self.sessions.clone();
         tokio::spawn(async move {
-            tx.closed().await;
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = term.cancelled() => {}
+            }
+            drop(tx);
             sessions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -359,6 +391,7 @@ impl DispatcherApi for Dispatcher {
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let node = node_of(&req)?;
         self.session_node(&req.get_ref().session_id, &node)?;
+        let term = self.term()?;
         let (first, mut events) = self.store.view_and_watch(|t| {
             t.tasks
                 .values()
@@ -383,6 +416,7 @@ impl DispatcherApi for Dispatcher {
             loop {
                 let ev = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = term.cancelled() => return,
                     ev = events.recv() => ev,
                 };
                 match ev {

@@ -13,12 +13,27 @@ use tokio_util::sync::CancellationToken;
 
 use super::dispatcher::Dispatcher;
 use super::orchestrator::Orchestrator;
-use super::raft::network::NoPeers;
+use super::raft::network::{GrpcNetwork, PeerTls};
 use super::raft::storage::{open_db, LogStore, StateMachine};
 use super::raft::{config, Raft, RaftProposer};
 use super::restart::RestartSupervisor;
 use super::scheduler::Scheduler;
 use super::store::Store;
+
+/// What a manager starts from.
+pub struct ManagerOpts<'a> {
+    /// Where its Raft database is.
+    pub dir: &'a Path,
+    pub node_id: &'a str,
+    pub hostname: &'a str,
+    /// Its cluster address (host:port), as other managers reach it.
+    pub addr: &'a str,
+    pub raft_id: u64,
+    /// A new cluster (its object, with the CA) with this manager as its only member.
+    pub init: Option<Cluster>,
+    /// How it reaches other managers.
+    pub tls: PeerTls,
+}
 
 pub struct Manager {
     pub store: Store,
@@ -30,34 +45,39 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Starts the manager whose state is under `dir`; `init` (the new cluster object,
-    /// with its CA) makes a new cluster with this node as its only member.
-    pub async fn start(
-        dir: &Path,
-        node_id: &str,
-        hostname: &str,
-        addr: &str,
-        init: Option<Cluster>,
-    ) -> anyhow::Result<Manager> {
-        Self::start_with(config()?, dir, node_id, hostname, addr, init).await
+    /// Starts the manager described by `o`.
+    pub async fn start(o: ManagerOpts<'_>) -> anyhow::Result<Manager> {
+        Self::start_with(config()?, o).await
     }
 
     pub async fn start_with(
         cfg: std::sync::Arc<openraft::Config>,
-        dir: &Path,
-        node_id: &str,
-        hostname: &str,
-        addr: &str,
-        init: Option<Cluster>,
+        o: ManagerOpts<'_>,
     ) -> anyhow::Result<Manager> {
+        let ManagerOpts {
+            dir,
+            node_id,
+            hostname,
+            addr,
+            raft_id,
+            init,
+            tls,
+        } = o;
         std::fs::create_dir_all(dir)?;
         let db = open_db(&dir.join("raft.redb"))?;
         let store = Store::new();
         let sm = StateMachine::open(store.clone(), db.clone())?;
-        let raft = Raft::new(1, cfg, NoPeers, LogStore::new(db.clone()), sm).await?;
+        let raft = Raft::new(
+            raft_id,
+            cfg,
+            GrpcNetwork::new(tls),
+            LogStore::new(db.clone()),
+            sm,
+        )
+        .await?;
         if init.is_some() {
             let mut members = BTreeMap::new();
-            members.insert(1u64, BasicNode::new(addr));
+            members.insert(raft_id, BasicNode::new(addr));
             if let Err(e) = raft.initialize(members).await {
                 if !matches!(
                     e,
@@ -70,14 +90,26 @@ impl Manager {
             }
         }
         store.set_proposer(Arc::new(RaftProposer { raft: raft.clone() }));
-        raft.wait(Some(Duration::from_secs(10)))
-            .state(ServerState::Leader, "the only manager leads")
-            .await?;
-        // the log is applied before we serve: wait for what was committed
+        if init.is_some() {
+            raft.wait(Some(Duration::from_secs(10)))
+                .state(ServerState::Leader, "the only manager leads")
+                .await?;
+        } else {
+            // a restarted manager serves once a leader is known and what it had is
+            // applied; without quorum it comes up anyway and says so when asked
+            let known = raft
+                .wait(Some(Duration::from_secs(5)))
+                .metrics(|m| m.current_leader.is_some(), "a leader is known")
+                .await;
+            if known.is_err() {
+                tracing::warn!("no Raft leader yet: is a majority of managers down?");
+            }
+        }
         let last = raft.metrics().borrow().last_log_index;
-        raft.wait(Some(Duration::from_secs(30)))
+        let _ = raft
+            .wait(Some(Duration::from_secs(30)))
             .applied_index_at_least(last, "the log is applied")
-            .await?;
+            .await;
         if let Some(cluster) = init {
             let (nid, host, addr) = (node_id.to_string(), hostname.to_string(), addr.to_string());
             store
@@ -101,7 +133,7 @@ impl Manager {
                             ..Default::default()
                         }),
                         manager_status: Some(ManagerStatus {
-                            raft_id: 1,
+                            raft_id,
                             addr,
                             leader: true,
                             reachability: Reachability::Reachable as i32,
@@ -135,6 +167,33 @@ impl Manager {
 
     /// Stops Raft and the loops, and waits (up to 5 s) until Raft's tasks have closed the
     /// database, so that a manager can start again in this process.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The leader's cluster address, when one is known and it is not this manager.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader {
+            return None;
+        }
+        let id = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Every member's cluster address.
+    pub fn member_addrs(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.addr.clone())
+            .collect()
+    }
+
     pub async fn stop(&self) {
         self.shutdown.cancel();
         let _ = self.raft.shutdown().await;
@@ -166,11 +225,13 @@ async fn lead_when_leader(
                 tokio::spawn(Scheduler::new(store.clone()).run(t.clone()));
                 tokio::spawn(RestartSupervisor::new(store.clone()).run(t.clone()));
                 tokio::spawn(dispatcher.clone().monitor_nodes(t.clone()));
+                dispatcher.set_term(Some(t.clone()));
                 loops = Some(t);
             }
             (false, Some(t)) => {
                 tracing::info!("no longer leader: stopping the leader loops");
                 t.cancel();
+                dispatcher.set_term(None);
                 loops = None;
             }
             _ => {}
@@ -193,9 +254,20 @@ mod tests {
         let ca = crate::tls::RootCa::generate().unwrap();
         let init =
             init.then(|| crate::manager::ca::new_cluster(&ca, crate::tls::DEFAULT_CERT_EXPIRY));
-        Manager::start_with(cfg, dir, "node1", "host1", "127.0.0.1:2377", init)
-            .await
-            .unwrap()
+        Manager::start_with(
+            cfg,
+            ManagerOpts {
+                dir,
+                node_id: "node1",
+                hostname: "host1",
+                addr: "127.0.0.1:2377",
+                raft_id: 1,
+                init,
+                tls: Default::default(),
+            },
+        )
+        .await
+        .unwrap()
     }
 
     /// Everything acknowledged survives a restart, also once the log has been compacted

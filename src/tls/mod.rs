@@ -187,7 +187,7 @@ impl std::fmt::Display for JoinToken {
     }
 }
 
-fn fill_random(buf: &mut [u8]) {
+pub fn fill_random(buf: &mut [u8]) {
     use rustls::crypto::ring::default_provider;
     // the same CSPRNG rustls uses
     let _ = default_provider().secure_random.fill(buf);

@@ -1,52 +1,145 @@
-//! Raft's network for a single-manager cluster: there are no peers to reach. Multi-manager
-//! clusters (issue 4) replace this with the gRPC transport in proto's `Raft` service.
+//! Raft between managers over gRPC (proto's `Raft` service) on the cluster port, with
+//! mutual TLS: this manager shows its own (manager) certificate and checks the peer's
+//! against the swarm's roots. openraft's requests and responses travel as JSON.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use rustls::ClientConfig;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shoal_proto::raft_client::RaftClient;
+use shoal_proto::RaftMessage;
+use tonic::transport::Channel;
 
 use super::TypeConfig;
+use crate::tls::transport::channel;
 
-pub struct NoPeers;
+/// The TLS configuration peers are reached with; replaced when this node's certificate
+/// is renewed. Empty until the node has one (then every peer is unreachable).
+pub type PeerTls = Arc<RwLock<Option<Arc<ClientConfig>>>>;
 
-#[derive(Debug, thiserror::Error)]
-#[error("no peer transport: this cluster has a single manager")]
-struct Alone;
+/// Makes one client per peer; channels are shared by address and reconnect by
+/// themselves.
+#[derive(Clone, Default)]
+pub struct GrpcNetwork {
+    pub tls: PeerTls,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
 
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = NoPeers;
-    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> NoPeers {
-        NoPeers
+impl GrpcNetwork {
+    pub fn new(tls: PeerTls) -> GrpcNetwork {
+        GrpcNetwork {
+            tls,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut chans = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = chans.get(addr) {
+            return Ok(c.clone());
+        }
+        let cfg = self
+            .tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or("this manager has no certificate yet")?;
+        let c = channel(addr, cfg).map_err(|e| e.to_string())?;
+        chans.insert(addr.to_string(), c.clone());
+        Ok(c)
     }
 }
 
-impl RaftNetwork<TypeConfig> for NoPeers {
+pub struct Peer {
+    target: u64,
+    addr: String,
+    net: GrpcNetwork,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = Peer;
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            net: self.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Failure(String);
+
+type Rpc =
+    fn(
+        &mut RaftClient<Channel>,
+        RaftMessage,
+    ) -> futures::future::BoxFuture<'_, Result<tonic::Response<RaftMessage>, tonic::Status>>;
+
+impl Peer {
+    /// Sends one request and decodes the peer's `Result<Resp, E>`.
+    async fn call<Req: Serialize, Resp: DeserializeOwned, E>(
+        &self,
+        req: &Req,
+        opt: &RPCOption,
+        rpc: Rpc,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let unreachable = |m: String| RPCError::Unreachable(Unreachable::new(&Failure(m)));
+        let data = serde_json::to_vec(req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&Failure(e.to_string()))))?;
+        let mut client = RaftClient::new(self.net.channel(&self.addr).map_err(unreachable)?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let resp = tokio::time::timeout(opt.hard_ttl(), rpc(&mut client, RaftMessage { data }))
+            .await
+            .map_err(|_| unreachable(format!("{}: no answer in time", self.addr)))?
+            .map_err(|s| unreachable(format!("{}: {}", self.addr, s.message())))?;
+        let r: Result<Resp, RaftError<u64, E>> = serde_json::from_slice(&resp.into_inner().data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&Failure(e.to_string()))))?;
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _o: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        o: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(RPCError::Unreachable(Unreachable::new(&Alone)))
+        self.call(&rpc, &o, |c, m| Box::pin(c.append_entries(m)))
+            .await
     }
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _o: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        o: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        Err(RPCError::Unreachable(Unreachable::new(&Alone)))
+        self.call(&rpc, &o, |c, m| Box::pin(c.install_snapshot(m)))
+            .await
     }
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<u64>,
-        _o: RPCOption,
+        rpc: VoteRequest<u64>,
+        o: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(RPCError::Unreachable(Unreachable::new(&Alone)))
+        self.call(&rpc, &o, |c, m| Box::pin(c.vote(m))).await
     }
 }
