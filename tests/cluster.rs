@@ -314,7 +314,11 @@ fn three_managers_replicate_and_survive_the_leader() {
         let s = manager_status(c.h(2));
         (s.values().any(|m| m == "Leader") && s["node1"] == "Unreachable").then_some(s)
     });
-    assert_eq!(st.values().filter(|m| *m == "Reachable").count(), 1, "{st:?}");
+    assert_eq!(
+        st.values().filter(|m| *m == "Reachable").count(),
+        1,
+        "{st:?}"
+    );
     c.h(3).ok(&["service", "scale", "web=5"]);
     wait_for("web at 5/5 without node1", Duration::from_secs(30), || {
         let ls = c.h(2).ok(&["service", "ls", "--format", "json"]);

@@ -304,7 +304,10 @@ mod tests {
     fn refused_by_transport(e: &Status) -> bool {
         matches!(
             e.code(),
-            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+            tonic::Code::Unavailable
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
         )
     }
 
