@@ -437,7 +437,7 @@ impl Daemon {
             raft_id: 0,
         };
         if id.role == Role::Manager {
-            self.join_raft(&mut st, &r.listen_addr, resp.raft_id, &remote, &certs)
+            self.join_raft(&mut st, &r.listen_addr, resp.raft_id, &remote, &certs, true)
                 .await?;
         } else {
             self.save_state(Some(st.clone()))?;
@@ -462,6 +462,7 @@ impl Daemon {
         raft_id: u64,
         remote: &str,
         certs: &NodeCerts,
+        fresh: bool,
     ) -> anyhow::Result<()> {
         let listen = with_default_port(
             if listen.is_empty() { "0.0.0.0" } else { listen },
@@ -499,12 +500,15 @@ impl Daemon {
         let resp = match joined {
             Ok(r) => r.into_inner(),
             Err(e) => {
-                self.stop_agent_and_port();
+                self.stop_cluster_port();
                 m.stop().await;
                 *self.manager.write().unwrap_or_else(|p| p.into_inner()) = None;
-                self.save_state(None)?;
-                let _ = std::fs::remove_dir_all(swarm_dir(&self.data_root));
-                NodeCerts::remove(&self.data_root);
+                let _ = std::fs::remove_dir_all(swarm_dir(&self.data_root).join("raft.redb"));
+                if fresh {
+                    self.save_state(None)?;
+                    let _ = std::fs::remove_dir_all(swarm_dir(&self.data_root));
+                    NodeCerts::remove(&self.data_root);
+                }
                 anyhow::bail!("joining the managers' Raft group failed: {}", e.message());
             }
         };
@@ -595,6 +599,7 @@ impl Daemon {
             },
             on_session: Arc::new(tokio::sync::Notify::new()),
             managers: Arc::default(),
+            desired_role: Arc::new(tokio::sync::watch::channel(None).0),
         }
     }
 
@@ -604,9 +609,29 @@ impl Daemon {
     /// the agent tries the next). Notified when a session opens.
     fn start_agent(self: &Arc<Self>, managers: &[String]) -> Arc<tokio::sync::Notify> {
         let token = CancellationToken::new();
-        let agent = self.agent();
+        let (role_tx, mut role_rx) = tokio::sync::watch::channel(None);
+        let mut agent = self.agent();
+        agent.desired_role = Arc::new(role_tx);
         let session = agent.on_session.clone();
         let known = agent.managers.clone();
+        // the role the managers want, taken when it changes
+        let (me, stop, list) = (Arc::downgrade(self), token.clone(), known.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = role_rx.changed() => if r.is_err() { return },
+                }
+                let Some(want) = *role_rx.borrow_and_update() else {
+                    continue;
+                };
+                let Some(d) = me.upgrade() else { return };
+                let managers = list.read().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Err(e) = d.take_role(want, managers).await {
+                    tracing::error!(error = %format!("{e:#}"), "could not take the role the managers asked for");
+                }
+            }
+        });
         *known.write().unwrap_or_else(|p| p.into_inner()) = managers.to_vec();
         let me = Arc::downgrade(self);
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -635,6 +660,77 @@ impl Daemon {
         ));
         *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
         session
+    }
+
+    fn stop_cluster_port(&self) {
+        if let Some(t) = self
+            .cluster_port
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            t.cancel();
+        }
+    }
+
+    /// A certificate for the role the managers now want this node to have.
+    async fn renew_certificate(&self, via: &str) -> anyhow::Result<(NodeCerts, u64)> {
+        let (key_pem, csr_pem) = crate::tls::new_key_and_csr()?;
+        let resp = shoal_proto::node_ca_client::NodeCaClient::new(self.channel_to(via)?)
+            .renew_node_certificate(RenewNodeCertificateRequest { csr_pem })
+            .await
+            .map_err(|e| anyhow::anyhow!("renewing the certificate at {via}: {}", e.message()))?
+            .into_inner();
+        let certs = NodeCerts {
+            cert_pem: resp.cert_pem,
+            key_pem,
+            roots_pem: resp.roots_pem,
+        };
+        certs.save(&self.data_root)?;
+        self.set_certs(&certs)?;
+        Ok((certs, resp.raft_id))
+    }
+
+    /// Promotion or demotion, as the managers want it (`node promote|demote`): a new
+    /// certificate for the role, then Raft joined (the leader adds this manager) or left
+    /// (the leader has removed it already).
+    async fn take_role(self: &Arc<Self>, want: i32, managers: Vec<String>) -> anyhow::Result<()> {
+        let _g = self.admin.lock().await;
+        let Some(mut st) = self.swarm_state() else {
+            return Ok(());
+        };
+        let is_manager = self.manager().is_some();
+        let via = self
+            .manager()
+            .and_then(|m| m.leader_addr())
+            .or_else(|| managers.first().cloned())
+            .context("no manager address is known")?;
+        if want == NodeRole::Manager as i32 && !is_manager {
+            tracing::info!("promoted: becoming a manager");
+            let (certs, raft_id) = self.renew_certificate(&via).await?;
+            let listen = st.listen_addr.clone();
+            self.join_raft(&mut st, &listen, raft_id, &via, &certs, false)
+                .await?;
+        } else if want == NodeRole::Worker as i32 && is_manager {
+            tracing::info!("demoted: becoming a worker");
+            self.renew_certificate(&via).await?;
+            self.stop_cluster_port();
+            let m = self
+                .manager
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(m) = m {
+                m.stop().await;
+            }
+            let _ = std::fs::remove_file(swarm_dir(&self.data_root).join("raft.redb"));
+            st.role = "worker".into();
+            st.listen_addr.clear();
+            st.raft_id = 0;
+            st.managers = managers;
+            self.save_state(Some(st))?;
+        }
+        Ok(())
     }
 
     fn stop_agent_and_port(&self) {

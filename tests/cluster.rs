@@ -333,3 +333,107 @@ fn three_managers_replicate_and_survive_the_leader() {
     let ls = c.h(1).ok(&["service", "ls", "--format", "json"]);
     assert_eq!(json_lines(&ls)[0]["Replicas"], "5/5", "{ls}");
 }
+
+#[test]
+fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
+    let c = Cluster::swarm(3);
+    for h in &c.hosts {
+        import_image(h);
+    }
+    let h1 = c.h(1);
+    // labels and constraints
+    h1.ok(&["node", "update", "--label-add", "zone=east", "node2"]);
+    h1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "pinned",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.labels.zone==east",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    assert_eq!(
+        running_per_node(h1, "pinned"),
+        BTreeMap::from([("node2".to_string(), 2)])
+    );
+    let e = stderr_of(
+        h1,
+        &["node", "update", "--availability", "sideways", "node2"],
+    );
+    assert!(e.contains("use active, pause or drain"), "{e}");
+    let e = stderr_of(h1, &["node", "update", "--label-rm", "nope", "node2"]);
+    assert!(e.contains("no such label"), "{e}");
+
+    // drain moves tasks off a node
+    h1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    h1.ok(&["node", "update", "--availability", "drain", "node3"]);
+    wait_for("web off node3", Duration::from_secs(20), || {
+        let n = running_per_node(h1, "web");
+        (n.values().sum::<usize>() == 3 && !n.contains_key("node3")).then_some(())
+    });
+    let ls = json_lines(&h1.ok(&["node", "ls", "--format", "json"]));
+    assert!(ls
+        .iter()
+        .any(|n| n["Hostname"] == "node3" && n["Availability"] == "Drain"));
+
+    // the last manager cannot be demoted
+    let e = stderr_of(h1, &["node", "demote", "node1"]);
+    assert!(e.contains("last manager"), "{e}");
+
+    // promote: node2 joins the Raft group by itself and serves the control API
+    h1.ok(&["node", "promote", "node2"]);
+    wait_for("node2 a reachable manager", Duration::from_secs(30), || {
+        (manager_status(h1)["node2"] == "Reachable").then_some(())
+    });
+    let ls = c.h(2).ok(&["service", "ls", "--format", "json"]);
+    assert_eq!(json_lines(&ls).len(), 2, "{ls}");
+    // demote: it leaves the group and is a worker again
+    h1.ok(&["node", "demote", "node2"]);
+    wait_for("node2 a worker again", Duration::from_secs(30), || {
+        let out = c.h(2).cli(&["service", "ls"]);
+        (manager_status(h1)["node2"].is_empty()
+            && String::from_utf8_lossy(&out.stderr).contains("not a swarm manager"))
+        .then_some(())
+    });
+
+    // rm: refused while the node is up; once it is down, it goes, and its certificate
+    // is refused from then on
+    let e = stderr_of(h1, &["node", "rm", "node3"]);
+    assert!(e.contains("is not down"), "{e}");
+    c.net.cut(3);
+    wait_for("node3 Down", Duration::from_secs(20), || {
+        (node_states(h1)["node3"].0 == "Down").then_some(())
+    });
+    h1.ok(&["node", "rm", "node3"]);
+    c.net.heal(3);
+    // node3's agent keeps trying, and is told why it is refused
+    wait_for("node3 refused", Duration::from_secs(20), || {
+        c.h(3)
+            .host
+            .daemon_log()
+            .contains("has been removed from the swarm")
+            .then_some(())
+    });
+    assert!(
+        !node_states(h1).contains_key("node3"),
+        "a removed node came back"
+    );
+}

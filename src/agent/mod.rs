@@ -13,8 +13,8 @@ use std::time::Duration;
 use shoal_proto::assignments_message::Type as AssignType;
 use shoal_proto::dispatcher_client::DispatcherClient;
 use shoal_proto::{
-    AssignmentsRequest, HeartbeatRequest, NodeDescription, SessionRequest, Task, TaskStatusUpdate,
-    UpdateTaskStatusRequest,
+    AssignmentsRequest, HeartbeatRequest, NodeDescription, SessionMessage, SessionRequest, Task,
+    TaskStatusUpdate, UpdateTaskStatusRequest,
 };
 use shoal_runtime::container::executor::Executor;
 use tokio::sync::{mpsc, watch};
@@ -32,6 +32,8 @@ pub struct Agent<E: Executor> {
     pub on_session: Arc<tokio::sync::Notify>,
     /// The managers' addresses, as the dispatcher last told them.
     pub managers: Arc<std::sync::RwLock<Vec<String>>>,
+    /// The role the managers want this node to have, as last told.
+    pub desired_role: Arc<watch::Sender<Option<i32>>>,
 }
 
 impl<E: Executor> Agent<E> {
@@ -89,9 +91,7 @@ impl<E: Executor> Agent<E> {
             .await?
             .ok_or_else(|| anyhow::anyhow!("dispatcher closed the session"))?;
         let sid = first.session_id.clone();
-        if !first.managers.is_empty() {
-            *self.managers.write().unwrap_or_else(|p| p.into_inner()) = first.managers.clone();
-        }
+        self.learn(&first);
         let mut period = Duration::from_millis(first.heartbeat_period_ms.max(100) as u64);
         tracing::info!(session = %sid, node.id = %self.node_id, "dispatcher session started");
 
@@ -125,9 +125,8 @@ impl<E: Executor> Agent<E> {
                     }
                 }
                 m = session.message() => {
-                    if m?.is_none() {
-                        anyhow::bail!("dispatcher closed the session");
-                    }
+                    let Some(m) = m? else { anyhow::bail!("dispatcher closed the session") };
+                    self.learn(&m);
                 }
                 m = assign.message() => {
                     let Some(m) = m? else { anyhow::bail!("assignments stream ended") };
@@ -160,6 +159,18 @@ impl<E: Executor> Agent<E> {
                 }
             }
         }
+    }
+
+    /// What a session message says about the swarm: the managers, the role wanted.
+    fn learn(&self, m: &SessionMessage) {
+        if !m.managers.is_empty() {
+            *self.managers.write().unwrap_or_else(|p| p.into_inner()) = m.managers.clone();
+        }
+        self.desired_role.send_if_modified(|r| {
+            let changed = *r != Some(m.desired_role);
+            *r = Some(m.desired_role);
+            changed
+        });
     }
 
     /// A task no longer assigned here: stop its manager, then its container.

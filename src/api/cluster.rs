@@ -66,12 +66,23 @@ fn authorize_with(
     let verdict = store.and_then(|s| {
         s.view(|t| {
             let cluster = t.clusters.values().next()?;
-            Some(cluster.removed_nodes.contains(&id.node_id) || !t.nodes.contains_key(&id.node_id))
+            if cluster.removed_nodes.contains(&id.node_id) {
+                return Some(Err("has been removed from the swarm"));
+            }
+            let Some(n) = t.nodes.get(&id.node_id) else {
+                return Some(Err("has been removed from the swarm"));
+            };
+            // a demoted manager's certificate still says manager until it is renewed
+            let manager = n.spec.as_ref().map(|s| s.desired_role) == Some(NodeRole::Manager as i32);
+            if need == Some(Role::Manager) && !manager {
+                return Some(Err("is no longer a manager"));
+            }
+            Some(Ok(()))
         })
     });
-    if verdict == Some(true) {
+    if let Some(Err(why)) = verdict {
         return Err(Status::permission_denied(format!(
-            "node {} has been removed from the swarm",
+            "node {} {why}",
             id.node_id
         )));
     }
@@ -89,6 +100,24 @@ impl NodeCa for Api {
         Ok(Response::new(RootCaCertificate {
             cert_pem: String::from_utf8_lossy(&c.root_ca_cert).into_owned(),
         }))
+    }
+
+    async fn renew_node_certificate(
+        &self,
+        req: Request<RenewNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let (meta, ext, r) = req.into_parts();
+        let probe = Request::from_parts(meta, ext, ());
+        authorize(&self.daemon, &probe, None)?;
+        let id = probe
+            .extensions()
+            .get::<Peer>()
+            .and_then(|p| p.identity.clone())
+            .ok_or_else(|| Status::unauthenticated("a node certificate is required"))?;
+        let m = self.manager()?;
+        ca::renew_node_certificate(&m.store, &id.node_id, &r.csr_pem)
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn issue_node_certificate(
@@ -298,6 +327,12 @@ mod tests {
         ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
             Err(Status::unimplemented("test"))
         }
+        async fn renew_node_certificate(
+            &self,
+            _req: Request<RenewNodeCertificateRequest>,
+        ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
     }
 
     /// The connection was dropped before any service saw the call.
@@ -336,9 +371,13 @@ mod tests {
         store
             .update(move |tx| {
                 tx.create(c)?;
-                for id in [mgr_id, wrk_id] {
+                for (id, role) in [(mgr_id, NodeRole::Manager), (wrk_id, NodeRole::Worker)] {
                     tx.create(Node {
                         id: id.into(),
+                        spec: Some(NodeSpec {
+                            desired_role: role as i32,
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     })?;
                 }

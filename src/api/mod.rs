@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod cluster;
+mod membership;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -185,15 +186,49 @@ impl Control for Api {
     }
     async fn update_node(&self, req: Request<UpdateNodeRequest>) -> Result<Response<Node>, Status> {
         on_leader!(self, req, update_node);
-        Err(Status::unimplemented(
-            "node update comes with multi-node clusters",
-        ))
+        let m = self.manager()?;
+        let r = req.into_inner();
+        let spec = r.spec.unwrap_or_default();
+        let cur = m
+            .store
+            .view(|t| ctl::find(&t.nodes, &r.id_or_name))
+            .map_err(status)?;
+        let version = cur.meta.map(|x| x.version).unwrap_or(0);
+        if r.version != 0 && r.version != version {
+            return Err(status(ControlError::Store(
+                crate::manager::store::StoreError::Conflict {
+                    kind: "node".into(),
+                    id: cur.id.clone(),
+                    expected: r.version,
+                    actual: version,
+                },
+            )));
+        }
+        let was = cur.spec.as_ref().map(|s| s.desired_role).unwrap_or(0);
+        if was == NodeRole::Manager as i32 && spec.desired_role == NodeRole::Worker as i32 {
+            // demote: out of Raft first (refused if the rest could not keep quorum)
+            membership::remove_manager(&m, &cur, r.force).await?;
+        }
+        ctl::update_node(&m.store, &cur.id, 0, spec)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
     async fn remove_node(&self, req: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
         on_leader!(self, req, remove_node);
-        Err(Status::unimplemented(
-            "node rm comes with multi-node clusters",
-        ))
+        let m = self.manager()?;
+        let r = req.into_inner();
+        let n = m
+            .store
+            .view(|t| ctl::find(&t.nodes, &r.id_or_name))
+            .map_err(status)?;
+        if r.force && n.manager_status.is_some() {
+            membership::remove_manager(&m, &n, true).await?;
+        }
+        ctl::remove_node(&m.store, &n.id, r.force)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(Empty {}))
     }
     async fn create_service(
         &self,

@@ -871,6 +871,7 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
             for s in services {
                 match ctl
                     .remove_service(RemoveRequest {
+                        force: false,
                         id_or_name: s.clone(),
                     })
                     .await

@@ -99,6 +99,71 @@ fn valid_node_id(id: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
+/// A manager's Raft ID: random, never one in use (it becomes a member when it asks the
+/// leader to add it, see the Raft service's Join).
+fn new_raft_id(store: &Store) -> u64 {
+    let used: Vec<u64> = store.view(|t| {
+        t.nodes
+            .values()
+            .filter_map(|n| n.manager_status.as_ref().map(|m| m.raft_id))
+            .collect()
+    });
+    loop {
+        let mut b = [0u8; 8];
+        crate::tls::fill_random(&mut b);
+        let id = u64::from_le_bytes(b) >> 1;
+        if id != 0 && !used.contains(&id) {
+            return id;
+        }
+    }
+}
+
+fn managers(store: &Store) -> Vec<String> {
+    store.view(|t| {
+        t.nodes
+            .values()
+            .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
+            .collect()
+    })
+}
+
+/// A member's new certificate, for the role the managers want it to have now.
+pub fn renew_node_certificate(
+    store: &Store,
+    node_id: &str,
+    csr_pem: &str,
+) -> Result<IssueNodeCertificateResponse, ControlError> {
+    let c = cluster(store)?;
+    let ca = root_ca(&c)?;
+    let node = store
+        .view(|t| t.nodes.get(node_id).cloned())
+        .filter(|_| !c.removed_nodes.iter().any(|r| r == node_id))
+        .ok_or_else(|| invalid(format!("node {node_id} is not a member of this swarm")))?;
+    let desired = node.spec.as_ref().map(|s| s.desired_role).unwrap_or(0);
+    let (role, raft_id) = if desired == NodeRole::Manager as i32 {
+        let id = node
+            .manager_status
+            .as_ref()
+            .map(|m| m.raft_id)
+            .unwrap_or_else(|| new_raft_id(store));
+        (Role::Manager, id)
+    } else {
+        (Role::Worker, 0)
+    };
+    let cert = ca
+        .issue(csr_pem, node_id, role, &c.id, cert_expiry(&c))
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(IssueNodeCertificateResponse {
+        node_id: node_id.to_string(),
+        cert_pem: cert,
+        roots_pem: ca.cert_pem,
+        role: desired,
+        cluster_id: c.id,
+        managers: managers(store),
+        raft_id,
+    })
+}
+
 /// Checks the token, registers the node and signs its certificate.
 pub async fn issue_node_certificate(
     store: &Store,
@@ -142,20 +207,11 @@ pub async fn issue_node_certificate(
         Role::Manager => NodeRole::Manager,
         Role::Worker => NodeRole::Worker,
     };
-    // a manager's Raft ID: random, never one in use (it becomes a member when it asks
-    // the leader to add it, see the Raft service's Join)
-    let used: Vec<u64> = store.view(|t| {
-        t.nodes
-            .values()
-            .filter_map(|n| n.manager_status.as_ref().map(|m| m.raft_id))
-            .collect()
-    });
-    let mut raft_id = 0;
-    while role == Role::Manager && (raft_id == 0 || used.contains(&raft_id)) {
-        let mut b = [0u8; 8];
-        crate::tls::fill_random(&mut b);
-        raft_id = u64::from_le_bytes(b) >> 1;
-    }
+    let raft_id = if role == Role::Manager {
+        new_raft_id(store)
+    } else {
+        0
+    };
     let node = Node {
         id: req.node_id.clone(),
         spec: Some(NodeSpec {
@@ -184,12 +240,7 @@ pub async fn issue_node_certificate(
             None => tx.create(node),
         })
         .await?;
-    let managers = store.view(|t| {
-        t.nodes
-            .values()
-            .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
-            .collect()
-    });
+    let managers = managers(store);
     Ok(IssueNodeCertificateResponse {
         node_id: req.node_id,
         cert_pem: cert,

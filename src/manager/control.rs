@@ -380,3 +380,78 @@ pub async fn update_cluster(
     store.update(|tx| tx.update(next)).await?;
     Ok(store.view(|t| t.clusters[&id].clone()))
 }
+
+/// `node update`: availability, labels and the wanted role. (A role change is Raft
+/// membership too: the caller does that part, see `api`.)
+pub async fn update_node(
+    store: &Store,
+    what: &str,
+    version: u64,
+    spec: NodeSpec,
+) -> Result<Node, ControlError> {
+    let cur = store.view(|t| find(&t.nodes, what))?;
+    let actual = cur.meta.map(|m| m.version).unwrap_or(0);
+    if version != 0 && version != actual {
+        return Err(ControlError::Store(StoreError::Conflict {
+            kind: "node".into(),
+            id: cur.id.clone(),
+            expected: version,
+            actual,
+        }));
+    }
+    if let Some(a) = &spec.annotations {
+        if a.labels.keys().any(|k| k.is_empty()) {
+            return Err(invalid("--label-add: a label needs a name"));
+        }
+    }
+    let mut next = cur.clone();
+    next.spec = Some(spec);
+    let id = next.id.clone();
+    store.update(|tx| tx.update(next)).await?;
+    Ok(store.view(|t| t.nodes[&id].clone()))
+}
+
+/// `node rm`: refused for a node that is not down, or a manager, unless forced. The
+/// node's certificate is refused from then on; its tasks are orphaned (and replaced).
+pub async fn remove_node(store: &Store, what: &str, force: bool) -> Result<Node, ControlError> {
+    let n = store.view(|t| find(&t.nodes, what))?;
+    let ready = n
+        .status
+        .as_ref()
+        .is_some_and(|s| s.state == NodeState::Ready as i32);
+    if n.role == NodeRole::Manager as i32 && !force {
+        return Err(invalid(format!(
+            "node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal",
+            n.id
+        )));
+    }
+    if ready && !force {
+        return Err(invalid(format!(
+            "node {} is not down and can't be removed (use --force to remove it anyway)",
+            n.id
+        )));
+    }
+    let id = n.id.clone();
+    store
+        .update(move |tx| {
+            for t in tx.list::<Task>() {
+                if t.node_id == id && !state(&t).is_terminal() {
+                    let mut t = t.clone();
+                    let st = t.status.get_or_insert_with(TaskStatus::default);
+                    st.state = TaskState::Orphaned as i32;
+                    st.message = "node removed".into();
+                    t.desired_state = TaskState::Remove as i32;
+                    tx.update(t)?;
+                }
+            }
+            if let Some(mut c) = tx.list::<Cluster>().into_iter().next() {
+                if !c.removed_nodes.contains(&id) {
+                    c.removed_nodes.push(id.clone());
+                    tx.update(c)?;
+                }
+            }
+            tx.remove::<Node>(&id)
+        })
+        .await?;
+    Ok(n)
+}

@@ -325,26 +325,65 @@ impl DispatcherApi for Dispatcher {
             );
         self.seen(&node_id);
         let (tx, rx) = mpsc::channel(4);
-        let managers = self.store.view(|t| {
-            t.nodes
+        let message = |t: &super::store::Tables| SessionMessage {
+            session_id: sid.clone(),
+            node_id: node_id.clone(),
+            managers: t
+                .nodes
                 .values()
                 .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
-                .collect()
-        });
-        let msg = SessionMessage {
-            session_id: sid.clone(),
-            node_id,
-            managers,
+                .collect(),
             heartbeat_period_ms: self.heartbeat_period().as_millis() as i64,
+            desired_role: t
+                .nodes
+                .get(&node_id)
+                .and_then(|n| n.spec.as_ref())
+                .map(|s| s.desired_role)
+                .unwrap_or(0),
         };
-        let _ = tx.send(Ok(msg)).await;
+        let (msg, mut events) = self.store.view_and_watch(|t| message(t));
+        let _ = tx.send(Ok(msg.clone())).await;
         // the session lives as long as its stream is open (the node stays Ready until its
-        // heartbeats are missed, so a quick reconnect does not flap it)
+        // heartbeats are missed, so a quick reconnect does not flap it); it tells the
+        // node again when its wanted role or the managers change
         let sessions = self.sessions.clone();
+        let store = self.store.clone();
+        let message = move |t: &super::store::Tables| SessionMessage {
+            managers: t
+                .nodes
+                .values()
+                .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
+                .collect(),
+            desired_role: t
+                .nodes
+                .get(&msg.node_id)
+                .and_then(|n| n.spec.as_ref())
+                .map(|s| s.desired_role)
+                .unwrap_or(0),
+            ..msg.clone()
+        };
         tokio::spawn(async move {
-            tokio::select! {
-                _ = tx.closed() => {}
-                _ = term.cancelled() => {}
+            let mut last = store.view(&message);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = term.cancelled() => break,
+                    ev = events.recv() => {
+                        if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                            break;
+                        }
+                        if !matches!(&ev, Ok(Event::Change { object, .. }) if matches!(**object, Object::Node(_))) {
+                            continue;
+                        }
+                        let now = store.view(&message);
+                        if now != last {
+                            last = now.clone();
+                            if tx.send(Ok(now)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
             }
             drop(tx);
             sessions

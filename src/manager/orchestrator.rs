@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::scheduler::node_matches_constraints;
 use super::store::{Store, StoreError, Tx};
-use super::tasks::{desired, mode, new_task, run_loop, state};
+use super::tasks::{desired, mode, new_task, run_loop, state, NODE_KEY};
 
 /// The replicated, global and job orchestrators, as one loop over services.
 pub struct Orchestrator {
@@ -31,7 +31,21 @@ impl Orchestrator {
             let store = store.clone();
             async move {
                 let ids: Vec<String> = match dirty {
-                    Some(d) => d.into_iter().collect(),
+                    Some(d) => store.view(|t| {
+                        let mut ids = BTreeSet::new();
+                        for id in d {
+                            match id.strip_prefix(NODE_KEY) {
+                                // a node changed: every service with a task there
+                                Some(node) => ids.extend(
+                                    t.tasks.values().filter(|x| x.node_id == node).map(|x| x.service_id.clone()),
+                                ),
+                                None => {
+                                    ids.insert(id);
+                                }
+                            }
+                        }
+                        ids.into_iter().collect()
+                    }),
                     None => store.view(|t| t.services.keys().cloned().chain(t.tasks.values().map(|x| x.service_id.clone())).collect::<BTreeSet<_>>().into_iter().collect()),
                 };
                 // node changes matter to global services: reconcile all of those too
@@ -111,6 +125,13 @@ fn retire_old_iterations(tx: &mut Tx<'_>, s: &Service, tasks: &[Task]) -> Result
     Ok(())
 }
 
+fn on_drained_node(tx: &Tx<'_>, t: &Task) -> bool {
+    !t.node_id.is_empty()
+        && tx.get::<Node>(&t.node_id).is_some_and(|n| {
+            n.spec.as_ref().map(|s| s.availability) == Some(NodeAvailability::Drain as i32)
+        })
+}
+
 /// Tasks that hold a slot: those still meant to run (or to be made ready).
 fn live(t: &Task) -> bool {
     desired(t) as i32 <= TaskState::Running as i32
@@ -124,6 +145,12 @@ fn replicated(
 ) -> Result<(), StoreError> {
     let mut slots: BTreeMap<u64, Vec<Task>> = BTreeMap::new();
     for t in tasks.iter().filter(|t| live(t)) {
+        // a drained node keeps no tasks: they are shut down and their slots filled
+        // elsewhere
+        if on_drained_node(tx, t) {
+            set_desired(tx, t, TaskState::Shutdown)?;
+            continue;
+        }
         slots.entry(t.slot).or_default().push(t.clone());
     }
     // scale down: the highest slots go

@@ -79,6 +79,9 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired_state: Task
 }
 
 /// The service IDs an event concerns.
+/// Marks a node in a dirty set (see [`services_of`]).
+pub const NODE_KEY: &str = "node:";
+
 pub fn services_of(e: &Event, out: &mut BTreeSet<String>) {
     if let Event::Change { object, old, .. } = e {
         for o in std::iter::once(object.as_ref()).chain(old.as_deref()) {
@@ -88,6 +91,11 @@ pub fn services_of(e: &Event, out: &mut BTreeSet<String>) {
                 }
                 Object::Task(t) => {
                     out.insert(t.service_id.clone());
+                }
+                // a node changed: the services with tasks there are looked up by the
+                // orchestrator (other loops do full passes)
+                Object::Node(n) => {
+                    out.insert(format!("{NODE_KEY}{}", n.id));
                 }
                 _ => {}
             }
