@@ -128,6 +128,12 @@ pub struct SpecFlags {
     container_label: Vec<String>,
     #[arg(long)]
     constraint: Vec<String>,
+    /// spread=node.labels.NAME: spread tasks over the label's values first.
+    #[arg(long)]
+    placement_pref: Vec<String>,
+    /// At most this many tasks of the service per node (0: no limit).
+    #[arg(long)]
+    replicas_max_per_node: Option<u64>,
     /// Return at once instead of showing progress until the service converges.
     #[arg(short, long)]
     detach: bool,
@@ -423,9 +429,32 @@ fn apply_flags(spec: &mut ServiceSpec, f: &SpecFlags) -> anyhow::Result<()> {
         restart.window = Some(pd(d));
     }
     if !f.constraint.is_empty() {
+        for c in &f.constraint {
+            crate::manager::scheduler::parse_constraint(c)
+                .map_err(|e| anyhow!("--constraint: {e}"))?;
+        }
         task.placement
             .get_or_insert_with(Placement::default)
             .constraints = f.constraint.clone();
+    }
+    if !f.placement_pref.is_empty() {
+        task.placement
+            .get_or_insert_with(Placement::default)
+            .preferences = f
+            .placement_pref
+            .iter()
+            .map(|p| {
+                crate::manager::scheduler::parse_preference(p).map(|d| PlacementPreference {
+                    spread_descriptor: d,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow!(e))?;
+    }
+    if let Some(n) = f.replicas_max_per_node {
+        task.placement
+            .get_or_insert_with(Placement::default)
+            .max_replicas = n;
     }
     if !f.label.is_empty() {
         spec.annotations

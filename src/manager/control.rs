@@ -96,12 +96,8 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ControlError> {
             parse_constraint(k).map_err(|e| invalid(format!("--constraint: {e}")))?;
         }
         for pref in &p.preferences {
-            if !pref.spread_descriptor.starts_with("node.labels.") {
-                return Err(invalid(format!(
-                    "--placement-pref: spread={} is not supported: use spread=node.labels.<name>",
-                    pref.spread_descriptor
-                )));
-            }
+            super::scheduler::parse_preference(&format!("spread={}", pref.spread_descriptor))
+                .map_err(invalid)?;
         }
     }
     if let Some(r) = &task.resources {

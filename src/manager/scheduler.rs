@@ -189,6 +189,53 @@ fn check(n: &Node, load: &NodeLoad, t: &Task) -> Result<(), Reason> {
     Ok(())
 }
 
+/// The labels of a task's `spread=` placement preferences, in order.
+fn spread_labels(t: &Task) -> Vec<String> {
+    t.spec
+        .as_ref()
+        .and_then(|s| s.placement.as_ref())
+        .map(|p| {
+            p.preferences
+                .iter()
+                .map(|x| x.spread_descriptor.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A node's value for `node.labels.X` / `engine.labels.X` (None: no such label).
+fn label_of(n: &Node, descriptor: &str) -> Option<String> {
+    if let Some(l) = descriptor.strip_prefix("node.labels.") {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.annotations.as_ref())
+            .and_then(|a| a.labels.get(l).cloned())
+    } else if let Some(l) = descriptor.strip_prefix("engine.labels.") {
+        n.description
+            .as_ref()
+            .and_then(|d| d.engine.as_ref())
+            .and_then(|e| e.labels.get(l).cloned())
+    } else {
+        None
+    }
+}
+
+/// Validates `spread=node.labels.X` (Swarm's one placement preference).
+pub fn parse_preference(p: &str) -> Result<String, String> {
+    let d = p.strip_prefix("spread=").ok_or_else(|| {
+        format!("--placement-pref {p:?}: the only preference is spread=node.labels.NAME")
+    })?;
+    match d
+        .strip_prefix("node.labels.")
+        .or(d.strip_prefix("engine.labels."))
+    {
+        Some(l) if !l.is_empty() => Ok(d.to_string()),
+        _ => Err(format!(
+            "--placement-pref {p:?}: spread takes node.labels.NAME or engine.labels.NAME"
+        )),
+    }
+}
+
 /// Places every pending task it can, in one transaction.
 pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
     store
@@ -223,12 +270,33 @@ pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
                     .iter()
                     .filter(|n| t.node_id.is_empty() || n.id == t.node_id)
                     .collect();
-                let mut best: Option<(&Node, (usize, usize, String))> = None;
+                let prefs = spread_labels(&t);
+                let mut best: Option<(&Node, (Vec<usize>, usize, usize, String))> = None;
                 for n in candidates {
                     let l = load.get(&n.id).cloned().unwrap_or_default();
                     match check(n, &l, &t) {
                         Ok(()) => {
+                            // placement preferences first: the label value with the
+                            // fewest tasks of the service, then the node with the
+                            // fewest tasks of the service, then the fewest tasks
+                            let groups = prefs
+                                .iter()
+                                .map(|p| {
+                                    let v = label_of(n, p);
+                                    nodes
+                                        .iter()
+                                        .filter(|o| label_of(o, p) == v)
+                                        .map(|o| {
+                                            load.get(&o.id)
+                                                .and_then(|x| x.per_service.get(&t.service_id))
+                                                .copied()
+                                                .unwrap_or(0)
+                                        })
+                                        .sum()
+                                })
+                                .collect();
                             let key = (
+                                groups,
                                 l.per_service.get(&t.service_id).copied().unwrap_or(0),
                                 l.tasks,
                                 n.id.clone(),

@@ -518,3 +518,44 @@ async fn updating_a_job_runs_it_again() {
         .collect();
     assert_eq!(again.len(), 2, "the completed job runs again");
 }
+
+#[tokio::test]
+async fn placement_preferences_spread_over_label_values_first() {
+    // two nodes in east, one in west: spread=node.labels.zone puts half in each zone,
+    // where plain spreading would put two thirds in east
+    let mut s = service("web", replicated(4));
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().placement = Some(Placement {
+        preferences: vec![PlacementPreference {
+            spread_descriptor: "node.labels.zone".into(),
+        }],
+        ..Default::default()
+    });
+    let store = setup(
+        vec![
+            node("e1", &[("zone", "east")]),
+            node("e2", &[("zone", "east")]),
+            node("w1", &[("zone", "west")]),
+        ],
+        &s,
+    )
+    .await;
+    round(&store, &s.id).await;
+    let per_host = |host: &str| {
+        tasks_of(&store, &s.id)
+            .iter()
+            .filter(|t| {
+                store.view(|x| x.nodes[&t.node_id].description.clone().unwrap().hostname) == host
+            })
+            .count()
+    };
+    assert_eq!(per_host("w1"), 2, "west gets half");
+    assert_eq!(
+        (per_host("e1"), per_host("e2")),
+        (1, 1),
+        "east's half spread"
+    );
+    assert!(super::scheduler::parse_preference("spread=node.labels.zone").is_ok());
+    assert!(super::scheduler::parse_preference("binpack=x")
+        .unwrap_err()
+        .contains("spread=node.labels.NAME"));
+}
