@@ -189,6 +189,11 @@ fn check(n: &Node, load: &NodeLoad, t: &Task) -> Result<(), Reason> {
     Ok(())
 }
 
+/// How good a node is for a task, smallest first: tasks of the service in the node's
+/// group for each placement preference, tasks of the service on the node, tasks on the
+/// node, and the node ID to break ties.
+type PlacementKey = (Vec<usize>, usize, usize, String);
+
 /// The labels of a task's `spread=` placement preferences, in order.
 fn spread_labels(t: &Task) -> Vec<String> {
     t.spec
@@ -271,7 +276,7 @@ pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
                     .filter(|n| t.node_id.is_empty() || n.id == t.node_id)
                     .collect();
                 let prefs = spread_labels(&t);
-                let mut best: Option<(&Node, (Vec<usize>, usize, usize, String))> = None;
+                let mut best: Option<(&Node, PlacementKey)> = None;
                 for n in candidates {
                     let l = load.get(&n.id).cloned().unwrap_or_default();
                     match check(n, &l, &t) {
