@@ -268,10 +268,10 @@ impl Daemon {
 
     pub async fn init(self: &Arc<Self>, r: SwarmInitRequest) -> anyhow::Result<()> {
         let _g = self.admin.lock().await;
-        self.not_in_a_swarm_yet()?;
         if r.force_new_cluster {
-            anyhow::bail!("--force-new-cluster is not supported yet");
+            return self.force_new_cluster().await;
         }
+        self.not_in_a_swarm_yet()?;
         let listen = with_default_port(
             if r.listen_addr.is_empty() {
                 "0.0.0.0"
@@ -360,6 +360,79 @@ impl Daemon {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `swarm init --force-new-cluster`: a manager whose swarm lost quorum starts a new
+    /// Raft group of one from its own state (services, tasks, nodes, CA and tokens all
+    /// kept; the other managers become workers in the store). The old Raft database is
+    /// kept beside as `raft.redb.before-force-new-cluster`.
+    async fn force_new_cluster(self: &Arc<Self>) -> anyhow::Result<()> {
+        let (Some(st), Some(old)) = (self.swarm_state(), self.manager()) else {
+            anyhow::bail!("--force-new-cluster: this node is not a manager, so it has no swarm state to recover");
+        };
+        let tables = old.store.view(|t| t.clone());
+        let cluster = tables
+            .clusters
+            .values()
+            .next()
+            .cloned()
+            .context("--force-new-cluster: this manager's state has no cluster object")?;
+        old.stop().await;
+        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let db = swarm_dir(&self.data_root).join("raft.redb");
+        std::fs::rename(&db, db.with_extension("redb.before-force-new-cluster"))
+            .context("setting the old Raft database aside")?;
+        let me = self.node_id();
+        let m = Arc::new(self.start_manager(&st, Some(cluster)).await?);
+        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+        m.store
+            .update(move |tx| {
+                for mut n in tables.nodes.into_values() {
+                    if n.id == me {
+                        let mine = tx.get::<Node>(&me);
+                        n.manager_status = mine.as_ref().and_then(|x| x.manager_status.clone());
+                        n.meta = mine.and_then(|x| x.meta);
+                        tx.update(n)?;
+                        continue;
+                    }
+                    if n.manager_status.take().is_some() {
+                        n.role = NodeRole::Worker as i32;
+                        if let Some(s) = n.spec.as_mut() {
+                            s.desired_role = NodeRole::Worker as i32;
+                        }
+                    }
+                    n.meta = None;
+                    tx.create(n)?;
+                }
+                for mut x in tables.services.into_values() {
+                    x.meta = None;
+                    tx.create(x)?;
+                }
+                for mut x in tables.tasks.into_values() {
+                    x.meta = None;
+                    tx.create(x)?;
+                }
+                for mut x in tables.networks.into_values() {
+                    x.meta = None;
+                    tx.create(x)?;
+                }
+                for mut x in tables.secrets.into_values() {
+                    x.meta = None;
+                    tx.create(x)?;
+                }
+                for mut x in tables.configs.into_values() {
+                    x.meta = None;
+                    tx.create(x)?;
+                }
+                Ok(())
+            })
+            .await
+            .context("restoring the swarm's state into the new Raft group")?;
+        let mut st = st;
+        st.managers = vec![st.advertise_addr.clone()];
+        self.save_state(Some(st))?;
+        tracing::warn!("--force-new-cluster: a new Raft group of one manager, with the old state");
         Ok(())
     }
 

@@ -437,3 +437,52 @@ fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
         "a removed node came back"
     );
 }
+
+#[test]
+fn force_new_cluster_recovers_a_swarm_that_lost_quorum() {
+    let mut c = Cluster::new(3);
+    for h in &c.hosts {
+        import_image(h);
+    }
+    let m1 = c.h(1).addr.clone();
+    c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
+    let token = c.h(1).ok(&["swarm", "join-token", "-q", "manager"]);
+    for i in [2, 3] {
+        c.h(i).ok(&["swarm", "join", "--token", token.trim(), &m1]);
+    }
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    // two of three managers gone: no majority, so no change commits, and it says so
+    c.h_mut(2).kill_daemon();
+    c.h_mut(3).kill_daemon();
+    let e = stderr_of(c.h(1), &["service", "scale", "-d", "web=4"]);
+    assert!(e.contains("majority of managers"), "{e}");
+
+    let out = c.h(1).ok(&["swarm", "init", "--force-new-cluster"]);
+    assert!(out.contains("is now a manager"), "{out}");
+    let st = manager_status(c.h(1));
+    assert_eq!(st["node1"], "Leader", "{st:?}");
+    assert_eq!(
+        (st["node2"].as_str(), st["node3"].as_str()),
+        ("", ""),
+        "{st:?}"
+    );
+    // the state survived, and the swarm takes changes again; the lost nodes' tasks
+    // move to node1 once those nodes are marked down
+    c.h(1).ok(&["service", "scale", "-d", "web=4"]);
+    wait_for("web at 4/4 on node1", Duration::from_secs(30), || {
+        let n = running_per_node(c.h(1), "web");
+        (n.get("node1") == Some(&4)).then_some(())
+    });
+}

@@ -52,6 +52,9 @@ mod b64 {
     }
 }
 
+/// How long a write waits for Raft to commit it.
+pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Commits batches through Raft. On a follower the write is refused with the leader's
 /// address; the control API forwards it there.
 pub struct RaftProposer {
@@ -64,12 +67,18 @@ impl Proposer for RaftProposer {
         batch: StoreBatch,
     ) -> futures::future::BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let r = self
-                .raft
-                .client_write(Proposal {
-                    batch: encode_batch(&batch),
-                })
+            let write = self.raft.client_write(Proposal {
+                batch: encode_batch(&batch),
+            });
+            // without a majority of managers nothing commits: say so instead of hanging
+            let r = tokio::time::timeout(COMMIT_TIMEOUT, write)
                 .await
+                .map_err(|_| {
+                    StoreError::Proposal(format!(
+                        "the change was not committed within {} s: is a majority of managers down? (it may still be applied if they return)",
+                        COMMIT_TIMEOUT.as_secs()
+                    ))
+                })?
                 .map_err(|e| match e.forward_to_leader::<BasicNode>() {
                     Some(f) => StoreError::Proposal(format!(
                         "not the leader (leader: {:?})",
