@@ -673,6 +673,7 @@ impl Daemon {
             on_session: Arc::new(tokio::sync::Notify::new()),
             managers: Arc::default(),
             desired_role: Arc::new(tokio::sync::watch::channel(None).0),
+            assignments_file: Some(swarm_dir(&self.data_root).join("assignments.pb")),
         }
     }
 

@@ -486,3 +486,59 @@ fn force_new_cluster_recovers_a_swarm_that_lost_quorum() {
         (n.get("node1") == Some(&4)).then_some(())
     });
 }
+
+#[test]
+fn a_worker_that_restarts_cut_off_runs_its_tasks_again() {
+    let mut c = Cluster::swarm(2);
+    for h in &c.hosts {
+        import_image(h);
+    }
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "edge",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.hostname==node2",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    assert_eq!(up_containers(c.h(2)), 2);
+
+    // node2 loses its uplink, then its power: every process of the host dies
+    c.net.cut(2);
+    c.h_mut(2).kill_daemon();
+    c.h(2).host.kill_processes();
+    wait_for("node2's containers dead", Duration::from_secs(10), || {
+        (up_containers(c.h(2)) == 0).then_some(())
+    });
+    // it comes back still cut off: it runs what it last had, with no manager to ask
+    c.h_mut(2).start_daemon();
+    wait_for(
+        "node2's tasks running again",
+        Duration::from_secs(20),
+        || (up_containers(c.h(2)) == 2).then_some(()),
+    );
+    assert!(c
+        .h(2)
+        .host
+        .daemon_log()
+        .contains("started again the task this node last had"));
+
+    // the uplink returns: the managers' view decides, and settles at two tasks
+    c.net.heal(2);
+    wait_for(
+        "edge at 2 running on node2",
+        Duration::from_secs(30),
+        || {
+            (running_per_node(c.h(1), "edge") == BTreeMap::from([("node2".to_string(), 2)])
+                && up_containers(c.h(2)) == 2)
+                .then_some(())
+        },
+    );
+}

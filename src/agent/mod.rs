@@ -34,6 +34,8 @@ pub struct Agent<E: Executor> {
     pub managers: Arc<std::sync::RwLock<Vec<String>>>,
     /// The role the managers want this node to have, as last told.
     pub desired_role: Arc<watch::Sender<Option<i32>>>,
+    /// Where the assigned tasks are kept, for a restart cut off from the managers.
+    pub assignments_file: Option<std::path::PathBuf>,
 }
 
 impl<E: Executor> Agent<E> {
@@ -43,6 +45,7 @@ impl<E: Executor> Agent<E> {
         connect: impl Fn() -> futures::future::BoxFuture<'static, anyhow::Result<Channel>>,
         shutdown: CancellationToken,
     ) {
+        self.resume().await;
         let (tx, rx) = mpsc::unbounded_channel::<Report>();
         let mut rx = Some(rx);
         let mut tasks: HashMap<String, watch::Sender<Task>> = HashMap::new();
@@ -156,6 +159,69 @@ impl<E: Executor> Agent<E> {
                             }
                         }
                     }
+                    self.persist(tasks);
+                }
+            }
+        }
+    }
+
+    /// Writes the assigned tasks down, so that a node that restarts cut off from every
+    /// manager can run them again ([`Agent::resume`]).
+    fn persist(&self, tasks: &HashMap<String, watch::Sender<Task>>) {
+        let Some(path) = &self.assignments_file else {
+            return;
+        };
+        let msg = shoal_proto::AssignmentsMessage {
+            update_tasks: tasks.values().map(|w| w.borrow().clone()).collect(),
+            ..Default::default()
+        };
+        let tmp = path.with_extension("tmp");
+        let r = std::fs::write(&tmp, prost::Message::encode_to_vec(&msg))
+            .and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, path = %path.display(), "could not keep the assignments");
+        }
+    }
+
+    /// Before any manager is reached: the tasks this node last had that should run, and
+    /// whose containers do not (the host restarted), are started again as they were. An
+    /// edge node that reboots while its uplink is down so keeps serving; once a manager
+    /// is back, its assignments decide (tasks it moved elsewhere are stopped here).
+    async fn resume(&self) {
+        let Some(path) = &self.assignments_file else {
+            return;
+        };
+        let Ok(bytes) = std::fs::read(path) else {
+            return;
+        };
+        let Ok(msg) = <shoal_proto::AssignmentsMessage as prost::Message>::decode(&bytes[..])
+        else {
+            tracing::warn!(path = %path.display(), "the kept assignments are unreadable; ignoring them");
+            return;
+        };
+        for t in msg.update_tasks {
+            if crate::manager::tasks::desired(&t) != shoal_proto::TaskState::Running {
+                continue;
+            }
+            match self.exec.inspect(&t.id).await {
+                Ok(c) if c.status == shoal_runtime::container::Status::Running => continue,
+                Ok(_) => {
+                    let _ = self.exec.remove(&t.id).await;
+                }
+                Err(_) => {}
+            }
+            let started = async {
+                self.exec
+                    .prepare(&t.id, &convert::container_spec(&t))
+                    .await?;
+                self.exec.start(&t.id).await
+            };
+            match started.await {
+                Ok(_) => {
+                    tracing::info!(task.id = %t.id, "started again the task this node last had")
+                }
+                Err(e) => {
+                    tracing::warn!(task.id = %t.id, error = %e, "could not start again a task this node last had")
                 }
             }
         }

@@ -148,8 +148,10 @@ impl Host {
     }
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
+impl Host {
+    /// SIGKILL to the keeper and every container process of this host (not the daemon):
+    /// a power loss, as far as processes go.
+    pub fn kill_processes(&self) {
         for pid in self.keeper_pids() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -169,6 +171,12 @@ impl Drop for Host {
                 }
             }
         }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill_processes();
         let deadline = Instant::now() + Duration::from_secs(10);
         for cg in self.cgroup_dirs() {
             while fs::remove_dir(&cg).is_err() && Instant::now() < deadline {
