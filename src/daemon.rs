@@ -35,6 +35,12 @@ pub struct Daemon {
     peer_tls: PeerTls,
     /// A channel to the current leader, by address.
     leader_chan: Mutex<Option<(String, tonic::transport::Channel)>>,
+    /// The cluster port's TLS configuration (a manager's), replaced on renewal.
+    server_tls: Mutex<Option<transport::SharedServerConfig>>,
+    /// The digest of the root that signed this node's certificate, as agents tell it.
+    cert_root: Arc<RwLock<String>>,
+    /// Makes the agent open a new session (after a renewal, to say so).
+    agent_reconnect: Arc<tokio::sync::Notify>,
     /// Serializes init, join and leave.
     admin: tokio::sync::Mutex<()>,
 }
@@ -54,6 +60,9 @@ pub struct SwarmState {
     /// A manager's ID in the Raft group.
     #[serde(default)]
     pub raft_id: u64,
+    /// The digest of the root CA that signed this node's certificate.
+    #[serde(default)]
+    pub cert_root_digest: String,
 }
 
 pub const DEFAULT_PORT: u16 = 2377;
@@ -139,6 +148,14 @@ impl Daemon {
             cluster_port: Mutex::new(None),
             peer_tls: PeerTls::default(),
             leader_chan: Mutex::new(None),
+            server_tls: Mutex::new(None),
+            cert_root: Arc::new(RwLock::new(
+                state
+                    .as_ref()
+                    .map(|s| s.cert_root_digest.clone())
+                    .unwrap_or_default(),
+            )),
+            agent_reconnect: Arc::new(tokio::sync::Notify::new()),
             admin: tokio::sync::Mutex::new(()),
         });
         let Some(st) = state else { return Ok(d) };
@@ -185,6 +202,23 @@ impl Daemon {
         *self.peer_tls.write().unwrap_or_else(|p| p.into_inner()) =
             Some(transport::client_config(certs)?);
         *self.leader_chan.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(server) = self
+            .server_tls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            *server.write().unwrap_or_else(|p| p.into_inner()) = transport::server_config(certs)?;
+        }
+        Ok(())
+    }
+
+    fn set_cert_root(&self, digest: &str) -> anyhow::Result<()> {
+        *self.cert_root.write().unwrap_or_else(|p| p.into_inner()) = digest.to_string();
+        if let Some(mut st) = self.swarm_state() {
+            st.cert_root_digest = digest.to_string();
+            self.save_state(Some(st))?;
+        }
         Ok(())
     }
 
@@ -330,7 +364,9 @@ impl Daemon {
             managers: vec![advertise],
             cluster_id,
             raft_id: 1,
+            cert_root_digest: ca.digest(),
         };
+        *self.cert_root.write().unwrap_or_else(|p| p.into_inner()) = ca.digest();
         let m = match self.start_manager(&st, Some(cluster)).await {
             Ok(m) => Arc::new(m),
             Err(e) => {
@@ -508,7 +544,9 @@ impl Daemon {
             managers,
             cluster_id: resp.cluster_id,
             raft_id: 0,
+            cert_root_digest: resp.cert_root_digest.clone(),
         };
+        *self.cert_root.write().unwrap_or_else(|p| p.into_inner()) = resp.cert_root_digest;
         if id.role == Role::Manager {
             self.join_raft(&mut st, &r.listen_addr, resp.raft_id, &remote, &certs, true)
                 .await?;
@@ -648,6 +686,7 @@ impl Daemon {
         certs: &NodeCerts,
     ) -> anyhow::Result<()> {
         let tls = Arc::new(RwLock::new(transport::server_config(certs)?));
+        *self.server_tls.lock().unwrap_or_else(|p| p.into_inner()) = Some(tls.clone());
         let token = CancellationToken::new();
         crate::api::cluster::serve(self.clone(), listener, tls, token.clone());
         *self.cluster_port.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
@@ -674,6 +713,9 @@ impl Daemon {
             managers: Arc::default(),
             desired_role: Arc::new(tokio::sync::watch::channel(None).0),
             assignments_file: Some(swarm_dir(&self.data_root).join("assignments.pb")),
+            cert_root_digest: self.cert_root.clone(),
+            trust: Arc::new(tokio::sync::watch::channel(None).0),
+            reconnect: self.agent_reconnect.clone(),
         }
     }
 
@@ -684,8 +726,28 @@ impl Daemon {
     fn start_agent(self: &Arc<Self>, managers: &[String]) -> Arc<tokio::sync::Notify> {
         let token = CancellationToken::new();
         let (role_tx, mut role_rx) = tokio::sync::watch::channel(None);
+        let (trust_tx, mut trust_rx) = tokio::sync::watch::channel(None);
         let mut agent = self.agent();
         agent.desired_role = Arc::new(role_tx);
+        agent.trust = Arc::new(trust_tx);
+        // the roots the swarm trusts, taken when they change
+        let (me2, stop2, list2) = (Arc::downgrade(self), token.clone(), agent.managers.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    r = trust_rx.changed() => if r.is_err() { return },
+                }
+                let Some((roots, digest)) = trust_rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let Some(d) = me2.upgrade() else { return };
+                let managers = list2.read().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Err(e) = d.take_trust(roots, digest, managers).await {
+                    tracing::error!(error = %format!("{e:#}"), "could not take the swarm's new roots");
+                }
+            }
+        });
         let session = agent.on_session.clone();
         let known = agent.managers.clone();
         // the role the managers want, taken when it changes
@@ -762,7 +824,45 @@ impl Daemon {
         };
         certs.save(&self.data_root)?;
         self.set_certs(&certs)?;
+        self.set_cert_root(&resp.cert_root_digest)?;
         Ok((certs, resp.raft_id))
+    }
+
+    /// The swarm's roots changed (a CA rotation): trust them, and when the signing root
+    /// is not the one that signed this node's certificate, get a new certificate and
+    /// say so in a new session.
+    async fn take_trust(
+        &self,
+        roots: String,
+        ca_digest: String,
+        managers: Vec<String>,
+    ) -> anyhow::Result<()> {
+        let _g = self.admin.lock().await;
+        let Some(mut certs) = NodeCerts::load(&self.data_root)? else {
+            return Ok(());
+        };
+        if certs.roots_pem != roots {
+            certs.roots_pem = roots;
+            certs.save(&self.data_root)?;
+            self.set_certs(&certs)?;
+            tracing::info!("the swarm's trusted roots changed");
+        }
+        let mine = self
+            .cert_root
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if mine != ca_digest {
+            let via = self
+                .manager()
+                .map(|m| m.leader_addr().unwrap_or_else(|| self.info().node_addr))
+                .or_else(|| managers.first().cloned())
+                .context("no manager address is known")?;
+            self.renew_certificate(&via).await?;
+            tracing::info!("renewed this node's certificate from the new root CA");
+            self.agent_reconnect.notify_one();
+        }
+        Ok(())
     }
 
     /// Promotion or demotion, as the managers want it (`node promote|demote`): a new

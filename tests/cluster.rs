@@ -542,3 +542,69 @@ fn a_worker_that_restarts_cut_off_runs_its_tasks_again() {
         },
     );
 }
+
+#[test]
+fn the_root_ca_rotates_without_downtime() {
+    let c = Cluster::new(3);
+    for h in &c.hosts {
+        import_image(h);
+    }
+    let m1 = c.h(1).addr.clone();
+    c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
+    let token = |role: &str| {
+        c.h(1)
+            .ok(&["swarm", "join-token", "-q", role])
+            .trim()
+            .to_string()
+    };
+    c.h(2)
+        .ok(&["swarm", "join", "--token", &token("manager"), &m1]);
+    let old_worker = token("worker");
+    c.h(3).ok(&["swarm", "join", "--token", &old_worker, &m1]);
+    let old_root = c.h(1).ok(&["swarm", "ca"]);
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+
+    // returns once every node has a certificate from the new root
+    let new_root = c.h(1).ok(&["swarm", "ca", "--rotate"]);
+    assert!(new_root.contains("BEGIN CERTIFICATE") && new_root != old_root);
+    let roots_file = |h: &ClusterHost| {
+        std::fs::read_to_string(h.host.data_root().join("certificates/swarm-root-ca.crt"))
+            .unwrap_or_default()
+    };
+    wait_for(
+        "every node trusting the new root only",
+        Duration::from_secs(30),
+        || {
+            c.hosts
+                .iter()
+                .all(|h| roots_file(h).trim() == new_root.trim())
+                .then_some(())
+        },
+    );
+    // the swarm kept working all along and works now: every node Ready, tasks placed
+    let nodes = node_states(c.h(1));
+    assert!(nodes.values().all(|(s, _)| s == "Ready"), "{nodes:?}");
+    c.h(2).ok(&["service", "scale", "web=6"]);
+    let n = running_per_node(c.h(1), "web");
+    assert_eq!(n.values().sum::<usize>(), 6, "{n:?}");
+
+    // tokens pin the new root: the old one is refused, the new one joins
+    let new_worker = token("worker");
+    assert_ne!(new_worker, old_worker);
+    c.h(3).ok(&["swarm", "leave"]);
+    let e = stderr_of(c.h(3), &["swarm", "join", "--token", &old_worker, &m1]);
+    assert!(e.contains("does not match the join token"), "{e}");
+    c.h(3).ok(&["swarm", "join", "--token", &new_worker, &m1]);
+}

@@ -36,6 +36,12 @@ pub struct Agent<E: Executor> {
     pub desired_role: Arc<watch::Sender<Option<i32>>>,
     /// Where the assigned tasks are kept, for a restart cut off from the managers.
     pub assignments_file: Option<std::path::PathBuf>,
+    /// The digest of the root that signed this node's certificate (told at each session).
+    pub cert_root_digest: Arc<std::sync::RwLock<String>>,
+    /// The roots the swarm trusts and the digest of the one that signs, as last told.
+    pub trust: Arc<watch::Sender<Option<(String, String)>>>,
+    /// Notified to end the session and open a new one (after a certificate renewal).
+    pub reconnect: Arc<tokio::sync::Notify>,
 }
 
 impl<E: Executor> Agent<E> {
@@ -87,6 +93,11 @@ impl<E: Executor> Agent<E> {
         let req = tonic::Request::new(SessionRequest {
             description: Some(self.description.clone()),
             running_tasks: tasks.keys().cloned().collect(),
+            cert_root_digest: self
+                .cert_root_digest
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         });
         let mut session = client.session(req).await?.into_inner();
         let first = session
@@ -116,6 +127,7 @@ impl<E: Executor> Agent<E> {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = self.reconnect.notified() => anyhow::bail!("a new session, with the renewed certificate"),
                 _ = beat.tick() => {
                     let r = tokio::time::timeout(period * 3, client.heartbeat(HeartbeatRequest { session_id: sid.clone() }))
                         .await
@@ -231,6 +243,14 @@ impl<E: Executor> Agent<E> {
     fn learn(&self, m: &SessionMessage) {
         if !m.managers.is_empty() {
             *self.managers.write().unwrap_or_else(|p| p.into_inner()) = m.managers.clone();
+        }
+        if !m.roots_pem.is_empty() {
+            let t = Some((m.roots_pem.clone(), m.ca_digest.clone()));
+            self.trust.send_if_modified(|cur| {
+                let changed = *cur != t;
+                *cur = t;
+                changed
+            });
         }
         self.desired_role.send_if_modified(|r| {
             let changed = *r != Some(m.desired_role);

@@ -327,6 +327,22 @@ impl Control for Api {
         on_leader!(self, req, update_cluster);
         let m = self.manager()?;
         let r = req.into_inner();
+        if r.rotate_ca {
+            let ca = match (r.ca_cert_pem.is_empty(), r.ca_key_pem.is_empty()) {
+                (true, true) => crate::tls::RootCa::generate(),
+                (false, false) => crate::tls::RootCa::from_pem(&r.ca_cert_pem, &r.ca_key_pem),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "--ca-cert and --ca-key go together: give both or neither",
+                    ))
+                }
+            }
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            return crate::manager::ca::rotate_ca(&m.store, ca)
+                .await
+                .map(|c| Response::new(ctl::without_secrets(c)))
+                .map_err(status);
+        }
         ctl::update_cluster(&m.store, r.version, r.spec.unwrap_or_default())
             .await
             .map(|c| Response::new(ctl::without_secrets(c)))

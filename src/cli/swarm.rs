@@ -55,6 +55,19 @@ pub enum SwarmCmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Show the root CA certificate, or replace the root CA (--rotate).
+    Ca {
+        #[arg(long)]
+        rotate: bool,
+        /// The new root CA's certificate (PEM file); needs --ca-key.
+        #[arg(long)]
+        ca_cert: Option<std::path::PathBuf>,
+        #[arg(long)]
+        ca_key: Option<std::path::PathBuf>,
+        /// Return at once instead of waiting until every node has a new certificate.
+        #[arg(short, long)]
+        detach: bool,
+    },
     /// Change the swarm's settings.
     Update {
         /// How often agents send heartbeats (default 1s); a node is Down after three missed.
@@ -301,6 +314,73 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
             .await
             .map_err(refusal)?;
             println!("Swarm updated.");
+        }
+        SwarmCmd::Ca {
+            rotate,
+            ca_cert,
+            ca_key,
+            detach,
+        } => {
+            let mut ctl = control(g).await?;
+            if !rotate && (ca_cert.is_some() || ca_key.is_some()) {
+                bail!("--ca-cert and --ca-key go with --rotate");
+            }
+            if rotate {
+                let read = |p: Option<std::path::PathBuf>, flag: &str| -> anyhow::Result<String> {
+                    match p {
+                        None => Ok(String::new()),
+                        Some(p) => std::fs::read_to_string(&p)
+                            .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display())),
+                    }
+                };
+                ctl.update_cluster(UpdateClusterRequest {
+                    rotate_ca: true,
+                    ca_cert_pem: read(ca_cert, "--ca-cert")?,
+                    ca_key_pem: read(ca_key, "--ca-key")?,
+                    ..Default::default()
+                })
+                .await
+                .map_err(refusal)?;
+            }
+            // until every node has a certificate from the new root
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            let mut shown = String::new();
+            let c = loop {
+                let c = ctl
+                    .get_cluster(GetRequest::default())
+                    .await
+                    .map_err(refusal)?
+                    .into_inner();
+                if !rotate || detach || c.previous_root_ca_cert.is_empty() {
+                    break c;
+                }
+                let digest = crate::tls::pem_cert_der(&String::from_utf8_lossy(&c.root_ca_cert))
+                    .map(|d| crate::tls::ca_digest(&d))
+                    .unwrap_or_default();
+                let nodes = ctl
+                    .list_nodes(ListRequest::default())
+                    .await
+                    .map_err(refusal)?
+                    .into_inner()
+                    .nodes;
+                let done = nodes
+                    .iter()
+                    .filter(|n| n.cert_root_digest == digest)
+                    .count();
+                let line = format!(
+                    "rotating the root CA: {done} out of {} nodes have a new certificate",
+                    nodes.len()
+                );
+                if line != shown {
+                    eprintln!("{line}");
+                    shown = line;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("the CA rotation did not finish within 120 s: {shown} (a node that is down joins again)");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            };
+            print!("{}", String::from_utf8_lossy(&c.root_ca_cert));
         }
         SwarmCmd::Leave { force } => {
             s.leave(SwarmLeaveRequest { force })

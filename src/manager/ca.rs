@@ -32,6 +32,69 @@ pub fn root_ca(c: &Cluster) -> Result<RootCa, ControlError> {
     })
 }
 
+/// The roots every node trusts: the current one, and while the CA rotates the one it
+/// replaces.
+pub fn trusted_roots(c: &Cluster) -> String {
+    let mut pem = String::from_utf8_lossy(&c.previous_root_ca_cert).into_owned();
+    if !pem.is_empty() && !pem.ends_with('\n') {
+        pem.push('\n');
+    }
+    pem.push_str(&String::from_utf8_lossy(&c.root_ca_cert));
+    pem
+}
+
+/// `swarm ca --rotate`: a new root signs from now on; the old one stays trusted until
+/// every node has a certificate from the new one ([`finish_rotation`]). The join
+/// tokens change with the root (they pin its digest).
+pub async fn rotate_ca(store: &Store, new: RootCa) -> Result<Cluster, ControlError> {
+    let c = cluster(store)?;
+    if !c.previous_root_ca_cert.is_empty() {
+        return Err(invalid(
+            "a CA rotation is in progress: wait until every node has a certificate from the new root",
+        ));
+    }
+    let mut next = c.clone();
+    next.previous_root_ca_cert = c.root_ca_cert.clone();
+    next.root_ca_cert = new.cert_pem.clone().into_bytes();
+    next.root_ca_key = new.key_pem.clone().into_bytes();
+    next.join_tokens = Some(JoinTokens {
+        worker: JoinToken::generate(&new.cert_der).to_string(),
+        manager: JoinToken::generate(&new.cert_der).to_string(),
+    });
+    let id = next.id.clone();
+    store.update(|tx| tx.update(next)).await?;
+    Ok(store.view(|t| t.clusters[&id].clone()))
+}
+
+/// Ends a rotation once every node that is not down says its certificate is from the
+/// new root: the old root is no longer trusted. (A node that was down all along joins
+/// again.) Returns whether it ended one.
+pub async fn finish_rotation(store: &Store) -> Result<bool, ControlError> {
+    let Ok(c) = cluster(store) else {
+        return Ok(false);
+    };
+    if c.previous_root_ca_cert.is_empty() {
+        return Ok(false);
+    }
+    let digest = root_ca(&c)?.digest();
+    let done = store.view(|t| {
+        t.nodes.values().all(|n| {
+            n.cert_root_digest == digest
+                || n.status
+                    .as_ref()
+                    .is_some_and(|s| s.state == NodeState::Down as i32)
+        })
+    });
+    if !done {
+        return Ok(false);
+    }
+    let mut next = c;
+    next.previous_root_ca_cert.clear();
+    store.update(|tx| tx.update(next)).await?;
+    tracing::info!("CA rotation done: the previous root is no longer trusted");
+    Ok(true)
+}
+
 /// A new cluster object with `ca` and fresh join tokens.
 pub fn new_cluster(ca: &RootCa, cert_expiry: Duration) -> Cluster {
     Cluster {
@@ -156,7 +219,8 @@ pub fn renew_node_certificate(
     Ok(IssueNodeCertificateResponse {
         node_id: node_id.to_string(),
         cert_pem: cert,
-        roots_pem: ca.cert_pem,
+        roots_pem: trusted_roots(&c),
+        cert_root_digest: ca.digest(),
         role: desired,
         cluster_id: c.id,
         managers: managers(store),
@@ -244,7 +308,8 @@ pub async fn issue_node_certificate(
     Ok(IssueNodeCertificateResponse {
         node_id: req.node_id,
         cert_pem: cert,
-        roots_pem: ca.cert_pem,
+        roots_pem: trusted_roots(&c),
+        cert_root_digest: ca.digest(),
         role: desired as i32,
         cluster_id: c.id,
         managers,

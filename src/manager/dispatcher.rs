@@ -152,6 +152,9 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            if let Err(e) = super::ca::finish_rotation(&self.store).await {
+                tracing::warn!(error = %e, "could not end the CA rotation; retrying");
+            }
             let grace = self.heartbeat_period() * 3;
             let seen = self
                 .last_seen
@@ -208,6 +211,28 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// What a session tells its node about the swarm, as the store has it now.
+fn swarm_view(t: &super::store::Tables, mut m: SessionMessage) -> SessionMessage {
+    m.managers = t
+        .nodes
+        .values()
+        .filter_map(|n| n.manager_status.as_ref().map(|x| x.addr.clone()))
+        .collect();
+    m.desired_role = t
+        .nodes
+        .get(&m.node_id)
+        .and_then(|n| n.spec.as_ref())
+        .map(|s| s.desired_role)
+        .unwrap_or(0);
+    if let Some(c) = t.clusters.values().next() {
+        m.roots_pem = super::ca::trusted_roots(c);
+        m.ca_digest = super::ca::root_ca(c)
+            .map(|r| r.digest())
+            .unwrap_or_default();
+    }
+    m
 }
 
 /// Writes status reports in batches: one store transaction per 100 ms.
@@ -284,7 +309,8 @@ impl DispatcherApi for Dispatcher {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let node_id = node_of(&req)?;
         let term = self.term()?;
-        let desc = req.into_inner().description.unwrap_or_default();
+        let r = req.into_inner();
+        let desc = r.description.unwrap_or_default();
         let id = node_id.clone();
         self.store
             .update(move |tx| {
@@ -294,6 +320,7 @@ impl DispatcherApi for Dispatcher {
                 });
                 let exists = n.meta.is_some();
                 n.description = Some(desc);
+                n.cert_root_digest = r.cert_root_digest;
                 n.status = Some(NodeStatus {
                     state: NodeState::Ready as i32,
                     message: String::new(),
@@ -325,43 +352,20 @@ impl DispatcherApi for Dispatcher {
             );
         self.seen(&node_id);
         let (tx, rx) = mpsc::channel(4);
-        let message = |t: &super::store::Tables| SessionMessage {
+        let base = SessionMessage {
             session_id: sid.clone(),
             node_id: node_id.clone(),
-            managers: t
-                .nodes
-                .values()
-                .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
-                .collect(),
             heartbeat_period_ms: self.heartbeat_period().as_millis() as i64,
-            desired_role: t
-                .nodes
-                .get(&node_id)
-                .and_then(|n| n.spec.as_ref())
-                .map(|s| s.desired_role)
-                .unwrap_or(0),
+            ..Default::default()
         };
-        let (msg, mut events) = self.store.view_and_watch(|t| message(t));
+        let (msg, mut events) = self.store.view_and_watch(|t| swarm_view(t, base.clone()));
         let _ = tx.send(Ok(msg.clone())).await;
         // the session lives as long as its stream is open (the node stays Ready until its
         // heartbeats are missed, so a quick reconnect does not flap it); it tells the
-        // node again when its wanted role or the managers change
+        // node again when its wanted role, the managers or the roots change
         let sessions = self.sessions.clone();
         let store = self.store.clone();
-        let message = move |t: &super::store::Tables| SessionMessage {
-            managers: t
-                .nodes
-                .values()
-                .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
-                .collect(),
-            desired_role: t
-                .nodes
-                .get(&msg.node_id)
-                .and_then(|n| n.spec.as_ref())
-                .map(|s| s.desired_role)
-                .unwrap_or(0),
-            ..msg.clone()
-        };
+        let message = move |t: &super::store::Tables| swarm_view(t, msg.clone());
         tokio::spawn(async move {
             let mut last = store.view(&message);
             loop {
@@ -372,7 +376,7 @@ impl DispatcherApi for Dispatcher {
                         if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
                             break;
                         }
-                        if !matches!(&ev, Ok(Event::Change { object, .. }) if matches!(**object, Object::Node(_))) {
+                        if !matches!(&ev, Ok(Event::Change { object, .. }) if matches!(**object, Object::Node(_) | Object::Cluster(_))) {
                             continue;
                         }
                         let now = store.view(&message);

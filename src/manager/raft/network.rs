@@ -28,12 +28,17 @@ use crate::tls::transport::channel;
 /// is renewed. Empty until the node has one (then every peer is unreachable).
 pub type PeerTls = Arc<RwLock<Option<Arc<ClientConfig>>>>;
 
+/// A channel and the TLS configuration it was made with.
+type MadeWith = (Arc<ClientConfig>, Channel);
+
 /// Makes one client per peer; channels are shared by address and reconnect by
 /// themselves.
 #[derive(Clone, Default)]
 pub struct GrpcNetwork {
     pub tls: PeerTls,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// By address, with the TLS configuration each was made with (a renewed
+    /// certificate makes new ones).
+    channels: Arc<Mutex<HashMap<String, MadeWith>>>,
 }
 
 impl GrpcNetwork {
@@ -45,18 +50,20 @@ impl GrpcNetwork {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut chans = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = chans.get(addr) {
-            return Ok(c.clone());
-        }
         let cfg = self
             .tls
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or("this manager has no certificate yet")?;
-        let c = channel(addr, cfg).map_err(|e| e.to_string())?;
-        chans.insert(addr.to_string(), c.clone());
+        let mut chans = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((made_with, c)) = chans.get(addr) {
+            if Arc::ptr_eq(made_with, &cfg) {
+                return Ok(c.clone());
+            }
+        }
+        let c = channel(addr, cfg.clone()).map_err(|e| e.to_string())?;
+        chans.insert(addr.to_string(), (cfg, c.clone()));
         Ok(c)
     }
 }
