@@ -656,8 +656,51 @@ impl Daemon {
             anyhow::bail!("This node is not part of a swarm");
         }
         let m = self.manager();
-        if m.is_some() && !force {
-            anyhow::bail!("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.");
+        if let Some(m) = &m {
+            let voters = m
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .count();
+            if !force {
+                if voters <= 1 {
+                    anyhow::bail!("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.");
+                }
+                anyhow::bail!("You are attempting to leave the swarm on a node that is participating as a manager. Removing this node leaves {} managers out of {voters}. Demote it first (`shoal node demote`), or use `--force` to leave anyway: the other managers take it out of the Raft group.", voters - 1);
+            }
+            if voters > 1 {
+                // out of the Raft group first, so that the others keep their quorum
+                let me = self.node_id();
+                let demote = async {
+                    let ch = match m.leader_addr() {
+                        Some(addr) => self.channel_to(&addr)?,
+                        None => crate::api::client::connect(&self.socket).await?,
+                    };
+                    let mut ctl = shoal_proto::control_client::ControlClient::new(ch);
+                    let n = ctl
+                        .get_node(GetRequest {
+                            id_or_name: me.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    let mut spec = n.spec.unwrap_or_default();
+                    spec.desired_role = NodeRole::Worker as i32;
+                    ctl.update_node(UpdateNodeRequest {
+                        id_or_name: me,
+                        version: 0,
+                        spec: Some(spec),
+                        force: true,
+                    })
+                    .await?;
+                    anyhow::Ok(())
+                };
+                if let Err(e) = demote.await {
+                    tracing::warn!(error = %format!("{e:#}"), "leaving: could not take this manager out of the Raft group first");
+                }
+            }
         }
         self.stop_agent_and_port();
         // the node's tasks go with the swarm
@@ -730,6 +773,7 @@ impl Daemon {
         let mut agent = self.agent();
         agent.desired_role = Arc::new(role_tx);
         agent.trust = Arc::new(trust_tx);
+        tokio::spawn(self.clone().renew_when_due_owned(token.clone()));
         // the roots the swarm trusts, taken when they change
         let (me2, stop2, list2) = (Arc::downgrade(self), token.clone(), agent.managers.clone());
         tokio::spawn(async move {
@@ -826,6 +870,49 @@ impl Daemon {
         self.set_certs(&certs)?;
         self.set_cert_root(&resp.cert_root_digest)?;
         Ok((certs, resp.raft_id))
+    }
+
+    async fn renew_when_due_owned(self: Arc<Self>, stop: CancellationToken) {
+        self.renew_when_due(stop).await
+    }
+
+    /// Renews this node's certificate when it is two thirds through its life; checked
+    /// every minute while the daemon runs.
+    async fn renew_when_due(self: &Arc<Self>, stop: CancellationToken) {
+        loop {
+            let due = NodeCerts::load(&self.data_root)
+                .ok()
+                .flatten()
+                .and_then(|c| c.identity().ok())
+                .is_some_and(|id| {
+                    id.due_for_renewal(time::OffsetDateTime::now_utc().unix_timestamp())
+                });
+            if due {
+                let _g = self.admin.lock().await;
+                let via = self
+                    .manager()
+                    .map(|m| m.leader_addr().unwrap_or_else(|| self.info().node_addr))
+                    .or_else(|| self.swarm_state().and_then(|s| s.managers.first().cloned()));
+                match via {
+                    Some(via) => match self.renew_certificate(&via).await {
+                        Ok(_) => {
+                            tracing::info!("renewed this node's certificate before it expires");
+                            self.agent_reconnect.notify_one();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; retrying in a minute")
+                        }
+                    },
+                    None => {
+                        tracing::warn!("certificate renewal due, but no manager address is known")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            }
+        }
     }
 
     /// The swarm's roots changed (a CA rotation): trust them, and when the signing root

@@ -332,6 +332,30 @@ fn three_managers_replicate_and_survive_the_leader() {
     });
     let ls = c.h(1).ok(&["service", "ls", "--format", "json"]);
     assert_eq!(json_lines(&ls)[0]["Replicas"], "5/5", "{ls}");
+
+    // the leader leaves: refused without --force (others would be left), then it takes
+    // itself out of the Raft group and the two others carry on
+    let st = manager_status(c.h(1));
+    let leader: usize = st
+        .iter()
+        .find(|(_, m)| *m == "Leader")
+        .map(|(h, _)| h.trim_start_matches("node").parse().unwrap())
+        .unwrap();
+    let e = stderr_of(c.h(leader), &["swarm", "leave"]);
+    assert!(e.contains("leaves 2 managers out of 3"), "{e}");
+    c.h(leader).ok(&["swarm", "leave", "--force"]);
+    let other = if leader == 1 { 2 } else { 1 };
+    let st = wait_for("two managers, one leading", Duration::from_secs(30), || {
+        let out = c.h(other).cli(&["node", "ls", "--format", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let s = manager_status(c.h(other));
+        (s.values().filter(|m| !m.is_empty()).count() == 2 && s.values().any(|m| m == "Leader"))
+            .then_some(s)
+    });
+    assert_eq!(st[&format!("node{leader}")], "", "{st:?}");
+    c.h(other).ok(&["service", "scale", "web=2"]);
 }
 
 #[test]

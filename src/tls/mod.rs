@@ -71,7 +71,17 @@ pub struct Identity {
     pub role: Role,
     pub cluster_id: String,
     /// Seconds since the epoch.
+    pub not_before: i64,
     pub not_after: i64,
+}
+
+impl Identity {
+    /// Whether the certificate is past two thirds of its life (or expired): the time to
+    /// renew it, as Swarm does, so an outage of a third of the lifetime is survived.
+    pub fn due_for_renewal(&self, now: i64) -> bool {
+        let life = (self.not_after - self.not_before).max(1);
+        now >= self.not_before + life * 2 / 3
+    }
 }
 
 /// Reads the identity out of a node certificate (DER). The chain has been verified by
@@ -105,6 +115,7 @@ pub fn identity(der: &[u8]) -> Result<Identity, TlsError> {
         node_id,
         role,
         cluster_id,
+        not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
     })
 }
@@ -411,8 +422,13 @@ mod tests {
             (id.node_id.as_str(), id.role, id.cluster_id.as_str()),
             ("node1", Role::Worker, "cluster1")
         );
-        let days = (id.not_after - time::OffsetDateTime::now_utc().unix_timestamp()) / 86400;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let days = (id.not_after - now) / 86400;
         assert!((89..=90).contains(&days), "{days} days");
+        assert!(!id.due_for_renewal(now));
+        assert!(!id.due_for_renewal(now + 59 * 86400));
+        assert!(id.due_for_renewal(now + 61 * 86400));
+        assert!(id.due_for_renewal(id.not_after + 1));
         // the chain verifies with rustls against the root
         let certs = NodeCerts {
             cert_pem: pem,
