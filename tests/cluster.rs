@@ -632,3 +632,112 @@ fn the_root_ca_rotates_without_downtime() {
     assert!(e.contains("does not match the join token"), "{e}");
     c.h(3).ok(&["swarm", "join", "--token", &new_worker, &m1]);
 }
+
+#[test]
+fn three_managers_two_workers_lose_nothing_acknowledged() {
+    let mut c = Cluster::new(5);
+    for h in &c.hosts {
+        import_image(h);
+    }
+    let m1 = c.h(1).addr.clone();
+    c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
+    let token = |role: &str| {
+        c.h(1)
+            .ok(&["swarm", "join-token", "-q", role])
+            .trim()
+            .to_string()
+    };
+    let (manager, worker) = (token("manager"), token("worker"));
+    for i in [2, 3] {
+        c.h(i).ok(&["swarm", "join", "--token", &manager, &m1]);
+    }
+    for i in [4, 5] {
+        c.h(i).ok(&["swarm", "join", "--token", &worker, &m1]);
+    }
+    wait_for("five Ready nodes", Duration::from_secs(30), || {
+        let n = node_states(c.h(1));
+        (n.len() == 5 && n.values().all(|(s, _)| s == "Ready")).then_some(())
+    });
+    // spread over every node
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "5",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    assert_eq!(running_per_node(c.h(1), "web").len(), 5);
+
+    // 100 creates through a follower while the leader is killed midway: every create
+    // that was acknowledged exists afterwards
+    let acked = std::sync::Mutex::new(Vec::new());
+    let (first, rest) = c.hosts.split_at_mut(1);
+    std::thread::scope(|s| {
+        let creator = s.spawn(|| {
+            for i in 0..100 {
+                let name = format!("s{i}");
+                let out = rest[0].cli(&[
+                    "service",
+                    "create",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--replicas",
+                    "0",
+                    "shoal-test/busybox",
+                    "sleep",
+                    "3600",
+                ]);
+                if out.status.success() {
+                    acked.lock().unwrap().push(name);
+                }
+            }
+        });
+        wait_for("30 creates acknowledged", Duration::from_secs(60), || {
+            (acked.lock().unwrap().len() >= 30).then_some(())
+        });
+        first[0].kill_daemon();
+        creator.join().unwrap();
+    });
+    let acked = acked.into_inner().unwrap();
+    assert!(
+        acked.len() > 30,
+        "creates went on after the leader died: {}",
+        acked.len()
+    );
+    let names: Vec<String> = wait_for("a new leader answering", Duration::from_secs(30), || {
+        let out = c.h(2).cli(&["service", "ls", "--format", "json"]);
+        out.status.success().then(|| {
+            json_lines(&String::from_utf8_lossy(&out.stdout))
+                .iter()
+                .map(|v| v["Name"].as_str().unwrap().to_string())
+                .collect()
+        })
+    });
+    for a in &acked {
+        assert!(names.contains(a), "acknowledged create {a} is missing");
+    }
+
+    // a worker host crashes (every process): its task runs elsewhere, and when the host
+    // is back, what it ran is stopped there
+    c.h_mut(4).kill_daemon();
+    c.h(4).host.kill_processes();
+    wait_for("web's task off node4", Duration::from_secs(30), || {
+        let n = running_per_node(c.h(2), "web");
+        (n.values().sum::<usize>() == 5 && !n.contains_key("node4") && !n.contains_key("node1"))
+            .then_some(())
+    });
+    c.h_mut(4).start_daemon();
+    wait_for(
+        "node4 back, running nothing",
+        Duration::from_secs(30),
+        || (node_states(c.h(2))["node4"].0 == "Ready" && up_containers(c.h(4)) == 0).then_some(()),
+    );
+    assert_eq!(running_per_node(c.h(2), "web").values().sum::<usize>(), 5);
+}

@@ -3,7 +3,8 @@
 # Three hosts on this machine (a network namespace each, on a private bridge in a
 # namespace of its own; nothing touches the machine's interfaces), three managers,
 # a 6-replica service. Measures, over RUNS runs (default 3):
-#   - a worker's link cut: seconds until it is Down, and until its tasks run elsewhere
+#   - a host crashed (every process killed): seconds until it is Down, and until its
+#     tasks run elsewhere
 #   - the leader's daemon killed: seconds until another manager leads and a write commits
 # Swarm's defaults are quoted for comparison (not measured here: a multi-host Swarm
 # needs one dockerd per host): a node is Down after 3 missed heartbeats of 5 s
@@ -95,19 +96,27 @@ is_down() { [ "$(status_of "$1" "$2")" = Down ]; }
 is_ready() { [ "$(status_of "$1" "$2")" = Ready ]; }
 moved() { [ "$(running_on "$1" "$2")" = 0 ] && [ "$(running_all "$1")" = 6 ]; }
 
+crash() { # every process of host $1 dies at once: its daemon, keeper and containers
+  kill -9 "${pids[$1]}"
+  pkill -9 -f "keeper --root $work/h$1/containers" || true
+  for c in /sys/fs/cgroup/*/"$tag-h$1"; do
+    [ -d "$c" ] && { find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true; }
+  done
+}
+
 down=() moved_t=() elect=() write=()
 for r in $(seq 1 "$runs"); do
-  # a node's link cut (node3, not the leader)
+  # a host that is not the leader's crashes
   leader=$(leader_of 1)
   l=${leader#node}
   victim=3; [ "$l" = 3 ] && victim=2
   until_ok is_ready "$l" "node$victim"
   t0=$(now)
-  ip -n "$tag-sw" link set "p$victim" down
+  crash "$victim"
   until_ok is_down "$l" "node$victim"; t1=$(now)
   until_ok moved "$l" "node$victim"; t2=$(now)
   down+=("$(secs "$t0" "$t1")"); moved_t+=("$(secs "$t0" "$t2")")
-  ip -n "$tag-sw" link set "p$victim" up
+  start_daemon "$victim"
   until_ok is_ready "$l" "node$victim"
 
   # the leader's daemon killed
@@ -126,7 +135,7 @@ done
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf '%-52s %8s %14s\n' "median of $runs runs, default settings" shoal "Swarm defaults"
-printf '%-52s %7ss %13ss\n' "a node cut off until it is Down" "$(median "${down[@]}")" "~15"
+printf '%-52s %7ss %13ss\n' "a host crashed until it is Down" "$(median "${down[@]}")" "~15"
 printf '%-52s %7ss %14s\n' "... until its tasks run on other nodes" "$(median "${moved_t[@]}")" "-"
 printf '%-52s %7ss %13ss\n' "leader killed until another manager leads" "$(median "${elect[@]}")" "~10"
 printf '%-52s %7ss %14s\n' "... until a write commits" "$(median "${write[@]}")" "-"
