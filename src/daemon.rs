@@ -1038,8 +1038,8 @@ impl Daemon {
                         ev = events.recv() => ev,
                     };
                     let candidates: Vec<Task> = match ev {
-                        Ok(Event::Change { object, .. }) => match *object {
-                            Object::Task(t) => vec![t],
+                        Ok(Event::Change { object, .. }) => match &*object {
+                            Object::Task(t) => vec![t.clone()],
                             _ => continue,
                         },
                         Ok(_) => continue,

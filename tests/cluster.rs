@@ -682,20 +682,31 @@ fn three_managers_two_workers_lose_nothing_acknowledged() {
         let creator = s.spawn(|| {
             for i in 0..100 {
                 let name = format!("s{i}");
-                let out = rest[0].cli(&[
-                    "service",
-                    "create",
-                    "-d",
-                    "--name",
-                    &name,
-                    "--replicas",
-                    "0",
-                    "shoal-test/busybox",
-                    "sleep",
-                    "3600",
-                ]);
-                if out.status.success() {
-                    acked.lock().unwrap().push(name);
+                // while there is no leader a create fails; it is tried again (a failed
+                // one may still have committed: then its name is taken, and it does not
+                // count as acknowledged)
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while std::time::Instant::now() < deadline {
+                    let out = rest[0].cli(&[
+                        "service",
+                        "create",
+                        "-d",
+                        "--name",
+                        &name,
+                        "--replicas",
+                        "0",
+                        "shoal-test/busybox",
+                        "sleep",
+                        "3600",
+                    ]);
+                    if out.status.success() {
+                        acked.lock().unwrap().push(name.clone());
+                        break;
+                    }
+                    if String::from_utf8_lossy(&out.stderr).contains("already in use") {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
                 }
             }
         });
@@ -707,8 +718,8 @@ fn three_managers_two_workers_lose_nothing_acknowledged() {
     });
     let acked = acked.into_inner().unwrap();
     assert!(
-        acked.len() > 30,
-        "creates went on after the leader died: {}",
+        acked.len() > 90,
+        "creates went on once another manager led: {}",
         acked.len()
     );
     let names: Vec<String> = wait_for("a new leader answering", Duration::from_secs(30), || {

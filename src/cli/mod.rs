@@ -6,6 +6,7 @@ mod client;
 mod container;
 mod daemon;
 mod image;
+mod scale;
 mod service;
 mod swarm;
 mod util;
@@ -91,6 +92,9 @@ enum Command {
     /// Times the runtime for scripts/bench/runtime.sh.
     #[command(hide = true)]
     BenchRuntime(bench::BenchArgs),
+    /// Simulates a big cluster for scripts/bench/scale.sh.
+    #[command(hide = true)]
+    BenchScale(scale::ScaleArgs),
     /// The per-node keeper process (started by shoal itself; not for direct use).
     #[command(hide = true)]
     Keeper {
@@ -137,6 +141,7 @@ pub fn main() -> ExitCode {
             Command::Login(a) => image::login(&g.data_root, &g.insecure_registries, a).await,
             Command::Container(c) => container::run(&g, c).await,
             Command::BenchRuntime(a) => bench::run(&g, a).await,
+            Command::BenchScale(a) => scale::run(a).await,
             Command::Daemon(a) => daemon::run(&g, a).await,
             Command::Swarm(c) => swarm::run_swarm(&g, c).await,
             Command::Node(c) => swarm::run_node(&g, c).await,

@@ -430,8 +430,8 @@ pub async fn remove_node(store: &Store, what: &str, force: bool) -> Result<Node,
     let id = n.id.clone();
     store
         .update(move |tx| {
-            for t in tx.list::<Task>() {
-                if t.node_id == id && !state(&t).is_terminal() {
+            for t in tx.filter(|t: &Task| t.node_id == id) {
+                if !state(&t).is_terminal() {
                     let mut t = t.clone();
                     let st = t.status.get_or_insert_with(TaskStatus::default);
                     st.state = TaskState::Orphaned as i32;

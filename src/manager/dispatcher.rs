@@ -34,9 +34,109 @@ struct Session {
     last_beat: Instant,
 }
 
+/// What the router hands one node's streams.
+#[derive(Clone)]
+enum Routed {
+    /// A change to a task that is or was this node's.
+    Task {
+        kind: shoal_proto::store_action::Kind,
+        object: Arc<Object>,
+        old: Option<Arc<Object>>,
+    },
+    /// The end of a batch that touched this node's tasks.
+    Commit,
+    /// Events were missed: start over from the store.
+    Resync,
+    /// Something a session tells its node may have changed.
+    Poke,
+}
+
+/// One watcher of the store for the whole dispatcher, routing each event to the streams
+/// of the nodes it concerns: with a thousand nodes, a change wakes one or two streams,
+/// not a thousand.
+#[derive(Default)]
+struct Routes {
+    assignments: HashMap<String, Vec<mpsc::UnboundedSender<Routed>>>,
+    sessions: HashMap<String, Vec<mpsc::UnboundedSender<Routed>>>,
+}
+
+impl Routes {
+    fn send(map: &mut HashMap<String, Vec<mpsc::UnboundedSender<Routed>>>, node: &str, r: &Routed) {
+        if let Some(v) = map.get_mut(node) {
+            v.retain(|s| s.send(r.clone()).is_ok());
+            if v.is_empty() {
+                map.remove(node);
+            }
+        }
+    }
+
+    fn send_all(map: &mut HashMap<String, Vec<mpsc::UnboundedSender<Routed>>>, r: &Routed) {
+        map.retain(|_, v| {
+            v.retain(|s| s.send(r.clone()).is_ok());
+            !v.is_empty()
+        });
+    }
+}
+
+async fn route(store: Store, routes: Arc<Mutex<Routes>>, shutdown: CancellationToken) {
+    let mut events = store.watch();
+    let mut touched: std::collections::BTreeSet<String> = Default::default();
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.recv() => ev,
+        };
+        let mut r = routes.lock().unwrap_or_else(|p| p.into_inner());
+        match ev {
+            Ok(Event::Change { kind, object, old }) => match &*object {
+                Object::Task(t) => {
+                    let was = match old.as_deref() {
+                        Some(Object::Task(o)) => o.node_id.clone(),
+                        _ => String::new(),
+                    };
+                    let routed = Routed::Task {
+                        kind,
+                        object: object.clone(),
+                        old: old.clone(),
+                    };
+                    let mut targets = vec![&t.node_id];
+                    if was != t.node_id {
+                        targets.push(&was);
+                    }
+                    for n in targets.into_iter().filter(|n| !n.is_empty()) {
+                        touched.insert(n.clone());
+                        Routes::send(&mut r.assignments, n, &routed);
+                    }
+                }
+                Object::Cluster(_) => Routes::send_all(&mut r.sessions, &Routed::Poke),
+                Object::Node(n) => {
+                    if concerns_all(&object, old.as_deref()) {
+                        Routes::send_all(&mut r.sessions, &Routed::Poke);
+                    } else {
+                        Routes::send(&mut r.sessions, &n.id, &Routed::Poke);
+                    }
+                }
+                _ => {}
+            },
+            Ok(Event::Commit { .. }) => {
+                for n in std::mem::take(&mut touched) {
+                    Routes::send(&mut r.assignments, &n, &Routed::Commit);
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                touched.clear();
+                Routes::send_all(&mut r.assignments, &Routed::Resync);
+                Routes::send_all(&mut r.sessions, &Routed::Poke);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Dispatcher {
     store: Store,
+    routes: Arc<Mutex<Routes>>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     /// When each node was last heard from (a session opened or a heartbeat).
     last_seen: Arc<Mutex<HashMap<String, Instant>>>,
@@ -76,8 +176,11 @@ impl Dispatcher {
     /// The dispatcher, with its status batcher running until `shutdown`.
     pub fn new(store: Store, shutdown: CancellationToken) -> Dispatcher {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(batch_writer(store.clone(), rx, shutdown));
+        tokio::spawn(batch_writer(store.clone(), rx, shutdown.clone()));
+        let routes: Arc<Mutex<Routes>> = Arc::default();
+        tokio::spawn(route(store.clone(), routes.clone(), shutdown));
         Dispatcher {
+            routes,
             store,
             sessions: Arc::default(),
             last_seen: Arc::default(),
@@ -181,6 +284,12 @@ impl Dispatcher {
                 continue;
             }
             tracing::warn!(nodes = ?down, "no heartbeat: marking nodes down");
+            // their sessions end: a node that was only slow gets "session invalid" at its
+            // next heartbeat, opens a new session and is Ready again
+            self.sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, x| !down.contains(&x.node_id));
             let r = self
                 .store
                 .update(move |tx| {
@@ -192,7 +301,7 @@ impl Dispatcher {
                         st.state = NodeState::Down as i32;
                         st.message = "heartbeat failure".into();
                         tx.update(n)?;
-                        for t in tx.list::<Task>() {
+                        for t in tx.filter(|t: &Task| &t.node_id == id) {
                             if &t.node_id == id
                                 && !state(&t).is_terminal()
                                 && t.desired_state < TaskState::Shutdown as i32
@@ -211,6 +320,29 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Whether a node's change alters what every session tells its node: a manager's
+/// address came, went or moved.
+fn concerns_all(object: &Object, old: Option<&Object>) -> bool {
+    match (object, old) {
+        (Object::Node(n), Some(Object::Node(o))) => {
+            n.manager_status.as_ref().map(|m| &m.addr) != o.manager_status.as_ref().map(|m| &m.addr)
+        }
+        (Object::Node(n), None) => n.manager_status.is_some(),
+        _ => false,
+    }
+}
+
+/// Every task assigned to `node`.
+fn tasks_for(store: &Store, node: &str) -> Vec<Task> {
+    store.view(|t| {
+        t.tasks
+            .values()
+            .filter(|x| is_for(x, node))
+            .cloned()
+            .collect()
+    })
 }
 
 /// What a session tells its node about the swarm, as the store has it now.
@@ -312,6 +444,9 @@ impl DispatcherApi for Dispatcher {
         let r = req.into_inner();
         let desc = r.description.unwrap_or_default();
         let id = node_id.clone();
+        // heard from now: before the node reads Ready, so the node monitor never sees it
+        // Ready and unheard-of
+        self.seen(&node_id);
         self.store
             .update(move |tx| {
                 let mut n = tx.get::<Node>(&id).unwrap_or_else(|| Node {
@@ -358,28 +493,33 @@ impl DispatcherApi for Dispatcher {
             heartbeat_period_ms: self.heartbeat_period().as_millis() as i64,
             ..Default::default()
         };
-        let (msg, mut events) = self.store.view_and_watch(|t| swarm_view(t, base.clone()));
+        // register before reading: what changes after the read is routed here
+        let (poke_tx, mut pokes) = mpsc::unbounded_channel();
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sessions
+            .entry(node_id.clone())
+            .or_default()
+            .push(poke_tx);
+        let msg = self.store.view(|t| swarm_view(t, base.clone()));
         let _ = tx.send(Ok(msg.clone())).await;
         // the session lives as long as its stream is open (the node stays Ready until its
         // heartbeats are missed, so a quick reconnect does not flap it); it tells the
         // node again when its wanted role, the managers or the roots change
         let sessions = self.sessions.clone();
         let store = self.store.clone();
-        let message = move |t: &super::store::Tables| swarm_view(t, msg.clone());
         tokio::spawn(async move {
-            let mut last = store.view(&message);
+            let mut last = msg.clone();
             loop {
                 tokio::select! {
                     _ = tx.closed() => break,
                     _ = term.cancelled() => break,
-                    ev = events.recv() => {
-                        if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    p = pokes.recv() => {
+                        if p.is_none() {
                             break;
                         }
-                        if !matches!(&ev, Ok(Event::Change { object, .. }) if matches!(**object, Object::Node(_) | Object::Cluster(_))) {
-                            continue;
-                        }
-                        let now = store.view(&message);
+                        let now = store.view(|t| swarm_view(t, msg.clone()));
                         if now != last {
                             last = now.clone();
                             if tx.send(Ok(now)).await.is_err() {
@@ -405,6 +545,28 @@ impl DispatcherApi for Dispatcher {
         let node = node_of(&req)?;
         self.session_node(&req.get_ref().session_id, &node)
             .map_err(|_| Status::not_found("session invalid"))?;
+        // a node marked Down while its heartbeats were late is Ready again
+        let down = self.store.view(|t| {
+            t.nodes
+                .get(&node)
+                .and_then(|n| n.status.as_ref())
+                .is_some_and(|s| s.state == NodeState::Down as i32)
+        });
+        if down {
+            let id = node.clone();
+            self.store
+                .update(move |tx| {
+                    let Some(mut n) = tx.get::<Node>(&id) else {
+                        return Ok(());
+                    };
+                    let st = n.status.get_or_insert_with(NodeStatus::default);
+                    st.state = NodeState::Ready as i32;
+                    st.message.clear();
+                    tx.update(n)
+                })
+                .await
+                .map_err(store_status)?;
+        }
         Ok(Response::new(HeartbeatResponse {
             period_ms: self.heartbeat_period().as_millis() as i64,
         }))
@@ -435,13 +597,16 @@ impl DispatcherApi for Dispatcher {
         let node = node_of(&req)?;
         self.session_node(&req.get_ref().session_id, &node)?;
         let term = self.term()?;
-        let (first, mut events) = self.store.view_and_watch(|t| {
-            t.tasks
-                .values()
-                .filter(|x| is_for(x, &node))
-                .cloned()
-                .collect::<Vec<_>>()
-        });
+        // register before reading: what changes after the read is routed here
+        let (route_tx, mut routed) = mpsc::unbounded_channel();
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assignments
+            .entry(node.clone())
+            .or_default()
+            .push(route_tx);
+        let first = tasks_for(&self.store, &node);
         let (tx, rx) = mpsc::channel(64);
         let _ = tx
             .send(Ok(AssignmentsMessage {
@@ -457,28 +622,28 @@ impl DispatcherApi for Dispatcher {
                 ..Default::default()
             };
             loop {
-                let ev = tokio::select! {
+                let r = tokio::select! {
                     _ = tx.closed() => return,
                     _ = term.cancelled() => return,
-                    ev = events.recv() => ev,
+                    r = routed.recv() => r,
                 };
-                match ev {
-                    Ok(Event::Change { object, kind, old }) => {
-                        let Object::Task(t) = *object else { continue };
+                match r {
+                    Some(Routed::Task { object, kind, old }) => {
+                        let Object::Task(t) = &*object else { continue };
                         let was_ours =
                             matches!(old.as_deref(), Some(Object::Task(o)) if is_for(o, &node));
                         if kind == shoal_proto::store_action::Kind::Remove {
                             if t.node_id == node {
-                                msg.remove_tasks.push(t.id);
+                                msg.remove_tasks.push(t.id.clone());
                             }
-                        } else if is_for(&t, &node) {
+                        } else if is_for(t, &node) {
                             msg.update_tasks.retain(|x| x.id != t.id);
-                            msg.update_tasks.push(t);
+                            msg.update_tasks.push(t.clone());
                         } else if was_ours {
-                            msg.remove_tasks.push(t.id);
+                            msg.remove_tasks.push(t.id.clone());
                         }
                     }
-                    Ok(Event::Commit { .. }) => {
+                    Some(Routed::Commit) => {
                         if !msg.update_tasks.is_empty() || !msg.remove_tasks.is_empty() {
                             let m = std::mem::replace(
                                 &mut msg,
@@ -492,15 +657,9 @@ impl DispatcherApi for Dispatcher {
                             }
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Some(Routed::Resync) => {
                         // start over with a full set
-                        let all = store.view(|t| {
-                            t.tasks
-                                .values()
-                                .filter(|x| is_for(x, &node))
-                                .cloned()
-                                .collect::<Vec<_>>()
-                        });
+                        let all = tasks_for(&store, &node);
                         msg = AssignmentsMessage {
                             r#type: AssignType::Incremental as i32,
                             ..Default::default()
@@ -517,7 +676,8 @@ impl DispatcherApi for Dispatcher {
                             return;
                         }
                     }
-                    Err(_) => return,
+                    Some(Routed::Poke) => {}
+                    None => return,
                 }
             }
         });

@@ -67,11 +67,7 @@ pub async fn reconcile(store: &Store, service_id: &str) -> Result<(), StoreError
     store
         .update(|tx| {
             let service = tx.get::<Service>(service_id);
-            let tasks: Vec<Task> = tx
-                .list::<Task>()
-                .into_iter()
-                .filter(|t| t.service_id == service_id)
-                .collect();
+            let tasks: Vec<Task> = tx.filter(|t: &Task| t.service_id == service_id);
             match service {
                 None => remove_all(tx, tasks),
                 Some(s) => match mode(&s).cloned() {

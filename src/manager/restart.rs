@@ -110,12 +110,12 @@ pub async fn restart_dead(store: &Store) -> Result<Vec<(String, Duration)>, Stor
                 .into_iter()
                 .map(|s| (s.id.clone(), s))
                 .collect();
-            let tasks = tx.list::<Task>();
-            let mut later = Vec::new();
-            for t in tasks.iter().filter(|t| {
+            let dead = tx.filter(|t: &Task| {
                 state(t).is_terminal()
                     && matches!(desired(t), TaskState::Running | TaskState::Complete)
-            }) {
+            });
+            let mut later = Vec::new();
+            for t in dead.iter() {
                 let Some(s) = services.get(&t.service_id) else {
                     continue;
                 };
@@ -127,14 +127,12 @@ pub async fn restart_dead(store: &Store) -> Result<Vec<(String, Duration)>, Stor
                 let mut old = t.clone();
                 old.desired_state = TaskState::Shutdown as i32;
                 // the slot's history (global services: the node's)
-                let history: Vec<&Task> = tasks
-                    .iter()
-                    .filter(|h| {
-                        h.service_id == t.service_id
-                            && h.slot == t.slot
-                            && (t.slot > 0 || h.node_id == t.node_id)
-                    })
-                    .collect();
+                let slot = tx.filter(|h: &Task| {
+                    h.service_id == t.service_id
+                        && h.slot == t.slot
+                        && (t.slot > 0 || h.node_id == t.node_id)
+                });
+                let history: Vec<&Task> = slot.iter().collect();
                 if !should_restart(t, &history, job) {
                     continue; // by policy it stays as it ended
                 }
@@ -206,7 +204,10 @@ pub async fn reap(store: &Store) -> Result<usize, StoreError> {
                 .filter(|n| *n > 0)
                 .map(|n| n as usize)
                 .unwrap_or(DEFAULT_HISTORY);
-            let tasks = tx.list::<Task>();
+            // only tasks that are done can go
+            let tasks = tx.filter(|t: &Task| {
+                state(t).is_terminal() || (state(t) as i32) < TaskState::Assigned as i32
+            });
             let mut gone = BTreeSet::new();
             for t in &tasks {
                 let stopped =

@@ -192,7 +192,7 @@ fn check(n: &Node, load: &NodeLoad, t: &Task) -> Result<(), Reason> {
 /// How good a node is for a task, smallest first: tasks of the service in the node's
 /// group for each placement preference, tasks of the service on the node, tasks on the
 /// node, and the node ID to break ties.
-type PlacementKey = (Vec<usize>, usize, usize, String);
+type PlacementKey<'a> = (Vec<usize>, usize, usize, &'a str);
 
 /// The labels of a task's `spread=` placement preferences, in order.
 fn spread_labels(t: &Task) -> Vec<String> {
@@ -246,12 +246,14 @@ pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
     store
         .update(|tx| {
             let nodes = tx.list::<Node>();
-            let tasks = tx.list::<Task>();
             let mut load: HashMap<String, NodeLoad> = nodes
                 .iter()
                 .map(|n| (n.id.clone(), NodeLoad::default()))
                 .collect();
-            for t in tasks.iter().filter(|t| holds_node(t)) {
+            tx.for_each(|t: &Task| {
+                if !holds_node(t) {
+                    return;
+                }
                 if let Some(l) = load.get_mut(&t.node_id) {
                     let (m, c) = reservations(t);
                     l.tasks += 1;
@@ -259,15 +261,13 @@ pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
                     l.memory += m;
                     l.cpu += c;
                 }
-            }
+            });
+            let no_load = NodeLoad::default();
             let mut placed = 0;
-            let mut pending: Vec<Task> = tasks
-                .into_iter()
-                .filter(|t| {
-                    state(t) == TaskState::Pending
-                        && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
-                })
-                .collect();
+            let mut pending: Vec<Task> = tx.filter(|t: &Task| {
+                state(t) == TaskState::Pending
+                    && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
+            });
             pending.sort_by(|a, b| a.service_id.cmp(&b.service_id).then(a.slot.cmp(&b.slot)));
             for mut t in pending {
                 let mut why: HashMap<Reason, usize> = HashMap::new();
@@ -278,8 +278,8 @@ pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
                 let prefs = spread_labels(&t);
                 let mut best: Option<(&Node, PlacementKey)> = None;
                 for n in candidates {
-                    let l = load.get(&n.id).cloned().unwrap_or_default();
-                    match check(n, &l, &t) {
+                    let l = load.get(&n.id).unwrap_or(&no_load);
+                    match check(n, l, &t) {
                         Ok(()) => {
                             // placement preferences first: the label value with the
                             // fewest tasks of the service, then the node with the
@@ -304,7 +304,7 @@ pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
                                 groups,
                                 l.per_service.get(&t.service_id).copied().unwrap_or(0),
                                 l.tasks,
-                                n.id.clone(),
+                                n.id.as_str(),
                             );
                             if best.as_ref().is_none_or(|(_, k)| key < *k) {
                                 best = Some((n, key));
@@ -366,7 +366,7 @@ pub async fn allocate_new(store: &Store) -> Result<usize, StoreError> {
     store
         .update(|tx| {
             let mut n = 0;
-            for mut t in tx.list::<Task>().into_iter().filter(|t| {
+            for mut t in tx.filter(|t: &Task| {
                 state(t) == TaskState::New
                     && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
             }) {

@@ -246,8 +246,8 @@ impl Tables {
         }?;
         Ok(Event::Change {
             kind,
-            object: Box::new(new),
-            old: old.map(Box::new),
+            object: std::sync::Arc::new(new),
+            old: old.map(std::sync::Arc::new),
         })
     }
 
@@ -369,16 +369,18 @@ fn insert<T: StoreItem>(t: &mut Tables, x: T) {
 }
 
 /// A change as watchers see it.
-/// Objects are boxed: the watch buffer holds 1024 events, and an unboxed object (a
-/// service with its previous spec inline) is kilobytes.
+/// Objects are shared (`Arc`): the watch buffer holds 1024 events, an object (a service
+/// with its previous spec inline) is kilobytes, and every watcher receives every event
+/// (a thousand agents' assignment streams on a big cluster), so a receive must not copy
+/// the object.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// `object` is the new value (the removed one for a remove); `old` the value before
     /// an update.
     Change {
         kind: ActionKind,
-        object: Box<Object>,
-        old: Option<Box<Object>>,
+        object: std::sync::Arc<Object>,
+        old: Option<std::sync::Arc<Object>>,
     },
     /// The end of one committed batch, at this Raft index.
     Commit { index: u64 },
@@ -582,6 +584,35 @@ impl Tx<'_> {
             Some(None) => None,
             None => T::table(self.base).get(id).cloned(),
         }
+    }
+
+    /// Calls `f` on every object of a kind, with this transaction's changes, by
+    /// reference: no copy of the table (a big cluster has tens of thousands of tasks).
+    pub fn for_each<T: StoreItem + TryFromObject>(&self, mut f: impl FnMut(&T)) {
+        for (id, x) in T::table(self.base) {
+            if !self.overlay.contains_key(&(T::KIND, id.clone())) {
+                f(x);
+            }
+        }
+        for ((kind, _), o) in &self.overlay {
+            if *kind == T::KIND {
+                if let Some(x) = o.clone().and_then(T::try_from_object) {
+                    f(&x);
+                }
+            }
+        }
+    }
+
+    /// The objects of a kind that match, with this transaction's changes; only those are
+    /// copied.
+    pub fn filter<T: StoreItem + TryFromObject>(&self, pred: impl Fn(&T) -> bool) -> Vec<T> {
+        let mut out = Vec::new();
+        self.for_each(|x: &T| {
+            if pred(x) {
+                out.push(x.clone());
+            }
+        });
+        out
     }
 
     /// Every object of a kind, with this transaction's changes.

@@ -1,0 +1,194 @@
+//! `shoal bench-scale` (hidden): the simulation behind scripts/bench/scale.sh. One
+//! process holds a real manager (Raft on redb in a temporary directory, the real
+//! orchestrator, scheduler and dispatcher behind the real gRPC service on a Unix socket)
+//! and N simulated nodes: real agents with the fake executor, each with its own
+//! session, heartbeats, assignment stream and status reports. It creates S services of
+//! R replicas and prints how long until every task is RUNNING, and the process's peak
+//! resident memory.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use shoal_proto::dispatcher_server::DispatcherServer;
+use shoal_proto::service_spec::Mode;
+use shoal_proto::*;
+use shoal_runtime::container::executor::FakeExecutor;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+use crate::manager::node::{Manager, ManagerOpts};
+
+#[derive(Args)]
+pub struct ScaleArgs {
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    #[arg(long, default_value_t = 100)]
+    services: usize,
+    #[arg(long, default_value_t = 100)]
+    replicas: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn running(m: &Manager) -> usize {
+    m.store.view(|t| {
+        t.tasks
+            .values()
+            .filter(|x| x.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32))
+            .count()
+    })
+}
+
+pub async fn run(a: ScaleArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let ca = crate::tls::RootCa::generate()?;
+    let cluster = crate::manager::ca::new_cluster(&ca, crate::tls::DEFAULT_CERT_EXPIRY);
+    let m = Arc::new(
+        Manager::start(ManagerOpts {
+            dir: &dir.path().join("swarm"),
+            node_id: "simleader0000000",
+            hostname: "leader",
+            addr: "127.0.0.1:2377",
+            raft_id: 1,
+            init: Some(cluster),
+            tls: Default::default(),
+        })
+        .await?,
+    );
+    // the dispatcher's gRPC service on a Unix socket, as a node's local agent uses it
+    let sock = dir.path().join("dispatcher.sock");
+    let listener = tokio::net::UnixListener::bind(&sock)?;
+    let stop = CancellationToken::new();
+    let server = tonic::transport::Server::builder()
+        .add_service(DispatcherServer::new(m.dispatcher.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            stop.clone().cancelled_owned(),
+        );
+    tokio::spawn(server);
+
+    let t0 = Instant::now();
+    for i in 0..a.nodes {
+        let agent = Agent {
+            exec: Arc::new(FakeExecutor::default()),
+            node_id: format!("simnode{i:08}"),
+            description: NodeDescription {
+                hostname: format!("sim{i}"),
+                platform: Some(Platform {
+                    architecture: "x86_64".into(),
+                    os: "linux".into(),
+                }),
+                resources: Some(Resources {
+                    nano_cpus: 4_000_000_000,
+                    memory_bytes: 8 << 30,
+                }),
+                ..Default::default()
+            },
+            on_session: Default::default(),
+            managers: Default::default(),
+            desired_role: Arc::new(tokio::sync::watch::channel(None).0),
+            assignments_file: None,
+            cert_root_digest: Default::default(),
+            trust: Arc::new(tokio::sync::watch::channel(None).0),
+            reconnect: Default::default(),
+        };
+        let sock = sock.clone();
+        tokio::spawn(agent.run(
+            move || {
+                let p = sock.clone();
+                Box::pin(async move { crate::api::client::connect(&p).await })
+            },
+            stop.clone(),
+        ));
+    }
+    let ready = || {
+        m.store.view(|t| {
+            t.nodes
+                .values()
+                .filter(|n| n.status.as_ref().map(|s| s.state) == Some(NodeState::Ready as i32))
+                .count()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    while ready() < a.nodes {
+        if Instant::now() > deadline {
+            let states: std::collections::BTreeMap<String, usize> = m.store.view(|t| {
+                let mut c = std::collections::BTreeMap::new();
+                for n in t.nodes.values() {
+                    let s = n.status.clone().unwrap_or_default();
+                    *c.entry(format!("{:?} {}", NodeState::try_from(s.state), s.message))
+                        .or_default() += 1;
+                }
+                c
+            });
+            anyhow::bail!("only {} of {} nodes ready: {states:?}", ready(), a.nodes);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let joined = t0.elapsed();
+
+    let t1 = Instant::now();
+    for s in 0..a.services {
+        let spec = ServiceSpec {
+            annotations: Some(Annotations {
+                name: format!("svc{s}"),
+                ..Default::default()
+            }),
+            task: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "busybox".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            mode: Some(Mode::Replicated(ReplicatedService {
+                replicas: a.replicas,
+            })),
+            ..Default::default()
+        };
+        crate::manager::control::create_service(&m.store, spec)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let created = t1.elapsed();
+    let want = a.services * a.replicas as usize;
+    while running(&m) < want {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {want} tasks running after {:?}",
+            running(&m),
+            t1.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let converged = t1.elapsed();
+    println!(
+        "{}",
+        serde_json::json!({
+            "nodes": a.nodes,
+            "tasks": want,
+            "nodes_ready_s": joined.as_secs_f64(),
+            "creates_s": created.as_secs_f64(),
+            "all_running_s": converged.as_secs_f64(),
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+    stop.cancel();
+    m.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
