@@ -543,11 +543,15 @@ fn a_worker_that_restarts_cut_off_runs_its_tasks_again() {
     });
     // it comes back still cut off: it runs what it last had, with no manager to ask
     c.h_mut(2).start_daemon();
-    wait_for(
-        "node2's tasks running again",
-        Duration::from_secs(20),
-        || (up_containers(c.h(2)) == 2).then_some(()),
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while up_containers(c.h(2)) != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node2's tasks are not running again after 20 s; its log:\n{}",
+            c.h(2).host.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(c
         .h(2)
         .host

@@ -269,7 +269,74 @@ pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
                     && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
             });
             pending.sort_by(|a, b| a.service_id.cmp(&b.service_id).then(a.slot.cmp(&b.slot)));
-            for mut t in pending {
+            // The common case, fast: a service's tasks with no reservations, no limit per
+            // node, no preferences and no fixed node can go to the same nodes, so those
+            // are found once and the least loaded taken from a heap, instead of every
+            // node checked for every task.
+            let mut slow = Vec::new();
+            let mut i = 0;
+            while i < pending.len() {
+                let sid = pending[i].service_id.clone();
+                let j = pending[i..]
+                    .iter()
+                    .position(|t| t.service_id != sid)
+                    .map_or(pending.len(), |k| i + k);
+                let group = &pending[i..j];
+                let placement = |t: &Task| t.spec.as_ref().and_then(|s| s.placement.clone());
+                let simple = group.iter().all(|t| {
+                    t.node_id.is_empty()
+                        && reservations(t) == (0, 0)
+                        && placement(t)
+                            .is_none_or(|p| p.max_replicas == 0 && p.preferences.is_empty())
+                        && placement(t) == placement(&group[0])
+                });
+                let eligible: Vec<&Node> = if simple {
+                    nodes
+                        .iter()
+                        .filter(|n| check(n, &no_load, &group[0]).is_ok())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                if eligible.is_empty() {
+                    slow.extend(group.iter().cloned());
+                    i = j;
+                    continue;
+                }
+                let count = |id: &str| {
+                    load.get(id).map_or((0, 0), |l| {
+                        (l.per_service.get(&sid).copied().unwrap_or(0), l.tasks)
+                    })
+                };
+                let mut heap: std::collections::BinaryHeap<
+                    std::cmp::Reverse<(usize, usize, &str)>,
+                > = eligible
+                    .iter()
+                    .map(|n| {
+                        let (s, t) = count(&n.id);
+                        std::cmp::Reverse((s, t, n.id.as_str()))
+                    })
+                    .collect();
+                for t in group {
+                    let Some(std::cmp::Reverse((ps, total, node))) = heap.pop() else {
+                        break;
+                    };
+                    let l = load.entry(node.to_string()).or_default();
+                    l.tasks += 1;
+                    *l.per_service.entry(sid.clone()).or_default() += 1;
+                    heap.push(std::cmp::Reverse((ps + 1, total + 1, node)));
+                    let mut t = t.clone();
+                    t.node_id = node.to_string();
+                    t.status = Some(status(
+                        TaskState::Assigned,
+                        "scheduler assigned task to node",
+                    ));
+                    tx.update(t)?;
+                    placed += 1;
+                }
+                i = j;
+            }
+            for mut t in slow {
                 let mut why: HashMap<Reason, usize> = HashMap::new();
                 let candidates: Vec<&Node> = nodes
                     .iter()

@@ -493,9 +493,10 @@ impl Store {
                 base: &t,
                 overlay: HashMap::new(),
                 actions: Vec::new(),
+                positions: HashMap::new(),
             };
             let r = f(&mut tx)?;
-            (r, tx.actions)
+            (r, tx.actions.into_iter().flatten().collect::<Vec<_>>())
         };
         if actions.is_empty() {
             return Ok(result);
@@ -574,7 +575,11 @@ impl Proposer for DirectProposer {
 pub struct Tx<'a> {
     base: &'a Tables,
     overlay: HashMap<(&'static str, String), Option<Object>>,
-    actions: Vec<StoreAction>,
+    /// The batch so far; a folded-away change leaves a hole.
+    actions: Vec<Option<StoreAction>>,
+    /// Where each object's change is in `actions` (a big transaction, the scheduler
+    /// placing ten thousand tasks, must not search the batch for every change).
+    positions: HashMap<(&'static str, String), usize>,
 }
 
 impl Tx<'_> {
@@ -640,28 +645,33 @@ impl Tx<'_> {
     fn record<T: StoreItem>(&mut self, kind: ActionKind, item: T, after: Option<Object>) {
         let id = item.id().to_string();
         self.overlay.insert((T::KIND, id.clone()), after);
-        let same = |a: &StoreAction| {
-            a.object
-                .as_ref()
-                .and_then(|o| o.object.as_ref())
-                .is_some_and(|o| object_key(o) == (T::KIND, id.as_str()))
-        };
         let action = |k: ActionKind, item: T| StoreAction {
             kind: k as i32,
             object: Some(StoreObject {
                 object: Some(item.wrap()),
             }),
         };
-        match self.actions.iter().position(same) {
-            None => self.actions.push(action(kind, item)),
-            Some(i) => {
-                let prev = ActionKind::try_from(self.actions[i].kind).unwrap_or(ActionKind::Update);
+        let key = (T::KIND, id);
+        let prev = self
+            .positions
+            .get(&key)
+            .and_then(|i| self.actions[*i].as_ref().map(|a| (*i, a.kind)));
+        match prev {
+            None => {
+                self.positions.insert(key, self.actions.len());
+                self.actions.push(Some(action(kind, item)));
+            }
+            Some((i, prev)) => {
+                let prev = ActionKind::try_from(prev).unwrap_or(ActionKind::Update);
                 match (prev, kind) {
                     (ActionKind::Create, ActionKind::Remove) => {
-                        self.actions.remove(i);
+                        self.actions[i] = None;
+                        self.positions.remove(&key);
                     }
-                    (ActionKind::Create, _) => self.actions[i] = action(ActionKind::Create, item),
-                    (_, k) => self.actions[i] = action(k, item),
+                    (ActionKind::Create, _) => {
+                        self.actions[i] = Some(action(ActionKind::Create, item))
+                    }
+                    (_, k) => self.actions[i] = Some(action(k, item)),
                 }
             }
         }
