@@ -538,8 +538,16 @@ fn a_worker_that_restarts_cut_off_runs_its_tasks_again() {
     c.net.cut(2);
     c.h_mut(2).kill_daemon();
     c.h(2).host.kill_processes();
-    wait_for("node2's containers dead", Duration::from_secs(10), || {
-        (up_containers(c.h(2)) == 0).then_some(())
+    // (checked from /proc and the cgroups: `container ls` would start a keeper)
+    wait_for("node2's processes dead", Duration::from_secs(10), || {
+        let h = &c.h(2).host;
+        let empty = h.cgroup_dirs().iter().all(|cg| {
+            std::fs::read_to_string(cg.join("cgroup.procs"))
+                .unwrap_or_default()
+                .trim()
+                .is_empty()
+        });
+        (h.keeper_pids().is_empty() && empty).then_some(())
     });
     // it comes back still cut off: it runs what it last had, with no manager to ask
     c.h_mut(2).start_daemon();
