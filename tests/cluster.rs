@@ -17,6 +17,25 @@ fn stderr_of(h: &ClusterHost, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `service create --name NAME --replicas N [EXTRA…] shoal-test/busybox sleep 3600` on
+/// `h`, with tasks that stop at once (SIGKILL).
+fn create_sleepers(h: &ClusterHost, name: &str, replicas: u32, extra: &[&str]) {
+    let n = replicas.to_string();
+    let mut args = vec![
+        "service",
+        "create",
+        "--name",
+        name,
+        "--replicas",
+        &n,
+        "--stop-signal",
+        "KILL",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["shoal-test/busybox", "sleep", "3600"]);
+    h.ok(&args);
+}
+
 fn import_image(h: &ClusterHost) {
     h.ok(&[
         "image",
@@ -103,19 +122,7 @@ fn workers_join_with_tokens_over_mtls_and_run_tasks() {
     assert!(e.contains("not a swarm manager"), "{e}");
 
     // tasks spread over the three hosts and run there
-    c.h(1).ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "6",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
+    create_sleepers(c.h(1), "web", 6, &[]);
     let spread = wait_for("6 running tasks", Duration::from_secs(30), || {
         let n = running_per_node(c.h(1), "web");
         (n.values().sum::<usize>() == 6).then_some(n)
@@ -193,19 +200,7 @@ fn a_node_cut_off_is_marked_down_and_its_tasks_move_then_it_returns() {
     for h in &c.hosts {
         import_image(h);
     }
-    c.h(1).ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "6",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
+    create_sleepers(c.h(1), "web", 6, &[]);
     wait_for("2 tasks on each node", Duration::from_secs(30), || {
         (running_per_node(c.h(1), "web")
             .values()
@@ -285,19 +280,7 @@ fn three_managers_replicate_and_survive_the_leader() {
     assert_eq!(st["node1"], "Leader", "{st:?}");
 
     // any manager takes writes (followers pass them to the leader) and reads
-    c.h(2).ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
+    create_sleepers(c.h(2), "web", 3, &[]);
     for i in [1, 3] {
         let ls = c.h(i).ok(&["service", "ls", "--format", "json"]);
         assert_eq!(json_lines(&ls)[0]["Replicas"], "3/3", "on node{i}: {ls}");
@@ -367,21 +350,7 @@ fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
     let h1 = c.h(1);
     // labels and constraints
     h1.ok(&["node", "update", "--label-add", "zone=east", "node2"]);
-    h1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "pinned",
-        "--replicas",
-        "2",
-        "--constraint",
-        "node.labels.zone==east",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
+    create_sleepers(h1, "pinned", 2, &["--constraint", "node.labels.zone==east"]);
     assert_eq!(
         running_per_node(h1, "pinned"),
         BTreeMap::from([("node2".to_string(), 2)])
@@ -395,19 +364,7 @@ fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
     assert!(e.contains("no such label"), "{e}");
 
     // drain moves tasks off a node
-    h1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
+    create_sleepers(h1, "web", 3, &[]);
     h1.ok(&["node", "update", "--availability", "drain", "node3"]);
     wait_for("web off node3", Duration::from_secs(20), || {
         let n = running_per_node(h1, "web");
@@ -474,19 +431,7 @@ fn force_new_cluster_recovers_a_swarm_that_lost_quorum() {
     for i in [2, 3] {
         c.h(i).ok(&["swarm", "join", "--token", token.trim(), &m1]);
     }
-    c.h(1).ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
+    create_sleepers(c.h(1), "web", 3, &[]);
     // two of three managers gone: no majority, so no change commits, and it says so
     c.h_mut(2).kill_daemon();
     c.h_mut(3).kill_daemon();
@@ -517,21 +462,7 @@ fn a_worker_that_restarts_cut_off_runs_its_tasks_again() {
     for h in &c.hosts {
         import_image(h);
     }
-    c.h(1).ok(&[
-        "service",
-        "create",
-        "--name",
-        "edge",
-        "--replicas",
-        "2",
-        "--constraint",
-        "node.hostname==node2",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
+    create_sleepers(c.h(1), "edge", 2, &["--constraint", "node.hostname==node2"]);
     assert_eq!(up_containers(c.h(2)), 2);
 
     // node2 loses its uplink, then its power: every process of the host dies
@@ -598,19 +529,7 @@ fn the_root_ca_rotates_without_downtime() {
     let old_worker = token("worker");
     c.h(3).ok(&["swarm", "join", "--token", &old_worker, &m1]);
     let old_root = c.h(1).ok(&["swarm", "ca"]);
-    c.h(1).ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
+    create_sleepers(c.h(1), "web", 3, &[]);
 
     // returns once every node has a certificate from the new root
     let new_root = c.h(1).ok(&["swarm", "ca", "--rotate"]);
@@ -671,19 +590,7 @@ fn three_managers_two_workers_lose_nothing_acknowledged() {
         (n.len() == 5 && n.values().all(|(s, _)| s == "Ready")).then_some(())
     });
     // spread over every node
-    c.h(1).ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "5",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
+    create_sleepers(c.h(1), "web", 5, &[]);
     assert_eq!(running_per_node(c.h(1), "web").len(), 5);
 
     // 100 creates through a follower while the leader is killed midway: every create

@@ -178,6 +178,16 @@ fn parse_role(r: &str) -> anyhow::Result<NodeRole> {
     }
 }
 
+/// The text of a PEM file given with `flag`, or nothing when no file was given.
+fn read(p: Option<std::path::PathBuf>, flag: &str) -> anyhow::Result<String> {
+    match p {
+        None => Ok(String::new()),
+        Some(p) => {
+            std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))
+        }
+    }
+}
+
 pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
     let mut s = swarm(g).await?;
     match c {
@@ -189,13 +199,6 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
             cert_expiry,
             force_new_cluster,
         } => {
-            let read = |p: Option<std::path::PathBuf>, flag: &str| -> anyhow::Result<String> {
-                match p {
-                    None => Ok(String::new()),
-                    Some(p) => std::fs::read_to_string(&p)
-                        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display())),
-                }
-            };
             let info = s
                 .init(SwarmInitRequest {
                     advertise_addr: advertise_addr.unwrap_or_default(),
@@ -326,13 +329,6 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
                 bail!("--ca-cert and --ca-key go with --rotate");
             }
             if rotate {
-                let read = |p: Option<std::path::PathBuf>, flag: &str| -> anyhow::Result<String> {
-                    match p {
-                        None => Ok(String::new()),
-                        Some(p) => std::fs::read_to_string(&p)
-                            .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display())),
-                    }
-                };
                 ctl.update_cluster(UpdateClusterRequest {
                     rotate_ca: true,
                     ca_cert_pem: read(ca_cert, "--ca-cert")?,
