@@ -24,6 +24,29 @@ fn refusals_name_the_flag_and_why() {
         .status
         .success());
     let img = "shoal-test/busybox";
+    // swarm flags are checked before the daemon is asked anything
+    fails_with(
+        &host,
+        &[
+            "swarm",
+            "init",
+            "--ca-cert",
+            "/nonexistent.pem",
+            "--ca-key",
+            "/k.pem",
+        ],
+        "--ca-cert /nonexistent.pem: No such file",
+    );
+    fails_with(
+        &host,
+        &["swarm", "join", "--token", "SWMTKN-1-x-y", "10.0.0.1"],
+        "invalid join token",
+    );
+    fails_with(
+        &host,
+        &["swarm", "join-token", "admin"],
+        "\"admin\" is not a role",
+    );
     fails_with(
         &host,
         &["container", "run", "--memory", "lots", img, "true"],

@@ -189,6 +189,25 @@ fn read(p: Option<std::path::PathBuf>, flag: &str) -> anyhow::Result<String> {
 }
 
 pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
+    // a file that cannot be read is named before anything else happens
+    if let SwarmCmd::Init {
+        ca_cert, ca_key, ..
+    }
+    | SwarmCmd::Ca {
+        ca_cert, ca_key, ..
+    } = &c
+    {
+        read(ca_cert.clone(), "--ca-cert")?;
+        read(ca_key.clone(), "--ca-key")?;
+    }
+    if let SwarmCmd::Join { token, .. } = &c {
+        crate::tls::JoinToken::parse(token)?;
+    }
+    if let SwarmCmd::JoinToken { role, .. } = &c {
+        if role != "worker" && role != "manager" {
+            bail!("{role:?} is not a role: use worker or manager");
+        }
+    }
     let mut s = swarm(g).await?;
     match c {
         SwarmCmd::Init {
