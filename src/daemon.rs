@@ -276,6 +276,16 @@ impl Daemon {
         Ok(())
     }
 
+    /// The swarm this node is in ("" when none); checked on every cluster-port call.
+    pub fn cluster_id(&self) -> String {
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.cluster_id.clone())
+            .unwrap_or_default()
+    }
+
     pub fn info(&self) -> SwarmInfo {
         let m = self.manager();
         let st = self.swarm_state();
@@ -737,29 +747,57 @@ impl Daemon {
     }
 
     fn agent(&self) -> Agent<ContainerRuntime> {
+        let description = NodeDescription {
+            hostname: self.hostname.clone(),
+            platform: Some(Platform {
+                architecture: std::env::consts::ARCH.into(),
+                os: std::env::consts::OS.into(),
+            }),
+            resources: Some(host_resources()),
+            engine: Some(EngineDescription {
+                engine_version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            }),
+        };
         Agent {
-            exec: Arc::new(self.runtime.clone()),
-            node_id: self.node_id(),
-            description: NodeDescription {
-                hostname: self.hostname.clone(),
-                platform: Some(Platform {
-                    architecture: std::env::consts::ARCH.into(),
-                    os: std::env::consts::OS.into(),
-                }),
-                resources: Some(host_resources()),
-                engine: Some(EngineDescription {
-                    engine_version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-            },
-            on_session: Arc::new(tokio::sync::Notify::new()),
-            managers: Arc::default(),
-            desired_role: Arc::new(tokio::sync::watch::channel(None).0),
             assignments_file: Some(swarm_dir(&self.data_root).join("assignments.pb")),
             cert_root_digest: self.cert_root.clone(),
-            trust: Arc::new(tokio::sync::watch::channel(None).0),
             reconnect: self.agent_reconnect.clone(),
+            ..Agent::new(Arc::new(self.runtime.clone()), self.node_id(), description)
         }
+    }
+
+    /// Calls `take` with each new value the agent reports on `rx` (and the managers it
+    /// knows), until `stop`; a failure is logged and waits for the next change.
+    fn take_changes<T, F, Fut>(
+        self: &Arc<Self>,
+        mut rx: tokio::sync::watch::Receiver<Option<T>>,
+        stop: &CancellationToken,
+        managers: &Arc<RwLock<Vec<String>>>,
+        what: &'static str,
+        take: F,
+    ) where
+        T: Clone + Send + Sync + 'static,
+        F: Fn(Arc<Daemon>, T, Vec<String>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    {
+        let (me, stop, managers) = (Arc::downgrade(self), stop.clone(), managers.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+                let Some(v) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let Some(d) = me.upgrade() else { return };
+                let known = managers.read().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Err(e) = take(d, v, known).await {
+                    tracing::error!(error = %format!("{e:#}"), "could not take {what}");
+                }
+            }
+        });
     }
 
     /// Starts the agent. Its dispatcher is the leader's: over the local socket when this
@@ -768,50 +806,30 @@ impl Daemon {
     /// the agent tries the next). Notified when a session opens.
     fn start_agent(self: &Arc<Self>, managers: &[String]) -> Arc<tokio::sync::Notify> {
         let token = CancellationToken::new();
-        let (role_tx, mut role_rx) = tokio::sync::watch::channel(None);
-        let (trust_tx, mut trust_rx) = tokio::sync::watch::channel(None);
+        let (role_tx, role_rx) = tokio::sync::watch::channel(None);
+        let (trust_tx, trust_rx) = tokio::sync::watch::channel(None);
         let mut agent = self.agent();
         agent.desired_role = Arc::new(role_tx);
         agent.trust = Arc::new(trust_tx);
-        tokio::spawn(self.clone().renew_when_due_owned(token.clone()));
-        // the roots the swarm trusts, taken when they change
-        let (me2, stop2, list2) = (Arc::downgrade(self), token.clone(), agent.managers.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop2.cancelled() => return,
-                    r = trust_rx.changed() => if r.is_err() { return },
-                }
-                let Some((roots, digest)) = trust_rx.borrow_and_update().clone() else {
-                    continue;
-                };
-                let Some(d) = me2.upgrade() else { return };
-                let managers = list2.read().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Err(e) = d.take_trust(roots, digest, managers).await {
-                    tracing::error!(error = %format!("{e:#}"), "could not take the swarm's new roots");
-                }
-            }
-        });
+        tokio::spawn(self.clone().renew_when_due(token.clone()));
+        // the roots the swarm trusts and the role the managers want, taken when they
+        // change
+        self.take_changes(
+            trust_rx,
+            &token,
+            &agent.managers,
+            "the swarm's new roots",
+            |d, (roots, digest), m| async move { d.take_trust(roots, digest, m).await },
+        );
+        self.take_changes(
+            role_rx,
+            &token,
+            &agent.managers,
+            "the role the managers asked for",
+            |d, want, m| async move { d.take_role(want, m).await },
+        );
         let session = agent.on_session.clone();
         let known = agent.managers.clone();
-        // the role the managers want, taken when it changes
-        let (me, stop, list) = (Arc::downgrade(self), token.clone(), known.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = role_rx.changed() => if r.is_err() { return },
-                }
-                let Some(want) = *role_rx.borrow_and_update() else {
-                    continue;
-                };
-                let Some(d) = me.upgrade() else { return };
-                let managers = list.read().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Err(e) = d.take_role(want, managers).await {
-                    tracing::error!(error = %format!("{e:#}"), "could not take the role the managers asked for");
-                }
-            }
-        });
         *known.write().unwrap_or_else(|p| p.into_inner()) = managers.to_vec();
         let me = Arc::downgrade(self);
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -872,13 +890,20 @@ impl Daemon {
         Ok((certs, resp.raft_id))
     }
 
-    async fn renew_when_due_owned(self: Arc<Self>, stop: CancellationToken) {
-        self.renew_when_due(stop).await
+    /// The manager to ask for a certificate: the leader (this node itself when it
+    /// leads), or on a worker the first of the managers it knows.
+    fn manager_to_ask(&self, known: &[String]) -> Option<String> {
+        match self.manager() {
+            Some(m) => m
+                .leader_addr()
+                .or_else(|| self.swarm_state().map(|s| s.advertise_addr)),
+            None => known.first().cloned(),
+        }
     }
 
     /// Renews this node's certificate when it is two thirds through its life; checked
     /// every minute while the daemon runs.
-    async fn renew_when_due(self: &Arc<Self>, stop: CancellationToken) {
+    async fn renew_when_due(self: Arc<Self>, stop: CancellationToken) {
         loop {
             let due = NodeCerts::load(&self.data_root)
                 .ok()
@@ -889,11 +914,8 @@ impl Daemon {
                 });
             if due {
                 let _g = self.admin.lock().await;
-                let via = self
-                    .manager()
-                    .map(|m| m.leader_addr().unwrap_or_else(|| self.info().node_addr))
-                    .or_else(|| self.swarm_state().and_then(|s| s.managers.first().cloned()));
-                match via {
+                let known = self.swarm_state().map(|s| s.managers).unwrap_or_default();
+                match self.manager_to_ask(&known) {
                     Some(via) => match self.renew_certificate(&via).await {
                         Ok(_) => {
                             tracing::info!("renewed this node's certificate before it expires");
@@ -941,9 +963,7 @@ impl Daemon {
             .clone();
         if mine != ca_digest {
             let via = self
-                .manager()
-                .map(|m| m.leader_addr().unwrap_or_else(|| self.info().node_addr))
-                .or_else(|| managers.first().cloned())
+                .manager_to_ask(&managers)
                 .context("no manager address is known")?;
             self.renew_certificate(&via).await?;
             tracing::info!("renewed this node's certificate from the new root CA");
@@ -962,9 +982,7 @@ impl Daemon {
         };
         let is_manager = self.manager().is_some();
         let via = self
-            .manager()
-            .and_then(|m| m.leader_addr())
-            .or_else(|| managers.first().cloned())
+            .manager_to_ask(&managers)
             .context("no manager address is known")?;
         if want == NodeRole::Manager as i32 && !is_manager {
             tracing::info!("promoted: becoming a manager");

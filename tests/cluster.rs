@@ -36,14 +36,6 @@ fn create_sleepers(h: &ClusterHost, name: &str, replicas: u32, extra: &[&str]) {
     h.ok(&args);
 }
 
-fn import_image(h: &ClusterHost) {
-    h.ok(&[
-        "image",
-        "import",
-        fixtures().join("busybox-oci").to_str().unwrap(),
-    ]);
-}
-
 /// Hostname → Status of every node, as `node ls` on `h` shows them.
 fn node_states(h: &ClusterHost) -> BTreeMap<String, (String, String)> {
     json_lines(&h.ok(&["node", "ls", "--format", "json"]))
@@ -63,9 +55,6 @@ fn node_states(h: &ClusterHost) -> BTreeMap<String, (String, String)> {
 #[test]
 fn workers_join_with_tokens_over_mtls_and_run_tasks() {
     let mut c = Cluster::new(3);
-    for h in &c.hosts {
-        import_image(h);
-    }
     let m = c.h(1).addr.clone();
     let init = c.h(1).ok(&["swarm", "init", "--advertise-addr", &m]);
     assert!(init.contains(&format!("{m}:2377")), "{init}");
@@ -197,9 +186,6 @@ fn up_containers(h: &ClusterHost) -> usize {
 #[test]
 fn a_node_cut_off_is_marked_down_and_its_tasks_move_then_it_returns() {
     let c = Cluster::swarm(3);
-    for h in &c.hosts {
-        import_image(h);
-    }
     create_sleepers(c.h(1), "web", 6, &[]);
     wait_for("2 tasks on each node", Duration::from_secs(30), || {
         (running_per_node(c.h(1), "web")
@@ -259,9 +245,6 @@ fn manager_status(h: &ClusterHost) -> BTreeMap<String, String> {
 #[test]
 fn three_managers_replicate_and_survive_the_leader() {
     let mut c = Cluster::new(3);
-    for h in &c.hosts {
-        import_image(h);
-    }
     let m1 = c.h(1).addr.clone();
     c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
     let token = c.h(1).ok(&["swarm", "join-token", "-q", "manager"]);
@@ -344,9 +327,6 @@ fn three_managers_replicate_and_survive_the_leader() {
 #[test]
 fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
     let c = Cluster::swarm(3);
-    for h in &c.hosts {
-        import_image(h);
-    }
     let h1 = c.h(1);
     // labels and constraints
     h1.ok(&["node", "update", "--label-add", "zone=east", "node2"]);
@@ -422,9 +402,6 @@ fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
 #[test]
 fn force_new_cluster_recovers_a_swarm_that_lost_quorum() {
     let mut c = Cluster::new(3);
-    for h in &c.hosts {
-        import_image(h);
-    }
     let m1 = c.h(1).addr.clone();
     c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
     let token = c.h(1).ok(&["swarm", "join-token", "-q", "manager"]);
@@ -459,9 +436,6 @@ fn force_new_cluster_recovers_a_swarm_that_lost_quorum() {
 #[test]
 fn a_worker_that_restarts_cut_off_runs_its_tasks_again() {
     let mut c = Cluster::swarm(2);
-    for h in &c.hosts {
-        import_image(h);
-    }
     create_sleepers(c.h(1), "edge", 2, &["--constraint", "node.hostname==node2"]);
     assert_eq!(up_containers(c.h(2)), 2);
 
@@ -513,9 +487,6 @@ fn a_worker_that_restarts_cut_off_runs_its_tasks_again() {
 #[test]
 fn the_root_ca_rotates_without_downtime() {
     let c = Cluster::new(3);
-    for h in &c.hosts {
-        import_image(h);
-    }
     let m1 = c.h(1).addr.clone();
     c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
     let token = |role: &str| {
@@ -567,9 +538,6 @@ fn the_root_ca_rotates_without_downtime() {
 #[test]
 fn three_managers_two_workers_lose_nothing_acknowledged() {
     let mut c = Cluster::new(5);
-    for h in &c.hosts {
-        import_image(h);
-    }
     let m1 = c.h(1).addr.clone();
     c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
     let token = |role: &str| {

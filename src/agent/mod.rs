@@ -45,6 +45,23 @@ pub struct Agent<E: Executor> {
 }
 
 impl<E: Executor> Agent<E> {
+    /// An agent with nothing shared yet: no assignments kept on disk, no certificate
+    /// digest, fresh notifiers and watches (callers replace what they share).
+    pub fn new(exec: Arc<E>, node_id: String, description: NodeDescription) -> Agent<E> {
+        Agent {
+            exec,
+            node_id,
+            description,
+            on_session: Arc::default(),
+            managers: Arc::default(),
+            desired_role: Arc::new(watch::channel(None).0),
+            assignments_file: None,
+            cert_root_digest: Arc::default(),
+            trust: Arc::new(watch::channel(None).0),
+            reconnect: Arc::default(),
+        }
+    }
+
     /// Runs sessions until shut down, reconnecting when a session breaks.
     pub async fn run(
         self,

@@ -30,7 +30,7 @@ use crate::tls::Role;
 /// Checks the caller of a cluster-port method: a certificate of this swarm, of a node
 /// that has not been removed, with the role `need` (if any).
 pub fn authorize(daemon: &Daemon, req: &Request<()>, need: Option<Role>) -> Result<(), Status> {
-    let cluster_id = daemon.info().cluster_id;
+    let cluster_id = daemon.cluster_id();
     let m = daemon.manager();
     authorize_with(&cluster_id, m.as_ref().map(|m| &m.store), req, need)
 }

@@ -84,10 +84,10 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ExitCode> {
 
     let t0 = Instant::now();
     for i in 0..a.nodes {
-        let agent = Agent {
-            exec: Arc::new(FakeExecutor::default()),
-            node_id: format!("simnode{i:08}"),
-            description: NodeDescription {
+        let agent = Agent::new(
+            Arc::new(FakeExecutor::default()),
+            format!("simnode{i:08}"),
+            NodeDescription {
                 hostname: format!("sim{i}"),
                 platform: Some(Platform {
                     architecture: "x86_64".into(),
@@ -99,14 +99,7 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ExitCode> {
                 }),
                 ..Default::default()
             },
-            on_session: Default::default(),
-            managers: Default::default(),
-            desired_role: Arc::new(tokio::sync::watch::channel(None).0),
-            assignments_file: None,
-            cert_root_digest: Default::default(),
-            trust: Arc::new(tokio::sync::watch::channel(None).0),
-            reconnect: Default::default(),
-        };
+        );
         let sock = sock.clone();
         tokio::spawn(agent.run(
             move || {

@@ -170,6 +170,20 @@ async fn edit_node(
         .into_inner())
 }
 
+/// `node promote|demote`: the role the managers want the node to have.
+async fn set_role(
+    ctl: &mut shoal_proto::control_client::ControlClient<tonic::transport::Channel>,
+    node: &str,
+    role: NodeRole,
+    force: bool,
+) -> anyhow::Result<Node> {
+    edit_node(ctl, node, force, |s| {
+        s.desired_role = role as i32;
+        Ok(())
+    })
+    .await
+}
+
 fn parse_role(r: &str) -> anyhow::Result<NodeRole> {
     match r {
         "worker" => Ok(NodeRole::Worker),
@@ -564,21 +578,13 @@ pub async fn run_node(g: &Globals, c: NodeCmd) -> anyhow::Result<ExitCode> {
         }
         NodeCmd::Promote { nodes } => {
             for n in nodes {
-                edit_node(&mut ctl, &n, false, |s| {
-                    s.desired_role = NodeRole::Manager as i32;
-                    Ok(())
-                })
-                .await?;
+                set_role(&mut ctl, &n, NodeRole::Manager, false).await?;
                 println!("Node {n} promoted to a manager in the swarm.");
             }
         }
         NodeCmd::Demote { nodes, force } => {
             for n in nodes {
-                edit_node(&mut ctl, &n, force, |s| {
-                    s.desired_role = NodeRole::Worker as i32;
-                    Ok(())
-                })
-                .await?;
+                set_role(&mut ctl, &n, NodeRole::Worker, force).await?;
                 println!("Manager {n} demoted in the swarm.");
             }
         }

@@ -70,12 +70,17 @@ pub async fn rotate_ca(store: &Store, new: RootCa) -> Result<Cluster, ControlErr
 /// new root: the old root is no longer trusted. (A node that was down all along joins
 /// again.) Returns whether it ended one.
 pub async fn finish_rotation(store: &Store) -> Result<bool, ControlError> {
-    let Ok(c) = cluster(store) else {
-        return Ok(false);
-    };
-    if c.previous_root_ca_cert.is_empty() {
+    // called every tick of the node monitor: nothing is copied unless a rotation runs
+    let rotating = store.view(|t| {
+        t.clusters
+            .values()
+            .next()
+            .is_some_and(|c| !c.previous_root_ca_cert.is_empty())
+    });
+    if !rotating {
         return Ok(false);
     }
+    let c = cluster(store)?;
     let digest = root_ca(&c)?.digest();
     let done = store.view(|t| {
         t.nodes.values().all(|n| {
@@ -181,13 +186,16 @@ fn new_raft_id(store: &Store) -> u64 {
     }
 }
 
+/// The managers' cluster addresses, as nodes are told them.
+pub fn manager_addrs(t: &super::store::Tables) -> Vec<String> {
+    t.nodes
+        .values()
+        .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
+        .collect()
+}
+
 fn managers(store: &Store) -> Vec<String> {
-    store.view(|t| {
-        t.nodes
-            .values()
-            .filter_map(|n| n.manager_status.as_ref().map(|m| m.addr.clone()))
-            .collect()
-    })
+    store.view(manager_addrs)
 }
 
 /// A member's new certificate, for the role the managers want it to have now.

@@ -347,11 +347,7 @@ fn tasks_for(store: &Store, node: &str) -> Vec<Task> {
 
 /// What a session tells its node about the swarm, as the store has it now.
 fn swarm_view(t: &super::store::Tables, mut m: SessionMessage) -> SessionMessage {
-    m.managers = t
-        .nodes
-        .values()
-        .filter_map(|n| n.manager_status.as_ref().map(|x| x.addr.clone()))
-        .collect();
+    m.managers = super::ca::manager_addrs(t);
     m.desired_role = t
         .nodes
         .get(&m.node_id)

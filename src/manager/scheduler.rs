@@ -9,7 +9,7 @@ use std::time::Duration;
 use shoal_proto::{Node, NodeAvailability, NodeRole, NodeState, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Store, StoreError};
+use super::store::{Store, StoreError, Tx};
 use super::tasks::{desired, run_loop, state, status};
 
 /// One constraint: `node.labels.zone==east`.
@@ -140,6 +140,33 @@ struct NodeLoad {
     cpu: i64,
 }
 
+impl NodeLoad {
+    /// Counts `t` as placed here.
+    fn add(&mut self, t: &Task) {
+        let (m, c) = reservations(t);
+        self.tasks += 1;
+        *self.per_service.entry(t.service_id.clone()).or_default() += 1;
+        self.memory += m;
+        self.cpu += c;
+    }
+}
+
+/// Places `t` on `node`: counted in the node's load, written as ASSIGNED.
+fn assign(
+    tx: &mut Tx<'_>,
+    load: &mut HashMap<String, NodeLoad>,
+    mut t: Task,
+    node: &str,
+) -> Result<(), StoreError> {
+    load.entry(node.to_string()).or_default().add(&t);
+    t.node_id = node.to_string();
+    t.status = Some(status(
+        TaskState::Assigned,
+        "scheduler assigned task to node",
+    ));
+    tx.update(t)
+}
+
 fn reservations(t: &Task) -> (i64, i64) {
     let r = t
         .spec
@@ -255,11 +282,7 @@ pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
                     return;
                 }
                 if let Some(l) = load.get_mut(&t.node_id) {
-                    let (m, c) = reservations(t);
-                    l.tasks += 1;
-                    *l.per_service.entry(t.service_id.clone()).or_default() += 1;
-                    l.memory += m;
-                    l.cpu += c;
+                    l.add(t);
                 }
             });
             let no_load = NodeLoad::default();
@@ -321,17 +344,8 @@ pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
                     let Some(std::cmp::Reverse((ps, total, node))) = heap.pop() else {
                         break;
                     };
-                    let l = load.entry(node.to_string()).or_default();
-                    l.tasks += 1;
-                    *l.per_service.entry(sid.clone()).or_default() += 1;
                     heap.push(std::cmp::Reverse((ps + 1, total + 1, node)));
-                    let mut t = t.clone();
-                    t.node_id = node.to_string();
-                    t.status = Some(status(
-                        TaskState::Assigned,
-                        "scheduler assigned task to node",
-                    ));
-                    tx.update(t)?;
+                    assign(tx, &mut load, t.clone(), node)?;
                     placed += 1;
                 }
                 i = j;
@@ -382,18 +396,8 @@ pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
                 }
                 match best {
                     Some((n, _)) => {
-                        let (m, c) = reservations(&t);
-                        let l = load.entry(n.id.clone()).or_default();
-                        l.tasks += 1;
-                        *l.per_service.entry(t.service_id.clone()).or_default() += 1;
-                        l.memory += m;
-                        l.cpu += c;
-                        t.node_id = n.id.clone();
-                        t.status = Some(status(
-                            TaskState::Assigned,
-                            "scheduler assigned task to node",
-                        ));
-                        tx.update(t)?;
+                        let node = n.id.clone();
+                        assign(tx, &mut load, t, &node)?;
                         placed += 1;
                     }
                     None => {

@@ -81,12 +81,22 @@ pub fn server_config(certs: &NodeCerts) -> Result<Arc<ServerConfig>, TlsError> {
 /// roots; we show ours.
 pub fn client_config(certs: &NodeCerts) -> Result<Arc<ClientConfig>, TlsError> {
     let (chain, key) = chain_and_key(certs)?;
-    let mut cfg = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(bad)?
+    h2(client_builder()?
         .with_root_certificates(roots(&certs.roots_pem)?)
         .with_client_auth_cert(chain, key)
-        .map_err(bad)?;
+        .map_err(bad)?)
+}
+
+type ClientBuilder = rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>;
+
+fn client_builder() -> Result<ClientBuilder, TlsError> {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(bad)
+}
+
+/// gRPC speaks HTTP/2: say so in ALPN.
+fn h2(mut cfg: ClientConfig) -> Result<Arc<ClientConfig>, TlsError> {
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -94,27 +104,19 @@ pub fn client_config(certs: &NodeCerts) -> Result<Arc<ClientConfig>, TlsError> {
 /// A joining node that has checked the CA against its token: it verifies the manager
 /// against that CA but has no certificate of its own yet.
 pub fn bootstrap_config(ca_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut cfg = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(bad)?
+    h2(client_builder()?
         .with_root_certificates(roots(ca_pem)?)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(cfg))
+        .with_no_client_auth())
 }
 
 /// Only to fetch the CA certificate at join: the server is not verified here, because
 /// what it returns is checked against the digest in the join token before anything
 /// secret is sent (as Swarm does).
 pub fn unverified_config() -> Result<Arc<ClientConfig>, TlsError> {
-    let mut cfg = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(bad)?
+    h2(client_builder()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider())))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(cfg))
+        .with_no_client_auth())
 }
 
 #[derive(Debug)]

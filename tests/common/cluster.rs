@@ -143,7 +143,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `n` hosts with their daemons started, not yet in a swarm.
+    /// `n` hosts with their daemons started and the test image imported, not yet in a
+    /// swarm.
     pub fn new(n: usize) -> Cluster {
         let net = Net::new(n);
         let hosts = net
@@ -154,6 +155,11 @@ impl Cluster {
                 let mut host = Host::new();
                 host.netns = Some((ns.clone(), format!("node{}", i + 1)));
                 let daemon = Some(host.start_daemon());
+                host.ok(&[
+                    "image",
+                    "import",
+                    super::fixtures().join("busybox-oci").to_str().unwrap(),
+                ]);
                 ClusterHost {
                     daemon,
                     host,
