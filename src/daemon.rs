@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::Agent;
 use crate::manager::node::{Manager, ManagerOpts};
 use crate::manager::raft::network::PeerTls;
-use crate::manager::store::{new_id, Event, Store};
+use crate::manager::store::{new_id, Events, Store};
 use crate::tls::{transport, JoinToken, NodeCerts, Role, RootCa};
 use serde::{Deserialize, Serialize};
 use shoal_proto::store_object::Object;
@@ -1034,7 +1034,7 @@ impl Daemon {
         tasks: Vec<Task>,
         follow: bool,
         tail: u64,
-        watch: Option<(String, Store, tokio::sync::broadcast::Receiver<Event>)>,
+        watch: Option<(String, Store, Events)>,
     ) -> mpsc::Receiver<Result<LogMessage, tonic::Status>> {
         let (tx, rx) = mpsc::channel(256);
         let logs = TaskLogs {
@@ -1056,13 +1056,16 @@ impl Daemon {
                         ev = events.recv() => ev,
                     };
                     let candidates: Vec<Task> = match ev {
-                        Ok(Event::Change { object, .. }) => match &*object {
-                            Object::Task(t) => vec![t.clone()],
-                            _ => continue,
-                        },
-                        Ok(_) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            store.view(|t| t.tasks.values().cloned().collect())
+                        Ok(e) if !e.restored => e
+                            .changes
+                            .iter()
+                            .filter_map(|c| match &*c.object {
+                                Object::Task(t) => Some(t.clone()),
+                                _ => None,
+                            })
+                            .collect(),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            store.view(|t| t.tasks_of_service(&service_id).cloned().collect())
                         }
                         Err(_) => return, // the manager stopped
                     };

@@ -366,11 +366,7 @@ impl Control for Api {
             m.store
                 .view_and_watch(|t| match ctl::find(&t.services, &r.service_or_task) {
                     Ok(s) => Ok((
-                        t.tasks
-                            .values()
-                            .filter(|x| x.service_id == s.id)
-                            .cloned()
-                            .collect::<Vec<_>>(),
+                        t.tasks_of_service(&s.id).cloned().collect::<Vec<_>>(),
                         Some(s.id),
                     )),
                     Err(e) => ctl::find(&t.tasks, &r.service_or_task)

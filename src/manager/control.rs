@@ -152,7 +152,12 @@ pub async fn create_service(store: &Store, spec: ServiceSpec) -> Result<Service,
         ..Default::default()
     };
     let id = s.id.clone();
-    store.update(|tx| tx.create(s)).await?;
+    store
+        .update(|tx| {
+            tx.create(s)?;
+            super::orchestrator::reconcile_in(tx, &id)
+        })
+        .await?;
     store
         .view(|t| t.services.get(&id).cloned())
         .ok_or(ControlError::NotFound {
@@ -211,7 +216,12 @@ pub async fn update_service(
 
 pub async fn remove_service(store: &Store, what: &str) -> Result<(), ControlError> {
     let s = store.view(|t| find(&t.services, what))?;
-    store.update(|tx| tx.remove::<Service>(&s.id)).await?;
+    store
+        .update(|tx| {
+            tx.remove::<Service>(&s.id)?;
+            super::orchestrator::reconcile_in(tx, &s.id)
+        })
+        .await?;
     Ok(())
 }
 
@@ -430,7 +440,7 @@ pub async fn remove_node(store: &Store, what: &str, force: bool) -> Result<Node,
     let id = n.id.clone();
     store
         .update(move |tx| {
-            for t in tx.filter(|t: &Task| t.node_id == id) {
+            for t in tx.tasks_of(&id, true) {
                 if !state(&t).is_terminal() {
                     let mut t = t.clone();
                     let st = t.status.get_or_insert_with(TaskStatus::default);

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::store::{new_id, Event, Store, StoreError};
+use super::store::{new_id, Change, Store, StoreError};
 use super::tasks::state;
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(1000);
@@ -87,47 +87,52 @@ async fn route(store: Store, routes: Arc<Mutex<Routes>>, shutdown: CancellationT
             ev = events.recv() => ev,
         };
         let mut r = routes.lock().unwrap_or_else(|p| p.into_inner());
+        let resync = |r: &mut Routes| {
+            Routes::send_all(&mut r.assignments, &Routed::Resync);
+            Routes::send_all(&mut r.sessions, &Routed::Poke);
+        };
         match ev {
-            Ok(Event::Change { kind, object, old }) => match &*object {
-                Object::Task(t) => {
-                    let was = match old.as_deref() {
-                        Some(Object::Task(o)) => o.node_id.clone(),
-                        _ => String::new(),
-                    };
-                    let routed = Routed::Task {
-                        kind,
-                        object: object.clone(),
-                        old: old.clone(),
-                    };
-                    let mut targets = vec![&t.node_id];
-                    if was != t.node_id {
-                        targets.push(&was);
-                    }
-                    for n in targets.into_iter().filter(|n| !n.is_empty()) {
-                        touched.insert(n.clone());
-                        Routes::send(&mut r.assignments, n, &routed);
+            Ok(e) if e.restored => resync(&mut r),
+            Ok(e) => {
+                for Change { kind, object, old } in &e.changes {
+                    match &**object {
+                        Object::Task(t) => {
+                            let was = match old.as_deref() {
+                                Some(Object::Task(o)) => o.node_id.as_str(),
+                                _ => "",
+                            };
+                            let routed = Routed::Task {
+                                kind: *kind,
+                                object: object.clone(),
+                                old: old.clone(),
+                            };
+                            let mut targets = vec![t.node_id.as_str()];
+                            if was != t.node_id {
+                                targets.push(was);
+                            }
+                            for n in targets.into_iter().filter(|n| !n.is_empty()) {
+                                if !touched.contains(n) {
+                                    touched.insert(n.to_string());
+                                }
+                                Routes::send(&mut r.assignments, n, &routed);
+                            }
+                        }
+                        Object::Cluster(_) => Routes::send_all(&mut r.sessions, &Routed::Poke),
+                        Object::Node(n) => {
+                            if concerns_all(object, old.as_deref()) {
+                                Routes::send_all(&mut r.sessions, &Routed::Poke);
+                            } else {
+                                Routes::send(&mut r.sessions, &n.id, &Routed::Poke);
+                            }
+                        }
+                        _ => {}
                     }
                 }
-                Object::Cluster(_) => Routes::send_all(&mut r.sessions, &Routed::Poke),
-                Object::Node(n) => {
-                    if concerns_all(&object, old.as_deref()) {
-                        Routes::send_all(&mut r.sessions, &Routed::Poke);
-                    } else {
-                        Routes::send(&mut r.sessions, &n.id, &Routed::Poke);
-                    }
-                }
-                _ => {}
-            },
-            Ok(Event::Commit { .. }) => {
                 for n in std::mem::take(&mut touched) {
                     Routes::send(&mut r.assignments, &n, &Routed::Commit);
                 }
             }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                touched.clear();
-                Routes::send_all(&mut r.assignments, &Routed::Resync);
-                Routes::send_all(&mut r.sessions, &Routed::Poke);
-            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => resync(&mut r),
             Err(_) => return,
         }
     }
@@ -301,7 +306,7 @@ impl Dispatcher {
                         st.state = NodeState::Down as i32;
                         st.message = "heartbeat failure".into();
                         tx.update(n)?;
-                        for t in tx.filter(|t: &Task| &t.node_id == id) {
+                        for t in tx.tasks_of(id, true) {
                             if &t.node_id == id
                                 && !state(&t).is_terminal()
                                 && t.desired_state < TaskState::Shutdown as i32
@@ -337,8 +342,7 @@ fn concerns_all(object: &Object, old: Option<&Object>) -> bool {
 /// Every task assigned to `node`.
 fn tasks_for(store: &Store, node: &str) -> Vec<Task> {
     store.view(|t| {
-        t.tasks
-            .values()
+        t.tasks_on_node(node)
             .filter(|x| is_for(x, node))
             .cloned()
             .collect()

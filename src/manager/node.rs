@@ -67,14 +67,8 @@ impl Manager {
         let db = open_db(&dir.join("raft.redb"))?;
         let store = Store::new();
         let sm = StateMachine::open(store.clone(), db.clone())?;
-        let raft = Raft::new(
-            raft_id,
-            cfg,
-            GrpcNetwork::new(tls),
-            LogStore::new(db.clone()),
-            sm,
-        )
-        .await?;
+        let log = LogStore::new(db.clone());
+        let raft = Raft::new(raft_id, cfg, GrpcNetwork::new(tls), log, sm).await?;
         if init.is_some() {
             let mut members = BTreeMap::new();
             members.insert(raft_id, BasicNode::new(addr));
@@ -165,8 +159,6 @@ impl Manager {
         })
     }
 
-    /// Stops Raft and the loops, and waits (up to 5 s) until Raft's tasks have closed the
-    /// database, so that a manager can start again in this process.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
@@ -194,6 +186,8 @@ impl Manager {
             .collect()
     }
 
+    /// Stops Raft and the loops, and waits (up to 5 s) until Raft's tasks have closed the
+    /// database, so that a manager can start again in this process.
     pub async fn stop(&self) {
         self.shutdown.cancel();
         let _ = self.raft.shutdown().await;

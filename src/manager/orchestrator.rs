@@ -37,7 +37,7 @@ impl Orchestrator {
                             match id.strip_prefix(NODE_KEY) {
                                 // a node changed: every service with a task there
                                 Some(node) => ids.extend(
-                                    t.tasks.values().filter(|x| x.node_id == node).map(|x| x.service_id.clone()),
+                                    t.tasks_on_node(node).map(|x| x.service_id.clone()),
                                 ),
                                 None => {
                                     ids.insert(id);
@@ -50,9 +50,15 @@ impl Orchestrator {
                 };
                 // node changes matter to global services: reconcile all of those too
                 let globals: Vec<String> = store.view(|t| t.services.values().filter(|s| matches!(mode(s), Some(Mode::Global(_)) | Some(Mode::GlobalJob(_)))).map(|s| s.id.clone()).collect());
-                for id in ids.into_iter().chain(globals).collect::<BTreeSet<_>>() {
-                    if let Err(e) = reconcile(&store, &id).await {
-                        tracing::warn!(service.id = %id, error = %e, "reconcile failed; will retry on the next change");
+                let ids: BTreeSet<String> = ids.into_iter().chain(globals).collect();
+                // all in one commit; if that is refused, service by service, so that one
+                // service's trouble holds up no other
+                let together = store.update(|tx| ids.iter().try_for_each(|id| reconcile_in(tx, id))).await;
+                if together.is_err() {
+                    for id in ids {
+                        if let Err(e) = reconcile(&store, &id).await {
+                            tracing::warn!(service.id = %id, error = %e, "reconcile failed; will retry on the next change");
+                        }
                     }
                 }
             }
@@ -64,28 +70,31 @@ impl Orchestrator {
 /// Node events do not name services; the dispatcher and scheduler change nodes, so the
 /// orchestrator also reconciles global services when asked explicitly.
 pub async fn reconcile(store: &Store, service_id: &str) -> Result<(), StoreError> {
-    store
-        .update(|tx| {
-            let service = tx.get::<Service>(service_id);
-            let tasks: Vec<Task> = tx.filter(|t: &Task| t.service_id == service_id);
-            match service {
-                None => remove_all(tx, tasks),
-                Some(s) => match mode(&s).cloned() {
-                    Some(Mode::Replicated(r)) => replicated(tx, &s, tasks, r.replicas),
-                    Some(Mode::Global(_)) => global(tx, &s, tasks, false),
-                    Some(Mode::GlobalJob(_)) => {
-                        retire_old_iterations(tx, &s, &tasks)?;
-                        global(tx, &s, tasks, true)
-                    }
-                    Some(Mode::ReplicatedJob(j)) => {
-                        retire_old_iterations(tx, &s, &tasks)?;
-                        replicated_job(tx, &s, tasks, j.max_concurrent, j.total_completions)
-                    }
-                    None => Ok(()),
-                },
+    store.update(|tx| reconcile_in(tx, service_id)).await
+}
+
+/// [`reconcile`] inside a transaction: the control API creates a service's tasks in the
+/// commit that creates the service, and marks them for removal in the one that removes
+/// it (one commit instead of two, and no window between them).
+pub fn reconcile_in(tx: &mut Tx<'_>, service_id: &str) -> Result<(), StoreError> {
+    let service = tx.get::<Service>(service_id);
+    let tasks: Vec<Task> = tx.tasks_of(service_id, false);
+    match service {
+        None => remove_all(tx, tasks),
+        Some(s) => match mode(&s).cloned() {
+            Some(Mode::Replicated(r)) => replicated(tx, &s, tasks, r.replicas),
+            Some(Mode::Global(_)) => global(tx, &s, tasks, false),
+            Some(Mode::GlobalJob(_)) => {
+                retire_old_iterations(tx, &s, &tasks)?;
+                global(tx, &s, tasks, true)
             }
-        })
-        .await
+            Some(Mode::ReplicatedJob(j)) => {
+                retire_old_iterations(tx, &s, &tasks)?;
+                replicated_job(tx, &s, tasks, j.max_concurrent, j.total_completions)
+            }
+            None => Ok(()),
+        },
+    }
 }
 
 fn set_desired(tx: &mut Tx<'_>, t: &Task, d: TaskState) -> Result<(), StoreError> {

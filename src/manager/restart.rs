@@ -127,11 +127,8 @@ pub async fn restart_dead(store: &Store) -> Result<Vec<(String, Duration)>, Stor
                 let mut old = t.clone();
                 old.desired_state = TaskState::Shutdown as i32;
                 // the slot's history (global services: the node's)
-                let slot = tx.filter(|h: &Task| {
-                    h.service_id == t.service_id
-                        && h.slot == t.slot
-                        && (t.slot > 0 || h.node_id == t.node_id)
-                });
+                let mut slot = tx.tasks_of(&t.service_id, false);
+                slot.retain(|h| h.slot == t.slot && (t.slot > 0 || h.node_id == t.node_id));
                 let history: Vec<&Task> = slot.iter().collect();
                 if !should_restart(t, &history, job) {
                     continue; // by policy it stays as it ended

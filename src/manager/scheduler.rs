@@ -141,11 +141,13 @@ struct NodeLoad {
 }
 
 impl NodeLoad {
-    /// Counts `t` as placed here.
-    fn add(&mut self, t: &Task) {
+    /// Counts `t` as placed here (`per_service`: in its service's count too).
+    fn add(&mut self, t: &Task, per_service: bool) {
         let (m, c) = reservations(t);
         self.tasks += 1;
-        *self.per_service.entry(t.service_id.clone()).or_default() += 1;
+        if per_service {
+            *self.per_service.entry(t.service_id.clone()).or_default() += 1;
+        }
         self.memory += m;
         self.cpu += c;
     }
@@ -158,7 +160,7 @@ fn assign(
     mut t: Task,
     node: &str,
 ) -> Result<(), StoreError> {
-    load.entry(node.to_string()).or_default().add(&t);
+    load.entry(node.to_string()).or_default().add(&t, true);
     t.node_id = node.to_string();
     t.status = Some(status(
         TaskState::Assigned,
@@ -268,186 +270,194 @@ pub fn parse_preference(p: &str) -> Result<String, String> {
     }
 }
 
-/// Places every pending task it can, in one transaction.
-pub async fn schedule_pending(store: &Store) -> Result<usize, StoreError> {
+/// Moves new tasks to pending (network addresses come here once overlays exist) and
+/// places every pending task it can, in one transaction: a task that can be placed at
+/// once goes from new to assigned in one commit.
+pub async fn allocate_and_schedule(store: &Store) -> Result<usize, StoreError> {
     store
         .update(|tx| {
-            let nodes = tx.list::<Node>();
-            let mut load: HashMap<String, NodeLoad> = nodes
-                .iter()
-                .map(|n| (n.id.clone(), NodeLoad::default()))
-                .collect();
-            tx.for_each(|t: &Task| {
-                if !holds_node(t) {
-                    return;
-                }
-                if let Some(l) = load.get_mut(&t.node_id) {
-                    l.add(t);
-                }
-            });
-            let no_load = NodeLoad::default();
-            let mut placed = 0;
-            let mut pending: Vec<Task> = tx.filter(|t: &Task| {
-                state(t) == TaskState::Pending
-                    && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
-            });
-            pending.sort_by(|a, b| a.service_id.cmp(&b.service_id).then(a.slot.cmp(&b.slot)));
-            // The common case, fast: a service's tasks with no reservations, no limit per
-            // node, no preferences and no fixed node can go to the same nodes, so those
-            // are found once and the least loaded taken from a heap, instead of every
-            // node checked for every task.
-            let mut slow = Vec::new();
-            let mut i = 0;
-            while i < pending.len() {
-                let sid = pending[i].service_id.clone();
-                let j = pending[i..]
-                    .iter()
-                    .position(|t| t.service_id != sid)
-                    .map_or(pending.len(), |k| i + k);
-                let group = &pending[i..j];
-                let placement = |t: &Task| t.spec.as_ref().and_then(|s| s.placement.clone());
-                let simple = group.iter().all(|t| {
-                    t.node_id.is_empty()
-                        && reservations(t) == (0, 0)
-                        && placement(t)
-                            .is_none_or(|p| p.max_replicas == 0 && p.preferences.is_empty())
-                        && placement(t) == placement(&group[0])
-                });
-                let eligible: Vec<&Node> = if simple {
-                    nodes
-                        .iter()
-                        .filter(|n| check(n, &no_load, &group[0]).is_ok())
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                if eligible.is_empty() {
-                    slow.extend(group.iter().cloned());
-                    i = j;
-                    continue;
-                }
-                let count = |id: &str| {
-                    load.get(id).map_or((0, 0), |l| {
-                        (l.per_service.get(&sid).copied().unwrap_or(0), l.tasks)
-                    })
-                };
-                let mut heap: std::collections::BinaryHeap<
-                    std::cmp::Reverse<(usize, usize, &str)>,
-                > = eligible
-                    .iter()
-                    .map(|n| {
-                        let (s, t) = count(&n.id);
-                        std::cmp::Reverse((s, t, n.id.as_str()))
-                    })
-                    .collect();
-                for t in group {
-                    let Some(std::cmp::Reverse((ps, total, node))) = heap.pop() else {
-                        break;
-                    };
-                    heap.push(std::cmp::Reverse((ps + 1, total + 1, node)));
-                    assign(tx, &mut load, t.clone(), node)?;
-                    placed += 1;
-                }
-                i = j;
-            }
-            for mut t in slow {
-                let mut why: HashMap<Reason, usize> = HashMap::new();
-                let candidates: Vec<&Node> = nodes
-                    .iter()
-                    .filter(|n| t.node_id.is_empty() || n.id == t.node_id)
-                    .collect();
-                let prefs = spread_labels(&t);
-                let mut best: Option<(&Node, PlacementKey)> = None;
-                for n in candidates {
-                    let l = load.get(&n.id).unwrap_or(&no_load);
-                    match check(n, l, &t) {
-                        Ok(()) => {
-                            // placement preferences first: the label value with the
-                            // fewest tasks of the service, then the node with the
-                            // fewest tasks of the service, then the fewest tasks
-                            let groups = prefs
-                                .iter()
-                                .map(|p| {
-                                    let v = label_of(n, p);
-                                    nodes
-                                        .iter()
-                                        .filter(|o| label_of(o, p) == v)
-                                        .map(|o| {
-                                            load.get(&o.id)
-                                                .and_then(|x| x.per_service.get(&t.service_id))
-                                                .copied()
-                                                .unwrap_or(0)
-                                        })
-                                        .sum()
-                                })
-                                .collect();
-                            let key = (
-                                groups,
-                                l.per_service.get(&t.service_id).copied().unwrap_or(0),
-                                l.tasks,
-                                n.id.as_str(),
-                            );
-                            if best.as_ref().is_none_or(|(_, k)| key < *k) {
-                                best = Some((n, key));
-                            }
-                        }
-                        Err(r) => *why.entry(r).or_default() += 1,
-                    }
-                }
-                match best {
-                    Some((n, _)) => {
-                        let node = n.id.clone();
-                        assign(tx, &mut load, t, &node)?;
-                        placed += 1;
-                    }
-                    None => {
-                        let mut reasons: Vec<(Reason, usize)> = why.into_iter().collect();
-                        reasons.sort();
-                        let text = if reasons.is_empty() {
-                            "no nodes in the cluster".to_string()
-                        } else {
-                            {
-                                let mut parts: Vec<String> = Vec::new();
-                                for (r, n) in &reasons {
-                                    let p = r.explain(*n);
-                                    if !parts.contains(&p) {
-                                        parts.push(p);
-                                    }
-                                }
-                                parts.join("; ")
-                            }
-                        };
-                        let msg = format!("no suitable node ({text})");
-                        if t.status.as_ref().map(|s| s.err.as_str()) != Some(msg.as_str()) {
-                            let st = t.status.get_or_insert_with(Default::default);
-                            st.err = msg.clone();
-                            st.message = "pending task scheduling".into();
-                            tx.update(t)?;
-                        }
-                    }
-                }
-            }
-            Ok(placed)
+            allocate_new(tx)?;
+            schedule_pending(tx)
         })
         .await
 }
 
-/// Moves new tasks to pending: network addresses come here once overlays exist.
-pub async fn allocate_new(store: &Store) -> Result<usize, StoreError> {
-    store
-        .update(|tx| {
-            let mut n = 0;
-            for mut t in tx.filter(|t: &Task| {
-                state(t) == TaskState::New
-                    && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
-            }) {
-                t.status = Some(status(TaskState::Pending, "pending task scheduling"));
-                tx.update(t)?;
-                n += 1;
+/// Places every pending task it can.
+fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
+    let mut pending: Vec<Task> = tx.filter(|t: &Task| {
+        state(t) == TaskState::Pending
+            && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
+    });
+    if pending.is_empty() {
+        return Ok(0); // most passes: a status changed, nothing to place
+    }
+    // tasks per service are counted only for the services being placed
+    let placing: std::collections::HashSet<&str> =
+        pending.iter().map(|t| t.service_id.as_str()).collect();
+    let nodes = tx.list::<Node>();
+    let mut load: HashMap<String, NodeLoad> = nodes
+        .iter()
+        .map(|n| (n.id.clone(), NodeLoad::default()))
+        .collect();
+    tx.for_each(|t: &Task| {
+        if !holds_node(t) {
+            return;
+        }
+        if let Some(l) = load.get_mut(&t.node_id) {
+            l.add(t, placing.contains(t.service_id.as_str()));
+        }
+    });
+    drop(placing);
+    let no_load = NodeLoad::default();
+    let mut placed = 0;
+    pending.sort_by(|a, b| a.service_id.cmp(&b.service_id).then(a.slot.cmp(&b.slot)));
+    // The common case, fast: a service's tasks with no reservations, no limit per
+    // node, no preferences and no fixed node can go to the same nodes, so those
+    // are found once and the least loaded taken from a heap, instead of every
+    // node checked for every task.
+    let mut slow = Vec::new();
+    let mut i = 0;
+    while i < pending.len() {
+        let sid = pending[i].service_id.clone();
+        let j = pending[i..]
+            .iter()
+            .position(|t| t.service_id != sid)
+            .map_or(pending.len(), |k| i + k);
+        let group = &pending[i..j];
+        let placement = |t: &Task| t.spec.as_ref().and_then(|s| s.placement.clone());
+        let simple = group.iter().all(|t| {
+            t.node_id.is_empty()
+                && reservations(t) == (0, 0)
+                && placement(t).is_none_or(|p| p.max_replicas == 0 && p.preferences.is_empty())
+                && placement(t) == placement(&group[0])
+        });
+        let eligible: Vec<&Node> = if simple {
+            nodes
+                .iter()
+                .filter(|n| check(n, &no_load, &group[0]).is_ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if eligible.is_empty() {
+            slow.extend(group.iter().cloned());
+            i = j;
+            continue;
+        }
+        let count = |id: &str| {
+            load.get(id).map_or((0, 0), |l| {
+                (l.per_service.get(&sid).copied().unwrap_or(0), l.tasks)
+            })
+        };
+        let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize, &str)>> =
+            eligible
+                .iter()
+                .map(|n| {
+                    let (s, t) = count(&n.id);
+                    std::cmp::Reverse((s, t, n.id.as_str()))
+                })
+                .collect();
+        for t in group {
+            let Some(std::cmp::Reverse((ps, total, node))) = heap.pop() else {
+                break;
+            };
+            heap.push(std::cmp::Reverse((ps + 1, total + 1, node)));
+            assign(tx, &mut load, t.clone(), node)?;
+            placed += 1;
+        }
+        i = j;
+    }
+    for mut t in slow {
+        let mut why: HashMap<Reason, usize> = HashMap::new();
+        let candidates: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| t.node_id.is_empty() || n.id == t.node_id)
+            .collect();
+        let prefs = spread_labels(&t);
+        let mut best: Option<(&Node, PlacementKey)> = None;
+        for n in candidates {
+            let l = load.get(&n.id).unwrap_or(&no_load);
+            match check(n, l, &t) {
+                Ok(()) => {
+                    // placement preferences first: the label value with the
+                    // fewest tasks of the service, then the node with the
+                    // fewest tasks of the service, then the fewest tasks
+                    let groups = prefs
+                        .iter()
+                        .map(|p| {
+                            let v = label_of(n, p);
+                            nodes
+                                .iter()
+                                .filter(|o| label_of(o, p) == v)
+                                .map(|o| {
+                                    load.get(&o.id)
+                                        .and_then(|x| x.per_service.get(&t.service_id))
+                                        .copied()
+                                        .unwrap_or(0)
+                                })
+                                .sum()
+                        })
+                        .collect();
+                    let key = (
+                        groups,
+                        l.per_service.get(&t.service_id).copied().unwrap_or(0),
+                        l.tasks,
+                        n.id.as_str(),
+                    );
+                    if best.as_ref().is_none_or(|(_, k)| key < *k) {
+                        best = Some((n, key));
+                    }
+                }
+                Err(r) => *why.entry(r).or_default() += 1,
             }
-            Ok(n)
-        })
-        .await
+        }
+        match best {
+            Some((n, _)) => {
+                let node = n.id.clone();
+                assign(tx, &mut load, t, &node)?;
+                placed += 1;
+            }
+            None => {
+                let mut reasons: Vec<(Reason, usize)> = why.into_iter().collect();
+                reasons.sort();
+                let text = if reasons.is_empty() {
+                    "no nodes in the cluster".to_string()
+                } else {
+                    {
+                        let mut parts: Vec<String> = Vec::new();
+                        for (r, n) in &reasons {
+                            let p = r.explain(*n);
+                            if !parts.contains(&p) {
+                                parts.push(p);
+                            }
+                        }
+                        parts.join("; ")
+                    }
+                };
+                let msg = format!("no suitable node ({text})");
+                if t.status.as_ref().map(|s| s.err.as_str()) != Some(msg.as_str()) {
+                    let st = t.status.get_or_insert_with(Default::default);
+                    st.err = msg.clone();
+                    st.message = "pending task scheduling".into();
+                    tx.update(t)?;
+                }
+            }
+        }
+    }
+    Ok(placed)
+}
+
+/// Moves new tasks to pending: network addresses come here once overlays exist.
+fn allocate_new(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for mut t in tx.filter(|t: &Task| {
+        state(t) == TaskState::New && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
+    }) {
+        t.status = Some(status(TaskState::Pending, "pending task scheduling"));
+        tx.update(t)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The allocator and the scheduler, debounced as swarmkit does (50 ms after a change).
@@ -470,11 +480,8 @@ impl Scheduler {
             |_| {
                 let store = store.clone();
                 async move {
-                    if let Err(e) = allocate_new(&store).await {
-                        tracing::warn!(error = %e, "allocating tasks failed");
-                    }
-                    if let Err(e) = schedule_pending(&store).await {
-                        tracing::warn!(error = %e, "scheduling failed");
+                    if let Err(e) = allocate_and_schedule(&store).await {
+                        tracing::warn!(error = %e, "allocating and scheduling tasks failed");
                     }
                 }
             },

@@ -8,7 +8,7 @@
 //! or two loops never overwrite each other's changes. Application is deterministic, so
 //! every manager ends in the same state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use prost::Message;
@@ -58,10 +58,12 @@ pub trait StoreItem: Clone + Send + Sync + 'static {
     fn version(&self) -> u64 {
         self.meta().map(|m| m.version).unwrap_or(0)
     }
+    /// Keeps the tables' secondary indexes in step when an object changes.
+    fn reindex(_t: &mut Tables, _old: Option<&Self>, _new: Option<&Self>) {}
 }
 
 macro_rules! item {
-    ($ty:ty, $kind:literal, $field:ident, $variant:ident, |$s:ident| $name:expr) => {
+    ($ty:ty, $kind:literal, $field:ident, $variant:ident, |$s:ident| $name:expr $(, reindex: $reindex:path)?) => {
         impl StoreItem for $ty {
             const KIND: &'static str = $kind;
             fn id(&self) -> &str {
@@ -86,6 +88,11 @@ macro_rules! item {
             fn table_mut(t: &mut Tables) -> &mut BTreeMap<String, Self> {
                 &mut t.$field
             }
+            $(
+            fn reindex(t: &mut Tables, old: Option<&Self>, new: Option<&Self>) {
+                $reindex(t, old, new)
+            }
+            )?
         }
     };
 }
@@ -104,7 +111,7 @@ item!(Service, "service", services, Service, |s| s
     .as_ref()
     .map(|x| ann_name(&x.annotations))
     .unwrap_or(""));
-item!(Task, "task", tasks, Task, |s| ann_name(&s.annotations));
+item!(Task, "task", tasks, Task, |s| ann_name(&s.annotations), reindex: TaskIndex::update);
 item!(Network, "network", networks, Network, |s| s
     .spec
     .as_ref()
@@ -136,6 +143,47 @@ pub struct Tables {
     pub secrets: BTreeMap<String, Secret>,
     pub configs: BTreeMap<String, Config>,
     pub clusters: BTreeMap<String, Cluster>,
+    /// Tasks by service and by node. Change the tables only through the store so that
+    /// this stays in step.
+    task_index: TaskIndex,
+}
+
+/// Task IDs by service and by node: the loops that look at one service's or one node's
+/// tasks must not scan every task (a big cluster has tens of thousands).
+#[derive(Clone, Default, Debug, PartialEq)]
+struct TaskIndex {
+    by_service: HashMap<String, BTreeSet<String>>,
+    by_node: HashMap<String, BTreeSet<String>>,
+}
+
+impl TaskIndex {
+    fn update(t: &mut Tables, old: Option<&Task>, new: Option<&Task>) {
+        fn unlink(m: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+            if let Some(ids) = m.get_mut(key) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    m.remove(key);
+                }
+            }
+        }
+        let ix = &mut t.task_index;
+        if let Some(o) = old {
+            unlink(&mut ix.by_service, &o.service_id, &o.id);
+            unlink(&mut ix.by_node, &o.node_id, &o.id);
+        }
+        if let Some(n) = new {
+            ix.by_service
+                .entry(n.service_id.clone())
+                .or_default()
+                .insert(n.id.clone());
+            if !n.node_id.is_empty() {
+                ix.by_node
+                    .entry(n.node_id.clone())
+                    .or_default()
+                    .insert(n.id.clone());
+            }
+        }
+    }
 }
 
 /// Kinds whose names must be unique (tasks and nodes may share names).
@@ -144,6 +192,33 @@ fn unique_names(kind: &str) -> bool {
 }
 
 impl Tables {
+    /// Puts or removes (`None`) an object, keeping the indexes in step; returns the
+    /// previous value.
+    fn set<T: StoreItem>(&mut self, id: &str, new: Option<T>) -> Option<T> {
+        let old = match &new {
+            Some(x) => T::table_mut(self).insert(id.to_string(), x.clone()),
+            None => T::table_mut(self).remove(id),
+        };
+        T::reindex(self, old.as_ref(), new.as_ref());
+        old
+    }
+
+    /// A service's tasks, in ID order.
+    pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Task> {
+        self.indexed(self.task_index.by_service.get(service_id))
+    }
+
+    /// The tasks assigned to a node, in ID order.
+    pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> {
+        self.indexed(self.task_index.by_node.get(node_id))
+    }
+
+    fn indexed<'a>(&'a self, ids: Option<&'a BTreeSet<String>>) -> impl Iterator<Item = &'a Task> {
+        ids.into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
     fn apply_item<T: StoreItem>(
         &mut self,
         kind: ActionKind,
@@ -155,7 +230,24 @@ impl Tables {
         if id.is_empty() {
             return Err(StoreError::Invalid(format!("{} with an empty ID", T::KIND)));
         }
-        let existing = T::table(self).get(&id).cloned();
+        let name_taken = |t: &Tables, item: &T| {
+            T::table(t)
+                .values()
+                .find(|o| o.name() == item.name())
+                .map(|other| StoreError::NameInUse {
+                    kind: T::KIND.into(),
+                    name: item.name().into(),
+                    id: other.id().into(),
+                })
+        };
+        // checked by reference: an object is copied only into the table and the event
+        let existing = T::table(self).get(&id).map(|o| {
+            (
+                o.version(),
+                o.name() != item.name(),
+                o.meta().map(|m| m.created_at_ms),
+            )
+        });
         match kind {
             ActionKind::Create => {
                 if existing.is_some() {
@@ -165,54 +257,45 @@ impl Tables {
                     });
                 }
                 if unique_names(T::KIND) {
-                    if let Some(other) = T::table(self).values().find(|o| o.name() == item.name()) {
-                        return Err(StoreError::NameInUse {
-                            kind: T::KIND.into(),
-                            name: item.name().into(),
-                            id: other.id().into(),
-                        });
+                    if let Some(e) = name_taken(self, &item) {
+                        return Err(e);
                     }
                 }
                 let m = item.meta_mut();
                 m.version = index;
                 m.created_at_ms = now_ms;
                 m.updated_at_ms = now_ms;
-                T::table_mut(self).insert(id, item.clone());
+                self.set(&id, Some(item.clone()));
                 Ok((None, item.wrap()))
             }
             ActionKind::Update => {
-                let Some(old) = existing else {
+                let Some((version, renamed, created)) = existing else {
                     return Err(StoreError::NotFound {
                         kind: T::KIND.into(),
                         id,
                     });
                 };
-                if old.version() != item.version() {
+                if version != item.version() {
                     return Err(StoreError::Conflict {
                         kind: T::KIND.into(),
                         id,
                         expected: item.version(),
-                        actual: old.version(),
+                        actual: version,
                     });
                 }
-                if unique_names(T::KIND) && old.name() != item.name() {
-                    if let Some(other) = T::table(self).values().find(|o| o.name() == item.name()) {
-                        return Err(StoreError::NameInUse {
-                            kind: T::KIND.into(),
-                            name: item.name().into(),
-                            id: other.id().into(),
-                        });
+                if unique_names(T::KIND) && renamed {
+                    if let Some(e) = name_taken(self, &item) {
+                        return Err(e);
                     }
                 }
-                let created = old.meta().map(|m| m.created_at_ms).unwrap_or(now_ms);
                 let m = item.meta_mut();
                 m.version = index;
-                m.created_at_ms = created;
+                m.created_at_ms = created.unwrap_or(now_ms);
                 m.updated_at_ms = now_ms;
-                T::table_mut(self).insert(id, item.clone());
-                Ok((Some(old.wrap()), item.wrap()))
+                let old = self.set(&id, Some(item.clone()));
+                Ok((old.map(T::wrap), item.wrap()))
             }
-            ActionKind::Remove => match T::table_mut(self).remove(&id) {
+            ActionKind::Remove => match self.set::<T>(&id, None) {
                 Some(old) => Ok((None, old.wrap())),
                 None => Err(StoreError::NotFound {
                     kind: T::KIND.into(),
@@ -224,15 +307,14 @@ impl Tables {
 
     fn apply_action(
         &mut self,
-        a: &StoreAction,
+        a: StoreAction,
         index: u64,
         now_ms: i64,
-    ) -> Result<Event, StoreError> {
+    ) -> Result<Change, StoreError> {
         let kind = ActionKind::try_from(a.kind)
             .map_err(|_| StoreError::Invalid(format!("action kind {}", a.kind)))?;
         let obj = a
             .object
-            .clone()
             .and_then(|o| o.object)
             .ok_or_else(|| StoreError::Invalid("action without an object".into()))?;
         let (old, new) = match obj {
@@ -244,64 +326,42 @@ impl Tables {
             Object::Config(x) => self.apply_item(kind, x, index, now_ms),
             Object::Cluster(x) => self.apply_item(kind, x, index, now_ms),
         }?;
-        Ok(Event::Change {
+        Ok(Change {
             kind,
-            object: std::sync::Arc::new(new),
-            old: old.map(std::sync::Arc::new),
+            object: Arc::new(new),
+            old: old.map(Arc::new),
         })
     }
 
-    /// Applies a batch all or nothing. Returns the events it makes.
+    /// Applies a batch all or nothing. Returns the changes it made.
     pub fn apply_batch(
         &mut self,
-        batch: &StoreBatch,
+        batch: StoreBatch,
         index: u64,
         now_ms: i64,
-    ) -> Result<Vec<Event>, StoreError> {
-        // in place, with an undo list: copying every table per batch costs too much
-        let mut events = Vec::with_capacity(batch.actions.len() + 1);
-        let mut undo: Vec<Object> = Vec::new();
-        let mut absent: Vec<(&'static str, String)> = Vec::new();
-        for a in &batch.actions {
-            let target = a.object.as_ref().and_then(|o| o.object.as_ref());
-            let before = target
-                .map(|o| (object_key(o).0, object_key(o).1.to_string()))
-                .map(|(k, id)| (k, id.clone(), self.get_object(k, &id)));
+    ) -> Result<Vec<Change>, StoreError> {
+        // in place, undone from the changes themselves if an action is refused: copying
+        // every table per batch costs too much
+        let mut changes: Vec<Change> = Vec::with_capacity(batch.actions.len());
+        for a in batch.actions {
             match self.apply_action(a, index, now_ms) {
-                Ok(e) => {
-                    match before {
-                        Some((_, _, Some(prev))) => undo.push(prev),
-                        Some((k, id, None)) => absent.push((k, id)),
-                        None => {}
-                    }
-                    events.push(e);
-                }
+                Ok(c) => changes.push(c),
                 Err(e) => {
-                    for (k, id) in absent {
-                        self.remove_object(k, &id);
-                    }
-                    for prev in undo.into_iter().rev() {
-                        self.put_object(prev);
+                    for c in changes.into_iter().rev() {
+                        match (c.kind, c.old) {
+                            (ActionKind::Create, _) => {
+                                let (k, id) = object_key(&c.object);
+                                self.remove_object(k, id);
+                            }
+                            (ActionKind::Update, Some(old)) => self.put_object((*old).clone()),
+                            (_, _) => self.put_object((*c.object).clone()),
+                        }
                     }
                     return Err(e);
                 }
             }
         }
-        events.push(Event::Commit { index });
-        Ok(events)
-    }
-
-    fn get_object(&self, kind: &str, id: &str) -> Option<Object> {
-        match kind {
-            "node" => self.nodes.get(id).cloned().map(Object::Node),
-            "service" => self.services.get(id).cloned().map(Object::Service),
-            "task" => self.tasks.get(id).cloned().map(Object::Task),
-            "network" => self.networks.get(id).cloned().map(Object::Network),
-            "secret" => self.secrets.get(id).cloned().map(Object::Secret),
-            "config" => self.configs.get(id).cloned().map(Object::Config),
-            "cluster" => self.clusters.get(id).cloned().map(Object::Cluster),
-            _ => None,
-        }
+        Ok(changes)
     }
 
     fn put_object(&mut self, o: Object) {
@@ -318,13 +378,13 @@ impl Tables {
 
     fn remove_object(&mut self, kind: &str, id: &str) {
         match kind {
-            "node" => drop(self.nodes.remove(id)),
-            "service" => drop(self.services.remove(id)),
-            "task" => drop(self.tasks.remove(id)),
-            "network" => drop(self.networks.remove(id)),
-            "secret" => drop(self.secrets.remove(id)),
-            "config" => drop(self.configs.remove(id)),
-            "cluster" => drop(self.clusters.remove(id)),
+            "node" => drop(self.set::<Node>(id, None)),
+            "service" => drop(self.set::<Service>(id, None)),
+            "task" => drop(self.set::<Task>(id, None)),
+            "network" => drop(self.set::<Network>(id, None)),
+            "secret" => drop(self.set::<Secret>(id, None)),
+            "config" => drop(self.set::<Config>(id, None)),
+            "cluster" => drop(self.set::<Cluster>(id, None)),
             _ => {}
         }
     }
@@ -365,26 +425,34 @@ impl Tables {
 }
 
 fn insert<T: StoreItem>(t: &mut Tables, x: T) {
-    T::table_mut(t).insert(x.id().to_string(), x);
+    let id = x.id().to_string();
+    t.set(&id, Some(x));
 }
 
-/// A change as watchers see it.
-/// Objects are shared (`Arc`): the watch buffer holds 1024 events, an object (a service
-/// with its previous spec inline) is kilobytes, and every watcher receives every event
-/// (a thousand agents' assignment streams on a big cluster), so a receive must not copy
-/// the object.
+/// One change as watchers see it: `object` is the new value (the removed one for a
+/// remove); `old` the value before an update. Objects are shared (`Arc`): an object (a
+/// service with its previous spec inline) is kilobytes and many watchers see each one.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Event {
-    /// `object` is the new value (the removed one for a remove); `old` the value before
-    /// an update.
-    Change {
-        kind: ActionKind,
-        object: std::sync::Arc<Object>,
-        old: Option<std::sync::Arc<Object>>,
-    },
-    /// The end of one committed batch, at this Raft index.
-    Commit { index: u64 },
+pub struct Change {
+    pub kind: ActionKind,
+    pub object: Arc<Object>,
+    pub old: Option<Arc<Object>>,
 }
+
+/// What watchers receive: one committed batch, whole, at its Raft index (empty when the
+/// batch was refused). One event per batch, not per change: the scheduler placing ten
+/// thousand tasks in one batch must not overrun every watcher's buffer.
+#[derive(Debug, PartialEq)]
+pub struct Event {
+    pub index: u64,
+    pub changes: Vec<Change>,
+    /// A snapshot replaced everything: watchers start over from the tables, as when
+    /// they lag.
+    pub restored: bool,
+}
+
+/// A store watcher's end.
+pub type Events = broadcast::Receiver<Arc<Event>>;
 
 /// Gets a batch of changes committed (through Raft, or directly for tests) and returns
 /// once the local store has applied it, with the result of applying it.
@@ -401,7 +469,7 @@ pub struct Store {
 
 struct Inner {
     tables: RwLock<Tables>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Arc<Event>>,
     /// The Raft index last applied.
     applied: RwLock<u64>,
     proposer: OnceLock<Arc<dyn Proposer>>,
@@ -425,7 +493,7 @@ pub fn now_ms() -> i64 {
 
 impl Store {
     pub fn new() -> Store {
-        // a watcher more than 1024 events behind does a full pass instead
+        // a watcher more than 1024 commits behind does a full pass instead
         let (events, _) = broadcast::channel(1024);
         Store {
             inner: Arc::new(Inner {
@@ -462,15 +530,12 @@ impl Store {
     }
 
     /// Events from now on.
-    pub fn watch(&self) -> broadcast::Receiver<Event> {
+    pub fn watch(&self) -> Events {
         self.inner.events.subscribe()
     }
 
     /// A consistent read and the events after it, with no gap between them.
-    pub fn view_and_watch<R>(
-        &self,
-        f: impl FnOnce(&Tables) -> R,
-    ) -> (R, broadcast::Receiver<Event>) {
+    pub fn view_and_watch<R>(&self, f: impl FnOnce(&Tables) -> R) -> (R, Events) {
         let t = self.inner.tables.read().unwrap_or_else(|p| p.into_inner());
         let rx = self.inner.events.subscribe();
         (f(&t), rx)
@@ -512,7 +577,7 @@ impl Store {
     }
 
     /// Applies a committed batch (the Raft state machine calls this, in log order).
-    pub fn apply(&self, batch: &StoreBatch, index: u64, now_ms: i64) -> Result<(), StoreError> {
+    pub fn apply(&self, batch: StoreBatch, index: u64, now_ms: i64) -> Result<(), StoreError> {
         let mut t = self.inner.tables.write().unwrap_or_else(|p| p.into_inner());
         let res = t.apply_batch(batch, index, now_ms);
         *self
@@ -521,21 +586,27 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = index;
         match res {
-            Ok(events) => {
-                for e in events {
-                    let _ = self.inner.events.send(e);
-                }
+            Ok(changes) => {
+                let _ = self.inner.events.send(Arc::new(Event {
+                    index,
+                    changes,
+                    restored: false,
+                }));
                 Ok(())
             }
             Err(e) => {
-                let _ = self.inner.events.send(Event::Commit { index });
+                let _ = self.inner.events.send(Arc::new(Event {
+                    index,
+                    changes: vec![],
+                    restored: false,
+                }));
                 Err(e)
             }
         }
     }
 
-    /// Replaces everything (a Raft snapshot was installed). Watchers get a commit marker
-    /// and, lagging or not, should do a full pass.
+    /// Replaces everything (a Raft snapshot was installed). Watchers get an event marked
+    /// `restored` and start over from the tables.
     pub fn restore(&self, tables: Tables, index: u64) {
         *self.inner.tables.write().unwrap_or_else(|p| p.into_inner()) = tables;
         *self
@@ -543,7 +614,11 @@ impl Store {
             .applied
             .write()
             .unwrap_or_else(|p| p.into_inner()) = index;
-        let _ = self.inner.events.send(Event::Commit { index });
+        let _ = self.inner.events.send(Arc::new(Event {
+            index,
+            changes: vec![],
+            restored: true,
+        }));
     }
 
     pub fn snapshot(&self) -> (StoreSnapshot, u64) {
@@ -566,7 +641,7 @@ impl Proposer for DirectProposer {
         batch: StoreBatch,
     ) -> futures::future::BoxFuture<'_, Result<u64, StoreError>> {
         let index = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let res = self.store.apply(&batch, index, now_ms()).map(|_| index);
+        let res = self.store.apply(batch, index, now_ms()).map(|_| index);
         Box::pin(async move { res })
     }
 }
@@ -574,7 +649,8 @@ impl Proposer for DirectProposer {
 /// A transaction: reads see its own changes.
 pub struct Tx<'a> {
     base: &'a Tables,
-    overlay: HashMap<(&'static str, String), Option<Object>>,
+    /// This transaction's changes by kind and ID (`None`: removed).
+    overlay: HashMap<&'static str, HashMap<String, Option<Object>>>,
     /// The batch so far; a folded-away change leaves a hole.
     actions: Vec<Option<StoreAction>>,
     /// Where each object's change is in `actions` (a big transaction, the scheduler
@@ -584,28 +660,64 @@ pub struct Tx<'a> {
 
 impl Tx<'_> {
     pub fn get<T: StoreItem + TryFromObject>(&self, id: &str) -> Option<T> {
-        match self.overlay.get(&(T::KIND, id.to_string())) {
+        match self.changed::<T>(id) {
             Some(Some(o)) => T::try_from_object(o.clone()),
             Some(None) => None,
             None => T::table(self.base).get(id).cloned(),
         }
     }
 
+    /// This transaction's change of an object, if it has one.
+    fn changed<T: StoreItem>(&self, id: &str) -> Option<&Option<Object>> {
+        self.overlay.get(T::KIND).and_then(|m| m.get(id))
+    }
+
+    /// This transaction's objects of a kind (created or updated in it).
+    fn changed_items<T: StoreItem + TryFromObject>(&self) -> impl Iterator<Item = T> + '_ {
+        self.overlay
+            .get(T::KIND)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|o| o.clone().and_then(T::try_from_object))
+    }
+
     /// Calls `f` on every object of a kind, with this transaction's changes, by
     /// reference: no copy of the table (a big cluster has tens of thousands of tasks).
     pub fn for_each<T: StoreItem + TryFromObject>(&self, mut f: impl FnMut(&T)) {
+        let changed = self.overlay.get(T::KIND);
         for (id, x) in T::table(self.base) {
-            if !self.overlay.contains_key(&(T::KIND, id.clone())) {
+            if !changed.is_some_and(|m| m.contains_key(id)) {
                 f(x);
             }
         }
-        for ((kind, _), o) in &self.overlay {
-            if *kind == T::KIND {
-                if let Some(x) = o.clone().and_then(T::try_from_object) {
-                    f(&x);
-                }
-            }
+        for x in self.changed_items::<T>() {
+            f(&x);
         }
+    }
+
+    /// A service's tasks (`by_node`: a node's), with this transaction's changes, in ID
+    /// order; through the store's index, not a scan.
+    pub fn tasks_of(&self, key: &str, by_node: bool) -> Vec<Task> {
+        let base: Vec<&Task> = if by_node {
+            self.base.tasks_on_node(key).collect()
+        } else {
+            self.base.tasks_of_service(key).collect()
+        };
+        let changed = self.overlay.get(Task::KIND);
+        let mut out: Vec<Task> = base
+            .into_iter()
+            .filter(|t| !changed.is_some_and(|m| m.contains_key(&t.id)))
+            .cloned()
+            .collect();
+        out.extend(self.changed_items::<Task>().filter(|t| {
+            if by_node {
+                t.node_id == key
+            } else {
+                t.service_id == key
+            }
+        }));
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     /// The objects of a kind that match, with this transaction's changes; only those are
@@ -623,10 +735,7 @@ impl Tx<'_> {
     /// Every object of a kind, with this transaction's changes.
     pub fn list<T: StoreItem + TryFromObject>(&self) -> Vec<T> {
         let mut m: BTreeMap<String, T> = T::table(self.base).clone();
-        for ((kind, id), o) in &self.overlay {
-            if *kind != T::KIND {
-                continue;
-            }
+        for (id, o) in self.overlay.get(T::KIND).into_iter().flatten() {
             match o.clone().and_then(T::try_from_object) {
                 Some(x) => {
                     m.insert(id.clone(), x);
@@ -644,7 +753,10 @@ impl Tx<'_> {
     /// so a batch never holds two changes of one object.
     fn record<T: StoreItem>(&mut self, kind: ActionKind, item: T, after: Option<Object>) {
         let id = item.id().to_string();
-        self.overlay.insert((T::KIND, id.clone()), after);
+        self.overlay
+            .entry(T::KIND)
+            .or_default()
+            .insert(id.clone(), after);
         let action = |k: ActionKind, item: T| StoreAction {
             kind: k as i32,
             object: Some(StoreObject {
@@ -818,15 +930,15 @@ mod tests {
         })
         .await
         .unwrap();
+        let e = rx.recv().await.unwrap();
+        assert_eq!(e.index, 1);
         assert!(matches!(
-            rx.recv().await.unwrap(),
-            Event::Change { kind: ActionKind::Create, object, .. } if matches!(*object, Object::Service(_))
+            &e.changes[..],
+            [
+                Change { kind: ActionKind::Create, object: a, .. },
+                Change { kind: ActionKind::Create, object: b, .. },
+            ] if matches!(**a, Object::Service(_)) && matches!(**b, Object::Task(_))
         ));
-        assert!(matches!(
-            rx.recv().await.unwrap(),
-            Event::Change { kind: ActionKind::Create, object, .. } if matches!(*object, Object::Task(_))
-        ));
-        assert_eq!(rx.recv().await.unwrap(), Event::Commit { index: 1 });
         let v = s.view(|t| t.services["a"].meta.unwrap().version);
         assert_eq!(v, 1);
     }
@@ -904,6 +1016,75 @@ mod tests {
         .unwrap();
         assert_eq!(s.view(|t| t.tasks["t"].slot), 3);
         assert!(s.view(|t| !t.tasks.contains_key("u")));
+    }
+
+    #[tokio::test]
+    async fn tasks_by_service_and_node_follow_every_change() {
+        let s = Store::in_memory();
+        let task = |id: &str, service: &str, node: &str| Task {
+            id: id.into(),
+            service_id: service.into(),
+            node_id: node.into(),
+            ..Default::default()
+        };
+        s.update(|tx| {
+            tx.create(task("t1", "a", "n1"))?;
+            tx.create(task("t2", "a", ""))?;
+            tx.create(task("t3", "b", "n1"))
+        })
+        .await
+        .unwrap();
+        let ids = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        s.update(|tx| {
+            // the transaction's own changes count: t2 placed, t3 gone, t4 new
+            let mut t2 = tx.get::<Task>("t2").unwrap();
+            t2.node_id = "n1".into();
+            tx.update(t2)?;
+            tx.remove::<Task>("t3")?;
+            tx.create(task("t4", "a", "n2"))?;
+            assert_eq!(ids(tx.tasks_of("a", false)), ["t1", "t2", "t4"]);
+            assert_eq!(ids(tx.tasks_of("n1", true)), ["t1", "t2"]);
+            assert_eq!(ids(tx.tasks_of("b", false)), Vec::<String>::new());
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let committed = |f: fn(&Tables) -> Vec<String>| s.view(f);
+        assert_eq!(
+            committed(|t| t.tasks_on_node("n1").map(|x| x.id.clone()).collect()),
+            ["t1", "t2"]
+        );
+        assert_eq!(
+            committed(|t| t.tasks_of_service("b").map(|x| x.id.clone()).collect()),
+            Vec::<String>::new()
+        );
+        // a refused batch leaves the index as it was
+        let stale = s.view(|t| t.tasks["t1"].clone());
+        s.update(|tx| {
+            let mut t = tx.get::<Task>("t1").unwrap();
+            t.node_id = "n9".into();
+            tx.update(t)
+        })
+        .await
+        .unwrap();
+        let refused = s
+            .update(|tx| {
+                tx.create(task("t5", "c", "n9"))?;
+                tx.update(stale)
+            })
+            .await;
+        assert!(refused.is_err());
+        assert_eq!(
+            committed(|t| t.tasks_on_node("n9").map(|x| x.id.clone()).collect()),
+            ["t1"]
+        );
+        assert_eq!(
+            committed(|t| t.tasks_of_service("c").map(|x| x.id.clone()).collect()),
+            Vec::<String>::new()
+        );
+        // a snapshot rebuilds it
+        let back = s.view(|t| Tables::from_snapshot(&t.snapshot()));
+        assert_eq!(back, s.view(|t| t.clone()));
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use shoal_proto::{Annotations, Service, Task, TaskState, TaskStatus};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{new_id, now_ms, Event, Store};
+use super::store::{new_id, now_ms, Change, Event, Store};
 
 pub fn service_name(s: &Service) -> &str {
     s.spec
@@ -83,7 +83,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired_state: Task
 pub const NODE_KEY: &str = "node:";
 
 pub fn services_of(e: &Event, out: &mut BTreeSet<String>) {
-    if let Event::Change { object, old, .. } = e {
+    for Change { object, old, .. } in &e.changes {
         for o in std::iter::once(object.as_ref()).chain(old.as_deref()) {
             match o {
                 Object::Service(s) => {
@@ -125,19 +125,33 @@ pub async fn run_loop<F, Fut>(
             ev = rx.recv() => ev,
         };
         match ev {
-            Ok(Event::Commit { .. }) => {
-                if !dirty.is_empty() {
-                    if !debounce.is_zero() {
-                        tokio::time::sleep(debounce).await;
-                        // take in what arrived meanwhile
-                        while let Ok(e) = rx.try_recv() {
-                            services_of(&e, &mut dirty);
+            Ok(e) => {
+                services_of(&e, &mut dirty);
+                // take in what else has arrived: one pass for a run of commits
+                if !debounce.is_zero() {
+                    tokio::time::sleep(debounce).await;
+                }
+                let mut lagged = e.restored;
+                loop {
+                    match rx.try_recv() {
+                        Ok(e) => {
+                            lagged |= e.restored;
+                            services_of(&e, &mut dirty)
                         }
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                            lagged = true;
+                            break;
+                        }
+                        Err(_) => break,
                     }
+                }
+                if lagged {
+                    dirty.clear();
+                    pass(None).await;
+                } else if !dirty.is_empty() {
                     pass(Some(std::mem::take(&mut dirty))).await;
                 }
             }
-            Ok(e) => services_of(&e, &mut dirty),
             Err(RecvError::Lagged(n)) => {
                 tracing::warn!(
                     component = name,

@@ -8,7 +8,7 @@ use shoal_proto::*;
 
 use super::orchestrator::reconcile;
 use super::restart::{reap, restart_dead, start_ready};
-use super::scheduler::{allocate_new, parse_constraint, schedule_pending};
+use super::scheduler::{allocate_and_schedule, parse_constraint};
 use super::store::{new_id, Store};
 use super::tasks::{desired, state, status};
 
@@ -90,8 +90,7 @@ async fn setup(nodes: Vec<Node>, s: &Service) -> Store {
 /// One round of the manager's loops, as their events would trigger them.
 async fn round(store: &Store, service_id: &str) {
     reconcile(store, service_id).await.unwrap();
-    allocate_new(store).await.unwrap();
-    schedule_pending(store).await.unwrap();
+    allocate_and_schedule(store).await.unwrap();
 }
 
 fn tasks_of(store: &Store, service_id: &str) -> Vec<Task> {

@@ -312,7 +312,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(p) => {
                     // a refused batch is a normal outcome (a conflict), not a storage error
                     let error = decode_batch(&p.batch)
-                        .and_then(|b| self.store.apply(&b, e.log_id.index, now_ms()))
+                        .and_then(|b| self.store.apply(b, e.log_id.index, now_ms()))
                         .err();
                     Applied { error }
                 }
