@@ -356,7 +356,14 @@ impl Daemon {
             s if s < 3600 => anyhow::bail!("--cert-expiry: at least 1h"),
             s => std::time::Duration::from_secs(s as u64),
         };
-        let cluster = crate::manager::ca::new_cluster(&ca, expiry);
+        let (pools, size) = crate::manager::network::check_pools(
+            &r.default_addr_pool,
+            r.default_addr_pool_mask_length,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let mut cluster = crate::manager::ca::new_cluster(&ca, expiry);
+        cluster.default_addr_pool = pools;
+        cluster.subnet_size = size;
         let cluster_id = cluster.id.clone();
         let (key_pem, csr) = crate::tls::new_key_and_csr()?;
         let node_id = self.node_id();
@@ -458,6 +465,13 @@ impl Daemon {
                 for mut x in tables.tasks.into_values() {
                     x.meta = None;
                     tx.create(x)?;
+                }
+                // the old swarm's networks (ingress included) replace the new group's:
+                // services and tasks hold their IDs and addresses
+                for n in tx.list::<Network>() {
+                    if !tables.networks.contains_key(&n.id) {
+                        tx.remove::<Network>(&n.id)?;
+                    }
                 }
                 for mut x in tables.networks.into_values() {
                     x.meta = None;

@@ -490,3 +490,138 @@ fn health_checks_gate_running_and_fail_unhealthy_tasks() {
     );
     assert_eq!(replicas(&h, "sick"), "0/1");
 }
+
+#[test]
+fn networks_are_created_attached_inspected_and_removed() {
+    let h = Host::new();
+    let _d = h.start_daemon();
+    let err = |args: &[&str]| String::from_utf8_lossy(&h.cli(args).stderr).into_owned();
+    assert!(err(&[
+        "swarm",
+        "init",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--default-addr-pool",
+        "10.77.0.5/16"
+    ])
+    .contains("did you mean 10.77.0.0/16"));
+    h.ok(&[
+        "swarm",
+        "init",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--default-addr-pool",
+        "10.77.0.0/16",
+        "--default-addr-pool-mask-length",
+        "26",
+    ]);
+    // ingress exists from init, from the pool
+    let inspect = |what: &str| -> serde_json::Value {
+        serde_json::from_str(&h.ok(&["network", "inspect", what])).unwrap()
+    };
+    let ingress = inspect("ingress");
+    assert_eq!(ingress[0]["Ingress"], true);
+    assert_eq!(ingress[0]["IPAM"]["Config"][0]["Subnet"], "10.77.0.0/26");
+    let id = h.ok(&["network", "create", "--driver", "overlay", "appnet"]);
+    let app = inspect("appnet");
+    assert_eq!(app[0]["Id"], id.trim());
+    assert_eq!(app[0]["IPAM"]["Config"][0]["Subnet"], "10.77.0.64/26");
+    h.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.88.0.0/16",
+        "--internal",
+        "big",
+    ]);
+    let ls = h.ok(&["network", "ls"]);
+    for n in ["ingress", "appnet", "big"] {
+        assert!(ls.contains(n), "{ls}");
+    }
+    assert!(
+        err(&["network", "create", "--subnet", "10.88.1.0/24", "clash"])
+            .contains("overlaps network big")
+    );
+    assert!(
+        err(&["network", "create", "--driver", "bridge", "b"]).contains("overlay networks only")
+    );
+    assert!(err(&["network", "create", "--ipv6", "v6"]).contains("IPv6"));
+    // a service on it: a VIP from its subnet, aliases kept; -p publishes on ingress
+    h.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "api",
+        "--network",
+        "appnet,alias=backend",
+        "-p",
+        "8080:80",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    let s: serde_json::Value = serde_json::from_str(&h.ok(&["service", "inspect", "api"])).unwrap();
+    assert_eq!(
+        s[0]["Spec"]["TaskTemplate"]["Networks"][0]["Aliases"][0],
+        "backend"
+    );
+    assert_eq!(
+        s[0]["Spec"]["EndpointSpec"]["Ports"][0]["PublishedPort"],
+        8080
+    );
+    let vips = wait_for(
+        "a VIP on appnet and on ingress",
+        Duration::from_secs(10),
+        || {
+            let s: serde_json::Value =
+                serde_json::from_str(&h.ok(&["service", "inspect", "api"])).unwrap();
+            let v = s[0]["Endpoint"]["VirtualIPs"].clone();
+            v.as_array().is_some_and(|a| a.len() == 2).then_some(v)
+        },
+    );
+    let addrs: Vec<&str> = vips
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["Addr"].as_str().unwrap())
+        .collect();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.starts_with("10.77.0.") && a.ends_with("/26")),
+        "{addrs:?}"
+    );
+    // the same port twice on the routing mesh is refused at create
+    assert!(
+        err(&["service", "create", "--name", "other", "-p", "8080:81", "busybox"])
+            .contains("already published by service api")
+    );
+    // nodes do not build overlays yet, and the task says so instead of running unconnected
+    wait_for(
+        "the task to say why it cannot run",
+        Duration::from_secs(10),
+        || {
+            let ps = h.ok(&["service", "ps", "api", "--format", "json"]);
+            json_lines(&ps)
+                .iter()
+                .any(|t| {
+                    t["Error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("not implemented yet")
+                })
+                .then_some(())
+        },
+    );
+    // in use: refused; once the service is gone, removed
+    assert!(err(&["network", "rm", "appnet"]).contains("in use by service(s) api"));
+    h.ok(&["service", "rm", "api"]);
+    wait_for("appnet to be removable", Duration::from_secs(10), || {
+        h.cli(&["network", "rm", "appnet"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(!h.ok(&["network", "ls"]).contains("appnet"));
+}

@@ -312,6 +312,43 @@ impl Control for Api {
             .map_err(status)?;
         Ok(Response::new(ListTasksResponse { tasks }))
     }
+    async fn create_network(
+        &self,
+        req: Request<CreateNetworkRequest>,
+    ) -> Result<Response<Network>, Status> {
+        on_leader!(self, req, create_network);
+        let m = self.manager()?;
+        let spec = req.into_inner().spec.unwrap_or_default();
+        crate::manager::network::create_network(&m.store, spec)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+    async fn get_network(&self, req: Request<GetRequest>) -> Result<Response<Network>, Status> {
+        on_leader!(self, req, get_network);
+        let m = self.manager()?;
+        m.store
+            .view(|t| ctl::find(&t.networks, &req.get_ref().id_or_name))
+            .map(Response::new)
+            .map_err(status)
+    }
+    async fn list_networks(
+        &self,
+        req: Request<ListRequest>,
+    ) -> Result<Response<ListNetworksResponse>, Status> {
+        on_leader!(self, req, list_networks);
+        let m = self.manager()?;
+        let networks = m.store.view(|t| t.networks.values().cloned().collect());
+        Ok(Response::new(ListNetworksResponse { networks }))
+    }
+    async fn remove_network(&self, req: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        on_leader!(self, req, remove_network);
+        let m = self.manager()?;
+        crate::manager::network::remove_network(&m.store, &req.get_ref().id_or_name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(Empty {}))
+    }
     async fn get_cluster(&self, req: Request<GetRequest>) -> Result<Response<Cluster>, Status> {
         on_leader!(self, req, get_cluster);
         let m = self.manager()?;

@@ -6,6 +6,7 @@ mod client;
 mod container;
 mod daemon;
 mod image;
+mod network;
 mod scale;
 mod service;
 mod swarm;
@@ -87,6 +88,9 @@ enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Manage the swarm's overlay networks.
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
     /// Run the shoal daemon (as root): the node's runtime, agent and, once in a swarm, manager.
     Daemon(daemon::DaemonArgs),
     /// Times the runtime for scripts/bench/runtime.sh.
@@ -146,6 +150,7 @@ pub fn main() -> ExitCode {
             Command::Swarm(c) => swarm::run_swarm(&g, c).await,
             Command::Node(c) => swarm::run_node(&g, c).await,
             Command::Service(c) => service::run(&g, c).await,
+            Command::Network(c) => network::run(&g, c).await,
             Command::Keeper { .. } => unreachable!("handled above"),
         }
     });

@@ -14,7 +14,7 @@ use shoal_proto::*;
 use super::client::{control, refusal};
 use super::container::parse_duration;
 use super::swarm::hostname;
-use super::util::{ago, table};
+use super::util::{ago, remove_each, table};
 use super::Globals;
 
 #[derive(Subcommand)]
@@ -134,6 +134,16 @@ pub struct SpecFlags {
     /// At most this many tasks of the service per node (0: no limit).
     #[arg(long)]
     replicas_max_per_node: Option<u64>,
+    /// Attach to an overlay network: NAME[,alias=A…] or name=NAME[,alias=A…].
+    #[arg(long)]
+    network: Vec<String>,
+    /// Publish a port: published=P,target=T[,mode=ingress|host][,protocol=tcp|udp], or
+    /// P:T[/udp].
+    #[arg(short = 'p', long)]
+    publish: Vec<String>,
+    /// vip (a virtual IP per network, the default) or dnsrr (DNS answers every task).
+    #[arg(long)]
+    endpoint_mode: Option<String>,
     /// Return at once instead of showing progress until the service converges.
     #[arg(short, long)]
     detach: bool,
@@ -198,13 +208,25 @@ pub struct UpdateArgs {
     /// Remove a container label (KEY).
     #[arg(long)]
     container_label_rm: Vec<String>,
+    /// Attach to another network (same syntax as --network).
+    #[arg(long)]
+    network_add: Vec<String>,
+    /// Detach from a network (name or ID).
+    #[arg(long)]
+    network_rm: Vec<String>,
+    /// Publish another port (same syntax as --publish).
+    #[arg(long)]
+    publish_add: Vec<String>,
+    /// Stop publishing a port: PUBLISHED[/PROTOCOL].
+    #[arg(long)]
+    publish_rm: Vec<String>,
     #[command(flatten)]
     flags: SpecFlags,
     service: String,
 }
 
 /// Docker's `--*-add` / `--*-rm` edits on top of the current spec.
-fn apply_edits(spec: &mut ServiceSpec, a: &UpdateArgs) -> anyhow::Result<()> {
+fn apply_edits(spec: &mut ServiceSpec, a: &UpdateArgs, networks: &[Network]) -> anyhow::Result<()> {
     let task = spec.task.get_or_insert_with(TaskSpec::default);
     let c = task.container.get_or_insert_with(ContainerSpec::default);
     for e in &a.env_add {
@@ -236,6 +258,53 @@ fn apply_edits(spec: &mut ServiceSpec, a: &UpdateArgs) -> anyhow::Result<()> {
     }
     for k in &a.container_label_rm {
         c.labels.remove(k);
+    }
+    for n in &a.network_rm {
+        // the spec holds IDs
+        let id = networks
+            .iter()
+            .find(|x| {
+                &x.id == n
+                    || x.spec
+                        .as_ref()
+                        .and_then(|s| s.annotations.as_ref())
+                        .is_some_and(|an| &an.name == n)
+            })
+            .map(|x| x.id.clone())
+            .unwrap_or_else(|| n.clone());
+        if !task.networks.iter().any(|x| x.target == id) {
+            bail!("--network-rm {n}: the service is not attached to that network");
+        }
+        task.networks.retain(|x| x.target != id);
+    }
+    for n in &a.network_add {
+        task.networks
+            .push(parse_network(n).map_err(|e| anyhow!("--network-add: {e}"))?);
+    }
+    if !a.publish_add.is_empty() || !a.publish_rm.is_empty() {
+        let ep = spec.endpoint.get_or_insert_with(EndpointSpec::default);
+        for r in &a.publish_rm {
+            let (port, proto) = r.split_once('/').unwrap_or((r, "tcp"));
+            let port: u32 = port
+                .parse()
+                .map_err(|_| anyhow!("--publish-rm {r:?}: use PUBLISHED[/tcp|udp]"))?;
+            let proto = parse_protocol(proto)?;
+            let before = ep.ports.len();
+            ep.ports
+                .retain(|p| !(p.published_port == port && p.protocol == proto as i32));
+            if ep.ports.len() == before {
+                bail!("--publish-rm {r}: the service does not publish that port");
+            }
+        }
+        for p in &a.publish_add {
+            let p = parse_publish(p).map_err(|e| anyhow!("--publish-add: {e}"))?;
+            ep.ports.retain(|x| {
+                !(x.published_port == p.published_port
+                    && p.published_port != 0
+                    && x.protocol == p.protocol)
+            });
+            ep.ports.push(p);
+        }
     }
     // touch only what is edited: an untouched empty part must stay absent, or the task
     // spec would differ and every task be replaced
@@ -461,7 +530,113 @@ fn apply_flags(spec: &mut ServiceSpec, f: &SpecFlags) -> anyhow::Result<()> {
             .get_or_insert_with(Annotations::default)
             .labels = kv(&f.label, "--label")?;
     }
+    if !f.network.is_empty() {
+        task.networks = f
+            .network
+            .iter()
+            .map(|n| parse_network(n).map_err(|e| anyhow!("--network: {e}")))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if !f.publish.is_empty() {
+        spec.endpoint
+            .get_or_insert_with(EndpointSpec::default)
+            .ports = f
+            .publish
+            .iter()
+            .map(|p| parse_publish(p).map_err(|e| anyhow!("--publish: {e}")))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(m) = &f.endpoint_mode {
+        spec.endpoint.get_or_insert_with(EndpointSpec::default).mode = match m.as_str() {
+            "vip" => endpoint_spec::ResolutionMode::Vip,
+            "dnsrr" => endpoint_spec::ResolutionMode::Dnsrr,
+            _ => bail!("--endpoint-mode {m:?}: use vip or dnsrr"),
+        } as i32;
+    }
     Ok(())
+}
+
+/// `--network NAME[,alias=A…]` or `name=NAME[,alias=A…]` (the manager resolves the name).
+pub fn parse_network(s: &str) -> anyhow::Result<NetworkAttachmentConfig> {
+    let mut a = NetworkAttachmentConfig::default();
+    for (i, part) in s.split(',').enumerate() {
+        match part.split_once('=') {
+            Some(("name" | "target", v)) => a.target = v.to_string(),
+            Some(("alias", v)) if !v.is_empty() => a.aliases.push(v.to_string()),
+            Some((k, _)) if k == "driver-opt" || k == "ip" || k == "ip6" => {
+                bail!("{s:?}: {k} is not supported yet")
+            }
+            Some((k, _)) => bail!("{s:?}: unknown option {k:?} (use name=NET and alias=NAME)"),
+            None if i == 0 => a.target = part.to_string(),
+            None => bail!("{s:?}: {part:?} is not KEY=VALUE"),
+        }
+    }
+    if a.target.is_empty() {
+        bail!("{s:?}: which network? (NAME or name=NAME)");
+    }
+    Ok(a)
+}
+
+fn parse_protocol(p: &str) -> anyhow::Result<port_config::Protocol> {
+    match p {
+        "tcp" => Ok(port_config::Protocol::Tcp),
+        "udp" => Ok(port_config::Protocol::Udp),
+        "sctp" => bail!("protocol sctp is not supported (tcp or udp)"),
+        _ => bail!("protocol {p:?}: use tcp or udp"),
+    }
+}
+
+fn parse_port(what: &str, v: &str) -> anyhow::Result<u32> {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(n),
+        _ if v.contains('-') => bail!("{what} {v:?}: port ranges are not supported"),
+        _ => bail!("{what} {v:?} is not a port between 1 and 65535"),
+    }
+}
+
+/// `published=P,target=T[,mode=ingress|host][,protocol=tcp|udp]`, or `[P:]T[/udp]`.
+pub fn parse_publish(s: &str) -> anyhow::Result<PortConfig> {
+    let mut p = PortConfig::default();
+    if s.contains('=') {
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| anyhow!("{s:?}: {part:?} is not KEY=VALUE"))?;
+            match k {
+                "published" => p.published_port = parse_port("published", v)?,
+                "target" => p.target_port = parse_port("target", v)?,
+                "mode" => {
+                    p.publish_mode = match v {
+                        "ingress" => port_config::PublishMode::Ingress,
+                        "host" => port_config::PublishMode::Host,
+                        _ => bail!("{s:?}: mode {v:?}: use ingress or host"),
+                    } as i32
+                }
+                "protocol" => p.protocol = parse_protocol(v)? as i32,
+                _ => bail!("{s:?}: unknown option {k:?} (published, target, mode, protocol)"),
+            }
+        }
+    } else {
+        let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+        p.protocol = parse_protocol(proto)? as i32;
+        match ports.split_once(':') {
+            Some((pub_, t)) => {
+                if t.contains(':') {
+                    bail!("{s:?}: an address to bind to is not supported (use P:T)");
+                }
+                p.published_port = parse_port("published", pub_)?;
+                p.target_port = parse_port("target", t)?;
+            }
+            None => p.target_port = parse_port("target", ports)?,
+        }
+    }
+    if p.target_port == 0 {
+        bail!("{s:?}: which target port? (target=T)");
+    }
+    if p.publish_mode == port_config::PublishMode::Host as i32 && p.published_port == 0 {
+        bail!("{s:?}: mode=host needs a published port");
+    }
+    Ok(p)
 }
 
 fn is_job(s: &Service) -> bool {
@@ -855,7 +1030,16 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
                 .into_inner();
             let mut spec = s.spec.clone().unwrap_or_default();
             apply_flags(&mut spec, &a.flags)?;
-            apply_edits(&mut spec, &a)?;
+            let networks = if a.network_rm.is_empty() {
+                vec![]
+            } else {
+                ctl.list_networks(ListRequest::default())
+                    .await
+                    .map_err(refusal)?
+                    .into_inner()
+                    .networks
+            };
+            apply_edits(&mut spec, &a, &networks)?;
             let task = spec.task.get_or_insert_with(TaskSpec::default);
             if let Some(i) = &a.image {
                 task.container
@@ -896,25 +1080,11 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
             }
         }
         ServiceCmd::Rm { services } => {
-            let mut failed = false;
-            for s in services {
-                match ctl
-                    .remove_service(RemoveRequest {
-                        force: false,
-                        id_or_name: s.clone(),
-                    })
-                    .await
-                {
-                    Ok(_) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("Error: {}", e.message());
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                return Ok(ExitCode::FAILURE);
-            }
+            return Ok(remove_each(services, |r| {
+                let mut ctl = ctl.clone();
+                async move { ctl.remove_service(r).await.map(|_| ()) }
+            })
+            .await);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1033,6 +1203,27 @@ fn dur_ns(d: &Option<prost_types::Duration>) -> i64 {
 }
 
 /// `service inspect` in Docker's shape (the parts shoal has).
+/// Docker's `EndpointSpec` shape: `Mode` and `Ports`.
+fn endpoint_json(mode: i32, ports: &[PortConfig]) -> serde_json::Value {
+    let mode = if mode == endpoint_spec::ResolutionMode::Dnsrr as i32 {
+        "dnsrr"
+    } else {
+        "vip"
+    };
+    let ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|p| {
+            json!({
+                "Protocol": if p.protocol == port_config::Protocol::Udp as i32 { "udp" } else { "tcp" },
+                "TargetPort": p.target_port,
+                "PublishedPort": p.published_port,
+                "PublishMode": if p.publish_mode == port_config::PublishMode::Host as i32 { "host" } else { "ingress" },
+            })
+        })
+        .collect();
+    json!({"Mode": mode, "Ports": ports})
+}
+
 fn inspect_json(s: &Service) -> serde_json::Value {
     let spec = s.spec.clone().unwrap_or_default();
     let task = spec.task.clone().unwrap_or_default();
@@ -1077,9 +1268,16 @@ fn inspect_json(s: &Service) -> serde_json::Value {
                 "RestartPolicy": {"Condition": CONDITIONS.get(r.condition as usize).copied().unwrap_or("any"), "Delay": delay, "MaxAttempts": r.max_attempts, "Window": dur_ns(&r.window)},
                 "Placement": {"Constraints": task.placement.as_ref().map(|p| p.constraints.clone()).unwrap_or_default()},
                 "ForceUpdate": task.force_update,
+                "Networks": task.networks.iter().map(|n| json!({"Target": n.target, "Aliases": n.aliases})).collect::<Vec<_>>(),
             },
             "Mode": mode,
+            "EndpointSpec": endpoint_json(spec.endpoint.as_ref().map(|e| e.mode).unwrap_or(0), spec.endpoint.as_ref().map(|e| &e.ports[..]).unwrap_or(&[])),
         },
+        "Endpoint": s.endpoint.as_ref().map(|e| {
+            let mut j = endpoint_json(e.spec.as_ref().map(|x| x.mode).unwrap_or(0), &e.ports);
+            j["VirtualIPs"] = e.virtual_ips.iter().map(|v| json!({"NetworkID": v.network_id, "Addr": v.addr})).collect();
+            j
+        }),
         "PreviousSpec": s.previous_spec.as_ref().map(|p| json!({"Name": p.annotations.as_ref().map(|a| a.name.clone())})),
     })
 }

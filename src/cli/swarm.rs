@@ -32,6 +32,13 @@ pub enum SwarmCmd {
         cert_expiry: Option<std::time::Duration>,
         #[arg(long)]
         force_new_cluster: bool,
+        /// Where overlay subnets come from (CIDR; may be given several times; default
+        /// 10.0.0.0/8).
+        #[arg(long)]
+        default_addr_pool: Vec<String>,
+        /// The size of each overlay's subnet from the pool (default 24).
+        #[arg(long)]
+        default_addr_pool_mask_length: Option<u32>,
     },
     /// Join a swarm as the node the token says.
     Join {
@@ -231,7 +238,14 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
             ca_key,
             cert_expiry,
             force_new_cluster,
+            default_addr_pool,
+            default_addr_pool_mask_length,
         } => {
+            crate::manager::network::check_pools(
+                &default_addr_pool,
+                default_addr_pool_mask_length.unwrap_or(0),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
             let info = s
                 .init(SwarmInitRequest {
                     advertise_addr: advertise_addr.unwrap_or_default(),
@@ -240,6 +254,8 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
                     ca_cert_pem: read(ca_cert, "--ca-cert")?,
                     ca_key_pem: read(ca_key, "--ca-key")?,
                     cert_expiry_secs: cert_expiry.map(|d| d.as_secs() as i64).unwrap_or(0),
+                    default_addr_pool,
+                    default_addr_pool_mask_length: default_addr_pool_mask_length.unwrap_or(0),
                 })
                 .await
                 .map_err(refusal)?

@@ -1,5 +1,7 @@
 //! Output helpers shared by the commands.
 
+use shoal_proto::RemoveRequest;
+
 /// Sizes as Docker prints them (decimal units, four significant digits): `2.15MB`.
 pub fn human_size(n: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
@@ -59,6 +61,34 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     line(header.iter().map(|h| h.to_string()).collect());
     for r in rows {
         line(r.clone());
+    }
+}
+
+/// `rm` of several objects, as Docker does it: each removed one's name on standard
+/// output, each refusal on standard error, and failure if any was refused.
+pub async fn remove_each<F, Fut>(names: Vec<String>, mut remove: F) -> std::process::ExitCode
+where
+    F: FnMut(RemoveRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut failed = false;
+    for n in names {
+        let req = RemoveRequest {
+            id_or_name: n.clone(),
+            force: false,
+        };
+        match remove(req).await {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("Error: {}", e.message());
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
     }
 }
 

@@ -61,7 +61,7 @@ pub fn find<T: StoreItem + TryFromObject>(
     }
 }
 
-fn valid_name(n: &str) -> bool {
+pub fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
         && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -143,8 +143,31 @@ fn container_checks(c: &ContainerSpec) -> Result<(), ControlError> {
     Ok(())
 }
 
-pub async fn create_service(store: &Store, spec: ServiceSpec) -> Result<Service, ControlError> {
+/// A transaction whose body may refuse with a [`ControlError`] (a user's mistake found
+/// only against the store), which is returned as it is.
+pub async fn update_checked<R>(
+    store: &Store,
+    f: impl FnOnce(&mut super::store::Tx<'_>) -> Result<R, ControlError>,
+) -> Result<R, ControlError> {
+    let mut refused = None;
+    let res = store
+        .update(|tx| {
+            // an error aborts the transaction: nothing it recorded is committed
+            f(tx).map_err(|e| match e {
+                ControlError::Store(e) => e,
+                e => {
+                    refused = Some(e);
+                    StoreError::Invalid("refused".into())
+                }
+            })
+        })
+        .await;
+    res.map_err(|e| refused.take().unwrap_or(ControlError::Store(e)))
+}
+
+pub async fn create_service(store: &Store, mut spec: ServiceSpec) -> Result<Service, ControlError> {
     validate_spec(&spec)?;
+    store.view(|t| super::network::resolve_service(t, "", &mut spec))?;
     let s = Service {
         id: new_id(),
         spec: Some(spec),
@@ -195,6 +218,7 @@ pub async fn update_service(
     if cur_mode != spec.mode.as_ref().map(std::mem::discriminant) {
         return Err(invalid("--mode: a service's mode cannot be changed"));
     }
+    store.view(|t| super::network::resolve_service(t, &cur.id, &mut spec))?;
     let mut next = cur.clone();
     let task_changed = cur.spec.as_ref().and_then(|s| s.task.clone()) != spec.task;
     next.previous_spec = cur.spec.clone();

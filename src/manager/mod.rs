@@ -3,6 +3,8 @@
 pub mod ca;
 pub mod control;
 pub mod dispatcher;
+pub mod ipam;
+pub mod network;
 pub mod node;
 pub mod orchestrator;
 pub mod raft;

@@ -111,6 +111,20 @@ impl Manager {
                     if tx.list::<Cluster>().is_empty() {
                         tx.create(cluster)?;
                     }
+                    // the routing mesh's network, from the start (as in Swarm)
+                    if !tx
+                        .list::<Network>()
+                        .iter()
+                        .any(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+                    {
+                        crate::manager::network::new_network(
+                            tx,
+                            crate::manager::network::ingress_spec(),
+                        )
+                        .map_err(|e| {
+                            super::store::StoreError::Invalid(format!("the ingress network: {e}"))
+                        })?;
+                    }
                     let node = Node {
                         id: nid.clone(),
                         spec: Some(NodeSpec {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use shoal_proto::{Node, NodeAvailability, NodeRole, NodeState, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
+use super::network::{self, allocate_services, Pools};
 use super::store::{Store, StoreError, Tx};
 use super::tasks::{desired, run_loop, state, status};
 
@@ -447,15 +448,37 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
     Ok(placed)
 }
 
-/// Moves new tasks to pending: network addresses come here once overlays exist.
+/// Moves new tasks to pending once they have their network addresses (services get
+/// their VIPs and published ports first). A task whose addresses cannot be had stays new,
+/// with the reason in its status for `service ps` and `inspect`.
 fn allocate_new(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
-    let mut n = 0;
-    for mut t in tx.filter(|t: &Task| {
+    let new = tx.filter(|t: &Task| {
         state(t) == TaskState::New && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
-    }) {
-        t.status = Some(status(TaskState::Pending, "pending task scheduling"));
-        tx.update(t)?;
-        n += 1;
+    });
+    if new.is_empty() {
+        return Ok(0);
+    }
+    let mut pools = Pools::default();
+    allocate_services(tx, &mut pools)?;
+    let ingress = network::ingress(tx);
+    let mut n = 0;
+    for mut t in new {
+        match network::attach_task(tx, &mut pools, ingress.as_deref(), &mut t) {
+            Ok(()) => {
+                t.status = Some(status(TaskState::Pending, "pending task scheduling"));
+                tx.update(t)?;
+                n += 1;
+            }
+            Err(why) => {
+                let err = format!("allocation failed: {why}");
+                if t.status.as_ref().map(|s| s.err.as_str()) != Some(err.as_str()) {
+                    let st = t.status.get_or_insert_with(Default::default);
+                    st.err = err;
+                    st.message = "waiting for network addresses".into();
+                    tx.update(t)?;
+                }
+            }
+        }
     }
     Ok(n)
 }

@@ -558,3 +558,278 @@ async fn placement_preferences_spread_over_label_values_first() {
         .unwrap_err()
         .contains("spread=node.labels.NAME"));
 }
+
+mod networks {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::manager::control::{create_service, update_service, ControlError};
+    use crate::manager::network::{create_network, remove_network};
+
+    fn net(name: &str, subnet: &str) -> NetworkSpec {
+        NetworkSpec {
+            annotations: Some(Annotations {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ipam: if subnet.is_empty() {
+                vec![]
+            } else {
+                vec![IpamConfig {
+                    subnet: subnet.into(),
+                    ..Default::default()
+                }]
+            },
+            ..Default::default()
+        }
+    }
+
+    fn spec_on(name: &str, replicas: u64, nets: &[&str]) -> ServiceSpec {
+        let mut s = service(name, replicated(replicas)).spec.unwrap();
+        s.task.as_mut().unwrap().networks = nets
+            .iter()
+            .map(|n| NetworkAttachmentConfig {
+                target: n.to_string(),
+                aliases: vec![format!("{name}-alias")],
+            })
+            .collect();
+        s
+    }
+
+    async fn store_with_nodes(n: usize) -> Store {
+        let store = Store::in_memory();
+        store
+            .update(move |tx| {
+                for i in 0..n {
+                    tx.create(node(&format!("n{i}"), &[]))?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store
+    }
+
+    fn refused(r: Result<impl std::fmt::Debug, ControlError>, why: &str) {
+        let e = r.expect_err("refused").to_string();
+        assert!(e.contains(why), "{e:?} should say {why:?}");
+    }
+
+    /// Every address held by a live task or a VIP, by network: none twice.
+    fn assert_unique(store: &Store) {
+        store.view(|t| {
+            let mut seen = BTreeSet::new();
+            for x in t.tasks.values().filter(|x| !state(x).is_terminal()) {
+                for a in &x.networks {
+                    for addr in &a.addresses {
+                        assert!(
+                            seen.insert((a.network_id.clone(), addr.clone())),
+                            "{addr} twice"
+                        );
+                    }
+                }
+            }
+            for s in t.services.values() {
+                for v in s.endpoint.iter().flat_map(|e| &e.virtual_ips) {
+                    assert!(
+                        seen.insert((v.network_id.clone(), v.addr.clone())),
+                        "VIP {} twice",
+                        v.addr
+                    );
+                }
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn networks_get_subnets_and_vnis_and_bad_ones_are_refused() {
+        let store = store_with_nodes(0).await;
+        let a = create_network(&store, net("a", "")).await.unwrap();
+        let b = create_network(&store, net("b", "")).await.unwrap();
+        assert_eq!(a.ipam[0].subnet, "10.0.0.0/24");
+        assert_eq!(b.ipam[0].subnet, "10.0.1.0/24");
+        assert_eq!(a.ipam[0].gateway, "10.0.0.1");
+        assert_ne!(a.vni, b.vni);
+        let big = create_network(&store, net("big", "10.20.0.0/16"))
+            .await
+            .unwrap();
+        assert_eq!(big.ipam[0].subnet, "10.20.0.0/16");
+        refused(
+            create_network(&store, net("c", "10.20.4.0/24")).await,
+            "overlaps network big",
+        );
+        refused(create_network(&store, net("a", "")).await, "a");
+        refused(
+            create_network(&store, net("d", "10.30.0.5/24")).await,
+            "did you mean 10.30.0.0/24",
+        );
+        let mut bridge = net("e", "");
+        bridge.driver = "bridge".into();
+        refused(
+            create_network(&store, bridge).await,
+            "overlay networks only",
+        );
+        let mut ingress = net("f", "");
+        ingress.ingress = true;
+        refused(create_network(&store, ingress).await, "one ingress network");
+        // the next carved subnet skips what is taken
+        let g = create_network(&store, net("g", "")).await.unwrap();
+        assert_eq!(g.ipam[0].subnet, "10.0.2.0/24");
+    }
+
+    #[tokio::test]
+    async fn tasks_and_vips_get_unique_addresses_that_come_back_when_tasks_go() {
+        let store = store_with_nodes(3).await;
+        create_network(&store, net("front", "10.5.0.0/24"))
+            .await
+            .unwrap();
+        create_network(&store, net("back", "")).await.unwrap();
+        let s = create_service(&store, spec_on("web", 4, &["front", "back"]))
+            .await
+            .unwrap();
+        round(&store, &s.id).await;
+        let s = store.view(|t| t.services[&s.id].clone());
+        let vips = &s.endpoint.as_ref().unwrap().virtual_ips;
+        assert_eq!(vips.len(), 2, "a VIP per network");
+        let tasks = tasks_of(&store, &s.id);
+        assert_eq!(tasks.len(), 4);
+        for t in &tasks {
+            assert_eq!(state(t), TaskState::Assigned, "{:?}", t.status);
+            assert_eq!(t.networks.len(), 2);
+            let front = t
+                .networks
+                .iter()
+                .find(|a| a.addresses[0].starts_with("10.5.0."))
+                .unwrap();
+            assert!(front.addresses[0].ends_with("/24"));
+            assert_eq!(front.aliases, ["web-alias"]);
+        }
+        assert_unique(&store);
+        // scale down: the stopped tasks' addresses return; scale up: no address twice
+        let cur = store.view(|t| t.services[&s.id].clone());
+        let mut spec = cur.spec.clone().unwrap();
+        spec.mode = Some(replicated(1));
+        update_service(&store, &s.id, 0, spec.clone(), false)
+            .await
+            .unwrap();
+        round(&store, &s.id).await;
+        agent_converges(&store).await;
+        spec.mode = Some(replicated(6));
+        update_service(&store, &s.id, 0, spec, false).await.unwrap();
+        round(&store, &s.id).await;
+        assert_unique(&store);
+        let live = tasks_of(&store, &s.id)
+            .into_iter()
+            .filter(|t| !state(t).is_terminal() && desired(t) == TaskState::Running)
+            .count();
+        assert_eq!(live, 6);
+        // the network is in use
+        refused(
+            remove_network(&store, "front").await,
+            "in use by service(s) web",
+        );
+    }
+
+    #[tokio::test]
+    async fn running_out_of_addresses_shows_in_the_task_and_resumes_when_freed() {
+        let store = store_with_nodes(2).await;
+        // a /29: .1 gateway, .2-.6 usable: one VIP and four tasks
+        create_network(&store, net("tiny", "10.9.0.0/29"))
+            .await
+            .unwrap();
+        let s = create_service(&store, spec_on("many", 6, &["tiny"]))
+            .await
+            .unwrap();
+        round(&store, &s.id).await;
+        let tasks = tasks_of(&store, &s.id);
+        let stuck: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| state(t) == TaskState::New)
+            .collect();
+        assert_eq!(stuck.len(), 2, "two tasks without an address");
+        let err = &stuck[0].status.as_ref().unwrap().err;
+        assert!(
+            err.contains("network tiny") && err.contains("all in use"),
+            "{err}"
+        );
+        assert_unique(&store);
+        // scaling down to 4 frees what the waiting tasks need: nothing is handed out twice
+        let mut spec = store.view(|t| t.services[&s.id].spec.clone().unwrap());
+        spec.mode = Some(replicated(3));
+        update_service(&store, &s.id, 0, spec, false).await.unwrap();
+        round(&store, &s.id).await;
+        agent_converges(&store).await;
+        round(&store, &s.id).await;
+        assert_unique(&store);
+        let live: Vec<Task> = tasks_of(&store, &s.id)
+            .into_iter()
+            .filter(|t| desired(t) == TaskState::Running && !state(t).is_terminal())
+            .collect();
+        assert_eq!(live.len(), 3);
+        for t in &live {
+            assert_ne!(state(t), TaskState::New, "{:?}", t.status);
+            assert_eq!(t.networks.len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn published_ports_are_checked_and_dynamic_ones_allocated() {
+        let store = store_with_nodes(1).await;
+        // the ingress network, as init makes it
+        store
+            .update(|tx| {
+                crate::manager::network::new_network(tx, crate::manager::network::ingress_spec())
+                    .map_err(|e| crate::manager::store::StoreError::Invalid(e.to_string()))
+            })
+            .await
+            .unwrap();
+        let port = |published: u32, target: u32| PortConfig {
+            published_port: published,
+            target_port: target,
+            ..Default::default()
+        };
+        let mut a = spec_on("a", 1, &[]);
+        a.endpoint = Some(EndpointSpec {
+            ports: vec![port(8080, 80), port(0, 81)],
+            ..Default::default()
+        });
+        let a = create_service(&store, a).await.unwrap();
+        round(&store, &a.id).await;
+        let a = store.view(|t| t.services[&a.id].clone());
+        let e = a.endpoint.clone().unwrap();
+        assert_eq!(e.ports[0].published_port, 8080);
+        assert!(
+            (30000..=32767).contains(&e.ports[1].published_port),
+            "{:?}",
+            e.ports
+        );
+        assert_eq!(e.virtual_ips.len(), 1, "a VIP on ingress");
+        let t = &tasks_of(&store, &a.id)[0];
+        assert_eq!(
+            t.networks.len(),
+            1,
+            "the task is on ingress: {:?}",
+            t.networks
+        );
+        let mut b = spec_on("b", 1, &[]);
+        b.endpoint = Some(EndpointSpec {
+            ports: vec![port(8080, 80)],
+            ..Default::default()
+        });
+        refused(
+            create_service(&store, b.clone()).await,
+            "already published by service a",
+        );
+        b.endpoint.as_mut().unwrap().mode = endpoint_spec::ResolutionMode::Dnsrr as i32;
+        b.endpoint.as_mut().unwrap().ports[0].published_port = 9090;
+        refused(create_service(&store, b).await, "dnsrr");
+        refused(
+            create_service(&store, spec_on("c", 1, &["ingress"])).await,
+            "routing mesh",
+        );
+        refused(
+            create_service(&store, spec_on("d", 1, &["nope"])).await,
+            "no such network",
+        );
+    }
+}

@@ -1,0 +1,602 @@
+//! Overlay networks in the store: creating and removing them (each with a subnet and a
+//! VNI), services' attachments and published ports resolved and checked, and the
+//! allocator's part: service VIPs, ingress published ports and task addresses. The
+//! allocator rebuilds every pool from the store on each pass, so what is in use is what
+//! the store says: an address is handed to one live holder at a time, and goes back to
+//! the pool when its task has stopped or its service is gone.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use shoal_proto::endpoint::VirtualIp;
+use shoal_proto::endpoint_spec::ResolutionMode;
+use shoal_proto::port_config::{Protocol, PublishMode};
+use shoal_proto::*;
+
+use super::control::ControlError;
+use super::ipam::{self, carve, next_vni, IpamError, Pool, Subnet};
+use super::store::{Store, StoreError, StoreItem, Tables, Tx};
+use super::tasks::state;
+
+/// The routing mesh's network, made at init.
+pub const INGRESS: &str = "ingress";
+/// Where `published` ports of 0 are taken from, as in Swarm.
+pub const DYNAMIC_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
+
+fn invalid(s: impl Into<String>) -> ControlError {
+    ControlError::Invalid(s.into())
+}
+
+fn ipam_err(e: IpamError) -> ControlError {
+    invalid(e.to_string())
+}
+
+pub fn network_name(n: &Network) -> &str {
+    n.name()
+}
+
+/// Checks `--default-addr-pool` and `--default-addr-pool-mask-length` (none given:
+/// Swarm's 10.0.0.0/8 in /24s). Returns what the cluster object keeps.
+pub fn check_pools(pools: &[String], size: u32) -> Result<(Vec<String>, u32), String> {
+    let given: Vec<String> = if pools.is_empty() {
+        vec![ipam::DEFAULT_POOL.into()]
+    } else {
+        pools.to_vec()
+    };
+    let size = if size == 0 {
+        u32::from(ipam::DEFAULT_SUBNET_SIZE)
+    } else {
+        size
+    };
+    let mut parsed: Vec<Subnet> = Vec::new();
+    for p in &given {
+        let s: Subnet = p.parse().map_err(|e| format!("--default-addr-pool: {e}"))?;
+        if let Some(o) = parsed.iter().find(|o| o.overlaps(&s)) {
+            return Err(format!("--default-addr-pool {s} overlaps {o}"));
+        }
+        if size < u32::from(s.prefix()) || size > 29 {
+            return Err(format!(
+                "--default-addr-pool-mask-length {size}: must be between the pool's /{} and /29",
+                s.prefix()
+            ));
+        }
+        parsed.push(s);
+    }
+    Ok((parsed.iter().map(|s| s.to_string()).collect(), size))
+}
+
+/// The ingress network's spec (its subnet comes from the pool, as Swarm's 10.0.0.0/24).
+pub fn ingress_spec() -> NetworkSpec {
+    NetworkSpec {
+        annotations: Some(Annotations {
+            name: INGRESS.into(),
+            ..Default::default()
+        }),
+        driver: "overlay".into(),
+        ingress: true,
+        ..Default::default()
+    }
+}
+
+/// Checks a network spec as `network create` gives it.
+fn check_spec(spec: &mut NetworkSpec) -> Result<(), ControlError> {
+    let name = spec
+        .annotations
+        .as_ref()
+        .map(|a| a.name.clone())
+        .unwrap_or_default();
+    if !super::control::valid_name(&name) {
+        return Err(invalid(format!(
+            "{name:?} is not a valid network name: use up to 63 of [a-zA-Z0-9-_], starting with a letter or digit"
+        )));
+    }
+    match spec.driver.as_str() {
+        "" | "overlay" => spec.driver = "overlay".into(),
+        d => {
+            return Err(invalid(format!(
+                "--driver {d}: a swarm has overlay networks only (bridge, host and macvlan networks are one node's, not the swarm's)"
+            )))
+        }
+    }
+    if spec.ipam.len() > 1 {
+        return Err(invalid(
+            "one --subnet per network (IPv4 only: IPv6 is not supported yet)",
+        ));
+    }
+    if let Some(c) = spec.ipam.first() {
+        if c.subnet.is_empty() && (!c.range.is_empty() || !c.gateway.is_empty()) {
+            return Err(invalid("--ip-range and --gateway need --subnet"));
+        }
+    }
+    Ok(())
+}
+
+/// Creates a network in a transaction: its subnet (given, or the next free block of the
+/// cluster's default pool) and its VNI.
+pub fn new_network(tx: &mut Tx<'_>, mut spec: NetworkSpec) -> Result<Network, ControlError> {
+    check_spec(&mut spec)?;
+    let networks = tx.list::<Network>();
+    let taken: Vec<(Subnet, &Network)> = networks
+        .iter()
+        .filter_map(|n| {
+            let s: Subnet = n.ipam.first()?.subnet.parse().ok()?;
+            Some((s, n))
+        })
+        .collect();
+    let given = spec.ipam.first().cloned().unwrap_or_default();
+    let pool = if given.subnet.is_empty() {
+        let cluster = tx.list::<Cluster>().into_iter().next().unwrap_or_default();
+        let (pools, size) =
+            check_pools(&cluster.default_addr_pool, cluster.subnet_size).map_err(invalid)?;
+        let pools: Vec<Subnet> = pools.iter().filter_map(|p| p.parse().ok()).collect();
+        let busy: Vec<Subnet> = taken.iter().map(|(s, _)| *s).collect();
+        let subnet = carve(&pools, size as u8, &busy).map_err(ipam_err)?;
+        Pool::new(&subnet.to_string(), "", "").map_err(ipam_err)?
+    } else {
+        let p = Pool::new(&given.subnet, &given.range, &given.gateway).map_err(ipam_err)?;
+        if let Some((s, n)) = taken.iter().find(|(s, _)| s.overlaps(&p.subnet)) {
+            return Err(invalid(format!(
+                "--subnet {}: overlaps network {} ({s})",
+                p.subnet,
+                network_name(n)
+            )));
+        }
+        p
+    };
+    let vnis: BTreeSet<u32> = networks.iter().map(|n| n.vni).collect();
+    let n = Network {
+        id: super::store::new_id(),
+        spec: Some(spec),
+        vni: next_vni(&vnis).map_err(ipam_err)?,
+        ipam: vec![IpamConfig {
+            subnet: pool.subnet.to_string(),
+            range: if pool.range == pool.subnet {
+                String::new()
+            } else {
+                pool.range.to_string()
+            },
+            gateway: pool.gateway.to_string(),
+        }],
+        ..Default::default()
+    };
+    tx.create(n.clone())?;
+    Ok(n)
+}
+
+pub async fn create_network(store: &Store, spec: NetworkSpec) -> Result<Network, ControlError> {
+    if spec.ingress {
+        return Err(invalid(
+            "a swarm has one ingress network, made at init; create overlay networks for services",
+        ));
+    }
+    let id = super::control::update_checked(store, |tx| new_network(tx, spec))
+        .await?
+        .id;
+    store
+        .view(|t| t.networks.get(&id).cloned())
+        .ok_or(ControlError::NotFound {
+            kind: "network",
+            what: id,
+        })
+}
+
+/// The networks a service's tasks attach to (IDs): those it names, and ingress when it
+/// publishes a port in ingress mode.
+pub fn service_networks(spec: &ServiceSpec, ingress: Option<&str>) -> Vec<String> {
+    let mut ids: Vec<String> = spec
+        .task
+        .as_ref()
+        .map(|t| t.networks.iter().map(|n| n.target.clone()).collect())
+        .unwrap_or_default();
+    if let Some(i) = ingress.filter(|_| publishes_ingress(spec)) {
+        ids.push(i.to_string());
+    }
+    ids
+}
+
+fn ports(spec: &ServiceSpec) -> &[PortConfig] {
+    spec.endpoint.as_ref().map(|e| &e.ports[..]).unwrap_or(&[])
+}
+
+fn publishes_ingress(spec: &ServiceSpec) -> bool {
+    ports(spec)
+        .iter()
+        .any(|p| p.publish_mode == PublishMode::Ingress as i32)
+}
+
+fn dnsrr(spec: &ServiceSpec) -> bool {
+    spec.endpoint.as_ref().map(|e| e.mode) == Some(ResolutionMode::Dnsrr as i32)
+}
+
+fn proto_name(p: i32) -> &'static str {
+    if p == Protocol::Udp as i32 {
+        "udp"
+    } else {
+        "tcp"
+    }
+}
+
+/// Resolves a service's `--network` targets (names or IDs) to network IDs and checks
+/// its ports: valid numbers, no port published twice, none another service already
+/// publishes on the routing mesh, and no ingress ports with DNS round robin.
+pub fn resolve_service(
+    t: &Tables,
+    service_id: &str,
+    spec: &mut ServiceSpec,
+) -> Result<(), ControlError> {
+    let networks: Vec<&Network> = t.networks.values().collect();
+    let by_name: BTreeMap<String, String> = networks
+        .iter()
+        .map(|n| (network_name(n).to_string(), n.id.clone()))
+        .collect();
+    let mut seen = BTreeSet::new();
+    if let Some(task) = spec.task.as_mut() {
+        for a in task.networks.iter_mut() {
+            let id = if networks.iter().any(|n| n.id == a.target) {
+                a.target.clone()
+            } else if let Some(id) = by_name.get(&a.target) {
+                id.clone()
+            } else {
+                let pre: Vec<&&Network> = networks
+                    .iter()
+                    .filter(|n| !a.target.is_empty() && n.id.starts_with(&a.target))
+                    .collect();
+                match pre[..] {
+                    [n] => n.id.clone(),
+                    _ => return Err(invalid(format!("--network {}: no such network", a.target))),
+                }
+            };
+            let n = *networks.iter().find(|n| n.id == id).expect("found above");
+            if n.spec.as_ref().is_some_and(|s| s.ingress) {
+                return Err(invalid(format!(
+                    "--network {}: the ingress network is the routing mesh's; a service joins it by publishing a port",
+                    a.target
+                )));
+            }
+            for al in &a.aliases {
+                if !super::control::valid_name(al) && !al.contains('.') {
+                    return Err(invalid(format!(
+                        "--network alias {al:?} is not a valid name"
+                    )));
+                }
+            }
+            if !seen.insert(id.clone()) {
+                return Err(invalid(format!(
+                    "--network {}: the service is attached to it twice",
+                    network_name(n)
+                )));
+            }
+            a.target = id;
+        }
+    }
+    let mine = ports(spec).to_vec();
+    if dnsrr(spec) && publishes_ingress(spec) {
+        return Err(invalid(
+            "--endpoint-mode dnsrr has no VIP, so it cannot publish ports in ingress mode (use mode=host)",
+        ));
+    }
+    let mut published = BTreeSet::new();
+    for p in &mine {
+        if p.target_port == 0 || p.target_port > 65535 {
+            return Err(invalid(format!(
+                "--publish: target port {} is not between 1 and 65535",
+                p.target_port
+            )));
+        }
+        if p.published_port > 65535 {
+            return Err(invalid(format!(
+                "--publish: published port {} is not between 1 and 65535",
+                p.published_port
+            )));
+        }
+        if p.published_port != 0 && !published.insert((p.published_port, p.protocol)) {
+            return Err(invalid(format!(
+                "--publish: port {}/{} is published twice",
+                p.published_port,
+                proto_name(p.protocol)
+            )));
+        }
+    }
+    // the routing mesh answers a published port on every node: one service per port
+    for other in t.services.values() {
+        if other.id == service_id {
+            continue;
+        }
+        let theirs = other
+            .endpoint
+            .as_ref()
+            .map(|e| e.ports.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(
+                other
+                    .spec
+                    .as_ref()
+                    .map(|s| ports(s).to_vec())
+                    .unwrap_or_default(),
+            );
+        for q in theirs {
+            let clash = mine.iter().any(|p| {
+                p.published_port != 0
+                    && p.published_port == q.published_port
+                    && p.protocol == q.protocol
+                    && (p.publish_mode == PublishMode::Ingress as i32
+                        || q.publish_mode == PublishMode::Ingress as i32)
+            });
+            if clash {
+                return Err(invalid(format!(
+                    "--publish: port {}/{} is already published by service {}",
+                    q.published_port,
+                    proto_name(q.protocol),
+                    other.name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn remove_network(store: &Store, what: &str) -> Result<(), ControlError> {
+    let n = store.view(|t| super::control::find(&t.networks, what))?;
+    let users: Vec<String> = store.view(|t| {
+        t.services
+            .values()
+            .filter(|s| {
+                let attached = s
+                    .spec
+                    .as_ref()
+                    .is_some_and(|sp| service_networks(sp, Some(&n.id)).contains(&n.id));
+                let vip = s
+                    .endpoint
+                    .as_ref()
+                    .is_some_and(|e| e.virtual_ips.iter().any(|v| v.network_id == n.id));
+                attached || vip
+            })
+            .map(|s| s.name().to_string())
+            .collect()
+    });
+    if !users.is_empty() {
+        return Err(invalid(format!(
+            "network {} is in use by service(s) {}: remove them or detach them first (service update --network-rm)",
+            network_name(&n),
+            users.join(", ")
+        )));
+    }
+    let live = store.view(|t| {
+        t.tasks
+            .values()
+            .filter(|x| !state(x).is_terminal() && x.networks.iter().any(|a| a.network_id == n.id))
+            .count()
+    });
+    if live > 0 {
+        return Err(invalid(format!(
+            "network {} still has {live} task(s) attached that have not stopped yet; try again when they have",
+            network_name(&n)
+        )));
+    }
+    store.update(|tx| tx.remove::<Network>(&n.id)).await?;
+    Ok(())
+}
+
+/// Every network's pool with what the store holds in use, built once per pass when
+/// first needed.
+#[derive(Default)]
+pub struct Pools {
+    pools: Option<HashMap<String, Pool>>,
+    ports: BTreeSet<(u32, i32)>,
+}
+
+impl Pools {
+    fn build(tx: &Tx<'_>) -> (HashMap<String, Pool>, BTreeSet<(u32, i32)>) {
+        let mut pools = HashMap::new();
+        for n in tx.list::<Network>() {
+            let Some(c) = n.ipam.first() else { continue };
+            match Pool::new(&c.subnet, &c.range, &c.gateway) {
+                Ok(p) => {
+                    pools.insert(n.id.clone(), p);
+                }
+                Err(e) => {
+                    tracing::warn!(network = %n.id, error = %e, "network with bad addressing")
+                }
+            }
+        }
+        let mut take = |net: &str, addr: &str, holder: &str| {
+            if let (Some(p), Some(a)) = (pools.get_mut(net), ipam::addr_of(addr)) {
+                if !p.take(a) {
+                    tracing::error!(network = net, %a, holder, "address held twice or out of its network");
+                }
+            }
+        };
+        let mut ports = BTreeSet::new();
+        tx.for_each(|s: &Service| {
+            if let Some(e) = &s.endpoint {
+                for v in &e.virtual_ips {
+                    take(&v.network_id, &v.addr, &s.id);
+                }
+                for p in &e.ports {
+                    ports.insert((p.published_port, p.protocol));
+                }
+            }
+        });
+        tx.for_each(|t: &Task| {
+            if !state(t).is_terminal() {
+                for a in &t.networks {
+                    for addr in &a.addresses {
+                        take(&a.network_id, addr, &t.id);
+                    }
+                }
+            }
+        });
+        (pools, ports)
+    }
+
+    fn get(&mut self, tx: &Tx<'_>) -> &mut HashMap<String, Pool> {
+        if self.pools.is_none() {
+            let (p, ports) = Self::build(tx);
+            self.pools = Some(p);
+            self.ports = ports;
+        }
+        self.pools.as_mut().expect("built above")
+    }
+
+    fn release(&mut self, net: &str, a: Ipv4Addr) {
+        if let Some(p) = self.pools.as_mut().and_then(|m| m.get_mut(net)) {
+            p.release(a);
+        }
+    }
+}
+
+fn ingress_id(tx: &Tx<'_>) -> Option<String> {
+    tx.list::<Network>()
+        .into_iter()
+        .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+        .map(|n| n.id)
+}
+
+/// Gives every service what its endpoint needs: a VIP on each of its networks (none
+/// with DNS round robin) and a port for each ingress port published as 0. Returns how
+/// many services changed.
+pub fn allocate_services(tx: &mut Tx<'_>, pools: &mut Pools) -> Result<usize, StoreError> {
+    let ingress = ingress_id(tx);
+    let mut changed = 0;
+    for s in tx.list::<Service>() {
+        let Some(spec) = s.spec.clone() else { continue };
+        let want: Vec<String> = if dnsrr(&spec) {
+            // no VIPs; ingress is not allowed with dnsrr (checked at create)
+            vec![]
+        } else {
+            service_networks(&spec, ingress.as_deref())
+        };
+        let old = s.endpoint.clone().unwrap_or_default();
+        let mut vips: Vec<VirtualIp> = old
+            .virtual_ips
+            .iter()
+            .filter(|v| want.contains(&v.network_id))
+            .cloned()
+            .collect();
+        let mut failed = None;
+        for net in &want {
+            if vips.iter().any(|v| &v.network_id == net) {
+                continue;
+            }
+            let Some(pool) = pools.get(tx).get_mut(net) else {
+                continue; // a network that went away: the service update is refused elsewhere
+            };
+            match pool.allocate() {
+                Ok(a) => vips.push(VirtualIp {
+                    network_id: net.clone(),
+                    addr: pool.with_prefix(a),
+                }),
+                Err(e) => failed = Some(format!("VIP on network {net}: {e}")),
+            }
+        }
+        if let Some(f) = failed {
+            tracing::warn!(service = %s.id, "{f}");
+        }
+        let mut resolved = Vec::new();
+        for p in ports(&spec) {
+            let mut p = p.clone();
+            if p.published_port == 0 && p.publish_mode == PublishMode::Ingress as i32 {
+                let before = old.ports.iter().find(|q| {
+                    q.target_port == p.target_port
+                        && q.protocol == p.protocol
+                        && q.publish_mode == p.publish_mode
+                        && DYNAMIC_PORTS.contains(&q.published_port)
+                });
+                p.published_port = match before {
+                    Some(q) => q.published_port,
+                    None => {
+                        pools.get(tx);
+                        let free = DYNAMIC_PORTS
+                            .clone()
+                            .find(|n| !pools.ports.contains(&(*n, p.protocol)));
+                        match free {
+                            Some(n) => {
+                                pools.ports.insert((n, p.protocol));
+                                n
+                            }
+                            None => continue,
+                        }
+                    }
+                };
+            }
+            resolved.push(p);
+        }
+        let endpoint = Endpoint {
+            spec: spec.endpoint.clone(),
+            ports: resolved,
+            virtual_ips: vips,
+        };
+        if s.endpoint.as_ref() != Some(&endpoint) {
+            let mut s = s.clone();
+            s.endpoint = Some(endpoint);
+            tx.update(s)?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// Gives a new task an address on each of its service's networks. On failure nothing is
+/// kept and the reason is returned, for the task's status.
+pub fn attach_task(
+    tx: &Tx<'_>,
+    pools: &mut Pools,
+    ingress: Option<&str>,
+    t: &mut Task,
+) -> Result<(), String> {
+    let Some(service) = tx.get::<Service>(&t.service_id) else {
+        return Ok(());
+    };
+    let spec = service.spec.clone().unwrap_or_default();
+    let nets = service_networks(&spec, ingress);
+    if nets.is_empty() || !t.networks.is_empty() {
+        return Ok(());
+    }
+    let aliases: HashMap<String, Vec<String>> = t
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.networks
+                .iter()
+                .map(|n| (n.target.clone(), n.aliases.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut got: Vec<NetworkAttachment> = Vec::new();
+    for net in nets {
+        let name = tx
+            .get::<Network>(&net)
+            .map(|n| network_name(&n).to_string())
+            .unwrap_or_else(|| net.clone());
+        let res = match pools.get(tx).get_mut(&net) {
+            Some(p) => p
+                .allocate()
+                .map(|a| p.with_prefix(a))
+                .map_err(|e| e.to_string()),
+            None => Err("the network does not exist".into()),
+        };
+        match res {
+            Ok(addr) => got.push(NetworkAttachment {
+                network_id: net.clone(),
+                addresses: vec![addr],
+                aliases: aliases.get(&net).cloned().unwrap_or_default(),
+            }),
+            Err(e) => {
+                for a in &got {
+                    if let Some(ip) = a.addresses.first().and_then(|x| ipam::addr_of(x)) {
+                        pools.release(&a.network_id, ip);
+                    }
+                }
+                return Err(format!("network {name}: {e}"));
+            }
+        }
+    }
+    t.networks = got;
+    Ok(())
+}
+
+/// The ingress network's ID, for [`attach_task`].
+pub fn ingress(tx: &Tx<'_>) -> Option<String> {
+    ingress_id(tx)
+}
