@@ -1,0 +1,458 @@
+//! One overlay network on one node, built with netlink.
+//!
+//! Each network has a namespace of its own on the node (`ov-<vni>`), holding a bridge
+//! and the network's VXLAN device; each task's namespace gets a veth whose other end is
+//! a port of that bridge. Why a namespace per network, not devices in the host's:
+//! networks may have overlapping subnets, nothing of one network is routable from
+//! another or from the host by accident, and removing the namespace removes every device
+//! of the network at once, so a crash leaves nothing that a restart cannot sweep (Docker's
+//! overlay driver makes the same choice).
+//!
+//! The VXLAN device is created in the host's namespace (so its UDP socket uses the host's
+//! underlay) and then moved into the network's. It neither learns nor floods: forwarding
+//! entries (task MAC → the node's VTEP address) and neighbour entries (task IP → MAC,
+//! answered by the device's ARP proxy) come from the cluster state the managers push.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoVxlan, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+
+use crate::netns::Netns;
+use crate::NetError;
+
+/// The VXLAN UDP port (IANA's, as Swarm uses).
+pub const VXLAN_PORT: u16 = 4789;
+/// VXLAN adds 50 bytes: overlay devices get the underlay's MTU minus that.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// What a node needs to build one network.
+#[derive(Clone, Debug)]
+pub struct NetworkSpec {
+    pub vni: u32,
+    /// The bridge's address (the subnet's gateway) with the subnet's prefix length.
+    pub gateway: Ipv4Addr,
+    pub prefix: u8,
+    /// This node's underlay address: the VTEP's source.
+    pub local: Ipv4Addr,
+    /// The underlay's MTU (1500 if unknown).
+    pub underlay_mtu: u32,
+}
+
+/// A task's place on a network: its namespace, address and the name of its interface
+/// there.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub addr: Ipv4Addr,
+    /// Set the default route through the network's gateway (not for internal networks,
+    /// and only on one network per task).
+    pub default_route: bool,
+}
+
+/// A task elsewhere: its address on the network and its node's VTEP address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Peer {
+    pub addr: Ipv4Addr,
+    pub vtep: Ipv4Addr,
+}
+
+/// A task's MAC, from its address (as Docker derives it): 02:42 and the four bytes.
+pub fn mac_of(a: Ipv4Addr) -> [u8; 6] {
+    let o = a.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+const BRIDGE: &str = "br0";
+const VXLAN: &str = "vxlan0";
+
+/// A node's overlays, with their namespaces under `dir`; links are made from `host`
+/// (the node's namespace; a test host's namespace in tests).
+pub struct Overlays {
+    dir: PathBuf,
+    host: Handle,
+}
+
+fn nl(what: &str, e: rtnetlink::Error) -> NetError {
+    NetError::Netlink(format!("{what}: {e}"))
+}
+
+async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(Some(l.header.index)),
+        Ok(None) => Ok(None),
+        // no such device
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(nl(&format!("looking up {name}"), e)),
+    }
+}
+
+async fn must_index(h: &Handle, name: &str) -> Result<u32, NetError> {
+    index_of(h, name)
+        .await?
+        .ok_or_else(|| NetError::Netlink(format!("{name} vanished")))
+}
+
+async fn set(h: &Handle, m: LinkMessage, what: &str) -> Result<(), NetError> {
+    h.link().set(m).execute().await.map_err(|e| nl(what, e))
+}
+
+impl Overlays {
+    pub fn new(dir: &Path, host: Handle) -> Overlays {
+        Overlays {
+            dir: dir.to_path_buf(),
+            host,
+        }
+    }
+
+    pub fn netns_of(&self, vni: u32) -> Netns {
+        Netns::open(&self.dir.join(format!("ov-{vni}")))
+    }
+
+    /// The networks built on this node (by VNI), from the namespaces present.
+    pub fn present(&self) -> BTreeSet<u32> {
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("ov-")?.parse().ok())
+            .collect()
+    }
+
+    /// Builds the network on this node if it is not there yet (idempotent).
+    pub async fn ensure(&self, spec: &NetworkSpec) -> Result<(), NetError> {
+        let ns = self.netns_of(spec.vni);
+        if ns.exists() {
+            let h = ns.netlink().await?;
+            if index_of(&h, VXLAN).await?.is_some() && index_of(&h, BRIDGE).await?.is_some() {
+                return Ok(());
+            }
+        }
+        // from scratch: a half-made network (a crash while building) goes first
+        let built = self.build(spec).await;
+        if built.is_err() {
+            let _ = self.remove(spec.vni).await;
+        }
+        built
+    }
+
+    async fn build(&self, spec: &NetworkSpec) -> Result<(), NetError> {
+        let ns = Netns::create(&self.netns_of(spec.vni).path().to_path_buf())?;
+        let mtu = spec.underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
+        // the VXLAN device, made in the host's namespace under a temporary name
+        let tmp = format!("shvx{}", spec.vni);
+        if let Some(i) = index_of(&self.host, &tmp).await? {
+            let _ = self.host.link().del(i).execute().await; // a crash's leftover
+        }
+        let vx = LinkVxlan::new(&tmp, spec.vni)
+            .local(spec.local)
+            .port(VXLAN_PORT)
+            .learning(false)
+            .append_info_data(InfoVxlan::Proxy(true))
+            .mtu(mtu)
+            .build();
+        self.host.link().add(vx).execute().await.map_err(|e| {
+            nl(
+                &format!("creating the VXLAN device for VNI {}", spec.vni),
+                e,
+            )
+        })?;
+        let idx = must_index(&self.host, &tmp).await?;
+        let f = ns.file()?;
+        let moved = LinkUnspec::new_with_index(idx)
+            .setns_by_fd(f.as_raw_fd())
+            .build();
+        if let Err(e) = set(&self.host, moved, "moving the VXLAN device").await {
+            let _ = self.host.link().del(idx).execute().await;
+            return Err(e);
+        }
+        let h = ns.netlink().await?;
+        let lo = must_index(&h, "lo").await?;
+        set(&h, LinkUnspec::new_with_index(lo).up().build(), "lo up").await?;
+        h.link()
+            .add(LinkBridge::new(BRIDGE).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl("creating the bridge", e))?;
+        let br = must_index(&h, BRIDGE).await?;
+        h.address()
+            .add(br, IpAddr::V4(spec.gateway), spec.prefix)
+            .execute()
+            .await
+            .map_err(|e| nl("the gateway address", e))?;
+        let vx = must_index(&h, &tmp).await?;
+        set(
+            &h,
+            LinkUnspec::new_with_index(vx)
+                .name(VXLAN.to_string())
+                .controller(br)
+                .build(),
+            "attaching the VXLAN device to the bridge",
+        )
+        .await?;
+        set(&h, LinkUnspec::new_with_index(vx).up().build(), "VXLAN up").await?;
+        Ok(())
+    }
+
+    /// Removes the network from this node: its namespace, and with it every device.
+    pub async fn remove(&self, vni: u32) -> Result<(), NetError> {
+        if let Some(i) = index_of(&self.host, &format!("shvx{vni}")).await? {
+            let _ = self.host.link().del(i).execute().await;
+        }
+        self.netns_of(vni).remove()
+    }
+
+    /// Connects a task's namespace to the network: a veth pair, one end a bridge port,
+    /// the other `ifname` in the task's namespace with its address, MAC and routes.
+    pub async fn attach(&self, spec: &NetworkSpec, ep: &Endpoint) -> Result<(), NetError> {
+        let ns = self.netns_of(spec.vni);
+        let h = ns.netlink().await?;
+        let mtu = spec.underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
+        let host_end = port_name(ep.addr);
+        if let Some(i) = index_of(&h, &host_end).await? {
+            let _ = h.link().del(i).execute().await; // an earlier attempt's
+        }
+        let tmp = format!("t{host_end}");
+        h.link()
+            .add(LinkVeth::new(&host_end, &tmp).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| nl("creating the task's veth pair", e))?;
+        let br = must_index(&h, BRIDGE).await?;
+        let port = must_index(&h, &host_end).await?;
+        set(
+            &h,
+            LinkUnspec::new_with_index(port).controller(br).up().build(),
+            "attaching the veth to the bridge",
+        )
+        .await?;
+        let peer = must_index(&h, &tmp).await?;
+        let task_ns = Netns::open(&ep.netns);
+        let f = task_ns.file()?;
+        set(
+            &h,
+            LinkUnspec::new_with_index(peer)
+                .setns_by_fd(f.as_raw_fd())
+                .build(),
+            "moving the veth into the task's namespace",
+        )
+        .await?;
+        let th = task_ns.netlink().await?;
+        let i = must_index(&th, &tmp).await?;
+        set(
+            &th,
+            LinkUnspec::new_with_index(i)
+                .name(ep.ifname.clone())
+                .address(mac_of(ep.addr).to_vec())
+                .mtu(mtu)
+                .build(),
+            "naming the task's interface",
+        )
+        .await?;
+        th.address()
+            .add(i, IpAddr::V4(ep.addr), spec.prefix)
+            .execute()
+            .await
+            .map_err(|e| nl("the task's address", e))?;
+        set(
+            &th,
+            LinkUnspec::new_with_index(i).up().build(),
+            "task interface up",
+        )
+        .await?;
+        let lo = must_index(&th, "lo").await?;
+        set(&th, LinkUnspec::new_with_index(lo).up().build(), "lo up").await?;
+        if ep.default_route {
+            let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(spec.gateway)
+                .output_interface(i)
+                .build();
+            th.route()
+                .add(r)
+                .execute()
+                .await
+                .map_err(|e| nl("the task's default route", e))?;
+        }
+        Ok(())
+    }
+
+    /// Disconnects a task (its bridge port goes; the task's end goes with it).
+    pub async fn detach(&self, vni: u32, addr: Ipv4Addr) -> Result<(), NetError> {
+        let ns = self.netns_of(vni);
+        if !ns.exists() {
+            return Ok(());
+        }
+        let h = ns.netlink().await?;
+        if let Some(i) = index_of(&h, &port_name(addr)).await? {
+            h.link()
+                .del(i)
+                .execute()
+                .await
+                .map_err(|e| nl("removing the task's veth", e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the network's forwarding and neighbour entries exactly `peers`: what is new
+    /// is added, what is gone is removed.
+    pub async fn set_peers(&self, vni: u32, peers: &BTreeSet<Peer>) -> Result<(), NetError> {
+        let h = self.netns_of(vni).netlink().await?;
+        let vx = must_index(&h, VXLAN).await?;
+        let have = self.peers(&h, vx).await?;
+        for p in have.difference(peers) {
+            let mac = mac_of(p.addr);
+            let mut n = NeighbourMessage::default();
+            n.header.family = AddressFamily::Inet;
+            n.header.ifindex = vx;
+            n.attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                    p.addr,
+                )));
+            let _ = h.neighbours().del(n).execute().await;
+            let mut f = NeighbourMessage::default();
+            f.header.family = AddressFamily::Bridge;
+            f.header.ifindex = vx;
+            f.header.flags = NeighbourFlags::Own;
+            f.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+            f.attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                    p.vtep,
+                )));
+            let _ = h.neighbours().del(f).execute().await;
+        }
+        for p in peers.difference(&have) {
+            let mac = mac_of(p.addr);
+            h.neighbours()
+                .add(vx, IpAddr::V4(p.addr))
+                .link_layer_address(&mac)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl(&format!("the neighbour entry of {}", p.addr), e))?;
+            let mut req = h
+                .neighbours()
+                .add_bridge(vx, &mac)
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .replace();
+            req.message_mut()
+                .attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                    p.vtep,
+                )));
+            req.execute()
+                .await
+                .map_err(|e| nl(&format!("the forwarding entry of {}", p.addr), e))?;
+        }
+        Ok(())
+    }
+
+    /// The peers the VXLAN device has entries for (a neighbour entry with a matching
+    /// forwarding entry).
+    async fn peers(&self, h: &Handle, vx: u32) -> Result<BTreeSet<Peer>, NetError> {
+        let mut neigh: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
+        let mut fdb: Vec<(Vec<u8>, Ipv4Addr)> = Vec::new();
+        let mut all = h
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
+        while let Some(m) = all
+            .try_next()
+            .await
+            .map_err(|e| nl("listing neighbours", e))?
+        {
+            if m.header.ifindex != vx {
+                continue;
+            }
+            let (dst, lla) = dst_and_lla(&m);
+            match (m.header.family, dst, lla) {
+                (AddressFamily::Inet, Some(ip), Some(l)) => neigh.push((ip, l)),
+                (AddressFamily::Bridge, Some(ip), Some(l)) => fdb.push((l, ip)),
+                _ => {}
+            }
+        }
+        let mut fdb_dump = h
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        while let Some(m) = fdb_dump
+            .try_next()
+            .await
+            .map_err(|e| nl("listing forwarding entries", e))?
+        {
+            if m.header.ifindex != vx {
+                continue;
+            }
+            let (dst, lla) = dst_and_lla(&m);
+            if let (Some(ip), Some(l)) = (dst, lla) {
+                fdb.push((l, ip));
+            }
+        }
+        Ok(neigh
+            .into_iter()
+            .filter_map(|(ip, l)| {
+                let vtep = fdb.iter().find(|(m, _)| *m == l)?.1;
+                Some(Peer { addr: ip, vtep })
+            })
+            .collect())
+    }
+}
+
+/// A neighbour or forwarding entry's IPv4 destination and link-layer address. (In a
+/// bridge-family message the destination is parsed as raw bytes.)
+fn dst_and_lla(m: &NeighbourMessage) -> (Option<Ipv4Addr>, Option<Vec<u8>>) {
+    let mut dst = None;
+    let mut lla = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+            }
+            NeighbourAttribute::LinkLayerAddress(l) => lla = Some(l.clone()),
+            _ => {}
+        }
+    }
+    (dst, lla)
+}
+
+/// The bridge-side name of a task's veth: from its address, unique on the network.
+fn port_name(a: Ipv4Addr) -> String {
+    format!("v{:08x}", u32::from(a))
+}
+
+/// Removes what is left of links a crash may leave in the host's namespace.
+pub async fn sweep_host(host: &Handle) -> Result<usize, NetError> {
+    let mut n = 0;
+    let mut links = host.link().get().execute();
+    let mut stale = Vec::new();
+    while let Some(l) = links.try_next().await.map_err(|e| nl("listing links", e))? {
+        let name = l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        if name.is_some_and(|n| n.starts_with("shvx")) {
+            stale.push(l.header.index);
+        }
+    }
+    for i in stale {
+        if host.link().del(i).execute().await.is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
