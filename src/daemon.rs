@@ -774,6 +774,9 @@ impl Daemon {
             }),
         };
         Agent {
+            net: Some(Arc::new(crate::agent::net::NodeNet::new(
+                &self.data_root.join("netns"),
+            ))),
             assignments_file: Some(swarm_dir(&self.data_root).join("assignments.pb")),
             cert_root_digest: self.cert_root.clone(),
             reconnect: self.agent_reconnect.clone(),

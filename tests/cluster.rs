@@ -639,3 +639,85 @@ fn three_managers_two_workers_lose_nothing_acknowledged() {
     );
     assert_eq!(running_per_node(c.h(2), "web").values().sum::<usize>(), 5);
 }
+
+/// The task network namespaces on a host, and each one's address on its first network.
+fn task_addrs(h: &ClusterHost) -> Vec<(std::path::PathBuf, String)> {
+    let dir = h.host.data_root().join("netns").join("tasks");
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net={}", e.path().display()))
+                .args(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let addr = text
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)?;
+            Some((e.path(), addr.split('/').next()?.to_string()))
+        })
+        .collect()
+}
+
+fn ping_from(netns: &std::path::Path, to: &str) -> bool {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["busybox", "ping", "-c", "1", "-W", "1", to])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
+    let c = Cluster::swarm(2);
+    c.h(1).ok(&["network", "create", "appnet"]);
+    create_sleepers(
+        c.h(1),
+        "web",
+        2,
+        &["--network", "appnet", "--replicas-max-per-node", "1"],
+    );
+    wait_for("a task on each host", Duration::from_secs(30), || {
+        let n = running_per_node(c.h(1), "web");
+        (n.len() == 2 && n.values().all(|v| *v == 1)).then_some(())
+    });
+    let (a, b) = wait_for("each task's address", Duration::from_secs(10), || {
+        let (a, b) = (task_addrs(c.h(1)), task_addrs(c.h(2)));
+        (a.len() == 1 && b.len() == 1).then(|| (a[0].clone(), b[0].clone()))
+    });
+    assert_ne!(a.1, b.1);
+    // across hosts, over VXLAN, with entries the managers pushed
+    wait_for(
+        "host 1's task to reach host 2's",
+        Duration::from_secs(10),
+        || ping_from(&a.0, &b.1).then_some(()),
+    );
+    assert!(ping_from(&b.0, &a.1), "host 2's task cannot reach host 1's");
+
+    // the service goes: so do its namespaces and, with its last task, the network on
+    // each host
+    c.h(1).ok(&["service", "rm", "web"]);
+    wait_for(
+        "no task namespace or overlay left",
+        Duration::from_secs(30),
+        || {
+            c.hosts
+                .iter()
+                .all(|h| {
+                    let empty = |d: &str| {
+                        std::fs::read_dir(h.host.data_root().join("netns").join(d))
+                            .map(|mut r| r.next().is_none())
+                            .unwrap_or(true)
+                    };
+                    empty("tasks") && empty("overlays")
+                })
+                .then_some(())
+        },
+    );
+    c.h(1).ok(&["network", "rm", "appnet"]);
+}

@@ -495,6 +495,11 @@ fn health_checks_gate_running_and_fail_unhealthy_tasks() {
 fn networks_are_created_attached_inspected_and_removed() {
     let h = Host::new();
     let _d = h.start_daemon();
+    h.ok(&[
+        "image",
+        "import",
+        fixtures().join("busybox-oci").to_str().unwrap(),
+    ]);
     let err = |args: &[&str]| String::from_utf8_lossy(&h.cli(args).stderr).into_owned();
     assert!(err(&[
         "swarm",
@@ -553,11 +558,13 @@ fn networks_are_created_attached_inspected_and_removed() {
         "-d",
         "--name",
         "api",
+        "--stop-signal",
+        "KILL",
         "--network",
         "appnet,alias=backend",
         "-p",
         "8080:80",
-        "busybox",
+        "shoal-test/busybox",
         "sleep",
         "1000",
     ]);
@@ -597,23 +604,10 @@ fn networks_are_created_attached_inspected_and_removed() {
         err(&["service", "create", "--name", "other", "-p", "8080:81", "busybox"])
             .contains("already published by service api")
     );
-    // nodes do not build overlays yet, and the task says so instead of running unconnected
-    wait_for(
-        "the task to say why it cannot run",
-        Duration::from_secs(10),
-        || {
-            let ps = h.ok(&["service", "ps", "api", "--format", "json"]);
-            json_lines(&ps)
-                .iter()
-                .any(|t| {
-                    t["Error"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains("not implemented yet")
-                })
-                .then_some(())
-        },
-    );
+    // the task runs, connected to both networks
+    wait_for("the task to run", Duration::from_secs(20), || {
+        (replicas(&h, "api") == "1/1").then_some(())
+    });
     // in use: refused; once the service is gone, removed
     assert!(err(&["network", "rm", "appnet"]).contains("in use by service(s) api"));
     h.ok(&["service", "rm", "api"]);

@@ -147,7 +147,7 @@ impl Overlays {
     }
 
     async fn build(&self, spec: &NetworkSpec) -> Result<(), NetError> {
-        let ns = Netns::create(&self.netns_of(spec.vni).path().to_path_buf())?;
+        let ns = Netns::create(self.netns_of(spec.vni).path())?;
         let mtu = spec.underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
         // the VXLAN device, made in the host's namespace under a temporary name
         let tmp = format!("shvx{}", spec.vni);

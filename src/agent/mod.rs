@@ -4,6 +4,7 @@
 //! statuses until the dispatcher acknowledges them.
 
 pub mod convert;
+pub mod net;
 pub mod task;
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ pub struct Agent<E: Executor> {
     pub trust: Arc<watch::Sender<Option<(String, String)>>>,
     /// Notified to end the session and open a new one (after a certificate renewal).
     pub reconnect: Arc<tokio::sync::Notify>,
+    /// The node's overlay networking (none on a simulated node).
+    pub net: Option<Arc<net::NodeNet>>,
 }
 
 impl<E: Executor> Agent<E> {
@@ -59,6 +62,7 @@ impl<E: Executor> Agent<E> {
             cert_root_digest: Arc::default(),
             trust: Arc::new(watch::channel(None).0),
             reconnect: Arc::default(),
+            net: None,
         }
     }
 
@@ -162,8 +166,15 @@ impl<E: Executor> Agent<E> {
                 }
                 m = assign.message() => {
                     let Some(m) = m? else { anyhow::bail!("assignments stream ended") };
+                    // networks first: a new task's network is built before the task
+                    if let (true, Some(net)) = (m.networks_set, &self.net) {
+                        net.apply(m.networks.clone()).await;
+                    }
                     if m.r#type == AssignType::Complete as i32 {
                         let keep: std::collections::HashSet<&str> = m.update_tasks.iter().map(|t| t.id.as_str()).collect();
+                        if let Some(net) = &self.net {
+                            net.sweep(&keep);
+                        }
                         let gone: Vec<String> = tasks.keys().filter(|k| !keep.contains(k.as_str())).cloned().collect();
                         for id in gone {
                             self.forget(tasks, &id);
@@ -184,7 +195,7 @@ impl<E: Executor> Agent<E> {
                             None => {
                                 let (w, r) = watch::channel(t.clone());
                                 tasks.insert(t.id.clone(), w);
-                                tokio::spawn(task::manage(self.exec.clone(), r, tx.clone()));
+                                tokio::spawn(task::manage(self.exec.clone(), self.net.clone(), r, tx.clone()));
                             }
                         }
                     }
@@ -239,10 +250,20 @@ impl<E: Executor> Agent<E> {
                 }
                 Err(_) => {}
             }
+            let mut spec = convert::container_spec(&t);
+            if !t.networks.is_empty() {
+                // its namespace survives a daemon restart, not a host's: without the
+                // managers' view of its networks it cannot be connected again
+                match self.net.as_ref().and_then(|n| n.existing(&t.id)) {
+                    Some(p) => spec.netns = Some(p),
+                    None => {
+                        tracing::warn!(task.id = %t.id, "not started again: its networks need the managers");
+                        continue;
+                    }
+                }
+            }
             let started = async {
-                self.exec
-                    .prepare(&t.id, &convert::container_spec(&t))
-                    .await?;
+                self.exec.prepare(&t.id, &spec).await?;
                 self.exec.start(&t.id).await
             };
             match started.await {
@@ -280,10 +301,14 @@ impl<E: Executor> Agent<E> {
     fn forget(&self, tasks: &mut HashMap<String, watch::Sender<Task>>, id: &str) {
         if tasks.remove(id).is_some() {
             let exec = self.exec.clone();
+            let net = self.net.clone();
             let id = id.to_string();
             tokio::spawn(async move {
                 let _ = exec.shutdown(&id, None).await;
                 let _ = exec.remove(&id).await;
+                if let Some(net) = net {
+                    net.release(&id);
+                }
             });
         }
     }

@@ -76,6 +76,7 @@ async fn unhealthy<E: Executor>(exec: &E, id: &str) {
 /// Runs until the task is removed (its watch closes) or reaches its end.
 pub async fn manage<E: Executor>(
     exec: Arc<E>,
+    net: Option<Arc<super::net::NodeNet>>,
     mut task: watch::Receiver<Task>,
     reports: mpsc::UnboundedSender<Report>,
 ) {
@@ -142,16 +143,24 @@ pub async fn manage<E: Executor>(
         }
         if (reached as i32) < TaskState::Ready as i32 {
             report(st(TaskState::Preparing, "preparing"));
+            let mut spec = container_spec(&t);
             if !t.networks.is_empty() {
-                // said, not ignored: the manager allocates overlay addresses, but nodes do
-                // not build overlays yet
-                reached = TaskState::Rejected;
-                let mut s = st(reached, "preparing failed");
-                s.err = "overlay networks and published ports are allocated by the managers but not yet built on nodes (the VXLAN data plane is not implemented yet): this task cannot run".into();
-                report(s);
-                continue;
+                let ns = match &net {
+                    Some(net) => net.task_netns(&t).await,
+                    None => Err("this node has no overlay networking (a simulated node)".into()),
+                };
+                match ns {
+                    Ok(p) => spec.netns = Some(p),
+                    Err(e) => {
+                        reached = TaskState::Rejected;
+                        let mut s = st(reached, "preparing failed");
+                        s.err = format!("network: {e}");
+                        report(s);
+                        continue;
+                    }
+                }
             }
-            match exec.prepare(&id, &container_spec(&t)).await {
+            match exec.prepare(&id, &spec).await {
                 Ok(()) => {
                     reached = TaskState::Ready;
                     report(st(reached, "prepared"));

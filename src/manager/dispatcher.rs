@@ -49,6 +49,8 @@ enum Routed {
     Resync,
     /// Something a session tells its node may have changed.
     Poke,
+    /// The overlays' peers may have changed.
+    Networks,
 }
 
 /// One watcher of the store for the whole dispatcher, routing each event to the streams
@@ -127,6 +129,17 @@ async fn route(store: Store, routes: Arc<Mutex<Routes>>, shutdown: CancellationT
                         }
                         _ => {}
                     }
+                }
+                // a task of an overlay came, went or moved: every node on that overlay
+                // needs its peers again (each stream sends only if its view changed)
+                let networked = e.changes.iter().any(|c| {
+                    [Some(&c.object), c.old.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .any(|o| matches!(&**o, Object::Task(t) if !t.networks.is_empty()))
+                });
+                if networked {
+                    Routes::send_all(&mut r.assignments, &Routed::Networks);
                 }
                 for n in std::mem::take(&mut touched) {
                     Routes::send(&mut r.assignments, &n, &Routed::Commit);
@@ -341,12 +354,78 @@ fn concerns_all(object: &Object, old: Option<&Object>) -> bool {
 
 /// Every task assigned to `node`.
 fn tasks_for(store: &Store, node: &str) -> Vec<Task> {
-    store.view(|t| {
-        t.tasks_on_node(node)
-            .filter(|x| is_for(x, node))
-            .cloned()
-            .collect()
-    })
+    store.view(|t| tasks_for_in(t, node))
+}
+
+fn tasks_for_in(t: &super::store::Tables, node: &str) -> Vec<Task> {
+    t.tasks_on_node(node)
+        .filter(|x| is_for(x, node))
+        .cloned()
+        .collect()
+}
+
+/// The IP part of a node's address (`ip` or `ip:port`).
+fn node_ip(t: &super::store::Tables, node: &str) -> Option<std::net::IpAddr> {
+    let a = t.nodes.get(node)?.status.as_ref()?.addr.clone();
+    a.parse::<std::net::SocketAddr>()
+        .map(|s| s.ip())
+        .or_else(|_| a.parse())
+        .ok()
+}
+
+/// The overlays `node`'s live tasks are on, each with every live task of the network on
+/// another node (address and that node's VTEP).
+pub fn network_views(t: &super::store::Tables, node: &str) -> Vec<NetworkView> {
+    let live = |x: &Task| !state(x).is_terminal() && x.desired_state <= TaskState::Running as i32;
+    let mine: std::collections::BTreeSet<&str> = t
+        .tasks_on_node(node)
+        .filter(|x| live(x))
+        .flat_map(|x| x.networks.iter().map(|a| a.network_id.as_str()))
+        .collect();
+    if mine.is_empty() {
+        return vec![];
+    }
+    let local = node_ip(t, node).map(|i| i.to_string()).unwrap_or_default();
+    let mut views: std::collections::BTreeMap<&str, NetworkView> =
+        std::collections::BTreeMap::new();
+    for id in &mine {
+        let Some(n) = t.networks.get(*id) else {
+            continue;
+        };
+        let ipam = n.ipam.first().cloned().unwrap_or_default();
+        views.insert(
+            id,
+            NetworkView {
+                network_id: n.id.clone(),
+                vni: n.vni,
+                subnet: ipam.subnet,
+                gateway: ipam.gateway,
+                internal: n.spec.as_ref().is_some_and(|s| s.internal),
+                local_vtep: local.clone(),
+                peers: vec![],
+            },
+        );
+    }
+    for x in t.tasks.values() {
+        if x.node_id == node || x.node_id.is_empty() || !live(x) {
+            continue;
+        }
+        for a in &x.networks {
+            let Some(v) = views.get_mut(a.network_id.as_str()) else {
+                continue;
+            };
+            let Some(vtep) = node_ip(t, &x.node_id) else {
+                continue;
+            };
+            for addr in &a.addresses {
+                v.peers.push(NetworkPeer {
+                    addr: addr.split('/').next().unwrap_or("").to_string(),
+                    vtep: vtep.to_string(),
+                });
+            }
+        }
+    }
+    views.into_values().collect()
 }
 
 /// What a session tells its node about the swarm, as the store has it now.
@@ -606,12 +685,16 @@ impl DispatcherApi for Dispatcher {
             .entry(node.clone())
             .or_default()
             .push(route_tx);
-        let first = tasks_for(&self.store, &node);
+        let (first, mut views) = self
+            .store
+            .view(|t| (tasks_for_in(t, &node), network_views(t, &node)));
         let (tx, rx) = mpsc::channel(64);
         let _ = tx
             .send(Ok(AssignmentsMessage {
                 r#type: AssignType::Complete as i32,
                 update_tasks: first,
+                networks_set: true,
+                networks: views.clone(),
                 ..Default::default()
             }))
             .await;
@@ -677,6 +760,21 @@ impl DispatcherApi for Dispatcher {
                         }
                     }
                     Some(Routed::Poke) => {}
+                    Some(Routed::Networks) => {
+                        let now = store.view(|t| network_views(t, &node));
+                        if now != views {
+                            views = now.clone();
+                            let m = AssignmentsMessage {
+                                r#type: AssignType::Incremental as i32,
+                                networks_set: true,
+                                networks: now,
+                                ..Default::default()
+                            };
+                            if tx.send(Ok(m)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                     None => return,
                 }
             }

@@ -1,0 +1,224 @@
+//! The node's overlays, driven by what the managers send: each network its tasks are on
+//! (with every peer elsewhere), and a network namespace per task connected to each of
+//! its networks. Built with shoal-net; a simulated node has none of this.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shoal_net::netns::Netns;
+use shoal_net::overlay::{Endpoint, NetworkSpec, Overlays, Peer};
+use shoal_proto::{NetworkView, Task};
+use tokio::sync::{watch, OnceCell};
+
+/// One node's networking.
+pub struct NodeNet {
+    dir: PathBuf,
+    overlays: OnceCell<Overlays>,
+    views: watch::Sender<HashMap<String, NetworkView>>,
+    /// One change of the node's links at a time.
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn spec_of(v: &NetworkView) -> Result<NetworkSpec, String> {
+    let (_, prefix) = v.subnet.split_once('/').ok_or_else(|| {
+        format!(
+            "network {}: subnet {:?} has no prefix",
+            v.network_id, v.subnet
+        )
+    })?;
+    let prefix: u8 = prefix
+        .parse()
+        .map_err(|_| format!("network {}: bad subnet {:?}", v.network_id, v.subnet))?;
+    let gateway: Ipv4Addr = v
+        .gateway
+        .parse()
+        .map_err(|_| format!("network {}: bad gateway {:?}", v.network_id, v.gateway))?;
+    let local: Ipv4Addr = v.local_vtep.parse().map_err(|_| {
+        format!(
+            "network {}: this node's underlay address {:?} is not an IPv4 address (join with an IPv4 --advertise-addr)",
+            v.network_id, v.local_vtep
+        )
+    })?;
+    Ok(NetworkSpec {
+        vni: v.vni,
+        gateway,
+        prefix,
+        local,
+        underlay_mtu: underlay_mtu(local),
+    })
+}
+
+/// The MTU of the interface that holds `local` (1500 if it cannot be read).
+fn underlay_mtu(local: Ipv4Addr) -> u32 {
+    // /sys has no address index; `ip -o addr` would need a process: read each
+    // interface's MTU and pick the one whose address matches, via getifaddrs
+    nix::ifaddrs::getifaddrs()
+        .ok()
+        .and_then(|mut it| {
+            it.find(|i| {
+                i.address
+                    .as_ref()
+                    .and_then(|a| a.as_sockaddr_in())
+                    .is_some_and(|s| s.ip() == local)
+            })
+        })
+        .and_then(|i| {
+            std::fs::read_to_string(format!("/sys/class/net/{}/mtu", i.interface_name)).ok()
+        })
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1500)
+}
+
+impl NodeNet {
+    /// Networking whose namespaces live under `dir`.
+    pub fn new(dir: &Path) -> NodeNet {
+        NodeNet {
+            dir: dir.to_path_buf(),
+            overlays: OnceCell::new(),
+            views: watch::channel(HashMap::new()).0,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn overlays(&self) -> Result<&Overlays, String> {
+        self.overlays
+            .get_or_try_init(|| async {
+                let host = shoal_net::netns::netlink_in(None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Overlays::new(&self.dir.join("overlays"), host))
+            })
+            .await
+    }
+
+    fn task_path(&self, task_id: &str) -> PathBuf {
+        self.dir.join("tasks").join(task_id)
+    }
+
+    /// Makes the node's overlays what the managers say: each network built with exactly
+    /// its peers; networks no task here is on any more removed.
+    pub async fn apply(&self, views: Vec<NetworkView>) {
+        let _g = self.lock.lock().await;
+        let ov = match self.overlays().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "no netlink: overlays cannot be built");
+                return;
+            }
+        };
+        let mut wanted = BTreeSet::new();
+        for v in &views {
+            let spec = match spec_of(v) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build a network");
+                    continue;
+                }
+            };
+            wanted.insert(v.vni);
+            if let Err(e) = ov.ensure(&spec).await {
+                tracing::error!(network = %v.network_id, error = %e, "building the network failed");
+                continue;
+            }
+            let peers: BTreeSet<Peer> = v
+                .peers
+                .iter()
+                .filter_map(|p| {
+                    Some(Peer {
+                        addr: p.addr.parse().ok()?,
+                        vtep: p.vtep.parse().ok()?,
+                    })
+                })
+                .collect();
+            if let Err(e) = ov.set_peers(v.vni, &peers).await {
+                tracing::error!(network = %v.network_id, error = %e, "setting the network's peers failed");
+            }
+        }
+        for vni in ov.present().difference(&wanted) {
+            if let Err(e) = ov.remove(*vni).await {
+                tracing::warn!(vni, error = %e, "removing a network no task uses failed");
+            }
+        }
+        self.views.send_replace(
+            views
+                .into_iter()
+                .map(|v| (v.network_id.clone(), v))
+                .collect(),
+        );
+    }
+
+    /// A network namespace for the task, connected to each of its networks (its first
+    /// non-internal network gives the default route). Waits (a few seconds) for the
+    /// managers' view of a network the task is on.
+    pub async fn task_netns(&self, t: &Task) -> Result<PathBuf, String> {
+        let mut rx = self.views.subscribe();
+        let ids: Vec<String> = t.networks.iter().map(|a| a.network_id.clone()).collect();
+        let views = tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|m| ids.iter().all(|i| m.contains_key(i))),
+        )
+        .await
+        .map_err(|_| "the managers did not send this node the task's networks".to_string())?
+        .map_err(|_| "the node's networking stopped".to_string())?
+        .clone();
+        let _g = self.lock.lock().await;
+        let ov = self.overlays().await?;
+        let path = self.task_path(&t.id);
+        let ns = Netns::create(&path).map_err(|e| e.to_string())?;
+        let mut routed = false;
+        for (i, a) in t.networks.iter().enumerate() {
+            let v = &views[&a.network_id];
+            let spec = spec_of(v)?;
+            let addr: Ipv4Addr = a
+                .addresses
+                .first()
+                .and_then(|x| x.split('/').next())
+                .and_then(|x| x.parse().ok())
+                .ok_or_else(|| format!("no address on network {}", a.network_id))?;
+            let ep = Endpoint {
+                netns: ns.path().to_path_buf(),
+                ifname: format!("eth{i}"),
+                addr,
+                default_route: !routed && !v.internal,
+            };
+            routed |= ep.default_route;
+            let connected = match ov.ensure(&spec).await {
+                Ok(()) => ov.attach(&spec, &ep).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = connected {
+                let _ = ns.remove();
+                return Err(format!("connecting to network {}: {e}", a.network_id));
+            }
+        }
+        Ok(path)
+    }
+
+    /// The task's namespace, if it has one (a restarted agent re-adopting it).
+    pub fn existing(&self, task_id: &str) -> Option<PathBuf> {
+        let p = self.task_path(task_id);
+        p.exists().then_some(p)
+    }
+
+    /// Removes a task's namespace (and so its end of every network).
+    pub fn release(&self, task_id: &str) {
+        if let Err(e) = Netns::open(&self.task_path(task_id)).remove() {
+            tracing::warn!(task.id = task_id, error = %e, "removing the task's network namespace failed");
+        }
+    }
+
+    /// Removes the namespaces of tasks not in `keep` (left by a crash or a restart).
+    pub fn sweep(&self, keep: &HashSet<&str>) {
+        let Ok(rd) = std::fs::read_dir(self.dir.join("tasks")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !keep.contains(name.as_str()) {
+                self.release(&name);
+            }
+        }
+    }
+}
