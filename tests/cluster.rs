@@ -663,6 +663,42 @@ fn task_addrs(h: &ClusterHost) -> Vec<(std::path::PathBuf, String)> {
         .collect()
 }
 
+/// The addresses `name` resolves to from a task's namespace, through its resolver.
+fn resolve(netns: &std::path::Path, name: &str) -> std::collections::BTreeSet<String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["busybox", "nslookup", name, "127.0.0.11"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // busybox prints the server first, then "Name: …" and "Address: …" per answer
+    text.split("Name:")
+        .skip(1)
+        .flat_map(|part| {
+            part.lines()
+                .filter_map(|l| l.trim().strip_prefix("Address:"))
+                .map(|a| a.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The body of `http://ADDR/` fetched from inside a namespace.
+fn http_get(netns: &std::path::Path, addr: &str) -> Option<String> {
+    // (Debian's busybox wget crashes with -T: the timeout comes from timeout(1))
+    let out = std::process::Command::new("timeout")
+        .arg("3")
+        .arg("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["busybox", "wget", "-q", "-O", "-"])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn ping_from(netns: &std::path::Path, to: &str) -> bool {
     std::process::Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
@@ -676,12 +712,25 @@ fn ping_from(netns: &std::path::Path, to: &str) -> bool {
 fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
     let c = Cluster::swarm(2);
     c.h(1).ok(&["network", "create", "appnet"]);
-    create_sleepers(
-        c.h(1),
+    // each task answers HTTP with its own hostname
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
         "web",
-        2,
-        &["--network", "appnet", "--replicas-max-per-node", "1"],
-    );
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        "--stop-signal",
+        "KILL",
+        "--network",
+        "appnet,alias=www",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
+    ]);
     wait_for("a task on each host", Duration::from_secs(30), || {
         let n = running_per_node(c.h(1), "web");
         (n.len() == 2 && n.values().all(|v| *v == 1)).then_some(())
@@ -698,6 +747,36 @@ fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
         || ping_from(&a.0, &b.1).then_some(()),
     );
     assert!(ping_from(&b.0, &a.1), "host 2's task cannot reach host 1's");
+
+    // service discovery, from a task's own resolver (127.0.0.11 in its namespace)
+    let both: std::collections::BTreeSet<String> = [a.1.clone(), b.1.clone()].into();
+    let tasks = wait_for(
+        "tasks.web to answer both tasks",
+        Duration::from_secs(10),
+        || {
+            let got = resolve(&a.0, "tasks.web");
+            (got == both).then_some(got)
+        },
+    );
+    assert_eq!(tasks.len(), 2);
+    let vip = resolve(&a.0, "web");
+    assert_eq!(vip.len(), 1, "web is its VIP: {vip:?}");
+    assert!(
+        vip.is_disjoint(&both),
+        "the VIP is no task's address: {vip:?}"
+    );
+    assert_eq!(resolve(&b.0, "www"), vip, "the alias is the service");
+    assert!(resolve(&a.0, "nosuchservice").is_empty());
+
+    // the VIP spreads new connections over both tasks (nftables in the client's namespace)
+    let vip = vip.into_iter().next().unwrap();
+    let answers: std::collections::BTreeSet<String> =
+        (0..30).filter_map(|_| http_get(&a.0, &vip)).collect();
+    assert_eq!(
+        answers.len(),
+        2,
+        "30 requests to the VIP reached {answers:?}"
+    );
 
     // the service goes: so do its namespaces and, with its last task, the network on
     // each host

@@ -3,6 +3,8 @@
 //! network's own, a veth into each task's namespace, and forwarding and neighbour
 //! entries set from cluster state (no multicast, no flood-and-learn).
 
+pub mod dns;
+pub mod lb;
 pub mod netns;
 pub mod overlay;
 

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use shoal_net::dns::{Directory, Names, TaskDns};
 use shoal_net::netns::Netns;
 use shoal_net::overlay::{Endpoint, NetworkSpec, Overlays, Peer};
 use shoal_proto::{NetworkView, Task};
@@ -19,6 +20,18 @@ pub struct NodeNet {
     views: watch::Sender<HashMap<String, NetworkView>>,
     /// One change of the node's links at a time.
     lock: tokio::sync::Mutex<()>,
+    /// The names the managers sent, for every task's resolver.
+    dns: Directory,
+    resolvers: std::sync::Mutex<HashMap<String, TaskDns>>,
+    /// Each networked task's networks, and the VIP rules last loaded in its namespace.
+    tasks: std::sync::Mutex<HashMap<String, (Vec<String>, String)>>,
+}
+
+/// What a networked task's container gets: its namespace, and the resolv.conf that
+/// points it at its resolver.
+pub struct TaskNet {
+    pub netns: PathBuf,
+    pub resolv_conf: PathBuf,
 }
 
 fn spec_of(v: &NetworkView) -> Result<NetworkSpec, String> {
@@ -79,6 +92,9 @@ impl NodeNet {
             overlays: OnceCell::new(),
             views: watch::channel(HashMap::new()).0,
             lock: tokio::sync::Mutex::new(()),
+            dns: Directory::from_host(),
+            resolvers: std::sync::Mutex::default(),
+            tasks: std::sync::Mutex::default(),
         }
     }
 
@@ -141,18 +157,88 @@ impl NodeNet {
                 tracing::warn!(vni, error = %e, "removing a network no task uses failed");
             }
         }
+        let names: Names = views
+            .iter()
+            .map(|v| {
+                let m = v
+                    .names
+                    .iter()
+                    .map(|n| {
+                        let addrs = n.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                        (n.name.clone(), addrs)
+                    })
+                    .collect();
+                (v.network_id.clone(), m)
+            })
+            .collect();
+        self.dns.set(names);
         self.views.send_replace(
             views
                 .into_iter()
                 .map(|v| (v.network_id.clone(), v))
                 .collect(),
         );
+        let ids: Vec<String> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            self.refresh_vips(&id).await;
+        }
+    }
+
+    /// Loads the task's VIP rules (its networks' VIPs and their running tasks) if they
+    /// changed since last loaded.
+    async fn refresh_vips(&self, task_id: &str) {
+        let Some((nets, last)) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(task_id)
+            .cloned()
+        else {
+            return;
+        };
+        let vips: Vec<(Ipv4Addr, Vec<Ipv4Addr>)> = {
+            let views = self.views.borrow();
+            nets.iter()
+                .filter_map(|n| views.get(n))
+                .flat_map(|v| v.vips.iter())
+                .filter_map(|v| {
+                    let backends = v.backends.iter().filter_map(|b| b.parse().ok()).collect();
+                    Some((v.addr.parse().ok()?, backends))
+                })
+                .collect()
+        };
+        let rules = shoal_net::lb::ruleset(&vips);
+        if rules == last {
+            return;
+        }
+        let ns = Netns::open(&self.task_path(task_id));
+        match shoal_net::lb::apply(&ns, &rules).await {
+            Ok(()) => {
+                if let Some(e) = self
+                    .tasks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(task_id)
+                {
+                    e.1 = rules;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(task.id = task_id, error = %e, "loading the task's VIP rules failed")
+            }
+        }
     }
 
     /// A network namespace for the task, connected to each of its networks (its first
     /// non-internal network gives the default route). Waits (a few seconds) for the
     /// managers' view of a network the task is on.
-    pub async fn task_netns(&self, t: &Task) -> Result<PathBuf, String> {
+    pub async fn task_netns(&self, t: &Task) -> Result<TaskNet, String> {
         let mut rx = self.views.subscribe();
         let ids: Vec<String> = t.networks.iter().map(|a| a.network_id.clone()).collect();
         let views = tokio::time::timeout(
@@ -193,7 +279,55 @@ impl NodeNet {
                 return Err(format!("connecting to network {}: {e}", a.network_id));
             }
         }
-        Ok(path)
+        drop(_g);
+        let resolv_conf = match self.ensure_dns(t).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ns.remove();
+                return Err(e);
+            }
+        };
+        Ok(TaskNet {
+            netns: path,
+            resolv_conf,
+        })
+    }
+
+    /// Starts the task's resolver (127.0.0.11 in its namespace) if it does not run (a
+    /// restarted daemon re-adopting the task), and writes its resolv.conf.
+    pub async fn ensure_dns(&self, t: &Task) -> Result<PathBuf, String> {
+        let conf = self.dir.join("resolv").join(format!("{}.conf", t.id));
+        let running = self
+            .resolvers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&t.id);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(t.id.clone())
+            .or_insert_with(|| {
+                let nets = t.networks.iter().map(|a| a.network_id.clone()).collect();
+                (nets, String::new())
+            });
+        self.refresh_vips(&t.id).await;
+        if !running {
+            let ns = Netns::open(&self.task_path(&t.id));
+            let nets = t.networks.iter().map(|a| a.network_id.clone()).collect();
+            let server = shoal_net::dns::serve(&ns, self.dns.clone(), nets)
+                .await
+                .map_err(|e| format!("the task's resolver: {e}"))?;
+            self.resolvers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(t.id.clone(), server);
+        }
+        if let Some(d) = conf.parent() {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let text = format!("nameserver {}\noptions ndots:0\n", shoal_net::dns::RESOLVER);
+        std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+        Ok(conf)
     }
 
     /// The task's namespace, if it has one (a restarted agent re-adopting it).
@@ -204,6 +338,15 @@ impl NodeNet {
 
     /// Removes a task's namespace (and so its end of every network).
     pub fn release(&self, task_id: &str) {
+        self.resolvers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(task_id);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(task_id);
+        let _ = std::fs::remove_file(self.dir.join("resolv").join(format!("{task_id}.conf")));
         if let Err(e) = Netns::open(&self.task_path(task_id)).remove() {
             tracing::warn!(task.id = task_id, error = %e, "removing the task's network namespace failed");
         }

@@ -104,6 +104,13 @@ pub async fn manage<E: Executor>(
         Err(_) => TaskState::Assigned,
     };
     if reached == TaskState::Running {
+        // a restarted daemon: the task's resolver runs in this process
+        let t = task.borrow().clone();
+        if let (false, Some(net)) = (t.networks.is_empty(), &net) {
+            if let Err(e) = net.ensure_dns(&t).await {
+                tracing::warn!(task.id = %id, error = %e, "the re-adopted task has no resolver");
+            }
+        }
         report(st(TaskState::Running, "re-adopted"));
     }
     loop {
@@ -150,7 +157,16 @@ pub async fn manage<E: Executor>(
                     None => Err("this node has no overlay networking (a simulated node)".into()),
                 };
                 match ns {
-                    Ok(p) => spec.netns = Some(p),
+                    Ok(n) => {
+                        spec.netns = Some(n.netns);
+                        spec.mounts.push(shoal_runtime::container::spec::MountSpec {
+                            kind: shoal_runtime::container::spec::MountKind::Bind,
+                            source: n.resolv_conf.display().to_string(),
+                            target: "/etc/resolv.conf".into(),
+                            read_only: true,
+                            tmpfs_size: None,
+                        });
+                    }
                     Err(e) => {
                         reached = TaskState::Rejected;
                         let mut s = st(reached, "preparing failed");

@@ -364,6 +364,76 @@ fn tasks_for_in(t: &super::store::Tables, node: &str) -> Vec<Task> {
         .collect()
 }
 
+/// What tasks on a network resolve: each attached service's name and aliases (its VIP,
+/// or with dnsrr its running tasks' addresses), `tasks.<service>` (its running tasks'
+/// addresses) and each running task's name. Tasks that are not running are left out.
+fn discovery(t: &super::store::Tables, network: &str) -> (Vec<DnsName>, Vec<Vip>) {
+    use shoal_proto::endpoint_spec::ResolutionMode;
+    let bare = |a: &str| a.split('/').next().unwrap_or("").to_string();
+    let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut vips = Vec::new();
+    for s in t.services.values() {
+        let Some(spec) = &s.spec else { continue };
+        let Some(att) = spec
+            .task
+            .as_ref()
+            .and_then(|x| x.networks.iter().find(|a| a.target == network))
+        else {
+            continue;
+        };
+        let name = spec
+            .annotations
+            .as_ref()
+            .map(|a| a.name.to_lowercase())
+            .unwrap_or_default();
+        let mut running = Vec::new();
+        for x in t.tasks_of_service(&s.id) {
+            if state(x) != TaskState::Running {
+                continue;
+            }
+            for a in x.networks.iter().filter(|a| a.network_id == network) {
+                if let Some(addr) = a.addresses.first() {
+                    running.push(bare(addr));
+                    if let Some(an) = x.annotations.as_ref().filter(|an| !an.name.is_empty()) {
+                        names
+                            .entry(an.name.to_lowercase())
+                            .or_default()
+                            .push(bare(addr));
+                    }
+                }
+            }
+        }
+        let dnsrr = spec.endpoint.as_ref().map(|e| e.mode) == Some(ResolutionMode::Dnsrr as i32);
+        let vip = s
+            .endpoint
+            .as_ref()
+            .and_then(|e| e.virtual_ips.iter().find(|v| v.network_id == network))
+            .map(|v| bare(&v.addr));
+        let service_addrs = match (dnsrr, vip) {
+            (false, Some(v)) => {
+                vips.push(Vip {
+                    addr: v.clone(),
+                    backends: running.clone(),
+                });
+                vec![v]
+            }
+            _ => running.clone(),
+        };
+        names.insert(format!("tasks.{name}"), running);
+        for n in std::iter::once(name).chain(att.aliases.iter().map(|a| a.to_lowercase())) {
+            names
+                .entry(n)
+                .or_default()
+                .extend(service_addrs.iter().cloned());
+        }
+    }
+    let names = names
+        .into_iter()
+        .map(|(name, addrs)| DnsName { name, addrs })
+        .collect();
+    (names, vips)
+}
+
 /// The IP part of a node's address (`ip` or `ip:port`).
 fn node_ip(t: &super::store::Tables, node: &str) -> Option<std::net::IpAddr> {
     let a = t.nodes.get(node)?.status.as_ref()?.addr.clone();
@@ -403,8 +473,13 @@ pub fn network_views(t: &super::store::Tables, node: &str) -> Vec<NetworkView> {
                 internal: n.spec.as_ref().is_some_and(|s| s.internal),
                 local_vtep: local.clone(),
                 peers: vec![],
+                names: vec![],
+                vips: vec![],
             },
         );
+    }
+    for v in views.values_mut() {
+        (v.names, v.vips) = discovery(t, &v.network_id);
     }
     for x in t.tasks.values() {
         if x.node_id == node || x.node_id.is_empty() || !live(x) {

@@ -1,0 +1,90 @@
+//! Service VIPs, load balanced with nftables inside each task's namespace (this kernel
+//! has no IPVS): a connection to a VIP is DNATed to one of the service's running tasks,
+//! picked at random per new connection; conntrack keeps the choice for the
+//! connection's life (no 15-minute idle cut, as IPVS's default had in Swarm), and the
+//! task sees the client's own address. A VIP with no task running is refused at once
+//! instead of timing out.
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::netns::Netns;
+use crate::NetError;
+
+/// The ruleset for a task's namespace: one DNAT rule per VIP with backends, one reject
+/// per VIP without. Replaces the whole `ip shoal` table in one transaction.
+pub fn ruleset(vips: &[(Ipv4Addr, Vec<Ipv4Addr>)]) -> String {
+    let mut nat = String::new();
+    let mut empty = String::new();
+    for (vip, backends) in vips {
+        if backends.is_empty() {
+            empty.push_str(&format!("    ip daddr {vip} reject\n"));
+            continue;
+        }
+        let map: Vec<String> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{i} : {b}"))
+            .collect();
+        nat.push_str(&format!(
+            "    ip daddr {vip} dnat ip to numgen random mod {} map {{ {} }}\n",
+            backends.len(),
+            map.join(", ")
+        ));
+    }
+    format!(
+        "add table ip shoal\ndelete table ip shoal\ntable ip shoal {{\n  chain vips {{\n    type nat hook output priority -100; policy accept;\n{nat}  }}\n  chain down {{\n    type filter hook output priority 0; policy accept;\n{empty}  }}\n}}\n"
+    )
+}
+
+/// Loads a ruleset into a namespace (`nft -f -` run inside it).
+pub async fn apply(ns: &Netns, rules: &str) -> Result<(), NetError> {
+    let mut child = tokio::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NetError::io("running nft (is nftables installed?)".into(), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(rules.as_bytes())
+            .await
+            .map_err(|e| NetError::io("writing to nft".into(), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| NetError::io("waiting for nft".into(), e))?;
+    if !out.status.success() {
+        return Err(NetError::Sys(format!(
+            "nft refused the VIP rules: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vips_map_to_their_backends_and_empty_ones_are_refused() {
+        let r = ruleset(&[
+            (
+                Ipv4Addr::new(10, 0, 1, 2),
+                vec![Ipv4Addr::new(10, 0, 1, 3), Ipv4Addr::new(10, 0, 1, 4)],
+            ),
+            (Ipv4Addr::new(10, 0, 1, 9), vec![]),
+        ]);
+        assert!(r.contains(
+            "ip daddr 10.0.1.2 dnat ip to numgen random mod 2 map { 0 : 10.0.1.3, 1 : 10.0.1.4 }"
+        ));
+        assert!(r.contains("ip daddr 10.0.1.9 reject"));
+        assert!(r.starts_with("add table ip shoal\ndelete table ip shoal\n"));
+    }
+}
