@@ -778,6 +778,85 @@ fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
         "30 requests to the VIP reached {answers:?}"
     );
 
+    // another network, internal, with DNS round robin: isolated from the first, its
+    // names are its own, and it has no way out
+    c.h(1).ok(&["network", "create", "--internal", "backnet"]);
+    let back: serde_json::Value =
+        serde_json::from_str(&c.h(1).ok(&["network", "inspect", "backnet"])).unwrap();
+    let back_prefix = back[0]["IPAM"]["Config"][0]["Subnet"]
+        .as_str()
+        .unwrap()
+        .rsplit_once('.')
+        .unwrap()
+        .0
+        .to_string();
+    create_sleepers(
+        c.h(1),
+        "db",
+        1,
+        &["--network", "backnet", "--endpoint-mode", "dnsrr"],
+    );
+    let db = wait_for("db's task on backnet", Duration::from_secs(30), || {
+        c.hosts
+            .iter()
+            .flat_map(task_addrs)
+            .find(|(_, addr)| addr.starts_with(&format!("{back_prefix}.")))
+    });
+    let db_addr: std::collections::BTreeSet<String> = [db.1.clone()].into();
+    wait_for(
+        "db to resolve to its task (dnsrr)",
+        Duration::from_secs(10),
+        || (resolve(&db.0, "db") == db_addr).then_some(()),
+    );
+    assert!(
+        resolve(&a.0, "db").is_empty(),
+        "web's task sees a name of another network"
+    );
+    assert!(
+        resolve(&db.0, "web").is_empty(),
+        "db's task sees a name of another network"
+    );
+    assert!(!ping_from(&a.0, &db.1), "two networks are not isolated");
+    assert!(!ping_from(&db.0, &a.1), "two networks are not isolated");
+    // a way out through the host (another host's underlay address is "outside"), but
+    // none from an internal network
+    for h in [c.h(1), c.h(2)] {
+        assert!(
+            ping_from(&a.0, &h.addr),
+            "web's task cannot get out to {}",
+            h.addr
+        );
+        assert!(
+            !ping_from(&db.0, &h.addr),
+            "an internal network got out to {}",
+            h.addr
+        );
+    }
+    c.h(1).ok(&["service", "rm", "db"]);
+
+    // scaled to 1: DNS and the VIP follow within 2 s
+    c.h(1).ok(&["service", "scale", "web=1"]);
+    let (left, addr) = wait_for("one web task left", Duration::from_secs(20), || {
+        let all: Vec<_> = c
+            .hosts
+            .iter()
+            .flat_map(task_addrs)
+            .filter(|(_, x)| both.contains(x))
+            .collect();
+        (all.len() == 1).then(|| all[0].clone())
+    });
+    let only: std::collections::BTreeSet<String> = [addr.clone()].into();
+    wait_for("tasks.web to follow", Duration::from_secs(2), || {
+        (resolve(&left, "tasks.web") == only).then_some(())
+    });
+    let answers: std::collections::BTreeSet<String> =
+        (0..10).filter_map(|_| http_get(&left, &vip)).collect();
+    assert_eq!(
+        answers.len(),
+        1,
+        "the VIP still reaches a gone task: {answers:?}"
+    );
+
     // the service goes: so do its namespaces and, with its last task, the network on
     // each host
     c.h(1).ok(&["service", "rm", "web"]);
@@ -799,4 +878,5 @@ fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
         },
     );
     c.h(1).ok(&["network", "rm", "appnet"]);
+    c.h(1).ok(&["network", "rm", "backnet"]);
 }

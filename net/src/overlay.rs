@@ -45,6 +45,18 @@ pub struct NetworkSpec {
     pub local: Ipv4Addr,
     /// The underlay's MTU (1500 if unknown).
     pub underlay_mtu: u32,
+    /// A way out through the host (not for internal networks).
+    pub uplink: bool,
+}
+
+/// Uplinks (network namespace ↔ host) are /30s of 198.18.0.0/15, a range set aside for
+/// benchmarks and so unlikely to clash with a real network; one per VNI.
+pub const UPLINK_RANGE: &str = "198.18.0.0/15";
+
+/// The host's and the network's ends of a network's uplink.
+pub fn uplink_addrs(vni: u32) -> (Ipv4Addr, Ipv4Addr) {
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + ((vni % 32768) << 2);
+    (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2))
 }
 
 /// A task's place on a network: its namespace, address and the name of its interface
@@ -80,6 +92,8 @@ const VXLAN: &str = "vxlan0";
 pub struct Overlays {
     dir: PathBuf,
     host: Handle,
+    /// The host's namespace (for its forwarding switch and rules).
+    host_ns: Netns,
 }
 
 fn nl(what: &str, e: rtnetlink::Error) -> NetError {
@@ -108,10 +122,11 @@ async fn set(h: &Handle, m: LinkMessage, what: &str) -> Result<(), NetError> {
 }
 
 impl Overlays {
-    pub fn new(dir: &Path, host: Handle) -> Overlays {
+    pub fn new(dir: &Path, host: Handle, host_ns: Netns) -> Overlays {
         Overlays {
             dir: dir.to_path_buf(),
             host,
+            host_ns,
         }
     }
 
@@ -201,13 +216,89 @@ impl Overlays {
         )
         .await?;
         set(&h, LinkUnspec::new_with_index(vx).up().build(), "VXLAN up").await?;
+        if spec.uplink {
+            self.uplink(spec, &ns, &h).await?;
+        }
         Ok(())
+    }
+
+    /// The network's way out: a veth to the host's namespace; the network's namespace
+    /// routes to it and masquerades, the host forwards and masquerades again (so
+    /// networks with overlapping subnets can all get out). Networks cannot reach one
+    /// another through it ([`host_rules`]).
+    async fn uplink(&self, spec: &NetworkSpec, ns: &Netns, h: &Handle) -> Result<(), NetError> {
+        let (host_ip, ns_ip) = uplink_addrs(spec.vni);
+        let host_end = format!("shup{}", spec.vni);
+        if let Some(i) = index_of(&self.host, &host_end).await? {
+            let _ = self.host.link().del(i).execute().await;
+        }
+        self.host
+            .link()
+            .add(LinkVeth::new(&host_end, "up0").build())
+            .execute()
+            .await
+            .map_err(|e| nl("creating the network's uplink", e))?;
+        let peer = must_index(&self.host, "up0").await?;
+        let f = ns.file()?;
+        set(
+            &self.host,
+            LinkUnspec::new_with_index(peer)
+                .setns_by_fd(f.as_raw_fd())
+                .build(),
+            "moving the uplink into the network's namespace",
+        )
+        .await?;
+        let hi = must_index(&self.host, &host_end).await?;
+        self.host
+            .address()
+            .add(hi, IpAddr::V4(host_ip), 30)
+            .execute()
+            .await
+            .map_err(|e| nl("the uplink's host address", e))?;
+        set(
+            &self.host,
+            LinkUnspec::new_with_index(hi).up().build(),
+            "uplink up",
+        )
+        .await?;
+        let ui = must_index(h, "up0").await?;
+        h.address()
+            .add(ui, IpAddr::V4(ns_ip), 30)
+            .execute()
+            .await
+            .map_err(|e| nl("the uplink's address", e))?;
+        set(h, LinkUnspec::new_with_index(ui).up().build(), "uplink up").await?;
+        h.route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(host_ip)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| nl("the network's default route", e))?;
+        for n in [ns, &self.host_ns] {
+            crate::netns::run_in(n, || {
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                    .map_err(|e| NetError::io("enabling IPv4 forwarding".into(), e))
+            })
+            .await?;
+        }
+        crate::lb::apply(&self.host_ns, &host_rules()).await?;
+        crate::lb::apply(
+            ns,
+            "add table ip shoal\ndelete table ip shoal\ntable ip shoal {\n  chain masquerade_out {\n    type nat hook postrouting priority 100; policy accept;\n    oifname \"up0\" masquerade\n  }\n}\n",
+        )
+        .await
     }
 
     /// Removes the network from this node: its namespace, and with it every device.
     pub async fn remove(&self, vni: u32) -> Result<(), NetError> {
-        if let Some(i) = index_of(&self.host, &format!("shvx{vni}")).await? {
-            let _ = self.host.link().del(i).execute().await;
+        // the host's ends go now, not when the namespace is finally freed
+        for name in [format!("shvx{vni}"), format!("shup{vni}")] {
+            if let Some(i) = index_of(&self.host, &name).await? {
+                let _ = self.host.link().del(i).execute().await;
+            }
         }
         self.netns_of(vni).remove()
     }
@@ -435,6 +526,15 @@ fn port_name(a: Ipv4Addr) -> String {
     format!("v{:08x}", u32::from(a))
 }
 
+/// The host's side of every uplink, loaded once into the node's namespace: forwarding
+/// on, traffic from the networks masqueraded on its way out, and none from one network
+/// to another.
+pub fn host_rules() -> String {
+    format!(
+        "add table ip shoal\ndelete table ip shoal\ntable ip shoal {{\n  chain forward_between {{\n    type filter hook forward priority 0; policy accept;\n    iifname \"shup*\" oifname \"shup*\" drop\n  }}\n  chain masquerade_out {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr {UPLINK_RANGE} oifname != \"shup*\" masquerade\n  }}\n}}\n"
+    )
+}
+
 /// Removes what is left of links a crash may leave in the host's namespace.
 pub async fn sweep_host(host: &Handle) -> Result<usize, NetError> {
     let mut n = 0;
@@ -445,7 +545,7 @@ pub async fn sweep_host(host: &Handle) -> Result<usize, NetError> {
             LinkAttribute::IfName(n) => Some(n.clone()),
             _ => None,
         });
-        if name.is_some_and(|n| n.starts_with("shvx")) {
+        if name.is_some_and(|n| n.starts_with("shvx") || n.starts_with("shup")) {
             stale.push(l.header.index);
         }
     }

@@ -60,6 +60,7 @@ fn spec_of(v: &NetworkView) -> Result<NetworkSpec, String> {
         prefix,
         local,
         underlay_mtu: underlay_mtu(local),
+        uplink: !v.internal,
     })
 }
 
@@ -104,7 +105,8 @@ impl NodeNet {
                 let host = shoal_net::netns::netlink_in(None)
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(Overlays::new(&self.dir.join("overlays"), host))
+                let me = Netns::open(Path::new(&format!("/proc/{}/ns/net", std::process::id())));
+                Ok(Overlays::new(&self.dir.join("overlays"), host, me))
             })
             .await
     }
