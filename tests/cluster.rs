@@ -880,3 +880,63 @@ fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
     c.h(1).ok(&["network", "rm", "appnet"]);
     c.h(1).ok(&["network", "rm", "backnet"]);
 }
+
+#[test]
+fn a_published_port_answers_on_every_host_even_one_without_the_task() {
+    let c = Cluster::swarm(3);
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "pub",
+        "--replicas",
+        "1",
+        "--constraint",
+        "node.hostname==node2",
+        "--stop-signal",
+        "KILL",
+        "-p",
+        "8080:80",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo published > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
+    ]);
+    wait_for("pub running on node2", Duration::from_secs(30), || {
+        (running_per_node(c.h(1), "pub").get("node2") == Some(&1)).then_some(())
+    });
+    // from each host (its own namespace), to each host's address: nodes 1 and 3 have no
+    // task of the service
+    for from in 1..=3 {
+        for to in 1..=3 {
+            let url = format!("http://{}:8080/", c.h(to).addr);
+            let body = wait_for(
+                &format!("{url} from node{from}"),
+                Duration::from_secs(10),
+                || {
+                    let out = std::process::Command::new("ip")
+                        .args(["netns", "exec", &c.net.hosts[from - 1]])
+                        .args(["timeout", "3", "busybox", "wget", "-q", "-O", "-", &url])
+                        .output()
+                        .ok()?;
+                    out.status
+                        .success()
+                        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+                },
+            );
+            assert_eq!(body, "published", "{url} from node{from}");
+        }
+    }
+    // the service goes: the port stops answering and the ingress network goes too
+    c.h(1).ok(&["service", "rm", "pub"]);
+    wait_for("no ingress network left", Duration::from_secs(30), || {
+        c.hosts
+            .iter()
+            .all(|h| {
+                std::fs::read_dir(h.host.data_root().join("netns").join("overlays"))
+                    .map(|mut r| r.next().is_none())
+                    .unwrap_or(true)
+            })
+            .then_some(())
+    });
+}

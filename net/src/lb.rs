@@ -13,6 +13,20 @@ use tokio::io::AsyncWriteExt;
 use crate::netns::Netns;
 use crate::NetError;
 
+/// nft's expression for one of `backends`, picked at random per new connection.
+fn pick_one(backends: &[Ipv4Addr]) -> String {
+    let map: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {b}"))
+        .collect();
+    format!(
+        "numgen random mod {} map {{ {} }}",
+        backends.len(),
+        map.join(", ")
+    )
+}
+
 /// The ruleset for a task's namespace: one DNAT rule per VIP with backends, one reject
 /// per VIP without. Replaces the whole `ip shoal` table in one transaction.
 pub fn ruleset(vips: &[(Ipv4Addr, Vec<Ipv4Addr>)]) -> String {
@@ -23,19 +37,50 @@ pub fn ruleset(vips: &[(Ipv4Addr, Vec<Ipv4Addr>)]) -> String {
             empty.push_str(&format!("    ip daddr {vip} reject\n"));
             continue;
         }
-        let map: Vec<String> = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| format!("{i} : {b}"))
-            .collect();
         nat.push_str(&format!(
-            "    ip daddr {vip} dnat ip to numgen random mod {} map {{ {} }}\n",
-            backends.len(),
-            map.join(", ")
+            "    ip daddr {vip} dnat ip to {}\n",
+            pick_one(backends)
         ));
     }
     format!(
         "add table ip shoal\ndelete table ip shoal\ntable ip shoal {{\n  chain vips {{\n    type nat hook output priority -100; policy accept;\n{nat}  }}\n  chain down {{\n    type filter hook output priority 0; policy accept;\n{empty}  }}\n}}\n"
+    )
+}
+
+/// A port published on the routing mesh.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Published {
+    pub port: u32,
+    /// "tcp" or "udp"
+    pub protocol: String,
+    pub target: u32,
+    pub backends: Vec<Ipv4Addr>,
+}
+
+/// The host's routing-mesh rules: a published port arriving at the node (or asked by the
+/// node itself) goes to one of the service's running tasks, picked per connection; with
+/// none running it is refused.
+pub fn mesh_rules(ports: &[Published]) -> String {
+    let mut pre = String::new();
+    let mut down = String::new();
+    for p in ports {
+        let proto = if p.protocol == "udp" { "udp" } else { "tcp" };
+        if p.backends.is_empty() {
+            down.push_str(&format!(
+                "    fib daddr type local {proto} dport {} reject\n",
+                p.port
+            ));
+            continue;
+        }
+        pre.push_str(&format!(
+            "    fib daddr type local {proto} dport {} dnat ip to {}:{}\n",
+            p.port,
+            pick_one(&p.backends),
+            p.target
+        ));
+    }
+    format!(
+        "add table ip shoal_mesh\ndelete table ip shoal_mesh\ntable ip shoal_mesh {{\n  chain published {{\n    type nat hook prerouting priority -100; policy accept;\n{pre}  }}\n  chain published_local {{\n    type nat hook output priority -100; policy accept;\n{pre}  }}\n  chain unpublished {{\n    type filter hook input priority 0; policy accept;\n{down}  }}\n}}\n"
     )
 }
 

@@ -47,6 +47,11 @@ pub struct NetworkSpec {
     pub underlay_mtu: u32,
     /// A way out through the host (not for internal networks).
     pub uplink: bool,
+    /// The routing mesh's network: the host routes it through the uplink, and what
+    /// arrives that way is source-NATed to this node's own address on it (`ingress_addr`),
+    /// so that a task's answer comes back to this node whichever node the task is on.
+    pub ingress: bool,
+    pub ingress_addr: Option<Ipv4Addr>,
 }
 
 /// Uplinks (network namespace ↔ host) are /30s of 198.18.0.0/15, a range set aside for
@@ -150,6 +155,12 @@ impl Overlays {
         if ns.exists() {
             let h = ns.netlink().await?;
             if index_of(&h, VXLAN).await?.is_some() && index_of(&h, BRIDGE).await?.is_some() {
+                // the node's ingress address may have come after the network was built
+                if let (true, Some(a)) = (spec.ingress && spec.uplink, spec.ingress_addr) {
+                    let br = must_index(&h, BRIDGE).await?;
+                    self.ingress_addr(&h, br, a, spec.prefix).await?;
+                    crate::lb::apply(&ns, &ns_rules(spec)).await?;
+                }
                 return Ok(());
             }
         }
@@ -205,6 +216,9 @@ impl Overlays {
             .execute()
             .await
             .map_err(|e| nl("the gateway address", e))?;
+        if let Some(a) = spec.ingress_addr {
+            self.ingress_addr(&h, br, a, spec.prefix).await?;
+        }
         let vx = must_index(&h, &tmp).await?;
         set(
             &h,
@@ -285,11 +299,54 @@ impl Overlays {
             .await?;
         }
         crate::lb::apply(&self.host_ns, &host_rules()).await?;
-        crate::lb::apply(
-            ns,
-            "add table ip shoal\ndelete table ip shoal\ntable ip shoal {\n  chain masquerade_out {\n    type nat hook postrouting priority 100; policy accept;\n    oifname \"up0\" masquerade\n  }\n}\n",
+        if spec.ingress {
+            let net = Ipv4Addr::from(u32::from(spec.gateway) & (u32::MAX << (32 - spec.prefix)));
+            self.host
+                .route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(net, spec.prefix)
+                        .gateway(ns_ip)
+                        .build(),
+                )
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl("the host's route to the ingress network", e))?;
+        }
+        crate::lb::apply(ns, &ns_rules(spec)).await
+    }
+
+    /// The bridge answers as this node's ingress address: the address, and as MAC the
+    /// one the other nodes' neighbour entries give it. Idempotent.
+    async fn ingress_addr(
+        &self,
+        h: &Handle,
+        br: u32,
+        a: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetError> {
+        set(
+            h,
+            LinkUnspec::new_with_index(br)
+                .address(mac_of(a).to_vec())
+                .build(),
+            "the bridge's MAC",
         )
-        .await
+        .await?;
+        h.address()
+            .add(br, IpAddr::V4(a), prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl("the node's ingress address", e))
+    }
+
+    /// The routing mesh on this node: each published port, on the node's own addresses,
+    /// DNATed to one of its service's running tasks on the ingress network (none: the
+    /// table is emptied).
+    pub async fn set_mesh(&self, ports: &[crate::lb::Published]) -> Result<(), NetError> {
+        crate::lb::apply(&self.host_ns, &crate::lb::mesh_rules(ports)).await
     }
 
     /// Removes the network from this node: its namespace, and with it every device.
@@ -524,6 +581,24 @@ fn dst_and_lla(m: &NeighbourMessage) -> (Option<Ipv4Addr>, Option<Vec<u8>>) {
 /// The bridge-side name of a task's veth: from its address, unique on the network.
 fn port_name(a: Ipv4Addr) -> String {
     format!("v{:08x}", u32::from(a))
+}
+
+/// A network namespace's own rules: what leaves by the uplink is masqueraded; on
+/// ingress, what comes in by it (published ports) is source-NATed to this node's ingress
+/// address, so that the task's answer comes back to this node (the client's address is
+/// lost there, as in Swarm's routing mesh).
+fn ns_rules(spec: &NetworkSpec) -> String {
+    let mut rules = String::from(
+        "add table ip shoal\ndelete table ip shoal\ntable ip shoal {\n  chain masquerade_out {\n    type nat hook postrouting priority 100; policy accept;\n    oifname \"up0\" masquerade\n",
+    );
+    if spec.ingress {
+        let from = spec.ingress_addr.unwrap_or(spec.gateway);
+        rules.push_str(&format!(
+            "    iifname \"up0\" oifname \"{BRIDGE}\" snat ip to {from}\n"
+        ));
+    }
+    rules.push_str("  }\n}\n");
+    rules
 }
 
 /// The host's side of every uplink, loaded once into the node's namespace: forwarding

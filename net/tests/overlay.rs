@@ -124,6 +124,8 @@ async fn tasks_on_two_hosts_talk_over_vxlan_only_through_pushed_entries() {
         local: Ipv4Addr::from(local),
         underlay_mtu: 1500,
         uplink: true,
+        ingress: false,
+        ingress_addr: None,
     };
     let (sa, sb) = (spec([10, 123, 0, 1]), spec([10, 123, 0, 2]));
     let oa = Overlays::new(&dirs.join("a"), ha.clone(), a.clone());

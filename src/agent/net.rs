@@ -25,6 +25,8 @@ pub struct NodeNet {
     resolvers: std::sync::Mutex<HashMap<String, TaskDns>>,
     /// Each networked task's networks, and the VIP rules last loaded in its namespace.
     tasks: std::sync::Mutex<HashMap<String, (Vec<String>, String)>>,
+    /// The routing mesh's ports as last loaded (None: never).
+    mesh: std::sync::Mutex<Option<Vec<shoal_net::lb::Published>>>,
 }
 
 /// What a networked task's container gets: its namespace, and the resolv.conf that
@@ -61,6 +63,8 @@ fn spec_of(v: &NetworkView) -> Result<NetworkSpec, String> {
         local,
         underlay_mtu: underlay_mtu(local),
         uplink: !v.internal,
+        ingress: v.ingress,
+        ingress_addr: v.local_addr.split('/').next().and_then(|a| a.parse().ok()),
     })
 }
 
@@ -96,6 +100,7 @@ impl NodeNet {
             dns: Directory::from_host(),
             resolvers: std::sync::Mutex::default(),
             tasks: std::sync::Mutex::default(),
+            mesh: std::sync::Mutex::default(),
         }
     }
 
@@ -152,6 +157,27 @@ impl NodeNet {
                 .collect();
             if let Err(e) = ov.set_peers(v.vni, &peers).await {
                 tracing::error!(network = %v.network_id, error = %e, "setting the network's peers failed");
+            }
+        }
+        let ports: Vec<shoal_net::lb::Published> = views
+            .iter()
+            .filter(|v| v.ingress)
+            .flat_map(|v| v.ports.iter())
+            .map(|p| shoal_net::lb::Published {
+                port: p.published,
+                protocol: p.protocol.clone(),
+                target: p.target,
+                backends: p.backends.iter().filter_map(|b| b.parse().ok()).collect(),
+            })
+            .collect();
+        let changed = {
+            let last = self.mesh.lock().unwrap_or_else(|p| p.into_inner());
+            last.as_ref() != Some(&ports) && !(last.is_none() && ports.is_empty())
+        };
+        if changed {
+            match ov.set_mesh(&ports).await {
+                Ok(()) => *self.mesh.lock().unwrap_or_else(|p| p.into_inner()) = Some(ports),
+                Err(e) => tracing::error!(error = %e, "loading the routing mesh's rules failed"),
             }
         }
         for vni in ov.present().difference(&wanted) {

@@ -434,6 +434,40 @@ fn discovery(t: &super::store::Tables, network: &str) -> (Vec<DnsName>, Vec<Vip>
     (names, vips)
 }
 
+/// The ports published in ingress mode, each with its service's running tasks' addresses
+/// on the ingress network.
+fn mesh_ports(t: &super::store::Tables, ingress: &str) -> Vec<PublishedPort> {
+    use shoal_proto::port_config::{Protocol, PublishMode};
+    let mut out = Vec::new();
+    for s in t.services.values() {
+        let Some(e) = &s.endpoint else { continue };
+        let backends: Vec<String> = t
+            .tasks_of_service(&s.id)
+            .filter(|x| state(x) == TaskState::Running)
+            .flat_map(|x| x.networks.iter().filter(|a| a.network_id == ingress))
+            .filter_map(|a| a.addresses.first())
+            .map(|a| a.split('/').next().unwrap_or("").to_string())
+            .collect();
+        for p in &e.ports {
+            if p.publish_mode != PublishMode::Ingress as i32 || p.published_port == 0 {
+                continue;
+            }
+            out.push(PublishedPort {
+                published: p.published_port,
+                protocol: if p.protocol == Protocol::Udp as i32 {
+                    "udp"
+                } else {
+                    "tcp"
+                }
+                .into(),
+                target: p.target_port,
+                backends: backends.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// The IP part of a node's address (`ip` or `ip:port`).
 fn node_ip(t: &super::store::Tables, node: &str) -> Option<std::net::IpAddr> {
     let a = t.nodes.get(node)?.status.as_ref()?.addr.clone();
@@ -447,11 +481,20 @@ fn node_ip(t: &super::store::Tables, node: &str) -> Option<std::net::IpAddr> {
 /// another node (address and that node's VTEP).
 pub fn network_views(t: &super::store::Tables, node: &str) -> Vec<NetworkView> {
     let live = |x: &Task| !state(x).is_terminal() && x.desired_state <= TaskState::Running as i32;
-    let mine: std::collections::BTreeSet<&str> = t
+    let mut mine: std::collections::BTreeSet<&str> = t
         .tasks_on_node(node)
         .filter(|x| live(x))
         .flat_map(|x| x.networks.iter().map(|a| a.network_id.as_str()))
         .collect();
+    // the routing mesh: every node has ingress while a port is published on it
+    let ingress = t
+        .networks
+        .values()
+        .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress));
+    let ports = ingress.map(|i| mesh_ports(t, &i.id)).unwrap_or_default();
+    if let (Some(i), false) = (ingress, ports.is_empty()) {
+        mine.insert(i.id.as_str());
+    }
     if mine.is_empty() {
         return vec![];
     }
@@ -475,11 +518,39 @@ pub fn network_views(t: &super::store::Tables, node: &str) -> Vec<NetworkView> {
                 peers: vec![],
                 names: vec![],
                 vips: vec![],
+                ingress: false,
+                ports: vec![],
+                local_addr: String::new(),
             },
         );
     }
     for v in views.values_mut() {
         (v.names, v.vips) = discovery(t, &v.network_id);
+        if ingress.is_some_and(|i| i.id == v.network_id) {
+            v.ingress = true;
+            v.ports = ports.clone();
+            // each node's own ingress address, its own and the others' (as peers: the
+            // tasks' answers go back to the node that forwarded the request)
+            for n in t.nodes.values() {
+                for a in n
+                    .attachments
+                    .iter()
+                    .filter(|a| a.network_id == v.network_id)
+                {
+                    let Some(addr) = a.addresses.first() else {
+                        continue;
+                    };
+                    if n.id == node {
+                        v.local_addr = addr.clone();
+                    } else if let Some(vtep) = node_ip(t, &n.id) {
+                        v.peers.push(NetworkPeer {
+                            addr: addr.split('/').next().unwrap_or("").to_string(),
+                            vtep: vtep.to_string(),
+                        });
+                    }
+                }
+            }
+        }
     }
     for x in t.tasks.values() {
         if x.node_id == node || x.node_id.is_empty() || !live(x) {

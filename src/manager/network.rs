@@ -277,6 +277,12 @@ pub fn resolve_service(
     }
     let mut published = BTreeSet::new();
     for p in &mine {
+        if p.publish_mode == PublishMode::Host as i32 {
+            return Err(invalid(format!(
+                "--publish {}: mode=host is not supported yet (use the routing mesh, mode=ingress)",
+                p.published_port
+            )));
+        }
         if p.target_port == 0 || p.target_port > 65535 {
             return Err(invalid(format!(
                 "--publish: target port {} is not between 1 and 65535",
@@ -415,6 +421,13 @@ impl Pools {
                 }
                 for p in &e.ports {
                     ports.insert((p.published_port, p.protocol));
+                }
+            }
+        });
+        tx.for_each(|n: &Node| {
+            for a in &n.attachments {
+                for addr in &a.addresses {
+                    take(&a.network_id, addr, &n.id);
                 }
             }
         });
@@ -594,6 +607,42 @@ pub fn attach_task(
     }
     t.networks = got;
     Ok(())
+}
+
+/// Gives every node an address of its own on the ingress network (the routing mesh
+/// answers from it, so that a task's reply goes back to the node that forwarded the
+/// request). Returns how many nodes got one.
+pub fn allocate_nodes(tx: &mut Tx<'_>, pools: &mut Pools) -> Result<usize, StoreError> {
+    let Some(ingress) = ingress_id(tx) else {
+        return Ok(0);
+    };
+    // only while the routing mesh is in use (the ingress subnet is a /24 by default)
+    let mut meshed = false;
+    tx.for_each(|s: &Service| meshed |= s.spec.as_ref().is_some_and(publishes_ingress));
+    if !meshed {
+        return Ok(0);
+    }
+    let lacking: Vec<Node> =
+        tx.filter(|n: &Node| !n.attachments.iter().any(|a| a.network_id == ingress));
+    let mut n = 0;
+    for mut node in lacking {
+        let Some(pool) = pools.get(tx).get_mut(&ingress) else {
+            return Ok(n);
+        };
+        match pool.allocate() {
+            Ok(a) => {
+                node.attachments.push(NetworkAttachment {
+                    network_id: ingress.clone(),
+                    addresses: vec![pool.with_prefix(a)],
+                    aliases: vec![],
+                });
+                tx.update(node)?;
+                n += 1;
+            }
+            Err(e) => tracing::warn!(node = %node.id, error = %e, "no ingress address for a node"),
+        }
+    }
+    Ok(n)
 }
 
 /// The ingress network's ID, for [`attach_task`].

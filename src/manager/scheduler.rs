@@ -277,6 +277,7 @@ pub fn parse_preference(p: &str) -> Result<String, String> {
 pub async fn allocate_and_schedule(store: &Store) -> Result<usize, StoreError> {
     store
         .update(|tx| {
+            network::allocate_nodes(tx, &mut Pools::default())?;
             allocate_new(tx)?;
             schedule_pending(tx)
         })

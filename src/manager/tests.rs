@@ -831,5 +831,17 @@ mod networks {
             create_service(&store, spec_on("d", 1, &["nope"])).await,
             "no such network",
         );
+        let mut h = spec_on("h", 1, &[]);
+        h.endpoint = Some(EndpointSpec {
+            ports: vec![PortConfig {
+                publish_mode: port_config::PublishMode::Host as i32,
+                ..port(9191, 80)
+            }],
+            ..Default::default()
+        });
+        refused(
+            create_service(&store, h).await,
+            "mode=host is not supported yet",
+        );
     }
 }
