@@ -58,12 +58,7 @@ fn workers_join_with_tokens_over_mtls_and_run_tasks() {
     let m = c.h(1).addr.clone();
     let init = c.h(1).ok(&["swarm", "init", "--advertise-addr", &m]);
     assert!(init.contains(&format!("{m}:2377")), "{init}");
-    let token = |role: &str| {
-        c.h(1)
-            .ok(&["swarm", "join-token", "-q", role])
-            .trim()
-            .to_string()
-    };
+    let token = |role: &str| c.token(role);
     let worker = token("worker");
     assert!(worker.starts_with("SWMTKN-1-") && worker != token("manager"));
 
@@ -489,12 +484,7 @@ fn the_root_ca_rotates_without_downtime() {
     let c = Cluster::new(3);
     let m1 = c.h(1).addr.clone();
     c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
-    let token = |role: &str| {
-        c.h(1)
-            .ok(&["swarm", "join-token", "-q", role])
-            .trim()
-            .to_string()
-    };
+    let token = |role: &str| c.token(role);
     c.h(2)
         .ok(&["swarm", "join", "--token", &token("manager"), &m1]);
     let old_worker = token("worker");
@@ -540,12 +530,7 @@ fn three_managers_two_workers_lose_nothing_acknowledged() {
     let mut c = Cluster::new(5);
     let m1 = c.h(1).addr.clone();
     c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
-    let token = |role: &str| {
-        c.h(1)
-            .ok(&["swarm", "join-token", "-q", role])
-            .trim()
-            .to_string()
-    };
+    let token = |role: &str| c.token(role);
     let (manager, worker) = (token("manager"), token("worker"));
     for i in [2, 3] {
         c.h(i).ok(&["swarm", "join", "--token", &manager, &m1]);

@@ -28,3 +28,15 @@ pub async fn swarm(g: &Globals) -> anyhow::Result<SwarmClient<Channel>> {
 pub fn refusal(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
+
+/// Every node, as the managers have them.
+pub async fn list_nodes(
+    ctl: &mut ControlClient<Channel>,
+) -> anyhow::Result<Vec<shoal_proto::Node>> {
+    Ok(ctl
+        .list_nodes(shoal_proto::ListRequest::default())
+        .await
+        .map_err(refusal)?
+        .into_inner()
+        .nodes)
+}

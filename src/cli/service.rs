@@ -677,12 +677,7 @@ fn image_of(s: &Service) -> String {
 async fn node_names(
     ctl: &mut shoal_proto::control_client::ControlClient<tonic::transport::Channel>,
 ) -> anyhow::Result<HashMap<String, String>> {
-    let nodes = ctl
-        .list_nodes(ListRequest::default())
-        .await
-        .map_err(refusal)?
-        .into_inner()
-        .nodes;
+    let nodes = super::client::list_nodes(ctl).await?;
     Ok(nodes.iter().map(|n| (n.id.clone(), hostname(n))).collect())
 }
 

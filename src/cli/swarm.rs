@@ -402,12 +402,7 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
                 let digest = crate::tls::pem_cert_der(&String::from_utf8_lossy(&c.root_ca_cert))
                     .map(|d| crate::tls::ca_digest(&d))
                     .unwrap_or_default();
-                let nodes = ctl
-                    .list_nodes(ListRequest::default())
-                    .await
-                    .map_err(refusal)?
-                    .into_inner()
-                    .nodes;
+                let nodes = super::client::list_nodes(&mut ctl).await?;
                 let done = nodes
                     .iter()
                     .filter(|n| n.cert_root_digest == digest)
@@ -490,12 +485,7 @@ pub async fn run_node(g: &Globals, c: NodeCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(refusal)?
                 .into_inner();
-            let nodes = ctl
-                .list_nodes(ListRequest::default())
-                .await
-                .map_err(refusal)?
-                .into_inner()
-                .nodes;
+            let nodes = super::client::list_nodes(&mut ctl).await?;
             let engine = |n: &Node| {
                 n.description
                     .as_ref()

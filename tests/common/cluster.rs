@@ -179,6 +179,14 @@ impl Cluster {
         &mut self.hosts[i - 1]
     }
 
+    /// The join token for `role` ("worker" or "manager"), from host 1.
+    pub fn token(&self, role: &str) -> String {
+        self.h(1)
+            .ok(&["swarm", "join-token", "-q", role])
+            .trim()
+            .to_string()
+    }
+
     /// Host 1 inits the swarm; the others join as workers.
     pub fn swarm(n: usize) -> Cluster {
         let c = Cluster::new(n);
