@@ -694,8 +694,8 @@ fn ping_from(netns: &std::path::Path, to: &str) -> bool {
 }
 
 #[test]
-fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
-    let c = Cluster::swarm(2);
+fn tasks_on_three_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
+    let c = Cluster::swarm(3);
     c.h(1).ok(&["network", "create", "appnet"]);
     // each task answers HTTP with its own hostname
     c.h(1).ok(&[
@@ -704,7 +704,7 @@ fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
         "--name",
         "web",
         "--replicas",
-        "2",
+        "3",
         "--replicas-max-per-node",
         "1",
         "--stop-signal",
@@ -718,13 +718,14 @@ fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
     ]);
     wait_for("a task on each host", Duration::from_secs(30), || {
         let n = running_per_node(c.h(1), "web");
-        (n.len() == 2 && n.values().all(|v| *v == 1)).then_some(())
+        (n.len() == 3 && n.values().all(|v| *v == 1)).then_some(())
     });
-    let (a, b) = wait_for("each task's address", Duration::from_secs(10), || {
-        let (a, b) = (task_addrs(c.h(1)), task_addrs(c.h(2)));
-        (a.len() == 1 && b.len() == 1).then(|| (a[0].clone(), b[0].clone()))
+    let (a, b, third) = wait_for("each task's address", Duration::from_secs(10), || {
+        let (a, b, x) = (task_addrs(c.h(1)), task_addrs(c.h(2)), task_addrs(c.h(3)));
+        (a.len() == 1 && b.len() == 1 && x.len() == 1)
+            .then(|| (a[0].clone(), b[0].clone(), x[0].clone()))
     });
-    assert_ne!(a.1, b.1);
+    assert!(a.1 != b.1 && b.1 != third.1 && a.1 != third.1);
     // across hosts, over VXLAN, with entries the managers pushed
     wait_for(
         "host 1's task to reach host 2's",
@@ -734,16 +735,17 @@ fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
     assert!(ping_from(&b.0, &a.1), "host 2's task cannot reach host 1's");
 
     // service discovery, from a task's own resolver (127.0.0.11 in its namespace)
-    let both: std::collections::BTreeSet<String> = [a.1.clone(), b.1.clone()].into();
+    let both: std::collections::BTreeSet<String> =
+        [a.1.clone(), b.1.clone(), third.1.clone()].into();
     let tasks = wait_for(
-        "tasks.web to answer both tasks",
+        "tasks.web to answer all three tasks",
         Duration::from_secs(10),
         || {
             let got = resolve(&a.0, "tasks.web");
             (got == both).then_some(got)
         },
     );
-    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks.len(), 3);
     let vip = resolve(&a.0, "web");
     assert_eq!(vip.len(), 1, "web is its VIP: {vip:?}");
     assert!(
@@ -753,13 +755,14 @@ fn tasks_on_two_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
     assert_eq!(resolve(&b.0, "www"), vip, "the alias is the service");
     assert!(resolve(&a.0, "nosuchservice").is_empty());
 
-    // the VIP spreads new connections over both tasks (nftables in the client's namespace)
+    // the VIP spreads new connections over the three tasks (nftables in the client's
+    // namespace)
     let vip = vip.into_iter().next().unwrap();
     let answers: std::collections::BTreeSet<String> =
         (0..30).filter_map(|_| http_get(&a.0, &vip)).collect();
     assert_eq!(
         answers.len(),
-        2,
+        3,
         "30 requests to the VIP reached {answers:?}"
     );
 
