@@ -695,7 +695,7 @@ fn ping_from(netns: &std::path::Path, to: &str) -> bool {
 
 #[test]
 fn tasks_on_three_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
-    let c = Cluster::swarm(3);
+    let mut c = Cluster::swarm(3);
     c.h(1).ok(&["network", "create", "appnet"]);
     // each task answers HTTP with its own hostname
     c.h(1).ok(&[
@@ -764,6 +764,20 @@ fn tasks_on_three_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
         answers.len(),
         3,
         "30 requests to the VIP reached {answers:?}"
+    );
+
+    // host 2's daemon is killed and restarts: its task keeps running, and its resolver
+    // and VIP rules come back with the daemon
+    c.h_mut(2).start_daemon();
+    wait_for(
+        "host 2's task to resolve again",
+        Duration::from_secs(20),
+        || (resolve(&b.0, "tasks.web") == both).then_some(()),
+    );
+    wait_for(
+        "host 2's task to reach the VIP",
+        Duration::from_secs(10),
+        || http_get(&b.0, &vip),
     );
 
     // another network, internal, with DNS round robin: isolated from the first, its
