@@ -13,6 +13,20 @@ use tokio::io::AsyncWriteExt;
 use crate::netns::Netns;
 use crate::NetError;
 
+/// An nft script that replaces table `ip NAME` with `chains` in one transaction. A chain
+/// is its name, its base-chain line (`type … hook … priority …`) and its rules, each
+/// ending in a newline.
+pub fn replace_table(name: &str, chains: &[(&str, &str, &str)]) -> String {
+    let mut s = format!("add table ip {name}\ndelete table ip {name}\ntable ip {name} {{\n");
+    for (chain, base, rules) in chains {
+        s.push_str(&format!(
+            "  chain {chain} {{\n    {base}; policy accept;\n{rules}  }}\n"
+        ));
+    }
+    s.push_str("}\n");
+    s
+}
+
 /// nft's expression for one of `backends`, picked at random per new connection.
 fn pick_one(backends: &[Ipv4Addr]) -> String {
     let map: Vec<String> = backends
@@ -42,8 +56,12 @@ pub fn ruleset(vips: &[(Ipv4Addr, Vec<Ipv4Addr>)]) -> String {
             pick_one(backends)
         ));
     }
-    format!(
-        "add table ip shoal\ndelete table ip shoal\ntable ip shoal {{\n  chain vips {{\n    type nat hook output priority -100; policy accept;\n{nat}  }}\n  chain down {{\n    type filter hook output priority 0; policy accept;\n{empty}  }}\n}}\n"
+    replace_table(
+        "shoal",
+        &[
+            ("vips", "type nat hook output priority -100", &nat),
+            ("down", "type filter hook output priority 0", &empty),
+        ],
     )
 }
 
@@ -79,8 +97,17 @@ pub fn mesh_rules(ports: &[Published]) -> String {
             p.target
         ));
     }
-    format!(
-        "add table ip shoal_mesh\ndelete table ip shoal_mesh\ntable ip shoal_mesh {{\n  chain published {{\n    type nat hook prerouting priority -100; policy accept;\n{pre}  }}\n  chain published_local {{\n    type nat hook output priority -100; policy accept;\n{pre}  }}\n  chain unpublished {{\n    type filter hook input priority 0; policy accept;\n{down}  }}\n}}\n"
+    replace_table(
+        "shoal_mesh",
+        &[
+            ("published", "type nat hook prerouting priority -100", &pre),
+            (
+                "published_local",
+                "type nat hook output priority -100",
+                &pre,
+            ),
+            ("unpublished", "type filter hook input priority 0", &down),
+        ],
     )
 }
 

@@ -19,7 +19,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoVxlan, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{InfoVxlan, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -35,7 +35,7 @@ pub const VXLAN_PORT: u16 = 4789;
 pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// What a node needs to build one network.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NetworkSpec {
     pub vni: u32,
     /// The bridge's address (the subnet's gateway) with the subnet's prefix length.
@@ -99,6 +99,8 @@ pub struct Overlays {
     host: Handle,
     /// The host's namespace (for its forwarding switch and rules).
     host_ns: Netns,
+    /// The host's forwarding and uplink rules, set up with the first uplink.
+    host_ready: tokio::sync::OnceCell<()>,
 }
 
 fn nl(what: &str, e: rtnetlink::Error) -> NetError {
@@ -126,12 +128,41 @@ async fn set(h: &Handle, m: LinkMessage, what: &str) -> Result<(), NetError> {
     h.link().set(m).execute().await.map_err(|e| nl(what, e))
 }
 
+async fn up(h: &Handle, index: u32, what: &str) -> Result<(), NetError> {
+    set(h, LinkUnspec::new_with_index(index).up().build(), what).await
+}
+
+/// Deletes the link `name` if there is one (what a crash or an earlier attempt left).
+async fn delete_named(h: &Handle, name: &str) -> Result<(), NetError> {
+    if let Some(i) = index_of(h, name).await? {
+        let _ = h.link().del(i).execute().await;
+    }
+    Ok(())
+}
+
+/// Moves link `index` (seen through `h`) into namespace `to`.
+async fn move_into(h: &Handle, index: u32, to: &Netns, what: &str) -> Result<(), NetError> {
+    let f = to.file()?;
+    let m = LinkUnspec::new_with_index(index)
+        .setns_by_fd(f.as_raw_fd())
+        .build();
+    set(h, m, what).await
+}
+
+impl NetworkSpec {
+    /// The MTU of the network's devices: the underlay's less VXLAN's overhead.
+    fn mtu(&self) -> u32 {
+        self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
+    }
+}
+
 impl Overlays {
     pub fn new(dir: &Path, host: Handle, host_ns: Netns) -> Overlays {
         Overlays {
             dir: dir.to_path_buf(),
             host,
             host_ns,
+            host_ready: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -174,12 +205,10 @@ impl Overlays {
 
     async fn build(&self, spec: &NetworkSpec) -> Result<(), NetError> {
         let ns = Netns::create(self.netns_of(spec.vni).path())?;
-        let mtu = spec.underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
+        let mtu = spec.mtu();
         // the VXLAN device, made in the host's namespace under a temporary name
         let tmp = format!("shvx{}", spec.vni);
-        if let Some(i) = index_of(&self.host, &tmp).await? {
-            let _ = self.host.link().del(i).execute().await; // a crash's leftover
-        }
+        delete_named(&self.host, &tmp).await?;
         let vx = LinkVxlan::new(&tmp, spec.vni)
             .local(spec.local)
             .port(VXLAN_PORT)
@@ -194,17 +223,12 @@ impl Overlays {
             )
         })?;
         let idx = must_index(&self.host, &tmp).await?;
-        let f = ns.file()?;
-        let moved = LinkUnspec::new_with_index(idx)
-            .setns_by_fd(f.as_raw_fd())
-            .build();
-        if let Err(e) = set(&self.host, moved, "moving the VXLAN device").await {
+        if let Err(e) = move_into(&self.host, idx, &ns, "moving the VXLAN device").await {
             let _ = self.host.link().del(idx).execute().await;
             return Err(e);
         }
         let h = ns.netlink().await?;
-        let lo = must_index(&h, "lo").await?;
-        set(&h, LinkUnspec::new_with_index(lo).up().build(), "lo up").await?;
+        up(&h, must_index(&h, "lo").await?, "lo up").await?;
         h.link()
             .add(LinkBridge::new(BRIDGE).mtu(mtu).up().build())
             .execute()
@@ -229,7 +253,7 @@ impl Overlays {
             "attaching the VXLAN device to the bridge",
         )
         .await?;
-        set(&h, LinkUnspec::new_with_index(vx).up().build(), "VXLAN up").await?;
+        up(&h, vx, "VXLAN up").await?;
         if spec.uplink {
             self.uplink(spec, &ns, &h).await?;
         }
@@ -243,9 +267,7 @@ impl Overlays {
     async fn uplink(&self, spec: &NetworkSpec, ns: &Netns, h: &Handle) -> Result<(), NetError> {
         let (host_ip, ns_ip) = uplink_addrs(spec.vni);
         let host_end = format!("shup{}", spec.vni);
-        if let Some(i) = index_of(&self.host, &host_end).await? {
-            let _ = self.host.link().del(i).execute().await;
-        }
+        delete_named(&self.host, &host_end).await?;
         self.host
             .link()
             .add(LinkVeth::new(&host_end, "up0").build())
@@ -253,12 +275,10 @@ impl Overlays {
             .await
             .map_err(|e| nl("creating the network's uplink", e))?;
         let peer = must_index(&self.host, "up0").await?;
-        let f = ns.file()?;
-        set(
+        move_into(
             &self.host,
-            LinkUnspec::new_with_index(peer)
-                .setns_by_fd(f.as_raw_fd())
-                .build(),
+            peer,
+            ns,
             "moving the uplink into the network's namespace",
         )
         .await?;
@@ -269,19 +289,14 @@ impl Overlays {
             .execute()
             .await
             .map_err(|e| nl("the uplink's host address", e))?;
-        set(
-            &self.host,
-            LinkUnspec::new_with_index(hi).up().build(),
-            "uplink up",
-        )
-        .await?;
+        up(&self.host, hi, "uplink up").await?;
         let ui = must_index(h, "up0").await?;
         h.address()
             .add(ui, IpAddr::V4(ns_ip), 30)
             .execute()
             .await
             .map_err(|e| nl("the uplink's address", e))?;
-        set(h, LinkUnspec::new_with_index(ui).up().build(), "uplink up").await?;
+        up(h, ui, "uplink up").await?;
         h.route()
             .add(
                 RouteMessageBuilder::<Ipv4Addr>::new()
@@ -291,14 +306,13 @@ impl Overlays {
             .execute()
             .await
             .map_err(|e| nl("the network's default route", e))?;
-        for n in [ns, &self.host_ns] {
-            crate::netns::run_in(n, || {
-                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-                    .map_err(|e| NetError::io("enabling IPv4 forwarding".into(), e))
+        forwarding_on(ns).await?;
+        self.host_ready
+            .get_or_try_init(|| async {
+                forwarding_on(&self.host_ns).await?;
+                crate::lb::apply(&self.host_ns, &host_rules()).await
             })
             .await?;
-        }
-        crate::lb::apply(&self.host_ns, &host_rules()).await?;
         if spec.ingress {
             let net = Ipv4Addr::from(u32::from(spec.gateway) & (u32::MAX << (32 - spec.prefix)));
             self.host
@@ -353,9 +367,7 @@ impl Overlays {
     pub async fn remove(&self, vni: u32) -> Result<(), NetError> {
         // the host's ends go now, not when the namespace is finally freed
         for name in [format!("shvx{vni}"), format!("shup{vni}")] {
-            if let Some(i) = index_of(&self.host, &name).await? {
-                let _ = self.host.link().del(i).execute().await;
-            }
+            delete_named(&self.host, &name).await?;
         }
         self.netns_of(vni).remove()
     }
@@ -365,11 +377,9 @@ impl Overlays {
     pub async fn attach(&self, spec: &NetworkSpec, ep: &Endpoint) -> Result<(), NetError> {
         let ns = self.netns_of(spec.vni);
         let h = ns.netlink().await?;
-        let mtu = spec.underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
+        let mtu = spec.mtu();
         let host_end = port_name(ep.addr);
-        if let Some(i) = index_of(&h, &host_end).await? {
-            let _ = h.link().del(i).execute().await; // an earlier attempt's
-        }
+        delete_named(&h, &host_end).await?;
         let tmp = format!("t{host_end}");
         h.link()
             .add(LinkVeth::new(&host_end, &tmp).mtu(mtu).build())
@@ -386,12 +396,10 @@ impl Overlays {
         .await?;
         let peer = must_index(&h, &tmp).await?;
         let task_ns = Netns::open(&ep.netns);
-        let f = task_ns.file()?;
-        set(
+        move_into(
             &h,
-            LinkUnspec::new_with_index(peer)
-                .setns_by_fd(f.as_raw_fd())
-                .build(),
+            peer,
+            &task_ns,
             "moving the veth into the task's namespace",
         )
         .await?;
@@ -412,14 +420,8 @@ impl Overlays {
             .execute()
             .await
             .map_err(|e| nl("the task's address", e))?;
-        set(
-            &th,
-            LinkUnspec::new_with_index(i).up().build(),
-            "task interface up",
-        )
-        .await?;
-        let lo = must_index(&th, "lo").await?;
-        set(&th, LinkUnspec::new_with_index(lo).up().build(), "lo up").await?;
+        up(&th, i, "task interface up").await?;
+        up(&th, must_index(&th, "lo").await?, "lo up").await?;
         if ep.default_route {
             let r = RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(spec.gateway)
@@ -510,54 +512,49 @@ impl Overlays {
     /// The peers the VXLAN device has entries for (a neighbour entry with a matching
     /// forwarding entry).
     async fn peers(&self, h: &Handle, vx: u32) -> Result<BTreeSet<Peer>, NetError> {
-        let mut neigh: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
-        let mut fdb: Vec<(Vec<u8>, Ipv4Addr)> = Vec::new();
-        let mut all = h
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute();
-        while let Some(m) = all
-            .try_next()
-            .await
-            .map_err(|e| nl("listing neighbours", e))?
-        {
-            if m.header.ifindex != vx {
-                continue;
-            }
-            let (dst, lla) = dst_and_lla(&m);
-            match (m.header.family, dst, lla) {
-                (AddressFamily::Inet, Some(ip), Some(l)) => neigh.push((ip, l)),
-                (AddressFamily::Bridge, Some(ip), Some(l)) => fdb.push((l, ip)),
-                _ => {}
-            }
-        }
-        let mut fdb_dump = h
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute();
-        while let Some(m) = fdb_dump
-            .try_next()
-            .await
-            .map_err(|e| nl("listing forwarding entries", e))?
-        {
-            if m.header.ifindex != vx {
-                continue;
-            }
-            let (dst, lla) = dst_and_lla(&m);
-            if let (Some(ip), Some(l)) = (dst, lla) {
-                fdb.push((l, ip));
-            }
-        }
+        let neigh = entries(h, vx, AddressFamily::Inet).await?;
+        let fdb = entries(h, vx, AddressFamily::Bridge).await?;
         Ok(neigh
             .into_iter()
             .filter_map(|(ip, l)| {
-                let vtep = fdb.iter().find(|(m, _)| *m == l)?.1;
+                let vtep = fdb.iter().find(|(_, m)| *m == l)?.0;
                 Some(Peer { addr: ip, vtep })
             })
             .collect())
     }
+}
+
+/// The device's entries of a family (neighbours: address → MAC; forwarding entries:
+/// VTEP address → MAC).
+async fn entries(
+    h: &Handle,
+    vx: u32,
+    family: AddressFamily,
+) -> Result<Vec<(Ipv4Addr, Vec<u8>)>, NetError> {
+    let mut out = Vec::new();
+    let mut dump = h.neighbours().get().set_address_family(family).execute();
+    while let Some(m) = dump
+        .try_next()
+        .await
+        .map_err(|e| nl("listing neighbour entries", e))?
+    {
+        if m.header.ifindex != vx {
+            continue;
+        }
+        if let (Some(ip), Some(l)) = dst_and_lla(&m) {
+            out.push((ip, l));
+        }
+    }
+    Ok(out)
+}
+
+/// Turns IPv4 forwarding on in a namespace.
+async fn forwarding_on(ns: &Netns) -> Result<(), NetError> {
+    crate::netns::run_in(ns, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| NetError::io("enabling IPv4 forwarding".into(), e))
+    })
+    .await
 }
 
 /// A neighbour or forwarding entry's IPv4 destination and link-layer address. (In a
@@ -588,46 +585,41 @@ fn port_name(a: Ipv4Addr) -> String {
 /// address, so that the task's answer comes back to this node (the client's address is
 /// lost there, as in Swarm's routing mesh).
 fn ns_rules(spec: &NetworkSpec) -> String {
-    let mut rules = String::from(
-        "add table ip shoal\ndelete table ip shoal\ntable ip shoal {\n  chain masquerade_out {\n    type nat hook postrouting priority 100; policy accept;\n    oifname \"up0\" masquerade\n",
-    );
+    let mut rules = String::from("    oifname \"up0\" masquerade\n");
     if spec.ingress {
         let from = spec.ingress_addr.unwrap_or(spec.gateway);
         rules.push_str(&format!(
             "    iifname \"up0\" oifname \"{BRIDGE}\" snat ip to {from}\n"
         ));
     }
-    rules.push_str("  }\n}\n");
-    rules
+    crate::lb::replace_table(
+        "shoal",
+        &[(
+            "masquerade_out",
+            "type nat hook postrouting priority 100",
+            &rules,
+        )],
+    )
 }
 
 /// The host's side of every uplink, loaded once into the node's namespace: forwarding
 /// on, traffic from the networks masqueraded on its way out, and none from one network
 /// to another.
 pub fn host_rules() -> String {
-    format!(
-        "add table ip shoal\ndelete table ip shoal\ntable ip shoal {{\n  chain forward_between {{\n    type filter hook forward priority 0; policy accept;\n    iifname \"shup*\" oifname \"shup*\" drop\n  }}\n  chain masquerade_out {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr {UPLINK_RANGE} oifname != \"shup*\" masquerade\n  }}\n}}\n"
+    let out = format!("    ip saddr {UPLINK_RANGE} oifname != \"shup*\" masquerade\n");
+    crate::lb::replace_table(
+        "shoal",
+        &[
+            (
+                "forward_between",
+                "type filter hook forward priority 0",
+                "    iifname \"shup*\" oifname \"shup*\" drop\n",
+            ),
+            (
+                "masquerade_out",
+                "type nat hook postrouting priority 100",
+                &out,
+            ),
+        ],
     )
-}
-
-/// Removes what is left of links a crash may leave in the host's namespace.
-pub async fn sweep_host(host: &Handle) -> Result<usize, NetError> {
-    let mut n = 0;
-    let mut links = host.link().get().execute();
-    let mut stale = Vec::new();
-    while let Some(l) = links.try_next().await.map_err(|e| nl("listing links", e))? {
-        let name = l.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        });
-        if name.is_some_and(|n| n.starts_with("shvx") || n.starts_with("shup")) {
-            stale.push(l.header.index);
-        }
-    }
-    for i in stale {
-        if host.link().del(i).execute().await.is_ok() {
-            n += 1;
-        }
-    }
-    Ok(n)
 }

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::manager::ipam::addr_of;
 use shoal_net::dns::{Directory, Names, TaskDns};
 use shoal_net::netns::Netns;
 use shoal_net::overlay::{Endpoint, NetworkSpec, Overlays, Peer};
@@ -18,15 +19,30 @@ pub struct NodeNet {
     dir: PathBuf,
     overlays: OnceCell<Overlays>,
     views: watch::Sender<HashMap<String, NetworkView>>,
-    /// One change of the node's links at a time.
-    lock: tokio::sync::Mutex<()>,
+    /// One change of the node's links at a time, and what they were last made.
+    links: tokio::sync::Mutex<Built>,
     /// The names the managers sent, for every task's resolver.
     dns: Directory,
-    resolvers: std::sync::Mutex<HashMap<String, TaskDns>>,
-    /// Each networked task's networks, and the VIP rules last loaded in its namespace.
-    tasks: std::sync::Mutex<HashMap<String, (Vec<String>, String)>>,
+    /// Each networked task's networks, resolver and VIP rules last loaded.
+    tasks: std::sync::Mutex<HashMap<String, TaskEntry>>,
+}
+
+/// What the node's links were last made: a network whose spec and peers have not
+/// changed is not touched again (every networked task change sends every view).
+#[derive(Default)]
+struct Built {
+    networks: HashMap<u32, (NetworkSpec, BTreeSet<Peer>)>,
     /// The routing mesh's ports as last loaded (None: never).
-    mesh: std::sync::Mutex<Option<Vec<shoal_net::lb::Published>>>,
+    mesh: Option<Vec<shoal_net::lb::Published>>,
+    /// Underlay MTUs by local address (read from the system once).
+    mtu: HashMap<Ipv4Addr, u32>,
+}
+
+#[derive(Default)]
+struct TaskEntry {
+    networks: Vec<String>,
+    vip_rules: String,
+    dns: Option<TaskDns>,
 }
 
 /// What a networked task's container gets: its namespace, and the resolv.conf that
@@ -36,7 +52,7 @@ pub struct TaskNet {
     pub resolv_conf: PathBuf,
 }
 
-fn spec_of(v: &NetworkView) -> Result<NetworkSpec, String> {
+fn spec_of(v: &NetworkView, mtus: &mut HashMap<Ipv4Addr, u32>) -> Result<NetworkSpec, String> {
     let (_, prefix) = v.subnet.split_once('/').ok_or_else(|| {
         format!(
             "network {}: subnet {:?} has no prefix",
@@ -61,10 +77,10 @@ fn spec_of(v: &NetworkView) -> Result<NetworkSpec, String> {
         gateway,
         prefix,
         local,
-        underlay_mtu: underlay_mtu(local),
+        underlay_mtu: *mtus.entry(local).or_insert_with(|| underlay_mtu(local)),
         uplink: !v.internal,
         ingress: v.ingress,
-        ingress_addr: v.local_addr.split('/').next().and_then(|a| a.parse().ok()),
+        ingress_addr: addr_of(&v.local_addr),
     })
 }
 
@@ -96,11 +112,9 @@ impl NodeNet {
             dir: dir.to_path_buf(),
             overlays: OnceCell::new(),
             views: watch::channel(HashMap::new()).0,
-            lock: tokio::sync::Mutex::new(()),
+            links: tokio::sync::Mutex::default(),
             dns: Directory::from_host(),
-            resolvers: std::sync::Mutex::default(),
             tasks: std::sync::Mutex::default(),
-            mesh: std::sync::Mutex::default(),
         }
     }
 
@@ -123,7 +137,7 @@ impl NodeNet {
     /// Makes the node's overlays what the managers say: each network built with exactly
     /// its peers; networks no task here is on any more removed.
     pub async fn apply(&self, views: Vec<NetworkView>) {
-        let _g = self.lock.lock().await;
+        let mut built = self.links.lock().await;
         let ov = match self.overlays().await {
             Ok(o) => o,
             Err(e) => {
@@ -133,7 +147,7 @@ impl NodeNet {
         };
         let mut wanted = BTreeSet::new();
         for v in &views {
-            let spec = match spec_of(v) {
+            let spec = match spec_of(v, &mut built.mtu) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot build a network");
@@ -141,10 +155,6 @@ impl NodeNet {
                 }
             };
             wanted.insert(v.vni);
-            if let Err(e) = ov.ensure(&spec).await {
-                tracing::error!(network = %v.network_id, error = %e, "building the network failed");
-                continue;
-            }
             let peers: BTreeSet<Peer> = v
                 .peers
                 .iter()
@@ -155,9 +165,23 @@ impl NodeNet {
                     })
                 })
                 .collect();
+            let unchanged = built
+                .networks
+                .get(&v.vni)
+                .is_some_and(|(s, p)| *s == spec && *p == peers);
+            if unchanged && ov.netns_of(v.vni).exists() {
+                continue;
+            }
+            built.networks.remove(&v.vni);
+            if let Err(e) = ov.ensure(&spec).await {
+                tracing::error!(network = %v.network_id, error = %e, "building the network failed");
+                continue;
+            }
             if let Err(e) = ov.set_peers(v.vni, &peers).await {
                 tracing::error!(network = %v.network_id, error = %e, "setting the network's peers failed");
+                continue;
             }
+            built.networks.insert(v.vni, (spec, peers));
         }
         let ports: Vec<shoal_net::lb::Published> = views
             .iter()
@@ -170,17 +194,16 @@ impl NodeNet {
                 backends: p.backends.iter().filter_map(|b| b.parse().ok()).collect(),
             })
             .collect();
-        let changed = {
-            let last = self.mesh.lock().unwrap_or_else(|p| p.into_inner());
-            last.as_ref() != Some(&ports) && !(last.is_none() && ports.is_empty())
-        };
+        let changed =
+            built.mesh.as_ref() != Some(&ports) && !(built.mesh.is_none() && ports.is_empty());
         if changed {
             match ov.set_mesh(&ports).await {
-                Ok(()) => *self.mesh.lock().unwrap_or_else(|p| p.into_inner()) = Some(ports),
+                Ok(()) => built.mesh = Some(ports),
                 Err(e) => tracing::error!(error = %e, "loading the routing mesh's rules failed"),
             }
         }
         for vni in ov.present().difference(&wanted) {
+            built.networks.remove(vni);
             if let Err(e) = ov.remove(*vni).await {
                 tracing::warn!(vni, error = %e, "removing a network no task uses failed");
             }
@@ -226,7 +249,7 @@ impl NodeNet {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(task_id)
-            .cloned()
+            .map(|e| (e.networks.clone(), e.vip_rules.clone()))
         else {
             return;
         };
@@ -254,7 +277,7 @@ impl NodeNet {
                     .unwrap_or_else(|p| p.into_inner())
                     .get_mut(task_id)
                 {
-                    e.1 = rules;
+                    e.vip_rules = rules;
                 }
             }
             Err(e) => {
@@ -277,19 +300,18 @@ impl NodeNet {
         .map_err(|_| "the managers did not send this node the task's networks".to_string())?
         .map_err(|_| "the node's networking stopped".to_string())?
         .clone();
-        let _g = self.lock.lock().await;
+        let mut built = self.links.lock().await;
         let ov = self.overlays().await?;
         let path = self.task_path(&t.id);
         let ns = Netns::create(&path).map_err(|e| e.to_string())?;
         let mut routed = false;
         for (i, a) in t.networks.iter().enumerate() {
             let v = &views[&a.network_id];
-            let spec = spec_of(v)?;
+            let spec = spec_of(v, &mut built.mtu)?;
             let addr: Ipv4Addr = a
                 .addresses
                 .first()
-                .and_then(|x| x.split('/').next())
-                .and_then(|x| x.parse().ok())
+                .and_then(|x| addr_of(x))
                 .ok_or_else(|| format!("no address on network {}", a.network_id))?;
             let ep = Endpoint {
                 netns: ns.path().to_path_buf(),
@@ -298,7 +320,14 @@ impl NodeNet {
                 default_route: !routed && !v.internal,
             };
             routed |= ep.default_route;
-            let connected = match ov.ensure(&spec).await {
+            // built by the views, normally; built here if the task came first
+            let ready = built.networks.get(&v.vni).is_some_and(|(s, _)| *s == spec)
+                && ov.netns_of(v.vni).exists();
+            let connected = match if ready {
+                Ok(())
+            } else {
+                ov.ensure(&spec).await
+            } {
                 Ok(()) => ov.attach(&spec, &ep).await,
                 Err(e) => Err(e),
             };
@@ -307,7 +336,7 @@ impl NodeNet {
                 return Err(format!("connecting to network {}: {e}", a.network_id));
             }
         }
-        drop(_g);
+        drop(built);
         let resolv_conf = match self.ensure_dns(t).await {
             Ok(r) => r,
             Err(e) => {
@@ -325,30 +354,32 @@ impl NodeNet {
     /// restarted daemon re-adopting the task), and writes its resolv.conf.
     pub async fn ensure_dns(&self, t: &Task) -> Result<PathBuf, String> {
         let conf = self.dir.join("resolv").join(format!("{}.conf", t.id));
+        let nets: Vec<String> = t.networks.iter().map(|a| a.network_id.clone()).collect();
         let running = self
-            .resolvers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&t.id);
-        self.tasks
+            .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(t.id.clone())
-            .or_insert_with(|| {
-                let nets = t.networks.iter().map(|a| a.network_id.clone()).collect();
-                (nets, String::new())
-            });
+            .or_insert_with(|| TaskEntry {
+                networks: nets.clone(),
+                ..Default::default()
+            })
+            .dns
+            .is_some();
         self.refresh_vips(&t.id).await;
         if !running {
             let ns = Netns::open(&self.task_path(&t.id));
-            let nets = t.networks.iter().map(|a| a.network_id.clone()).collect();
             let server = shoal_net::dns::serve(&ns, self.dns.clone(), nets)
                 .await
                 .map_err(|e| format!("the task's resolver: {e}"))?;
-            self.resolvers
+            if let Some(e) = self
+                .tasks
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(t.id.clone(), server);
+                .get_mut(&t.id)
+            {
+                e.dns = Some(server);
+            }
         }
         if let Some(d) = conf.parent() {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
@@ -366,10 +397,6 @@ impl NodeNet {
 
     /// Removes a task's namespace (and so its end of every network).
     pub fn release(&self, task_id: &str) {
-        self.resolvers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(task_id);
         self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())

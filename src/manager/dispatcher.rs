@@ -369,7 +369,7 @@ fn tasks_for_in(t: &super::store::Tables, node: &str) -> Vec<Task> {
 /// addresses) and each running task's name. Tasks that are not running are left out.
 fn discovery(t: &super::store::Tables, network: &str) -> (Vec<DnsName>, Vec<Vip>) {
     use shoal_proto::endpoint_spec::ResolutionMode;
-    let bare = |a: &str| a.split('/').next().unwrap_or("").to_string();
+    let bare = |a: &str| super::ipam::host_part(a).to_string();
     let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     let mut vips = Vec::new();
     for s in t.services.values() {
@@ -437,7 +437,7 @@ fn discovery(t: &super::store::Tables, network: &str) -> (Vec<DnsName>, Vec<Vip>
 /// The ports published in ingress mode, each with its service's running tasks' addresses
 /// on the ingress network.
 fn mesh_ports(t: &super::store::Tables, ingress: &str) -> Vec<PublishedPort> {
-    use shoal_proto::port_config::{Protocol, PublishMode};
+    use shoal_proto::port_config::PublishMode;
     let mut out = Vec::new();
     for s in t.services.values() {
         let Some(e) = &s.endpoint else { continue };
@@ -446,7 +446,7 @@ fn mesh_ports(t: &super::store::Tables, ingress: &str) -> Vec<PublishedPort> {
             .filter(|x| state(x) == TaskState::Running)
             .flat_map(|x| x.networks.iter().filter(|a| a.network_id == ingress))
             .filter_map(|a| a.addresses.first())
-            .map(|a| a.split('/').next().unwrap_or("").to_string())
+            .map(|a| super::ipam::host_part(a).to_string())
             .collect();
         for p in &e.ports {
             if p.publish_mode != PublishMode::Ingress as i32 || p.published_port == 0 {
@@ -454,12 +454,7 @@ fn mesh_ports(t: &super::store::Tables, ingress: &str) -> Vec<PublishedPort> {
             }
             out.push(PublishedPort {
                 published: p.published_port,
-                protocol: if p.protocol == Protocol::Udp as i32 {
-                    "udp"
-                } else {
-                    "tcp"
-                }
-                .into(),
+                protocol: super::network::proto_name(p.protocol).into(),
                 target: p.target_port,
                 backends: backends.clone(),
             });
@@ -544,7 +539,7 @@ pub fn network_views(t: &super::store::Tables, node: &str) -> Vec<NetworkView> {
                         v.local_addr = addr.clone();
                     } else if let Some(vtep) = node_ip(t, &n.id) {
                         v.peers.push(NetworkPeer {
-                            addr: addr.split('/').next().unwrap_or("").to_string(),
+                            addr: super::ipam::host_part(addr).to_string(),
                             vtep: vtep.to_string(),
                         });
                     }
@@ -565,7 +560,7 @@ pub fn network_views(t: &super::store::Tables, node: &str) -> Vec<NetworkView> {
             };
             for addr in &a.addresses {
                 v.peers.push(NetworkPeer {
-                    addr: addr.split('/').next().unwrap_or("").to_string(),
+                    addr: super::ipam::host_part(addr).to_string(),
                     vtep: vtep.to_string(),
                 });
             }

@@ -290,9 +290,14 @@ pub fn next_vni(used: &BTreeSet<u32>) -> Result<u32, IpamError> {
     Ok(want)
 }
 
+/// The address part of `a.b.c.d/n` (or of a bare address), as text.
+pub fn host_part(cidr: &str) -> &str {
+    cidr.split('/').next().unwrap_or("")
+}
+
 /// The address part of `a.b.c.d/n` (or of a bare address).
 pub fn addr_of(cidr: &str) -> Option<Ipv4Addr> {
-    cidr.split('/').next()?.parse().ok()
+    host_part(cidr).parse().ok()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! the store says: an address is handed to one live holder at a time, and goes back to
 //! the pool when its task has stopped or its service is gone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use shoal_proto::endpoint::VirtualIp;
@@ -29,10 +29,6 @@ fn invalid(s: impl Into<String>) -> ControlError {
 
 fn ipam_err(e: IpamError) -> ControlError {
     invalid(e.to_string())
-}
-
-pub fn network_name(n: &Network) -> &str {
-    n.name()
 }
 
 /// Checks `--default-addr-pool` and `--default-addr-pool-mask-length` (none given:
@@ -138,7 +134,7 @@ pub fn new_network(tx: &mut Tx<'_>, mut spec: NetworkSpec) -> Result<Network, Co
             return Err(invalid(format!(
                 "--subnet {}: overlaps network {} ({s})",
                 p.subnet,
-                network_name(n)
+                n.name()
             )));
         }
         p
@@ -208,7 +204,7 @@ fn dnsrr(spec: &ServiceSpec) -> bool {
     spec.endpoint.as_ref().map(|e| e.mode) == Some(ResolutionMode::Dnsrr as i32)
 }
 
-fn proto_name(p: i32) -> &'static str {
+pub fn proto_name(p: i32) -> &'static str {
     if p == Protocol::Udp as i32 {
         "udp"
     } else {
@@ -224,29 +220,12 @@ pub fn resolve_service(
     service_id: &str,
     spec: &mut ServiceSpec,
 ) -> Result<(), ControlError> {
-    let networks: Vec<&Network> = t.networks.values().collect();
-    let by_name: BTreeMap<String, String> = networks
-        .iter()
-        .map(|n| (network_name(n).to_string(), n.id.clone()))
-        .collect();
     let mut seen = BTreeSet::new();
     if let Some(task) = spec.task.as_mut() {
         for a in task.networks.iter_mut() {
-            let id = if networks.iter().any(|n| n.id == a.target) {
-                a.target.clone()
-            } else if let Some(id) = by_name.get(&a.target) {
-                id.clone()
-            } else {
-                let pre: Vec<&&Network> = networks
-                    .iter()
-                    .filter(|n| !a.target.is_empty() && n.id.starts_with(&a.target))
-                    .collect();
-                match pre[..] {
-                    [n] => n.id.clone(),
-                    _ => return Err(invalid(format!("--network {}: no such network", a.target))),
-                }
-            };
-            let n = *networks.iter().find(|n| n.id == id).expect("found above");
+            // by ID, name or unique ID prefix, as everywhere else
+            let n = super::control::find(&t.networks, &a.target)
+                .map_err(|_| invalid(format!("--network {}: no such network", a.target)))?;
             if n.spec.as_ref().is_some_and(|s| s.ingress) {
                 return Err(invalid(format!(
                     "--network {}: the ingress network is the routing mesh's; a service joins it by publishing a port",
@@ -260,13 +239,13 @@ pub fn resolve_service(
                     )));
                 }
             }
-            if !seen.insert(id.clone()) {
+            if !seen.insert(n.id.clone()) {
                 return Err(invalid(format!(
                     "--network {}: the service is attached to it twice",
-                    network_name(n)
+                    n.name()
                 )));
             }
-            a.target = id;
+            a.target = n.id;
         }
     }
     let mine = ports(spec).to_vec();
@@ -364,7 +343,7 @@ pub async fn remove_network(store: &Store, what: &str) -> Result<(), ControlErro
     if !users.is_empty() {
         return Err(invalid(format!(
             "network {} is in use by service(s) {}: remove them or detach them first (service update --network-rm)",
-            network_name(&n),
+            n.name(),
             users.join(", ")
         )));
     }
@@ -377,7 +356,7 @@ pub async fn remove_network(store: &Store, what: &str) -> Result<(), ControlErro
     if live > 0 {
         return Err(invalid(format!(
             "network {} still has {live} task(s) attached that have not stopped yet; try again when they have",
-            network_name(&n)
+            n.name()
         )));
     }
     store.update(|tx| tx.remove::<Network>(&n.id)).await?;
@@ -459,11 +438,15 @@ impl Pools {
     }
 }
 
-fn ingress_id(tx: &Tx<'_>) -> Option<String> {
-    tx.list::<Network>()
-        .into_iter()
-        .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
-        .map(|n| n.id)
+/// The ingress network's ID (read in place: no copy of the networks table).
+pub fn ingress_id(tx: &Tx<'_>) -> Option<String> {
+    let mut id = None;
+    tx.for_each(|n: &Network| {
+        if n.spec.as_ref().is_some_and(|s| s.ingress) {
+            id = Some(n.id.clone());
+        }
+    });
+    id
 }
 
 /// Gives every service what its endpoint needs: a VIP on each of its networks (none
@@ -580,7 +563,7 @@ pub fn attach_task(
     for net in nets {
         let name = tx
             .get::<Network>(&net)
-            .map(|n| network_name(&n).to_string())
+            .map(|n| n.name().to_string())
             .unwrap_or_else(|| net.clone());
         let res = match pools.get(tx).get_mut(&net) {
             Some(p) => p
@@ -643,9 +626,4 @@ pub fn allocate_nodes(tx: &mut Tx<'_>, pools: &mut Pools) -> Result<usize, Store
         }
     }
     Ok(n)
-}
-
-/// The ingress network's ID, for [`attach_task`].
-pub fn ingress(tx: &Tx<'_>) -> Option<String> {
-    ingress_id(tx)
 }

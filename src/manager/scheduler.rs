@@ -277,8 +277,10 @@ pub fn parse_preference(p: &str) -> Result<String, String> {
 pub async fn allocate_and_schedule(store: &Store) -> Result<usize, StoreError> {
     store
         .update(|tx| {
-            network::allocate_nodes(tx, &mut Pools::default())?;
-            allocate_new(tx)?;
+            // one set of pools for the commit: built at most once
+            let mut pools = Pools::default();
+            network::allocate_nodes(tx, &mut pools)?;
+            allocate_new(tx, &mut pools)?;
             schedule_pending(tx)
         })
         .await
@@ -452,19 +454,18 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
 /// Moves new tasks to pending once they have their network addresses (services get
 /// their VIPs and published ports first). A task whose addresses cannot be had stays new,
 /// with the reason in its status for `service ps` and `inspect`.
-fn allocate_new(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
+fn allocate_new(tx: &mut Tx<'_>, pools: &mut Pools) -> Result<usize, StoreError> {
     let new = tx.filter(|t: &Task| {
         state(t) == TaskState::New && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
     });
     if new.is_empty() {
         return Ok(0);
     }
-    let mut pools = Pools::default();
-    allocate_services(tx, &mut pools)?;
-    let ingress = network::ingress(tx);
+    allocate_services(tx, pools)?;
+    let ingress = network::ingress_id(tx);
     let mut n = 0;
     for mut t in new {
-        match network::attach_task(tx, &mut pools, ingress.as_deref(), &mut t) {
+        match network::attach_task(tx, pools, ingress.as_deref(), &mut t) {
             Ok(()) => {
                 t.status = Some(status(TaskState::Pending, "pending task scheduling"));
                 tx.update(t)?;

@@ -661,7 +661,7 @@ pub struct Tx<'a> {
 impl Tx<'_> {
     pub fn get<T: StoreItem + TryFromObject>(&self, id: &str) -> Option<T> {
         match self.changed::<T>(id) {
-            Some(Some(o)) => T::try_from_object(o.clone()),
+            Some(Some(o)) => T::from_object_ref(o).cloned(),
             Some(None) => None,
             None => T::table(self.base).get(id).cloned(),
         }
@@ -673,12 +673,12 @@ impl Tx<'_> {
     }
 
     /// This transaction's objects of a kind (created or updated in it).
-    fn changed_items<T: StoreItem + TryFromObject>(&self) -> impl Iterator<Item = T> + '_ {
+    fn changed_items<T: StoreItem + TryFromObject>(&self) -> impl Iterator<Item = &T> + '_ {
         self.overlay
             .get(T::KIND)
             .into_iter()
             .flat_map(|m| m.values())
-            .filter_map(|o| o.clone().and_then(T::try_from_object))
+            .filter_map(|o| o.as_ref().and_then(T::from_object_ref))
     }
 
     /// Calls `f` on every object of a kind, with this transaction's changes, by
@@ -691,7 +691,7 @@ impl Tx<'_> {
             }
         }
         for x in self.changed_items::<T>() {
-            f(&x);
+            f(x);
         }
     }
 
@@ -709,13 +709,17 @@ impl Tx<'_> {
             .filter(|t| !changed.is_some_and(|m| m.contains_key(&t.id)))
             .cloned()
             .collect();
-        out.extend(self.changed_items::<Task>().filter(|t| {
-            if by_node {
-                t.node_id == key
-            } else {
-                t.service_id == key
-            }
-        }));
+        out.extend(
+            self.changed_items::<Task>()
+                .filter(|t| {
+                    if by_node {
+                        t.node_id == key
+                    } else {
+                        t.service_id == key
+                    }
+                })
+                .cloned(),
+        );
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -736,7 +740,7 @@ impl Tx<'_> {
     pub fn list<T: StoreItem + TryFromObject>(&self) -> Vec<T> {
         let mut m: BTreeMap<String, T> = T::table(self.base).clone();
         for (id, o) in self.overlay.get(T::KIND).into_iter().flatten() {
-            match o.clone().and_then(T::try_from_object) {
+            match o.as_ref().and_then(T::from_object_ref).cloned() {
                 Some(x) => {
                     m.insert(id.clone(), x);
                 }
@@ -853,14 +857,15 @@ fn object_key(o: &Object) -> (&'static str, &str) {
 }
 
 /// Getting a typed object back out of a [`Object`].
+/// (By reference: a transaction's reads copy only what they return.)
 pub trait TryFromObject: Sized {
-    fn try_from_object(o: Object) -> Option<Self>;
+    fn from_object_ref(o: &Object) -> Option<&Self>;
 }
 
 macro_rules! from_object {
     ($($ty:ident),*) => {$(
         impl TryFromObject for $ty {
-            fn try_from_object(o: Object) -> Option<Self> {
+            fn from_object_ref(o: &Object) -> Option<&Self> {
                 match o {
                     Object::$ty(x) => Some(x),
                     _ => None,
