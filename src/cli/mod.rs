@@ -99,6 +99,9 @@ enum Command {
     /// Simulates a big cluster for scripts/bench/scale.sh.
     #[command(hide = true)]
     BenchScale(scale::ScaleArgs),
+    /// The simulated nodes of bench-scale, in a process of their own.
+    #[command(hide = true)]
+    BenchScaleNodes(scale::NodesArgs),
     /// The per-node keeper process (started by shoal itself; not for direct use).
     #[command(hide = true)]
     Keeper {
@@ -146,6 +149,7 @@ pub fn main() -> ExitCode {
             Command::Container(c) => container::run(&g, c).await,
             Command::BenchRuntime(a) => bench::run(&g, a).await,
             Command::BenchScale(a) => scale::run(a).await,
+            Command::BenchScaleNodes(a) => scale::run_nodes(a).await,
             Command::Daemon(a) => daemon::run(&g, a).await,
             Command::Swarm(c) => swarm::run_swarm(&g, c).await,
             Command::Node(c) => swarm::run_node(&g, c).await,

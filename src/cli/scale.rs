@@ -1,10 +1,10 @@
 //! `shoal bench-scale` (hidden): the simulation behind scripts/bench/scale.sh. One
-//! process holds a real manager (Raft on redb in a temporary directory, the real
-//! orchestrator, scheduler and dispatcher behind the real gRPC service on a Unix socket)
-//! and N simulated nodes: real agents with the fake executor, each with its own
-//! session, heartbeats, assignment stream and status reports. It creates S services of
-//! R replicas and prints how long until every task is RUNNING, and the process's peak
-//! resident memory.
+//! process is a real leader (Raft on redb in a temporary directory, the real
+//! orchestrator, scheduler and dispatcher behind the real gRPC service on a Unix socket);
+//! a second one (`bench-scale-nodes`) holds N simulated nodes: real agents with the fake
+//! executor, each with its own session, heartbeats, assignment stream and status
+//! reports. It creates S services of R replicas and prints how long until every task is
+//! RUNNING, and each process's peak resident memory.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -106,48 +106,21 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ExitCode> {
         );
     tokio::spawn(server);
 
-    // The simulated nodes stand for other machines: they run on threads of their own at
-    // the lowest CPU priority, so that what is measured is the manager's work, not the
-    // manager's tasks queued behind a thousand agents' (on a real cluster the agents
-    // use other machines' CPUs).
-    let nodes_rt = NodesRuntime(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("sim-node")
-            .on_thread_start(|| {
-                // SAFETY: plain syscall; on Linux, who = 0 is the calling thread
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-            })
-            .enable_all()
-            .build()?,
-    ));
+    // The simulated nodes stand for other machines: they run in a process of their own
+    // (so that the leader's memory is the leader's), on threads at the lowest CPU
+    // priority (so that what is measured is the manager's work, not the manager's tasks
+    // queued behind a thousand agents'; on a real cluster they use other machines' CPUs).
+    let mut nodes = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("bench-scale-nodes")
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--nodes")
+        .arg(a.nodes.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
     let t0 = Instant::now();
-    for i in 0..a.nodes {
-        let agent = Agent::new(
-            Arc::new(FakeExecutor::default()),
-            format!("simnode{i:08}"),
-            NodeDescription {
-                hostname: format!("sim{i}"),
-                platform: Some(Platform {
-                    architecture: "x86_64".into(),
-                    os: "linux".into(),
-                }),
-                resources: Some(Resources {
-                    nano_cpus: 4_000_000_000,
-                    memory_bytes: 8 << 30,
-                }),
-                ..Default::default()
-            },
-        );
-        let sock = sock.clone();
-        nodes_rt.handle().spawn(agent.run(
-            move || {
-                let p = sock.clone();
-                Box::pin(async move { crate::api::client::connect(&p).await })
-            },
-            stop.clone(),
-        ));
-    }
     let ready = || {
         m.store.view(|t| {
             t.nodes
@@ -193,9 +166,13 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ExitCode> {
             })),
             ..Default::default()
         };
+        let tc = Instant::now();
         crate::manager::control::create_service(&m.store, spec)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if std::env::var_os("SHOAL_SCALE_TRACE").is_some() {
+            eprintln!("create {s}: {:.1} ms", tc.elapsed().as_secs_f64() * 1e3);
+        }
     }
     let created = t1.elapsed();
     let want = a.services * a.replicas as usize;
@@ -224,6 +201,15 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let converged = t1.elapsed();
+    let leader_peak = peak_rss_mib();
+    // closing its standard input ends the nodes' process, which prints its peak memory
+    drop(nodes.stdin.take());
+    let mut out = String::new();
+    if let Some(mut o) = nodes.stdout.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut o, &mut out).await?;
+    }
+    nodes.wait().await?;
+    let nodes_peak: f64 = out.trim().parse().unwrap_or(0.0);
     println!(
         "{}",
         serde_json::json!({
@@ -232,11 +218,71 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ExitCode> {
             "nodes_ready_s": joined.as_secs_f64(),
             "creates_s": created.as_secs_f64(),
             "all_running_s": converged.as_secs_f64(),
-            "peak_rss_mib": peak_rss_mib(),
+            "peak_rss_mib": leader_peak,
+            "nodes_peak_rss_mib": nodes_peak,
         })
     );
     stop.cancel();
-    drop(nodes_rt);
     m.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct NodesArgs {
+    /// The leader's dispatcher socket.
+    #[arg(long)]
+    socket: std::path::PathBuf,
+    #[arg(long)]
+    nodes: usize,
+}
+
+/// `shoal bench-scale-nodes` (hidden): the simulated nodes of `bench-scale`, in a process
+/// of their own. Runs until its standard input closes, then prints its peak resident
+/// memory in MiB.
+pub async fn run_nodes(a: NodesArgs) -> anyhow::Result<ExitCode> {
+    let stop = CancellationToken::new();
+    let sock = a.socket;
+    let nodes_rt = NodesRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sim-node")
+            .on_thread_start(|| {
+                // SAFETY: plain syscall; on Linux, who = 0 is the calling thread
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+            })
+            .enable_all()
+            .build()?,
+    ));
+    for i in 0..a.nodes {
+        let agent = Agent::new(
+            Arc::new(FakeExecutor::default()),
+            format!("simnode{i:08}"),
+            NodeDescription {
+                hostname: format!("sim{i}"),
+                platform: Some(Platform {
+                    architecture: "x86_64".into(),
+                    os: "linux".into(),
+                }),
+                resources: Some(Resources {
+                    nano_cpus: 4_000_000_000,
+                    memory_bytes: 8 << 30,
+                }),
+                ..Default::default()
+            },
+        );
+        let sock = sock.clone();
+        nodes_rt.handle().spawn(agent.run(
+            move || {
+                let p = sock.clone();
+                Box::pin(async move { crate::api::client::connect(&p).await })
+            },
+            stop.clone(),
+        ));
+    }
+    let mut sink = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await?;
+    stop.cancel();
+    drop(nodes_rt);
+    println!("{}", peak_rss_mib());
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use shoal_proto::assignments_message::Type as AssignType;
 use shoal_proto::dispatcher_server::Dispatcher as DispatcherApi;
+use shoal_proto::store_action::Kind as ActionKind;
 use shoal_proto::store_object::Object;
 use shoal_proto::*;
 use tokio::sync::{mpsc, oneshot};
@@ -98,6 +99,8 @@ async fn route(store: Store, routes: Arc<Mutex<Routes>>, shutdown: CancellationT
             Ok(e) => {
                 for Change { kind, object, old } in &e.changes {
                     match &**object {
+                        Object::Task(t)
+                            if *kind == ActionKind::Update && status_only(t, old.as_deref()) => {}
                         Object::Task(t) => {
                             let was = match old.as_deref() {
                                 Some(Object::Task(o)) => o.node_id.as_str(),
@@ -352,6 +355,43 @@ fn concerns_all(object: &Object, old: Option<&Object>) -> bool {
     }
 }
 
+/// Whether a task's change is only its node's own status report: its node knows
+/// already, and sending it back would double the stream traffic of every task that
+/// starts (swarmkit skips these too). Every field but `meta` and `status` is compared,
+/// so a field added to `Task` must be listed here.
+fn status_only(new: &Task, old: Option<&Object>) -> bool {
+    let Some(Object::Task(old)) = old else {
+        return false;
+    };
+    let Task {
+        id,
+        meta: _,
+        spec,
+        service_id,
+        slot,
+        node_id,
+        annotations,
+        status: _,
+        desired_state,
+        spec_version,
+        networks,
+        endpoint,
+        job_iteration,
+    } = new;
+    state(old) as i32 > TaskState::Assigned as i32
+        && *id == old.id
+        && *node_id == old.node_id
+        && *desired_state == old.desired_state
+        && *spec_version == old.spec_version
+        && *slot == old.slot
+        && *job_iteration == old.job_iteration
+        && *service_id == old.service_id
+        && *networks == old.networks
+        && *endpoint == old.endpoint
+        && *annotations == old.annotations
+        && *spec == old.spec
+}
+
 /// Every task assigned to `node`.
 fn tasks_for(store: &Store, node: &str) -> Vec<Task> {
     store.view(|t| tasks_for_in(t, node))
@@ -463,6 +503,44 @@ fn mesh_ports(t: &super::store::Tables, ingress: &str) -> Vec<PublishedPort> {
     out
 }
 
+/// The ports published in host mode by `node`'s running tasks, each to its task's
+/// address on the ingress network: they answer on this node only.
+fn host_ports(t: &super::store::Tables, ingress: &str, node: &str) -> Vec<PublishedPort> {
+    use shoal_proto::port_config::PublishMode;
+    let mut out = Vec::new();
+    for x in t.tasks_on_node(node) {
+        if state(x) != TaskState::Running {
+            continue;
+        }
+        let Some(addr) = x
+            .networks
+            .iter()
+            .find(|a| a.network_id == ingress)
+            .and_then(|a| a.addresses.first())
+        else {
+            continue;
+        };
+        let Some(e) = t
+            .services
+            .get(&x.service_id)
+            .and_then(|s| s.endpoint.as_ref())
+        else {
+            continue;
+        };
+        for p in &e.ports {
+            if p.publish_mode == PublishMode::Host as i32 && p.published_port != 0 {
+                out.push(PublishedPort {
+                    published: p.published_port,
+                    protocol: super::network::proto_name(p.protocol).into(),
+                    target: p.target_port,
+                    backends: vec![super::ipam::host_part(addr).to_string()],
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The IP part of a node's address (`ip` or `ip:port`).
 fn node_ip(t: &super::store::Tables, node: &str) -> Option<std::net::IpAddr> {
     let a = t.nodes.get(node)?.status.as_ref()?.addr.clone();
@@ -524,6 +602,7 @@ pub fn network_views(t: &super::store::Tables, node: &str) -> Vec<NetworkView> {
         if ingress.is_some_and(|i| i.id == v.network_id) {
             v.ingress = true;
             v.ports = ports.clone();
+            v.ports.extend(host_ports(t, &v.network_id, node));
             // each node's own ingress address, its own and the others' (as peers: the
             // tasks' answers go back to the node that forwarded the request)
             for n in t.nodes.values() {
