@@ -883,9 +883,40 @@ fn tasks_on_three_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
     c.h(1).ok(&["network", "rm", "backnet"]);
 }
 
+/// What `url` answers when asked from host `from`'s namespace (None: no answer).
+fn fetch_from(c: &Cluster, from: usize, url: &str) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.net.hosts[from - 1]])
+        .args(["timeout", "3", "busybox", "wget", "-q", "-O", "-", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// httpd's REMOTE_ADDR (`[::ffff:a.b.c.d]`) as a plain IPv4 address.
+fn client_ip(remote_addr: &str) -> String {
+    remote_addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_start_matches("::ffff:")
+        .to_string()
+}
+
+/// A busybox httpd that answers `body` at / and the client's address at /cgi-bin/ip.
+fn httpd_with_client_address(body: &str) -> String {
+    format!(
+        "mkdir -p /tmp/www/cgi-bin && echo {body} > /tmp/www/index.html && \
+         printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /tmp/www/cgi-bin/ip && \
+         chmod +x /tmp/www/cgi-bin/ip && exec httpd -f -p 80 -h /tmp/www"
+    )
+}
+
 #[test]
 fn a_published_port_answers_on_every_host_even_one_without_the_task() {
     let c = Cluster::swarm(3);
+    let pub_cmd = httpd_with_client_address("published");
     c.h(1).ok(&[
         "service",
         "create",
@@ -902,7 +933,7 @@ fn a_published_port_answers_on_every_host_even_one_without_the_task() {
         "shoal-test/busybox",
         "sh",
         "-c",
-        "mkdir -p /tmp/www && echo published > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
+        &pub_cmd,
     ]);
     wait_for("pub running on node2", Duration::from_secs(30), || {
         (running_per_node(c.h(1), "pub").get("node2") == Some(&1)).then_some(())
@@ -915,22 +946,72 @@ fn a_published_port_answers_on_every_host_even_one_without_the_task() {
             let body = wait_for(
                 &format!("{url} from node{from}"),
                 Duration::from_secs(10),
-                || {
-                    let out = std::process::Command::new("ip")
-                        .args(["netns", "exec", &c.net.hosts[from - 1]])
-                        .args(["timeout", "3", "busybox", "wget", "-q", "-O", "-", &url])
-                        .output()
-                        .ok()?;
-                    out.status
-                        .success()
-                        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-                },
+                || fetch_from(&c, from, &url),
             );
             assert_eq!(body, "published", "{url} from node{from}");
         }
     }
-    // the service goes: the port stops answering and the ingress network goes too
+    // the client's address: kept when the node that takes the connection has the task,
+    // lost (the forwarding node's ingress address) when it forwards to another node
+    let seen = |to: usize| {
+        let url = format!("http://{}:8080/cgi-bin/ip", c.h(to).addr);
+        client_ip(&wait_for(&url, Duration::from_secs(10), || {
+            fetch_from(&c, 1, &url)
+        }))
+    };
+    assert_eq!(
+        seen(2),
+        c.h(1).addr,
+        "node2 has the task: the client's address"
+    );
+    let via3 = seen(3);
+    assert_ne!(via3, c.h(1).addr, "node3 forwards: its own ingress address");
+    assert!(!via3.is_empty());
+
+    // host mode: the port answers only where a task runs, with the client's address
+    let host_cmd = httpd_with_client_address("hostmode");
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "hostpub",
+        "--replicas",
+        "1",
+        "--constraint",
+        "node.hostname==node3",
+        "--stop-signal",
+        "KILL",
+        "--publish",
+        "published=8081,target=80,mode=host",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        &host_cmd,
+    ]);
+    wait_for("hostpub running on node3", Duration::from_secs(30), || {
+        (running_per_node(c.h(1), "hostpub").get("node3") == Some(&1)).then_some(())
+    });
+    let url = format!("http://{}:8081/", c.h(3).addr);
+    let body = wait_for(&url, Duration::from_secs(10), || fetch_from(&c, 1, &url));
+    assert_eq!(body, "hostmode");
+    let url = format!("http://{}:8081/cgi-bin/ip", c.h(3).addr);
+    let ip = wait_for(&url, Duration::from_secs(10), || fetch_from(&c, 2, &url));
+    assert_eq!(
+        client_ip(&ip),
+        c.h(2).addr,
+        "host mode keeps the client's address"
+    );
+    for other in [1, 2] {
+        let url = format!("http://{}:8081/", c.h(other).addr);
+        assert_eq!(
+            fetch_from(&c, 3, &url),
+            None,
+            "a host-mode port answers only where its task runs ({url})"
+        );
+    }
+    // the services go: the ports stop answering and the ingress network goes too
     c.h(1).ok(&["service", "rm", "pub"]);
+    c.h(1).ok(&["service", "rm", "hostpub"]);
     wait_for("no ingress network left", Duration::from_secs(30), || {
         c.hosts
             .iter()

@@ -190,7 +190,6 @@ impl Overlays {
                 if let (true, Some(a)) = (spec.ingress && spec.uplink, spec.ingress_addr) {
                     let br = must_index(&h, BRIDGE).await?;
                     self.ingress_addr(&h, br, a, spec.prefix).await?;
-                    crate::lb::apply(&ns, &ns_rules(spec)).await?;
                 }
                 return Ok(());
             }
@@ -328,7 +327,7 @@ impl Overlays {
                 .await
                 .map_err(|e| nl("the host's route to the ingress network", e))?;
         }
-        crate::lb::apply(ns, &ns_rules(spec)).await
+        crate::lb::apply(ns, &ns_rules()).await
     }
 
     /// The bridge answers as this node's ingress address: the address, and as MAC the
@@ -361,6 +360,18 @@ impl Overlays {
     /// table is emptied).
     pub async fn set_mesh(&self, ports: &[crate::lb::Published]) -> Result<(), NetError> {
         crate::lb::apply(&self.host_ns, &crate::lb::mesh_rules(ports)).await
+    }
+
+    /// The ingress network's source NAT on this node ([`ingress_rules`]), for its tasks
+    /// on other nodes (`peers`).
+    pub async fn set_ingress_snat(
+        &self,
+        spec: &NetworkSpec,
+        peers: &BTreeSet<Peer>,
+    ) -> Result<(), NetError> {
+        let from = spec.ingress_addr.unwrap_or(spec.gateway);
+        let remote = peers.iter().map(|p| p.addr).collect();
+        crate::lb::apply(&self.netns_of(spec.vni), &ingress_rules(from, &remote)).await
     }
 
     /// Removes the network from this node: its namespace, and with it every device.
@@ -580,24 +591,40 @@ fn port_name(a: Ipv4Addr) -> String {
     format!("v{:08x}", u32::from(a))
 }
 
-/// A network namespace's own rules: what leaves by the uplink is masqueraded; on
-/// ingress, what comes in by it (published ports) is source-NATed to this node's ingress
-/// address, so that the task's answer comes back to this node (the client's address is
-/// lost there, as in Swarm's routing mesh).
-fn ns_rules(spec: &NetworkSpec) -> String {
-    let mut rules = String::from("    oifname \"up0\" masquerade\n");
-    if spec.ingress {
-        let from = spec.ingress_addr.unwrap_or(spec.gateway);
-        rules.push_str(&format!(
-            "    iifname \"up0\" oifname \"{BRIDGE}\" snat ip to {from}\n"
-        ));
-    }
+/// A network namespace's own rules: what leaves by the uplink is masqueraded.
+fn ns_rules() -> String {
     crate::lb::replace_table(
         "shoal",
         &[(
             "masquerade_out",
             "type nat hook postrouting priority 100",
-            &rules,
+            "    oifname \"up0\" masquerade\n",
+        )],
+    )
+}
+
+/// The ingress network's rules on a node: a published port's connection that this node
+/// forwards to a task on another node is source-NATed to this node's ingress address
+/// (`from`), so that the task's answer comes back through this node; one to a task on
+/// this node keeps the client's address, since the task's answer comes back here anyway
+/// (its default route is this node's side of ingress). `remote`: the addresses of
+/// ingress's tasks elsewhere.
+pub fn ingress_rules(from: Ipv4Addr, remote: &BTreeSet<Ipv4Addr>) -> String {
+    let rule = if remote.is_empty() {
+        String::new()
+    } else {
+        let set: Vec<String> = remote.iter().map(|a| a.to_string()).collect();
+        format!(
+            "    iifname \"up0\" oifname \"{BRIDGE}\" ip daddr {{ {} }} snat ip to {from}\n",
+            set.join(", ")
+        )
+    };
+    crate::lb::replace_table(
+        "shoal_ingress",
+        &[(
+            "snat_remote",
+            "type nat hook postrouting priority 100",
+            &rule,
         )],
     )
 }

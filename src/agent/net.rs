@@ -181,6 +181,13 @@ impl NodeNet {
                 tracing::error!(network = %v.network_id, error = %e, "setting the network's peers failed");
                 continue;
             }
+            // before the mesh's rules below, which may send connections to new peers
+            if spec.ingress {
+                if let Err(e) = ov.set_ingress_snat(&spec, &peers).await {
+                    tracing::error!(network = %v.network_id, error = %e, "loading the ingress network's rules failed");
+                    continue;
+                }
+            }
             built.networks.insert(v.vni, (spec, peers));
         }
         let ports: Vec<shoal_net::lb::Published> = views
@@ -286,9 +293,11 @@ impl NodeNet {
         }
     }
 
-    /// A network namespace for the task, connected to each of its networks (its first
-    /// non-internal network gives the default route). Waits (a few seconds) for the
-    /// managers' view of a network the task is on.
+    /// A network namespace for the task, connected to each of its networks. The default
+    /// route goes through ingress if the task is on it (a published port's connection
+    /// that keeps the client's address must be answered through this node's side of
+    /// ingress), otherwise through its first non-internal network. Waits (a few seconds)
+    /// for the managers' view of a network the task is on.
     pub async fn task_netns(&self, t: &Task) -> Result<TaskNet, String> {
         let mut rx = self.views.subscribe();
         let ids: Vec<String> = t.networks.iter().map(|a| a.network_id.clone()).collect();
@@ -305,6 +314,10 @@ impl NodeNet {
         let path = self.task_path(&t.id);
         let ns = Netns::create(&path).map_err(|e| e.to_string())?;
         let mut routed = false;
+        let via_ingress = t
+            .networks
+            .iter()
+            .position(|a| views.get(&a.network_id).is_some_and(|v| v.ingress));
         for (i, a) in t.networks.iter().enumerate() {
             let v = &views[&a.network_id];
             let spec = spec_of(v, &mut built.mtu)?;
@@ -317,7 +330,10 @@ impl NodeNet {
                 netns: ns.path().to_path_buf(),
                 ifname: format!("eth{i}"),
                 addr,
-                default_route: !routed && !v.internal,
+                default_route: match via_ingress {
+                    Some(k) => k == i,
+                    None => !routed && !v.internal,
+                },
             };
             routed |= ep.default_route;
             // built by the views, normally; built here if the task came first

@@ -177,14 +177,15 @@ pub async fn create_network(store: &Store, spec: NetworkSpec) -> Result<Network,
 }
 
 /// The networks a service's tasks attach to (IDs): those it names, and ingress when it
-/// publishes a port in ingress mode.
+/// publishes a port, in either mode: a published port reaches a task through its
+/// node's side of the ingress network (host mode only on the task's own node).
 pub fn service_networks(spec: &ServiceSpec, ingress: Option<&str>) -> Vec<String> {
     let mut ids: Vec<String> = spec
         .task
         .as_ref()
         .map(|t| t.networks.iter().map(|n| n.target.clone()).collect())
         .unwrap_or_default();
-    if let Some(i) = ingress.filter(|_| publishes_ingress(spec)) {
+    if let Some(i) = ingress.filter(|_| !ports(spec).is_empty()) {
         ids.push(i.to_string());
     }
     ids
@@ -256,10 +257,10 @@ pub fn resolve_service(
     }
     let mut published = BTreeSet::new();
     for p in &mine {
-        if p.publish_mode == PublishMode::Host as i32 {
+        if p.publish_mode == PublishMode::Host as i32 && p.published_port == 0 {
             return Err(invalid(format!(
-                "--publish {}: mode=host is not supported yet (use the routing mesh, mode=ingress)",
-                p.published_port
+                "--publish target={}: mode=host needs a published port",
+                p.target_port
             )));
         }
         if p.target_port == 0 || p.target_port > 65535 {

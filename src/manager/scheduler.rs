@@ -113,6 +113,7 @@ enum Reason {
     Memory,
     Cpu,
     MaxReplicas,
+    HostPort,
 }
 
 impl Reason {
@@ -128,6 +129,7 @@ impl Reason {
             Reason::Memory => format!("insufficient resources on {nodes}"),
             Reason::Cpu => format!("insufficient resources on {nodes}"),
             Reason::MaxReplicas => format!("max replicas per node limit exceed on {nodes}"),
+            Reason::HostPort => format!("host-mode port already in use on {nodes}"),
         }
     }
 }
@@ -139,11 +141,17 @@ struct NodeLoad {
     per_service: HashMap<String, usize>,
     memory: i64,
     cpu: i64,
+    /// Ports published in host mode by the node's tasks: one task per port and node.
+    host_ports: std::collections::HashSet<HostPort>,
 }
 
+/// A port published in host mode: number and protocol.
+type HostPort = (u32, i32);
+
 impl NodeLoad {
-    /// Counts `t` as placed here (`per_service`: in its service's count too).
-    fn add(&mut self, t: &Task, per_service: bool) {
+    /// Counts `t` as placed here (`per_service`: in its service's count too), with the
+    /// ports its service publishes in host mode.
+    fn add(&mut self, t: &Task, per_service: bool, host_ports: &[HostPort]) {
         let (m, c) = reservations(t);
         self.tasks += 1;
         if per_service {
@@ -151,7 +159,31 @@ impl NodeLoad {
         }
         self.memory += m;
         self.cpu += c;
+        self.host_ports.extend(host_ports.iter().copied());
     }
+}
+
+/// The ports each service publishes in host mode (most services have none, and are
+/// not in the map).
+fn host_ports_by_service(tx: &Tx<'_>) -> HashMap<String, Vec<HostPort>> {
+    use shoal_proto::port_config::PublishMode;
+    let mut m = HashMap::new();
+    tx.for_each(|s: &shoal_proto::Service| {
+        let ports: Vec<HostPort> = s
+            .spec
+            .as_ref()
+            .and_then(|x| x.endpoint.as_ref())
+            .map(|e| &e.ports[..])
+            .unwrap_or(&[])
+            .iter()
+            .filter(|p| p.publish_mode == PublishMode::Host as i32 && p.published_port != 0)
+            .map(|p| (p.published_port, p.protocol))
+            .collect();
+        if !ports.is_empty() {
+            m.insert(s.id.clone(), ports);
+        }
+    });
+    m
 }
 
 /// Places `t` on `node`: counted in the node's load, written as ASSIGNED.
@@ -160,8 +192,11 @@ fn assign(
     load: &mut HashMap<String, NodeLoad>,
     mut t: Task,
     node: &str,
+    host_ports: &[HostPort],
 ) -> Result<(), StoreError> {
-    load.entry(node.to_string()).or_default().add(&t, true);
+    load.entry(node.to_string())
+        .or_default()
+        .add(&t, true, host_ports);
     t.node_id = node.to_string();
     t.status = Some(status(
         TaskState::Assigned,
@@ -189,7 +224,7 @@ fn holds_node(t: &Task) -> bool {
         && !state(t).is_terminal()
 }
 
-fn check(n: &Node, load: &NodeLoad, t: &Task) -> Result<(), Reason> {
+fn check(n: &Node, load: &NodeLoad, t: &Task, host_ports: &[HostPort]) -> Result<(), Reason> {
     let ready = n
         .status
         .as_ref()
@@ -215,6 +250,9 @@ fn check(n: &Node, load: &NodeLoad, t: &Task) -> Result<(), Reason> {
     let max = placement.map(|p| p.max_replicas).unwrap_or(0);
     if max > 0 && load.per_service.get(&t.service_id).copied().unwrap_or(0) as u64 >= max {
         return Err(Reason::MaxReplicas);
+    }
+    if host_ports.iter().any(|p| load.host_ports.contains(p)) {
+        return Err(Reason::HostPort);
     }
     Ok(())
 }
@@ -299,6 +337,9 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
     let placing: std::collections::HashSet<&str> =
         pending.iter().map(|t| t.service_id.as_str()).collect();
     let nodes = tx.list::<Node>();
+    let host_ports = host_ports_by_service(tx);
+    let ports_of =
+        |t: &Task| -> &[HostPort] { host_ports.get(&t.service_id).map_or(&[], |v| &v[..]) };
     let mut load: HashMap<String, NodeLoad> = nodes
         .iter()
         .map(|n| (n.id.clone(), NodeLoad::default()))
@@ -308,7 +349,7 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
             return;
         }
         if let Some(l) = load.get_mut(&t.node_id) {
-            l.add(t, placing.contains(t.service_id.as_str()));
+            l.add(t, placing.contains(t.service_id.as_str()), ports_of(t));
         }
     });
     drop(placing);
@@ -316,7 +357,8 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
     let mut placed = 0;
     pending.sort_by(|a, b| a.service_id.cmp(&b.service_id).then(a.slot.cmp(&b.slot)));
     // The common case, fast: a service's tasks with no reservations, no limit per
-    // node, no preferences and no fixed node can go to the same nodes, so those
+    // node, no preferences, no host-mode ports and no fixed node can go to the same
+    // nodes, so those
     // are found once and the least loaded taken from a heap, instead of every
     // node checked for every task.
     let mut slow = Vec::new();
@@ -329,16 +371,17 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
             .map_or(pending.len(), |k| i + k);
         let group = &pending[i..j];
         let placement = |t: &Task| t.spec.as_ref().and_then(|s| s.placement.clone());
-        let simple = group.iter().all(|t| {
-            t.node_id.is_empty()
-                && reservations(t) == (0, 0)
-                && placement(t).is_none_or(|p| p.max_replicas == 0 && p.preferences.is_empty())
-                && placement(t) == placement(&group[0])
-        });
+        let simple = ports_of(&group[0]).is_empty()
+            && group.iter().all(|t| {
+                t.node_id.is_empty()
+                    && reservations(t) == (0, 0)
+                    && placement(t).is_none_or(|p| p.max_replicas == 0 && p.preferences.is_empty())
+                    && placement(t) == placement(&group[0])
+            });
         let eligible: Vec<&Node> = if simple {
             nodes
                 .iter()
-                .filter(|n| check(n, &no_load, &group[0]).is_ok())
+                .filter(|n| check(n, &no_load, &group[0], &[]).is_ok())
                 .collect()
         } else {
             Vec::new()
@@ -366,7 +409,7 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
                 break;
             };
             heap.push(std::cmp::Reverse((ps + 1, total + 1, node)));
-            assign(tx, &mut load, t.clone(), node)?;
+            assign(tx, &mut load, t.clone(), node, &[])?;
             placed += 1;
         }
         i = j;
@@ -381,7 +424,7 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
         let mut best: Option<(&Node, PlacementKey)> = None;
         for n in candidates {
             let l = load.get(&n.id).unwrap_or(&no_load);
-            match check(n, l, &t) {
+            match check(n, l, &t, ports_of(&t)) {
                 Ok(()) => {
                     // placement preferences first: the label value with the
                     // fewest tasks of the service, then the node with the
@@ -418,7 +461,8 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
         match best {
             Some((n, _)) => {
                 let node = n.id.clone();
-                assign(tx, &mut load, t, &node)?;
+                let ports = ports_of(&t).to_vec();
+                assign(tx, &mut load, t, &node, &ports)?;
                 placed += 1;
             }
             None => {

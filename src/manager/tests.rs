@@ -835,13 +835,87 @@ mod networks {
         h.endpoint = Some(EndpointSpec {
             ports: vec![PortConfig {
                 publish_mode: port_config::PublishMode::Host as i32,
-                ..port(9191, 80)
+                ..port(0, 80)
             }],
             ..Default::default()
         });
         refused(
-            create_service(&store, h).await,
-            "mode=host is not supported yet",
+            create_service(&store, h.clone()).await,
+            "mode=host needs a published port",
         );
+        // a host-mode port may not take a port of the routing mesh (it answers on
+        // every node)
+        h.endpoint.as_mut().unwrap().ports[0].published_port = 8080;
+        refused(
+            create_service(&store, h).await,
+            "already published by service a",
+        );
+    }
+
+    #[tokio::test]
+    async fn host_mode_ports_take_one_task_per_node_and_say_why_when_full() {
+        let store = store_with_nodes(2).await;
+        store
+            .update(|tx| {
+                crate::manager::network::new_network(tx, crate::manager::network::ingress_spec())
+                    .map_err(|e| crate::manager::store::StoreError::Invalid(e.to_string()))
+            })
+            .await
+            .unwrap();
+        let host = |name: &str, replicas: u64| {
+            let mut h = spec_on(name, replicas, &[]);
+            h.endpoint = Some(EndpointSpec {
+                ports: vec![PortConfig {
+                    publish_mode: port_config::PublishMode::Host as i32,
+                    published_port: 9191,
+                    target_port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            h
+        };
+        let h = create_service(&store, host("h", 3)).await.unwrap();
+        round(&store, &h.id).await;
+        let ts = tasks_of(&store, &h.id);
+        let nodes: BTreeSet<&str> = ts
+            .iter()
+            .filter(|t| state(t) == TaskState::Assigned)
+            .map(|t| t.node_id.as_str())
+            .collect();
+        assert_eq!(nodes.len(), 2, "one task per node: {ts:?}");
+        let stuck: Vec<&Task> = ts
+            .iter()
+            .filter(|t| state(t) == TaskState::Pending)
+            .collect();
+        assert_eq!(stuck.len(), 1);
+        assert_eq!(
+            stuck[0].status.as_ref().unwrap().err,
+            "no suitable node (host-mode port already in use on 2 nodes)"
+        );
+        for t in &ts {
+            assert_eq!(t.networks.len(), 1, "reached through ingress: {t:?}");
+        }
+        // another service may publish the same port in host mode: the nodes are full
+        let g = create_service(&store, host("g", 1)).await.unwrap();
+        round(&store, &g.id).await;
+        let t = &tasks_of(&store, &g.id)[0];
+        assert_eq!(state(t), TaskState::Pending);
+        // once a task of h ends, its port is free for the waiting ones
+        let first = ts
+            .iter()
+            .find(|t| state(t) == TaskState::Assigned)
+            .unwrap()
+            .id
+            .clone();
+        set_state(&store, &first, TaskState::Failed).await;
+        round(&store, &h.id).await;
+        let placed = store.view(|x| {
+            x.tasks
+                .values()
+                .filter(|t| t.id != first && state(t) == TaskState::Assigned)
+                .count()
+        });
+        assert_eq!(placed, 2, "one waiting task took the freed port");
     }
 }
