@@ -670,13 +670,17 @@ fn resolve(netns: &std::path::Path, name: &str) -> std::collections::BTreeSet<St
 
 /// The body of `http://ADDR/` fetched from inside a namespace.
 fn http_get(netns: &std::path::Path, addr: &str) -> Option<String> {
+    http_fetch(netns, &format!("http://{addr}/"))
+}
+
+/// The body of `url` fetched from inside a namespace (None: no answer).
+fn http_fetch(netns: &std::path::Path, url: &str) -> Option<String> {
     // (Debian's busybox wget crashes with -T: the timeout comes from timeout(1))
     let out = std::process::Command::new("timeout")
         .arg("3")
         .arg("nsenter")
         .arg(format!("--net={}", netns.display()))
-        .args(["busybox", "wget", "-q", "-O", "-"])
-        .arg(format!("http://{addr}/"))
+        .args(["busybox", "wget", "-q", "-O", "-", url])
         .output()
         .ok()?;
     out.status
@@ -885,14 +889,10 @@ fn tasks_on_three_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
 
 /// What `url` answers when asked from host `from`'s namespace (None: no answer).
 fn fetch_from(c: &Cluster, from: usize, url: &str) -> Option<String> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &c.net.hosts[from - 1]])
-        .args(["timeout", "3", "busybox", "wget", "-q", "-O", "-", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    http_fetch(
+        &std::path::Path::new("/run/netns").join(&c.net.hosts[from - 1]),
+        url,
+    )
 }
 
 /// httpd's REMOTE_ADDR (`[::ffff:a.b.c.d]`) as a plain IPv4 address.
@@ -904,40 +904,42 @@ fn client_ip(remote_addr: &str) -> String {
         .to_string()
 }
 
-/// A busybox httpd that answers `body` at / and the client's address at /cgi-bin/ip.
-fn httpd_with_client_address(body: &str) -> String {
-    format!(
+/// Service NAME: one task on host NODE, publishing with PUBLISH (`--publish` flags), a
+/// busybox httpd that answers `body` at / and the client's address at /cgi-bin/ip.
+/// Returns once the task runs.
+fn create_httpd_on(h: &ClusterHost, name: &str, node: &str, publish: &[&str], body: &str) {
+    let cmd = format!(
         "mkdir -p /tmp/www/cgi-bin && echo {body} > /tmp/www/index.html && \
          printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /tmp/www/cgi-bin/ip && \
          chmod +x /tmp/www/cgi-bin/ip && exec httpd -f -p 80 -h /tmp/www"
-    )
+    );
+    let constraint = format!("node.hostname=={node}");
+    let mut args = vec![
+        "service",
+        "create",
+        "--name",
+        name,
+        "--replicas",
+        "1",
+        "--constraint",
+        &constraint,
+        "--stop-signal",
+        "KILL",
+    ];
+    args.extend_from_slice(publish);
+    args.extend_from_slice(&["shoal-test/busybox", "sh", "-c", &cmd]);
+    h.ok(&args);
+    wait_for(
+        &format!("{name} running on {node}"),
+        Duration::from_secs(30),
+        || (running_per_node(h, name).get(node) == Some(&1)).then_some(()),
+    );
 }
 
 #[test]
 fn a_published_port_answers_on_every_host_even_one_without_the_task() {
     let c = Cluster::swarm(3);
-    let pub_cmd = httpd_with_client_address("published");
-    c.h(1).ok(&[
-        "service",
-        "create",
-        "--name",
-        "pub",
-        "--replicas",
-        "1",
-        "--constraint",
-        "node.hostname==node2",
-        "--stop-signal",
-        "KILL",
-        "-p",
-        "8080:80",
-        "shoal-test/busybox",
-        "sh",
-        "-c",
-        &pub_cmd,
-    ]);
-    wait_for("pub running on node2", Duration::from_secs(30), || {
-        (running_per_node(c.h(1), "pub").get("node2") == Some(&1)).then_some(())
-    });
+    create_httpd_on(c.h(1), "pub", "node2", &["-p", "8080:80"], "published");
     // from each host (its own namespace), to each host's address: nodes 1 and 3 have no
     // task of the service
     for from in 1..=3 {
@@ -969,28 +971,13 @@ fn a_published_port_answers_on_every_host_even_one_without_the_task() {
     assert!(!via3.is_empty());
 
     // host mode: the port answers only where a task runs, with the client's address
-    let host_cmd = httpd_with_client_address("hostmode");
-    c.h(1).ok(&[
-        "service",
-        "create",
-        "--name",
+    create_httpd_on(
+        c.h(1),
         "hostpub",
-        "--replicas",
-        "1",
-        "--constraint",
-        "node.hostname==node3",
-        "--stop-signal",
-        "KILL",
-        "--publish",
-        "published=8081,target=80,mode=host",
-        "shoal-test/busybox",
-        "sh",
-        "-c",
-        &host_cmd,
-    ]);
-    wait_for("hostpub running on node3", Duration::from_secs(30), || {
-        (running_per_node(c.h(1), "hostpub").get("node3") == Some(&1)).then_some(())
-    });
+        "node3",
+        &["--publish", "published=8081,target=80,mode=host"],
+        "hostmode",
+    );
     let url = format!("http://{}:8081/", c.h(3).addr);
     let body = wait_for(&url, Duration::from_secs(10), || fetch_from(&c, 1, &url));
     assert_eq!(body, "hostmode");

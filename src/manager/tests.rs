@@ -610,6 +610,18 @@ mod networks {
         store
     }
 
+    /// The store with the ingress network, as init makes it.
+    async fn with_ingress(store: Store) -> Store {
+        store
+            .update(|tx| {
+                crate::manager::network::new_network(tx, crate::manager::network::ingress_spec())
+                    .map_err(|e| crate::manager::store::StoreError::Invalid(e.to_string()))
+            })
+            .await
+            .unwrap();
+        store
+    }
+
     fn refused(r: Result<impl std::fmt::Debug, ControlError>, why: &str) {
         let e = r.expect_err("refused").to_string();
         assert!(e.contains(why), "{e:?} should say {why:?}");
@@ -774,15 +786,7 @@ mod networks {
 
     #[tokio::test]
     async fn published_ports_are_checked_and_dynamic_ones_allocated() {
-        let store = store_with_nodes(1).await;
-        // the ingress network, as init makes it
-        store
-            .update(|tx| {
-                crate::manager::network::new_network(tx, crate::manager::network::ingress_spec())
-                    .map_err(|e| crate::manager::store::StoreError::Invalid(e.to_string()))
-            })
-            .await
-            .unwrap();
+        let store = with_ingress(store_with_nodes(1).await).await;
         let port = |published: u32, target: u32| PortConfig {
             published_port: published,
             target_port: target,
@@ -854,14 +858,7 @@ mod networks {
 
     #[tokio::test]
     async fn host_mode_ports_take_one_task_per_node_and_say_why_when_full() {
-        let store = store_with_nodes(2).await;
-        store
-            .update(|tx| {
-                crate::manager::network::new_network(tx, crate::manager::network::ingress_spec())
-                    .map_err(|e| crate::manager::store::StoreError::Invalid(e.to_string()))
-            })
-            .await
-            .unwrap();
+        let store = with_ingress(store_with_nodes(2).await).await;
         let host = |name: &str, replicas: u64| {
             let mut h = spec_on(name, replicas, &[]);
             h.endpoint = Some(EndpointSpec {
