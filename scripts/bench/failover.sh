@@ -19,65 +19,8 @@ cargo build --release --bin shoal
 bin=$PWD/target/release/shoal
 work=$(mktemp -d /tmp/shoal-failover-XXXXXX)
 tag=shf$$
-scripts/fixtures.sh "$work/fixtures" >/dev/null
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  for i in 1 2 3; do pkill -9 -f "keeper --root $work/h$i/containers" 2>/dev/null || true; done
-  for c in /sys/fs/cgroup/*/"$tag"-h*; do
-    [ -d "$c" ] || continue
-    find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-  done
-  sleep 0.2
-  for c in /sys/fs/cgroup/*/"$tag"-h*; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null; done
-  { grep -o " $work[^ ]*" /proc/self/mountinfo || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  for ns in "$tag-h1" "$tag-h2" "$tag-h3" "$tag-sw"; do ip netns del "$ns" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-now() { date +%s.%N; }
-secs() { echo "scale=2; ($2 - $1) / 1" | bc; }
-# until CMD succeeds (a deadline of 60 s); prints nothing
-until_ok() {
-  local deadline=$(( $(date +%s) + 60 ))
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "failover.sh: timed out waiting for: $*" >&2; exit 1; }
-    sleep 0.05
-  done
-}
-sh_() { local i=$1; shift; SHOAL_DATA_ROOT=$work/h$i SHOAL_HOST=unix://$work/h$i.sock "$bin" "$@"; }
-
-ip netns add "$tag-sw"
-ip -n "$tag-sw" link add br0 type bridge
-ip -n "$tag-sw" link set br0 up
-for i in 1 2 3; do
-  ip netns add "$tag-h$i"
-  ip -n "$tag-sw" link add "p$i" type veth peer name eth0 netns "$tag-h$i"
-  ip -n "$tag-sw" link set "p$i" master br0 up
-  ip -n "$tag-h$i" addr add "10.99.0.$i/24" dev eth0
-  ip -n "$tag-h$i" link set eth0 up
-  ip -n "$tag-h$i" link set lo up
-done
-
-start_daemon() {
-  local i=$1
-  mkdir -p "$work/h$i"
-  SHOAL_DATA_ROOT=$work/h$i SHOAL_HOST=unix://$work/h$i.sock SHOAL_CGROUP_PARENT=/$tag-h$i \
-    nsenter --net=/run/netns/"$tag-h$i" unshare --uts sh -c "hostname node$i && exec $bin daemon" \
-    >>"$work/h$i.log" 2>&1 &
-  pids[$i]=$!
-  disown "${pids[$i]}"
-  local deadline=$(( $(date +%s) + 30 ))
-  until { sh_ "$i" node ls 2>&1 || true; } | grep -qE 'not a swarm manager|Leader|ID'; do
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "daemon $i did not start" >&2; exit 1; }
-    sleep 0.05
-  done
-}
-
-for i in 1 2 3; do start_daemon "$i"; sh_ "$i" image import "$work/fixtures/busybox-oci" >/dev/null; done
+. scripts/bench/hosts.sh
+hosts_up 3
 sh_ 1 swarm init --advertise-addr 10.99.0.1 >/dev/null
 token=$(sh_ 1 swarm join-token -q manager)
 sh_ 2 swarm join --token "$token" 10.99.0.1 >/dev/null
@@ -133,7 +76,6 @@ for r in $(seq 1 "$runs"); do
   until_ok is_ready "$other" "node$l"
 done
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf '%-52s %8s %14s\n' "median of $runs runs, default settings" shoal "Swarm defaults"
 printf '%-52s %7ss %13ss\n' "a host crashed until it is Down" "$(median "${down[@]}")" "~15"
 printf '%-52s %7ss %14s\n' "... until its tasks run on other nodes" "$(median "${moved_t[@]}")" "-"

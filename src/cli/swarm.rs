@@ -77,7 +77,8 @@ pub enum SwarmCmd {
     },
     /// Change the swarm's settings.
     Update {
-        /// How often agents send heartbeats (default 1s); a node is Down after three missed.
+        /// How often agents send heartbeats (default 1s); a node not heard from for two and a
+        /// half periods is Down.
         #[arg(long, value_parser = super::container::parse_duration)]
         dispatcher_heartbeat: Option<std::time::Duration>,
         /// How long new node certificates last (at least 1h).
