@@ -41,6 +41,11 @@ pub struct Daemon {
     cert_root: Arc<RwLock<String>>,
     /// Makes the agent open a new session (after a renewal, to say so).
     agent_reconnect: Arc<tokio::sync::Notify>,
+    /// The node's overlays and task namespaces (one for the daemon's life: standalone
+    /// containers' network attachments are looked up in it too).
+    net: Arc<crate::agent::net::NodeNet>,
+    /// The managers' addresses as the agent last learnt them.
+    agent_managers: Arc<RwLock<Vec<String>>>,
     /// Serializes init, join and leave.
     admin: tokio::sync::Mutex<()>,
 }
@@ -136,6 +141,7 @@ impl Daemon {
                 })?),
                 Err(_) => None,
             };
+        let net = Arc::new(crate::agent::net::NodeNet::new(&data_root.join("netns")));
         let d = Arc::new(Daemon {
             data_root,
             socket,
@@ -156,6 +162,8 @@ impl Daemon {
                     .unwrap_or_default(),
             )),
             agent_reconnect: Arc::new(tokio::sync::Notify::new()),
+            net,
+            agent_managers: Arc::default(),
             admin: tokio::sync::Mutex::new(()),
         });
         let Some(st) = state else { return Ok(d) };
@@ -774,9 +782,8 @@ impl Daemon {
             }),
         };
         Agent {
-            net: Some(Arc::new(crate::agent::net::NodeNet::new(
-                &self.data_root.join("netns"),
-            ))),
+            net: Some(self.net.clone()),
+            managers: self.agent_managers.clone(),
             assignments_file: Some(swarm_dir(&self.data_root).join("assignments.pb")),
             cert_root_digest: self.cert_root.clone(),
             reconnect: self.agent_reconnect.clone(),
@@ -846,35 +853,134 @@ impl Daemon {
             |d, want, m| async move { d.take_role(want, m).await },
         );
         let session = agent.on_session.clone();
-        let known = agent.managers.clone();
-        *known.write().unwrap_or_else(|p| p.into_inner()) = managers.to_vec();
+        *agent.managers.write().unwrap_or_else(|p| p.into_inner()) = managers.to_vec();
         let me = Arc::downgrade(self);
         let next = std::sync::atomic::AtomicUsize::new(0);
         tokio::spawn(agent.run(
             move || {
                 let me = me.clone();
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let list = known.read().unwrap_or_else(|p| p.into_inner()).clone();
                 Box::pin(async move {
                     let d = me.upgrade().context("the daemon is stopping")?;
-                    if let Some(m) = d.manager() {
-                        if m.is_leader() {
-                            return crate::api::client::connect(&d.socket).await;
-                        }
-                        if let Some(addr) = m.leader_addr() {
-                            return d.channel_to(&addr);
-                        }
-                    }
-                    if list.is_empty() {
-                        anyhow::bail!("no manager address is known");
-                    }
-                    d.channel_to(&list[i % list.len()])
+                    d.dispatcher_channel(i).await
                 })
             },
             token.clone(),
         ));
         *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
         session
+    }
+
+    /// A channel to the leader's dispatcher: over the local socket when this node leads,
+    /// to the leader when this manager knows it, else to the `i`th known manager (a
+    /// worker tries them in turn; one that does not lead says so).
+    async fn dispatcher_channel(&self, i: usize) -> anyhow::Result<tonic::transport::Channel> {
+        if let Some(m) = self.manager() {
+            if m.is_leader() {
+                return crate::api::client::connect(&self.socket).await;
+            }
+            if let Some(addr) = m.leader_addr() {
+                return self.channel_to(&addr);
+            }
+        }
+        let list = self
+            .agent_managers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if list.is_empty() {
+            anyhow::bail!("no manager address is known");
+        }
+        self.channel_to(&list[i % list.len()])
+    }
+
+    /// Calls the leader's dispatcher as this node (trying each known manager until one
+    /// answers as the leader).
+    async fn call_dispatcher<R, F, Fut>(&self, call: F) -> anyhow::Result<R>
+    where
+        F: Fn(crate::agent::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<R, tonic::Status>>,
+    {
+        if self.swarm_state().is_none() {
+            anyhow::bail!("this node is not in a swarm: a container joins overlay networks only on a swarm's node (shoal swarm init or join)");
+        }
+        let tries = self
+            .agent_managers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+            .max(1);
+        let mut last = None;
+        for i in 0..tries {
+            let ch = match self.dispatcher_channel(i).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let client = shoal_proto::dispatcher_client::DispatcherClient::with_interceptor(
+                ch,
+                crate::agent::NodeIdentity::new(&self.node_id())?,
+            );
+            match call(client).await {
+                Ok(r) => return Ok(r),
+                // not the leader, or unreachable: the next manager
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+                    ) =>
+                {
+                    last = Some(anyhow::anyhow!("{}", s.message()));
+                }
+                Err(s) => anyhow::bail!("{}", s.message()),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no manager answered")))
+    }
+
+    /// `container run --network`: the managers make the container's network attachment
+    /// and this node builds its namespace; returns the attachment's ID and namespace.
+    pub async fn attach_container(
+        &self,
+        container: String,
+        networks: Vec<NetworkAttachmentConfig>,
+    ) -> anyhow::Result<(String, crate::agent::net::TaskNet)> {
+        let req = AttachNetworkRequest {
+            container_id: container,
+            networks,
+        };
+        let id = self
+            .call_dispatcher(|mut c| {
+                let req = req.clone();
+                async move { c.attach_network(req).await }
+            })
+            .await?
+            .into_inner()
+            .attachment_id;
+        match self
+            .net
+            .wait_ready(&id, std::time::Duration::from_secs(20))
+            .await
+        {
+            Ok(n) => Ok((id, n)),
+            Err(e) => {
+                let _ = self.detach_container(id).await;
+                anyhow::bail!(e)
+            }
+        }
+    }
+
+    /// The container is gone: its network attachment goes.
+    pub async fn detach_container(&self, id: String) -> anyhow::Result<()> {
+        let req = DetachNetworkRequest { attachment_id: id };
+        self.call_dispatcher(|mut c| {
+            let req = req.clone();
+            async move { c.detach_network(req).await }
+        })
+        .await?;
+        Ok(())
     }
 
     fn stop_cluster_port(&self) {

@@ -625,6 +625,27 @@ fn three_managers_two_workers_lose_nothing_acknowledged() {
     assert_eq!(running_per_node(c.h(2), "web").values().sum::<usize>(), 5);
 }
 
+/// Waits (30 s at most) until no host has namespaces of these kinds (`tasks`,
+/// `overlays`) under its data root.
+fn wait_netns_gone(c: &Cluster, kinds: &[&str]) {
+    wait_for(
+        &format!("no {} namespace left", kinds.join(" or ")),
+        Duration::from_secs(30),
+        || {
+            c.hosts
+                .iter()
+                .all(|h| {
+                    kinds.iter().all(|d| {
+                        std::fs::read_dir(h.host.data_root().join("netns").join(d))
+                            .map(|mut r| r.next().is_none())
+                            .unwrap_or(true)
+                    })
+                })
+                .then_some(())
+        },
+    );
+}
+
 /// The task network namespaces on a host, and each one's address on its first network.
 fn task_addrs(h: &ClusterHost) -> Vec<(std::path::PathBuf, String)> {
     let dir = h.host.data_root().join("netns").join("tasks");
@@ -866,23 +887,7 @@ fn tasks_on_three_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
     // the service goes: so do its namespaces and, with its last task, the network on
     // each host
     c.h(1).ok(&["service", "rm", "web"]);
-    wait_for(
-        "no task namespace or overlay left",
-        Duration::from_secs(30),
-        || {
-            c.hosts
-                .iter()
-                .all(|h| {
-                    let empty = |d: &str| {
-                        std::fs::read_dir(h.host.data_root().join("netns").join(d))
-                            .map(|mut r| r.next().is_none())
-                            .unwrap_or(true)
-                    };
-                    empty("tasks") && empty("overlays")
-                })
-                .then_some(())
-        },
-    );
+    wait_netns_gone(&c, &["tasks", "overlays"]);
     c.h(1).ok(&["network", "rm", "appnet"]);
     c.h(1).ok(&["network", "rm", "backnet"]);
 }
@@ -999,14 +1004,109 @@ fn a_published_port_answers_on_every_host_even_one_without_the_task() {
     // the services go: the ports stop answering and the ingress network goes too
     c.h(1).ok(&["service", "rm", "pub"]);
     c.h(1).ok(&["service", "rm", "hostpub"]);
-    wait_for("no ingress network left", Duration::from_secs(30), || {
-        c.hosts
-            .iter()
-            .all(|h| {
-                std::fs::read_dir(h.host.data_root().join("netns").join("overlays"))
-                    .map(|mut r| r.next().is_none())
-                    .unwrap_or(true)
-            })
+    wait_netns_gone(&c, &["overlays"]);
+}
+
+#[test]
+fn a_standalone_container_joins_an_attachable_network() {
+    let c = Cluster::swarm(2);
+    c.h(1).ok(&["network", "create", "--attachable", "attnet"]);
+    c.h(1).ok(&["network", "create", "plainnet"]);
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "attnet",
+        "--constraint",
+        "node.hostname==node1",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo from-web > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
+    ]);
+    // only attachable networks take standalone containers, and saying so
+    let err = stderr_of(
+        c.h(2),
+        &[
+            "container",
+            "run",
+            "--network",
+            "plainnet",
+            "shoal-test/busybox",
+            "true",
+        ],
+    );
+    assert!(err.contains("attachable"), "{err}");
+    // a container on node2 joins attnet: it reaches the service on node1 by name (DNS
+    // and the VIP), and the service's task reaches it by its name
+    c.h(2).ok(&[
+        "container",
+        "run",
+        "-d",
+        "--name",
+        "probe",
+        "--network",
+        "attnet,alias=prober",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo from-probe > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
+    ]);
+    let body = wait_for("web from the container", Duration::from_secs(10), || {
+        let out = c.h(2).cli(&[
+            "container",
+            "exec",
+            "probe",
+            "timeout",
+            "3",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://web/",
+        ]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    assert_eq!(body, "from-web");
+    let (web_ns, _) = task_addrs(c.h(1))
+        .into_iter()
+        .next()
+        .expect("web's namespace on node1");
+    for name in ["probe", "prober"] {
+        let addrs = wait_for(&format!("{name} resolves"), Duration::from_secs(10), || {
+            let a = resolve(&web_ns, name);
+            (!a.is_empty()).then_some(a)
+        });
+        let addr = addrs.iter().next().unwrap().clone();
+        let body = wait_for("the container from web", Duration::from_secs(10), || {
+            http_get(&web_ns, &addr)
+        });
+        assert_eq!(body, "from-probe");
+    }
+    // the container goes: so does its attachment (its namespace on node2, its name)
+    c.h(2).ok(&["container", "rm", "-f", "probe"]);
+    wait_for(
+        "no namespace left on node2",
+        Duration::from_secs(10),
+        || task_addrs(c.h(2)).is_empty().then_some(()),
+    );
+    wait_for("probe no longer resolves", Duration::from_secs(10), || {
+        resolve(&web_ns, "probe").is_empty().then_some(())
+    });
+    c.h(1).ok(&["service", "rm", "web"]);
+    wait_netns_gone(&c, &["overlays"]);
+    // (refused until web's task has said it stopped)
+    wait_for("network rm attnet", Duration::from_secs(10), || {
+        c.h(1)
+            .cli(&["network", "rm", "attnet"])
+            .status
+            .success()
             .then_some(())
     });
 }

@@ -109,8 +109,7 @@ impl<E: Executor> Agent<E> {
         sid_cell: &SessionId,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut client =
-            DispatcherClient::with_interceptor(ch, NodeIdentity(self.node_id.parse()?));
+        let mut client = DispatcherClient::with_interceptor(ch, NodeIdentity::new(&self.node_id)?);
         let req = tonic::Request::new(SessionRequest {
             description: Some(self.description.clone()),
             running_tasks: tasks.keys().cloned().collect(),
@@ -323,6 +322,12 @@ type SessionId = Arc<std::sync::Mutex<(String, Option<Client>)>>;
 #[derive(Clone)]
 pub struct NodeIdentity(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
+impl NodeIdentity {
+    pub fn new(node_id: &str) -> anyhow::Result<NodeIdentity> {
+        Ok(NodeIdentity(node_id.parse()?))
+    }
+}
+
 impl tonic::service::Interceptor for NodeIdentity {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert("x-shoal-node-id", self.0.clone());
@@ -330,7 +335,7 @@ impl tonic::service::Interceptor for NodeIdentity {
     }
 }
 
-type Client =
+pub type Client =
     DispatcherClient<tonic::service::interceptor::InterceptedService<Channel, NodeIdentity>>;
 
 async fn report_loop(

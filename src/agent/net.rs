@@ -25,6 +25,8 @@ pub struct NodeNet {
     dns: Directory,
     /// Each networked task's networks, resolver and VIP rules last loaded.
     tasks: std::sync::Mutex<HashMap<String, TaskEntry>>,
+    /// Bumped each time a task's resolver starts (its namespace is then complete).
+    resolvers: watch::Sender<u64>,
 }
 
 /// What the node's links were last made: a network whose spec and peers have not
@@ -115,6 +117,7 @@ impl NodeNet {
             links: tokio::sync::Mutex::default(),
             dns: Directory::from_host(),
             tasks: std::sync::Mutex::default(),
+            resolvers: watch::channel(0).0,
         }
     }
 
@@ -366,10 +369,46 @@ impl NodeNet {
         })
     }
 
+    fn resolv_conf(&self, task_id: &str) -> PathBuf {
+        self.dir.join("resolv").join(format!("{task_id}.conf"))
+    }
+
+    /// Waits (up to `limit`) until the task's namespace and resolver are there: a
+    /// standalone container joins its network attachment's once the agent has built it.
+    pub async fn wait_ready(&self, task_id: &str, limit: Duration) -> Result<TaskNet, String> {
+        let mut rx = self.resolvers.subscribe();
+        let ready = || {
+            self.tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(task_id)
+                .is_some_and(|e| e.dns.is_some())
+                && self.resolv_conf(task_id).exists()
+        };
+        let waited = tokio::time::timeout(limit, async {
+            while !ready() {
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        match waited {
+            Ok(true) => Ok(TaskNet {
+                netns: self.task_path(task_id),
+                resolv_conf: self.resolv_conf(task_id),
+            }),
+            _ => Err(format!(
+                "this node did not get the network attachment ready within {limit:?} (are the managers reachable, and does the network have free addresses?)"
+            )),
+        }
+    }
+
     /// Starts the task's resolver (127.0.0.11 in its namespace) if it does not run (a
     /// restarted daemon re-adopting the task), and writes its resolv.conf.
     pub async fn ensure_dns(&self, t: &Task) -> Result<PathBuf, String> {
-        let conf = self.dir.join("resolv").join(format!("{}.conf", t.id));
+        let conf = self.resolv_conf(&t.id);
         let nets: Vec<String> = t.networks.iter().map(|a| a.network_id.clone()).collect();
         let running = self
             .tasks
@@ -402,6 +441,7 @@ impl NodeNet {
         }
         let text = format!("nameserver {}\noptions ndots:0\n", shoal_net::dns::RESOLVER);
         std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+        self.resolvers.send_modify(|n| *n += 1);
         Ok(conf)
     }
 
@@ -417,7 +457,7 @@ impl NodeNet {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(task_id);
-        let _ = std::fs::remove_file(self.dir.join("resolv").join(format!("{task_id}.conf")));
+        let _ = std::fs::remove_file(self.resolv_conf(task_id));
         if let Err(e) = Netns::open(&self.task_path(task_id)).remove() {
             tracing::warn!(task.id = task_id, error = %e, "removing the task's network namespace failed");
         }

@@ -81,6 +81,9 @@ pub async fn manage<E: Executor>(
     reports: mpsc::UnboundedSender<Report>,
 ) {
     let id = task.borrow().id.clone();
+    if !task.borrow().attachment_container.is_empty() {
+        return manage_attachment(net, task, reports).await;
+    }
     let report = |s: TaskStatus| {
         let _ = reports.send((id.clone(), s));
     };
@@ -273,6 +276,54 @@ pub async fn manage<E: Executor>(
                 s.err = "task: unhealthy container".into();
                 report(s);
             }
+        }
+    }
+}
+
+/// A standalone container's network attachment: no container of its own, only the
+/// network namespace (and resolver) that the container joins; RUNNING once they are
+/// there, SHUTDOWN when the managers say so. The namespace goes when the attachment is
+/// removed (the agent's `forget`).
+async fn manage_attachment(
+    net: Option<Arc<super::net::NodeNet>>,
+    mut task: watch::Receiver<Task>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let t = task.borrow().clone();
+    let report = |s: TaskStatus| {
+        let _ = reports.send((t.id.clone(), s));
+    };
+    let Some(net) = net else {
+        let mut s = st(TaskState::Rejected, "preparing failed");
+        s.err = "this node has no overlay networking (a simulated node)".into();
+        report(s);
+        return;
+    };
+    let built = match net.existing(&t.id) {
+        // a restarted daemon: the namespace is there, its resolver is not
+        Some(_) => net.ensure_dns(&t).await.map(|_| ()),
+        None => {
+            report(st(TaskState::Preparing, "preparing"));
+            net.task_netns(&t).await.map(|_| ())
+        }
+    };
+    if let Err(e) = built {
+        let mut s = st(TaskState::Rejected, "preparing failed");
+        s.err = format!("network: {e}");
+        report(s);
+        return;
+    }
+    report(st(TaskState::Running, "attached"));
+    loop {
+        if matches!(
+            desired(&task.borrow_and_update()),
+            TaskState::Shutdown | TaskState::Remove
+        ) {
+            report(st(TaskState::Shutdown, "detached"));
+            return;
+        }
+        if task.changed().await.is_err() {
+            return;
         }
     }
 }

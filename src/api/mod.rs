@@ -24,22 +24,7 @@ use crate::manager::node::Manager;
 
 pub const NOT_MANAGER: &str = "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to connect this node to swarm and try again.";
 
-pub(crate) fn status(e: ControlError) -> Status {
-    match e {
-        ControlError::Invalid(m) => Status::invalid_argument(m),
-        ControlError::NotFound { .. } => Status::not_found(e.to_string()),
-        ControlError::Ambiguous { .. } => Status::invalid_argument(e.to_string()),
-        ControlError::Store(s) => match s {
-            crate::manager::store::StoreError::Proposal(m) => Status::unavailable(m),
-            crate::manager::store::StoreError::NameInUse { .. }
-            | crate::manager::store::StoreError::Exists { .. } => {
-                Status::already_exists(s.to_string())
-            }
-            crate::manager::store::StoreError::NotFound { .. } => Status::not_found(s.to_string()),
-            s => Status::failed_precondition(s.to_string()),
-        },
-    }
-}
+pub(crate) use crate::manager::control::grpc_status as status;
 
 #[derive(Clone)]
 pub struct Api {
@@ -135,6 +120,32 @@ impl Swarm for Api {
     }
     async fn info(&self, _req: Request<Empty>) -> Result<Response<SwarmInfo>, Status> {
         Ok(Response::new(self.daemon.info()))
+    }
+    async fn attach_container(
+        &self,
+        req: Request<AttachContainerRequest>,
+    ) -> Result<Response<AttachContainerResponse>, Status> {
+        let r = req.into_inner();
+        let (id, n) = self
+            .daemon
+            .attach_container(r.container_id, r.networks)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(AttachContainerResponse {
+            attachment_id: id,
+            netns: n.netns.display().to_string(),
+            resolv_conf: n.resolv_conf.display().to_string(),
+        }))
+    }
+    async fn detach_container(
+        &self,
+        req: Request<DetachContainerRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.daemon
+            .detach_container(req.into_inner().attachment_id)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(Empty {}))
     }
 }
 
@@ -458,6 +469,24 @@ impl DispatcherApi for Api {
         self.leading_dispatcher()?
             .dispatcher
             .publish_logs(req)
+            .await
+    }
+    async fn attach_network(
+        &self,
+        req: Request<AttachNetworkRequest>,
+    ) -> Result<Response<AttachNetworkResponse>, Status> {
+        self.leading_dispatcher()?
+            .dispatcher
+            .attach_network(req)
+            .await
+    }
+    async fn detach_network(
+        &self,
+        req: Request<DetachNetworkRequest>,
+    ) -> Result<Response<DetachNetworkResponse>, Status> {
+        self.leading_dispatcher()?
+            .dispatcher
+            .detach_network(req)
             .await
     }
 }

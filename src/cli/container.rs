@@ -15,6 +15,8 @@ use shoal_runtime::container::spec::{
 use shoal_runtime::container::{ContainerRuntime, RuntimeConfig, Status};
 use shoal_runtime::image::ImageStore;
 
+use shoal_proto::{AttachContainerRequest, DetachContainerRequest};
+
 use super::util::{ago, table};
 use super::Globals as Cli;
 
@@ -132,6 +134,10 @@ pub struct RunArgs {
     /// Keep this many log files.
     #[arg(long)]
     log_max_file: Option<u32>,
+    /// Join an attachable overlay network of the swarm: NAME[,alias=A…] (needs the shoal
+    /// daemon, on a node of the swarm; the container resolves service names there).
+    #[arg(long)]
+    network: Vec<String>,
     image: String,
     #[arg(trailing_var_arg = true)]
     command: Vec<String>,
@@ -456,7 +462,13 @@ pub async fn run(cli: &Cli, cmd: ContainerCmd) -> anyhow::Result<ExitCode> {
                     if matches!(i.status, Status::Running | Status::Created) && !force {
                         bail!("container {n} is running: stop it first or use rm -f");
                     }
+                    let attachment = i.record.spec.labels.get(ATTACHMENT_LABEL).cloned();
                     rt.remove(&n).await?;
+                    if let Some(a) = attachment {
+                        detach(cli, a).await.with_context(|| {
+                            format!("container {n} is removed, but its network attachment is not")
+                        })?;
+                    }
                     Ok(())
                 }
                 .await;
@@ -476,16 +488,66 @@ pub async fn run(cli: &Cli, cmd: ContainerCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The label that names a container's network attachment (for `rm` to let it go).
+const ATTACHMENT_LABEL: &str = "com.shoal.network.attachment";
+
 async fn create(cli: &Cli, rt: &ContainerRuntime, a: &RunArgs) -> anyhow::Result<String> {
-    let spec = spec_of(a)?;
+    let mut spec = spec_of(a)?;
+    let networks = a
+        .network
+        .iter()
+        .map(|n| super::service::parse_network(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let id = a.name.clone().unwrap_or_else(random_id);
     rt.ensure_image(
         &spec.image,
         &super::image::pull_options(&cli.data_root, &cli.insecure_registries),
     )
     .await?;
-    rt.prepare(&id, &spec).await?;
+    if rt.record(&id).is_ok() {
+        bail!("a container named {id} already exists");
+    }
+    let attachment = if networks.is_empty() {
+        None
+    } else {
+        let r = super::client::swarm(cli)
+            .await?
+            .attach_container(AttachContainerRequest {
+                container_id: id.clone(),
+                networks,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("--network: {}", s.message()))?
+            .into_inner();
+        spec.netns = Some(r.netns.into());
+        spec.mounts.push(MountSpec {
+            kind: MountKind::Bind,
+            source: r.resolv_conf,
+            target: "/etc/resolv.conf".into(),
+            read_only: true,
+            tmpfs_size: None,
+        });
+        spec.labels
+            .insert(ATTACHMENT_LABEL.into(), r.attachment_id.clone());
+        Some(r.attachment_id)
+    };
+    if let Err(e) = rt.prepare(&id, &spec).await {
+        if let Some(a) = attachment {
+            let _ = detach(cli, a).await;
+        }
+        return Err(e.into());
+    }
     Ok(id)
+}
+
+/// Lets the container's network attachment go (the container is removed).
+async fn detach(cli: &Cli, attachment_id: String) -> anyhow::Result<()> {
+    super::client::swarm(cli)
+        .await?
+        .detach_container(DetachContainerRequest { attachment_id })
+        .await
+        .map_err(super::client::refusal)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ pub enum NetworkCmd {
         /// The subnet's gateway address (default: its first address).
         #[arg(long)]
         gateway: Vec<String>,
-        /// Let standalone containers attach (kept for Docker compatibility; shoal's
-        /// standalone containers do not join overlays yet).
+        /// Let standalone containers join (`shoal container run --network NAME` on a node
+        /// of the swarm).
         #[arg(long)]
         attachable: bool,
         /// No way out of the network: its containers reach only each other.

@@ -27,6 +27,24 @@ pub enum ControlError {
     Store(#[from] StoreError),
 }
 
+/// The gRPC status for a control error (the control API's and the dispatcher's).
+pub fn grpc_status(e: ControlError) -> tonic::Status {
+    use tonic::Status;
+    match e {
+        ControlError::Invalid(m) => Status::invalid_argument(m),
+        ControlError::NotFound { .. } => Status::not_found(e.to_string()),
+        ControlError::Ambiguous { .. } => Status::invalid_argument(e.to_string()),
+        ControlError::Store(s) => match s {
+            StoreError::Proposal(m) => Status::unavailable(m),
+            StoreError::NameInUse { .. } | StoreError::Exists { .. } => {
+                Status::already_exists(s.to_string())
+            }
+            StoreError::NotFound { .. } => Status::not_found(s.to_string()),
+            s => Status::failed_precondition(s.to_string()),
+        },
+    }
+}
+
 fn invalid(s: impl Into<String>) -> ControlError {
     ControlError::Invalid(s.into())
 }

@@ -380,6 +380,7 @@ fn status_only(new: &Task, old: Option<&Object>) -> bool {
         networks,
         endpoint,
         job_iteration,
+        attachment_container,
     } = new;
     state(old) as i32 > TaskState::Assigned as i32
         && *id == old.id
@@ -388,6 +389,7 @@ fn status_only(new: &Task, old: Option<&Object>) -> bool {
         && *spec_version == old.spec_version
         && *slot == old.slot
         && *job_iteration == old.job_iteration
+        && *attachment_container == old.attachment_container
         && *service_id == old.service_id
         && *networks == old.networks
         && *endpoint == old.endpoint
@@ -468,6 +470,20 @@ fn discovery(t: &super::store::Tables, network: &str) -> (Vec<DnsName>, Vec<Vip>
                 .entry(n)
                 .or_default()
                 .extend(service_addrs.iter().cloned());
+        }
+    }
+    // standalone containers' attachments (no service): their names and aliases
+    for x in t.tasks_of_service("") {
+        if state(x) != TaskState::Running || x.attachment_container.is_empty() {
+            continue;
+        }
+        for a in x.networks.iter().filter(|a| a.network_id == network) {
+            let Some(addr) = a.addresses.first() else {
+                continue;
+            };
+            for n in std::iter::once(&x.attachment_container).chain(&a.aliases) {
+                names.entry(n.to_lowercase()).or_default().push(bare(addr));
+            }
         }
     }
     let names = names
@@ -1003,6 +1019,32 @@ impl DispatcherApi for Dispatcher {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn attach_network(
+        &self,
+        req: Request<AttachNetworkRequest>,
+    ) -> Result<Response<AttachNetworkResponse>, Status> {
+        let node = node_of(&req)?;
+        self.term()?;
+        let r = req.into_inner();
+        let id = super::network::attach_container(&self.store, &node, r.container_id, r.networks)
+            .await
+            .map_err(super::control::grpc_status)?;
+        Ok(Response::new(AttachNetworkResponse { attachment_id: id }))
+    }
+
+    async fn detach_network(
+        &self,
+        req: Request<DetachNetworkRequest>,
+    ) -> Result<Response<DetachNetworkResponse>, Status> {
+        let node = node_of(&req)?;
+        self.term()?;
+        let id = req.into_inner().attachment_id;
+        super::network::detach_container(&self.store, &node, &id)
+            .await
+            .map_err(super::control::grpc_status)?;
+        Ok(Response::new(DetachNetworkResponse {}))
     }
 
     async fn publish_logs(

@@ -364,6 +364,82 @@ pub async fn remove_network(store: &Store, what: &str) -> Result<(), ControlErro
     Ok(())
 }
 
+/// `container run --network` on `node`: a network attachment for the container (a task
+/// with no service, on that node, desired running), on each of `networks` (names or
+/// IDs), which must be attachable overlays. Its addresses come from the allocator, as a
+/// task's do; returns its ID.
+pub async fn attach_container(
+    store: &Store,
+    node: &str,
+    container: String,
+    mut networks: Vec<NetworkAttachmentConfig>,
+) -> Result<String, ControlError> {
+    if container.is_empty() {
+        return Err(invalid("a network attachment needs the container's name"));
+    }
+    if networks.is_empty() {
+        return Err(invalid("a network attachment needs at least one network"));
+    }
+    let mut seen = BTreeSet::new();
+    store.view(|t| -> Result<(), ControlError> {
+        for a in networks.iter_mut() {
+            let n = super::control::find(&t.networks, &a.target)
+                .map_err(|_| invalid(format!("--network {}: no such network", a.target)))?;
+            let spec = n.spec.clone().unwrap_or_default();
+            if spec.ingress || !spec.attachable {
+                return Err(invalid(format!(
+                    "--network {}: standalone containers may join only attachable networks (network create --attachable)",
+                    a.target
+                )));
+            }
+            if !seen.insert(n.id.clone()) {
+                return Err(invalid(format!(
+                    "--network {}: named twice",
+                    a.target
+                )));
+            }
+            a.target = n.id;
+        }
+        Ok(())
+    })?;
+    let id = super::store::new_id();
+    let t = Task {
+        id: id.clone(),
+        node_id: node.to_string(),
+        annotations: Some(Annotations {
+            name: container.clone(),
+            ..Default::default()
+        }),
+        spec: Some(TaskSpec {
+            networks,
+            ..Default::default()
+        }),
+        status: Some(super::tasks::status(TaskState::New, "network attachment")),
+        desired_state: TaskState::Running as i32,
+        attachment_container: container,
+        ..Default::default()
+    };
+    store.update(|tx| tx.create(t)).await?;
+    Ok(id)
+}
+
+/// The container is gone: its attachment is removed (its node lets go of it, and its
+/// addresses return to the pools). Only the node that made it may remove it.
+pub async fn detach_container(store: &Store, node: &str, id: &str) -> Result<(), ControlError> {
+    store
+        .update(|tx| match tx.get::<Task>(id) {
+            Some(t) if !t.attachment_container.is_empty() && t.node_id == node => {
+                tx.remove::<Task>(id)
+            }
+            _ => Err(StoreError::NotFound {
+                kind: "network attachment".into(),
+                id: id.to_string(),
+            }),
+        })
+        .await?;
+    Ok(())
+}
+
 /// Every network's pool with what the store holds in use, built once per pass when
 /// first needed.
 #[derive(Default)]
@@ -542,11 +618,16 @@ pub fn attach_task(
     ingress: Option<&str>,
     t: &mut Task,
 ) -> Result<(), String> {
-    let Some(service) = tx.get::<Service>(&t.service_id) else {
-        return Ok(());
+    let nets = match tx.get::<Service>(&t.service_id) {
+        Some(service) => service_networks(&service.spec.clone().unwrap_or_default(), ingress),
+        // a standalone container's attachment: the networks it names
+        None if !t.attachment_container.is_empty() => t
+            .spec
+            .as_ref()
+            .map(|s| s.networks.iter().map(|n| n.target.clone()).collect())
+            .unwrap_or_default(),
+        None => return Ok(()),
     };
-    let spec = service.spec.clone().unwrap_or_default();
-    let nets = service_networks(&spec, ingress);
     if nets.is_empty() || !t.networks.is_empty() {
         return Ok(());
     }

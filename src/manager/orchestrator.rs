@@ -77,6 +77,9 @@ pub async fn reconcile(store: &Store, service_id: &str) -> Result<(), StoreError
 /// commit that creates the service, and marks them for removal in the one that removes
 /// it (one commit instead of two, and no window between them).
 pub fn reconcile_in(tx: &mut Tx<'_>, service_id: &str) -> Result<(), StoreError> {
+    if service_id.is_empty() {
+        return Ok(()); // network attachments of standalone containers: no service
+    }
     let service = tx.get::<Service>(service_id);
     let tasks: Vec<Task> = tx.tasks_of(service_id, false);
     match service {

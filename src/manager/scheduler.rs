@@ -231,7 +231,9 @@ fn check(n: &Node, load: &NodeLoad, t: &Task, host_ports: &[HostPort]) -> Result
         .is_some_and(|s| s.state == NodeState::Ready as i32);
     let active =
         n.spec.as_ref().map(|s| s.availability).unwrap_or(0) == NodeAvailability::Active as i32;
-    if !ready || !active {
+    // a standalone container's network attachment goes where the container is, drained
+    // or paused
+    if !ready || (!active && t.attachment_container.is_empty()) {
         return Err(Reason::NotAvailable);
     }
     let placement = t.spec.as_ref().and_then(|s| s.placement.as_ref());

@@ -915,4 +915,59 @@ mod networks {
         });
         assert_eq!(placed, 2, "one waiting task took the freed port");
     }
+
+    #[tokio::test]
+    async fn standalone_containers_attach_to_attachable_networks_only() {
+        use crate::manager::network::{attach_container, detach_container};
+        let store = store_with_nodes(1).await;
+        // a drained node: its containers still get their attachments
+        let node_id = store.view(|t| t.nodes.keys().next().unwrap().clone());
+        store
+            .update(|tx| {
+                let mut n = tx.get::<Node>(&node_id).unwrap();
+                n.spec.as_mut().unwrap().availability = NodeAvailability::Drain as i32;
+                tx.update(n)
+            })
+            .await
+            .unwrap();
+        create_network(&store, net("plain", "")).await.unwrap();
+        let mut att = net("att", "");
+        att.attachable = true;
+        create_network(&store, att).await.unwrap();
+        let on = |n: &str| {
+            vec![NetworkAttachmentConfig {
+                target: n.into(),
+                aliases: vec!["al".into()],
+            }]
+        };
+        refused(
+            attach_container(&store, &node_id, "c1".into(), on("plain")).await,
+            "only attachable networks",
+        );
+        refused(
+            attach_container(&store, &node_id, "c1".into(), on("nope")).await,
+            "no such network",
+        );
+        let id = attach_container(&store, &node_id, "c1".into(), on("att"))
+            .await
+            .unwrap();
+        // the orchestrator leaves it alone (no service), the allocator and scheduler
+        // give it an address on its node
+        reconcile(&store, "").await.unwrap();
+        allocate_and_schedule(&store).await.unwrap();
+        let t = store.view(|x| x.tasks[&id].clone());
+        assert_eq!(state(&t), TaskState::Assigned, "{:?}", t.status);
+        assert_eq!(desired(&t), TaskState::Running);
+        assert_eq!(t.node_id, node_id);
+        assert_eq!(t.networks.len(), 1);
+        assert_eq!(t.networks[0].aliases, vec!["al".to_string()]);
+        assert_unique(&store);
+        // only its node may let it go
+        refused(
+            detach_container(&store, "another-node", &id).await,
+            "not found",
+        );
+        detach_container(&store, &node_id, &id).await.unwrap();
+        assert!(store.view(|x| !x.tasks.contains_key(&id)));
+    }
 }
