@@ -237,9 +237,9 @@ fn manager_status(h: &ClusterHost) -> BTreeMap<String, String> {
         .collect()
 }
 
-#[test]
-fn three_managers_replicate_and_survive_the_leader() {
-    let mut c = Cluster::new(3);
+/// Three hosts, all managers, node1 leading.
+fn three_managers() -> Cluster {
+    let c = Cluster::new(3);
     let m1 = c.h(1).addr.clone();
     c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
     let token = c.h(1).ok(&["swarm", "join-token", "-q", "manager"]);
@@ -256,6 +256,25 @@ fn three_managers_replicate_and_survive_the_leader() {
         },
     );
     assert_eq!(st["node1"], "Leader", "{st:?}");
+    c
+}
+
+/// Kills host `i`'s daemon (the leader's) and waits until host `j` sees another leader.
+fn kill_leader(c: &mut Cluster, i: usize, j: usize) -> BTreeMap<String, String> {
+    c.h_mut(i).kill_daemon();
+    wait_for("a new leader", Duration::from_secs(30), || {
+        let out = c.h(j).cli(&["node", "ls", "--format", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let s = manager_status(c.h(j));
+        (s.values().any(|m| m == "Leader") && s[&format!("node{i}")] == "Unreachable").then_some(s)
+    })
+}
+
+#[test]
+fn three_managers_replicate_and_survive_the_leader() {
+    let mut c = three_managers();
 
     // any manager takes writes (followers pass them to the leader) and reads
     create_sleepers(c.h(2), "web", 3, &[]);
@@ -266,15 +285,7 @@ fn three_managers_replicate_and_survive_the_leader() {
 
     // the leader's host dies: another manager leads within a few seconds and the
     // cluster still takes writes
-    c.h_mut(1).kill_daemon();
-    let st = wait_for("a new leader", Duration::from_secs(30), || {
-        let out = c.h(2).cli(&["node", "ls", "--format", "json"]);
-        if !out.status.success() {
-            return None;
-        }
-        let s = manager_status(c.h(2));
-        (s.values().any(|m| m == "Leader") && s["node1"] == "Unreachable").then_some(s)
-    });
+    let st = kill_leader(&mut c, 1, 2);
     assert_eq!(
         st.values().filter(|m| *m == "Reachable").count(),
         1,
@@ -1109,4 +1120,74 @@ fn a_standalone_container_joins_an_attachable_network() {
             .success()
             .then_some(())
     });
+}
+
+#[test]
+fn dns_and_vips_follow_tasks_across_a_leader_change() {
+    let mut c = three_managers();
+    c.h(1).ok(&["network", "create", "appnet"]);
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        "--constraint",
+        "node.hostname!=node1",
+        "--network",
+        "appnet",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
+    ]);
+    let task_of = |i: usize| {
+        wait_for(
+            &format!("web's task on node{i}"),
+            Duration::from_secs(30),
+            || task_addrs(c.h(i)).into_iter().next(),
+        )
+    };
+    let (t2, t3) = (task_of(2), task_of(3));
+    let both: std::collections::BTreeSet<String> = [t2.1.clone(), t3.1.clone()].into();
+    for t in [&t2, &t3] {
+        wait_for("tasks.web: both tasks", Duration::from_secs(10), || {
+            (resolve(&t.0, "tasks.web") == both).then_some(())
+        });
+    }
+    // the leader (with no task of web) dies; under the new leader, web shrinks to one
+    // task: within 2 s the other node's answers and VIP rules have only that one
+    kill_leader(&mut c, 1, 2);
+    c.h(2).ok(&["service", "scale", "web=1"]);
+    let (kept, gone) = wait_for("one task of web left", Duration::from_secs(10), || {
+        match (task_addrs(c.h(2)).is_empty(), task_addrs(c.h(3)).is_empty()) {
+            (false, true) => Some((t2.clone(), t3.clone())),
+            (true, false) => Some((t3.clone(), t2.clone())),
+            _ => None,
+        }
+    });
+    let only: std::collections::BTreeSet<String> = [kept.1.clone()].into();
+    wait_for(
+        "tasks.web: the kept task only",
+        Duration::from_secs(2),
+        || (resolve(&kept.0, "tasks.web") == only).then_some(()),
+    );
+    let vip = resolve(&kept.0, "web")
+        .into_iter()
+        .next()
+        .expect("web's VIP");
+    let own = http_get(&kept.0, &kept.1).expect("the kept task answers");
+    let answers: std::collections::BTreeSet<String> =
+        (0..10).filter_map(|_| http_get(&kept.0, &vip)).collect();
+    assert_eq!(
+        answers,
+        [own].into(),
+        "the VIP still reaches the task that went ({})",
+        gone.1
+    );
 }
