@@ -55,6 +55,8 @@ tail -c +$((off + 1)) "$img" | xz -dc > "$out/vmlinux.new" 2>/dev/null || true
 root=$out/rootfs
 rm -rf "$root" && mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,run,tmp,var,mnt/host,mnt/out,lib/modules}
 cp /bin/busybox "$root/bin/busybox"
+# where the kernel runs modprobe from to load a module on demand
+ln -s ../bin/busybox "$root/sbin/modprobe"
 for a in $(/bin/busybox --list); do
   # (busybox's own name is in the list: a link would replace the binary)
   [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"

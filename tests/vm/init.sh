@@ -7,6 +7,19 @@
 # answered "ID EXIT-CODE BASE64-OUTPUT".
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
+arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -1; }
+# Most hosts run from a disk; a host that runs from RAM keeps the initramfs as its root,
+# which pivot_root cannot leave (shoal then sets containers up without it). vm.root=ramfs
+# keeps this guest on the initramfs; otherwise it moves to a tmpfs first, as a distro's
+# initramfs moves to the real root.
+if [ "$(arg vm.root)" != ramfs ] && [ "$(stat -f -c %T /)" != tmpfs ]; then
+  mkdir -p /newroot
+  mount -t tmpfs -o mode=755 root /newroot
+  for d in bin sbin etc lib lib64 usr init; do [ -e "/$d" ] && cp -a "/$d" /newroot/; done
+  mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/run /newroot/tmp /newroot/var /newroot/mnt/host /newroot/mnt/out
+  umount /proc
+  exec switch_root /newroot /init
+fi
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm
@@ -15,8 +28,7 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /var
-arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -1; }
-name=$(arg vm.name) ip=$(arg vm.ip) cg=$(arg vm.cgroup)
+name=$(arg vm.name) ip=$(arg vm.ip) cg=$(arg vm.cgroup) mtu=$(arg vm.mtu)
 case "$cg" in
   hybrid)
     # cgroup v1 controllers with the unified hierarchy beside them, as on this
@@ -30,16 +42,25 @@ case "$cg" in
     mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified ;;
   *) mount -t cgroup2 cgroup2 /sys/fs/cgroup ;;
 esac
-for m in crc32c_generic virtio_pci virtio_net virtio_console 9pnet_virtio 9p overlay vxlan veth bridge \
-  nf_tables nft_chain_nat nf_nat nf_conntrack nft_ct nft_nat nft_masq nft_numgen \
-  nft_fib_ipv4 nft_reject_ipv4; do
+# what the guest itself needs (the network card, the shares, the host's port)
+boot="virtio_pci virtio_net virtio_console 9pnet_virtio 9p"
+# what shoal needs: loaded here, or (vm.modules=auto) left to the kernel, which loads a
+# module when it is first asked for (a VXLAN link, an nft table, an overlay mount)
+shoal_mods="crc32c_generic overlay vxlan veth bridge nf_tables nft_chain_nat nf_nat nf_conntrack
+  nft_ct nft_nat nft_masq nft_numgen nft_fib_ipv4 nft_reject_ipv4"
+[ "$(arg vm.modules)" = auto ] && shoal_mods=""
+for m in $boot $shoal_mods; do
   modprobe "$m" || echo "init: modprobe $m failed"
 done
+# hardened hosts filter on the reverse path strictly (vm.sysctl=strict)
+if [ "$(arg vm.sysctl)" = strict ]; then
+  for k in all default; do echo 1 > "/proc/sys/net/ipv4/conf/$k/rp_filter"; done
+fi
 hostname "${name:-vm}"
 ip link set lo up
 if [ -n "$ip" ]; then
   ip addr add "$ip" dev eth0
-  ip link set eth0 up
+  ip link set eth0 mtu "${mtu:-1500}" up
 fi
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro host /mnt/host
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out /mnt/out

@@ -45,6 +45,24 @@ ip -n "$ns" link set lo up
 ip -n "$ns" route add 224.0.0.0/4 dev lo
 mcast=230.0.0.1:$((20000 + $$ % 20000))
 
+# The guests differ as real hosts do (what a namespace of one kernel cannot show):
+# every guest has cgroup v2 only (SHOAL_VM_CGROUP=hybrid for v1 beside it) and an
+# underlay MTU of SHOAL_VM_MTU (1400, as under a tunnel); vm2 filters on the reverse
+# path strictly (a hardened host); vm3's clock is 3 minutes behind the others' and its
+# kernel loads shoal's modules on demand (none loaded at boot); the last guest runs from
+# its initramfs, as a host booted from RAM does (the others from a tmpfs root, as from
+# a disk).
+root_of() { if [ "$1" = "$guests" ]; then echo ramfs; else echo tmpfs; fi; }
+quirks_of() {
+  case $1 in
+    2) echo "vm.sysctl=strict" ;;
+    3) echo "vm.modules=auto" ;;
+  esac
+}
+clock_of() {
+  if [ "$1" = 3 ]; then date -u -d '-3 min' +%Y-%m-%dT%H:%M:%S; else echo utc; fi
+}
+
 # vm_start I: boots guest I (10.77.0.I/24, named vmI)
 vm_start() {
   local i=$1
@@ -53,7 +71,8 @@ vm_start() {
   ip netns exec "$ns" qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m "$mem" -M pc \
     -nodefaults -no-user-config -display none -no-reboot \
     -bios /usr/share/qemu/qboot.rom -kernel "$vmlinux" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 vm.name=vm$i vm.ip=10.77.0.$i/24 vm.cgroup=${SHOAL_VM_CGROUP:-v2}" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 vm.name=vm$i vm.ip=10.77.0.$i/24 vm.cgroup=${SHOAL_VM_CGROUP:-v2} vm.root=$(root_of "$i") vm.mtu=${SHOAL_VM_MTU:-1400} $(quirks_of "$i")" \
+    -rtc "base=$(clock_of "$i")" \
     -netdev "socket,id=n0,mcast=$mcast,localaddr=127.0.0.1" -device "virtio-net-pci,netdev=n0,mac=$mac" \
     -virtfs "local,path=$run/share,mount_tag=host,security_model=none,id=fs0,readonly=on" \
     -virtfs "local,path=$run/out,mount_tag=out,security_model=none,id=fs1" \
@@ -119,7 +138,7 @@ for s in $wanted; do
     cat "$logs/$s.log" >&2
     for i in $(seq 1 "$guests"); do
       echo "--- vm$i daemon.log (last 30 lines)" >&2
-      tail -30 "$run/out/vm$i/daemon.log" 2>/dev/null >&2 || true
+      tail -30 "$run/out/vm$i/daemon.log" >&2 2>/dev/null || true
     done
     status=1
     break

@@ -2,7 +2,7 @@
 # vm_start, wait_for, fail and $guests). They run in this order on one set of guests:
 # each builds on the one before (the swarm that `init_and_join` makes is the one the
 # others use).
-scenario_order=(daemons init_and_join)
+scenario_order=(daemons init_and_join spread overlay published poweroff manager_killed)
 
 # the shoal CLI in guest I
 shoal_in() { local i=$1; shift; vm "$i" "/mnt/host/shoal $*" "${SHOAL_VM_CMD_TIMEOUT:-60}"; }
@@ -32,4 +32,112 @@ scenario_init_and_join() {
   shoal_in 3 swarm join --token "$mtoken" 10.77.0.1
   shoal_in 4 swarm join --token "$wtoken" 10.77.0.1
   shoal_in 1 node ls
+  for i in $(seq 1 "$guests"); do echo "vm$i's clock: $(vm "$i" date)"; done
+}
+
+# SERVICE's running tasks per node, as guest I's managers see them: "vm1 2" lines
+running_per_node() {
+  shoal_in "$1" service ps "$2" --format json --filter desired-state=running |
+    grep '"CurrentState":"Running' | grep -o '"Node":"[^"]*"' | cut -d'"' -f4 | sort | uniq -c |
+    awk '{print $2, $1}'
+}
+
+# the network namespace of SERVICE's task on guest I (the first one there)
+task_ns() {
+  vm "$1" 'for d in /var/lib/shoal/netns/tasks/*; do [ -e "$d" ] && echo "$d"; done | head -1'
+}
+
+scenario_spread() {
+  shoal_in 1 service create --name spread --replicas 8 --stop-signal KILL shoal-test/busybox sleep 3600
+  local per
+  per=$(running_per_node 1 spread)
+  echo "$per"
+  [ "$(echo "$per" | wc -l)" = 4 ] || fail "8 replicas are not on all 4 guests: $per"
+  echo "$per" | awk '$2 != 2 {exit 1}' || fail "8 replicas are not 2 per guest: $per"
+}
+
+# in guest I, from the network namespace NS: the addresses NAME resolves to
+resolve_in() { vm "$1" "nsenter --net=$2 nslookup $3 127.0.0.11" | awk '/^Address: / && NR > 2 {print $2}' | grep -v ':53$' || true; }
+
+# an overlay across the guests: DNS and the VIP from a task on vm1 reach every task
+scenario_overlay() {
+  shoal_in 1 network create appnet
+  shoal_in 1 service create --name web --network appnet --replicas 4 --replicas-max-per-node 1 \
+    --stop-signal KILL shoal-test/busybox sh -c "'mkdir -p /tmp/www && hostname > /tmp/www/index.html && dd if=/dev/zero of=/tmp/www/big bs=1024 count=1024 && exec httpd -f -p 80 -h /tmp/www'"
+  ns=$(task_ns 1)
+  [ -n "$ns" ] || fail "no task namespace on vm1"
+  four() { [ "$(resolve_in 1 "$ns" tasks.web | wc -l)" = 4 ]; }
+  wait_for "tasks.web to answer 4 addresses on vm1" 30 four
+  resolve_in 1 "$ns" tasks.web
+  local vip hosts
+  vip=$(resolve_in 1 "$ns" web | head -1)
+  [ -n "$vip" ] || fail "web has no VIP"
+  hosts=$(vm 1 "for i in \$(seq 40); do nsenter --net=$ns wget -q -O - http://$vip/; done" 120 | sort -u)
+  echo "the VIP $vip reached: $hosts"
+  [ "$(echo "$hosts" | wc -l)" = 4 ] || fail "40 requests to the VIP did not reach the 4 tasks: $hosts"
+  # the overlay's MTU leaves room for VXLAN's 50 bytes on this underlay, and a large
+  # transfer crosses it whole
+  local under mtu size
+  under=$(vm 1 'cat /sys/class/net/eth0/mtu')
+  # (not /sys: it shows the namespace that mounted it)
+  mtu=$(vm 1 "nsenter --net=$ns ip -o link show eth0" | sed -n 's/.* mtu \([0-9]*\).*/\1/p')
+  [ "$mtu" = $((under - 50)) ] || fail "the task's MTU is $mtu on an underlay of $under"
+  size=$(vm 1 "nsenter --net=$ns wget -q -O - http://$vip/big | wc -c" 120)
+  [ "$size" = 1048576 ] || fail "1 MiB through the VIP came as $size bytes"
+  echo "MTU $mtu on an underlay of $under; 1 MiB through the VIP"
+}
+
+# in guest I: the body of URL (its own network namespace: the host's)
+fetch_in() { vm "$1" "timeout 5 wget -q -O - $2"; }
+
+# a port published by a task on vm2 answers at every guest's address, asked from every
+# guest (the routing mesh), and the client's address is kept where the task is
+scenario_published() {
+  shoal_in 1 service create --name pub --replicas 1 --constraint node.hostname==vm2 -p 8080:80 \
+    --stop-signal KILL shoal-test/busybox sh -c "'mkdir -p /tmp/www && echo published > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www'"
+  local from to body
+  for from in $(seq 1 "$guests"); do
+    for to in $(seq 1 "$guests"); do
+      answers() { [ "$(fetch_in "$from" "http://10.77.0.$to:8080/")" = published ]; }
+      wait_for "10.77.0.$to:8080 from vm$from" 30 answers
+    done
+  done
+  echo "8080 answers at every guest's address, from every guest"
+}
+
+# vm4 (a worker) is powered off: it is marked Down and its tasks run on the others
+scenario_poweroff() {
+  local before t0
+  before=$(running_per_node 1 spread)
+  echo "$before" | grep -q '^vm4 ' || fail "vm4 has no task of spread: $before"
+  t0=$(date +%s.%N)
+  vm_kill 4
+  down() { shoal_in 1 node ls --format json | grep '"Hostname":"vm4"' | grep -q '"Status":"Down"'; }
+  wait_for "vm4 Down" 60 down
+  echo "vm4 Down after $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5) s"
+  moved() {
+    local now
+    now=$(running_per_node 1 spread)
+    ! echo "$now" | grep -q '^vm4 ' && [ "$(echo "$now" | awk '{s += $2} END {print s}')" = 8 ]
+  }
+  wait_for "spread's 8 tasks on vm1-vm3" 60 moved
+  echo "its tasks run elsewhere after $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5) s"
+  running_per_node 1 spread
+}
+
+# the leader's guest (vm1) is powered off: another manager leads and takes writes
+scenario_manager_killed() {
+  local t0
+  shoal_in 2 node ls | grep -q 'vm1 .*Leader' || fail "vm1 does not lead"
+  t0=$(date +%s.%N)
+  vm_kill 1
+  leads() { shoal_in 2 node ls | grep -E 'vm[23] .*Leader'; }
+  wait_for "a new leader" 60 leads
+  echo "a new leader after $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5) s"
+  shoal_in 2 node ls
+  writes() { shoal_in 3 service scale -d spread=4; }
+  wait_for "a write to commit" 60 writes
+  echo "a write committed after $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5) s"
+  shoal_in 2 service create --name after --replicas 2 --stop-signal KILL shoal-test/busybox sleep 3600
+  [ "$(running_per_node 2 after | awk '{s += $2} END {print s}')" = 2 ] || fail "the new service does not run"
 }

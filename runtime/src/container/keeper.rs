@@ -63,6 +63,31 @@ fn exit_path(dir: &Path) -> PathBuf {
     dir.join("exit.json")
 }
 
+/// Whether `/` is the kernel's initial root, an initramfs (fs type `rootfs`), as on a
+/// host that runs from RAM. pivot_root(2) cannot leave that root (EINVAL), so containers
+/// are then set up with a move mount and chroot instead, as runc's `--no-pivot` and
+/// Docker's `DOCKER_RAMDISK` do. Read from `/proc/self/mountinfo` once.
+fn root_is_ramdisk() -> bool {
+    static RAMDISK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RAMDISK.get_or_init(|| {
+        fs::read_to_string("/proc/self/mountinfo")
+            .map(|m| ramdisk_in(&m))
+            .unwrap_or(false)
+    })
+}
+
+/// [`root_is_ramdisk`] for a mountinfo text: the mount at `/` is of type `rootfs` (the
+/// fields after ` - ` are type, source, options).
+fn ramdisk_in(mountinfo: &str) -> bool {
+    mountinfo
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some("/"))
+        .filter_map(|l| l.split_once(" - "))
+        .filter_map(|(_, rest)| rest.split_whitespace().next())
+        .last()
+        .is_some_and(|t| t == "rootfs")
+}
+
 /// Runs the keeper until it is killed. Returns at once (Ok) if another keeper already
 /// holds `root`.
 pub fn run(root: &Path) -> anyhow::Result<()> {
@@ -91,6 +116,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGPIPE, &act) }?;
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if root_is_ramdisk() {
+        tracing::warn!("the root filesystem is an initramfs, which pivot_root cannot leave: containers get their root by a move mount and chroot (as runc --no-pivot)");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -733,6 +761,7 @@ async fn create_in_helper(
     devnull: File,
 ) -> Result<i32, String> {
     ensure_single_thread()?;
+    let no_pivot = root_is_ramdisk();
     let (r, w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: this process has a single thread (checked just above), so the child starts
@@ -751,6 +780,7 @@ async fn create_in_helper(
                 .and_then(|b| {
                     b.as_init(bundle)
                         .with_systemd(false)
+                        .with_no_pivot(no_pivot)
                         .with_detach(true)
                         .as_sibling(true)
                         .build()
@@ -996,5 +1026,25 @@ impl KeeperClient {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ramdisk_in;
+
+    #[test]
+    fn an_initramfs_root_is_told_from_a_real_one() {
+        let initramfs = "1 1 0:1 / / rw - rootfs rootfs rw,size=250000k\n\
+                         20 1 0:20 / /proc rw,relatime - proc proc rw\n";
+        assert!(ramdisk_in(initramfs));
+        // a disk (or a tmpfs switched to) mounted over the initial rootfs: the last
+        // mount at / is what / is
+        let disk = "1 1 0:1 / / rw - rootfs rootfs rw\n\
+                    25 1 8:1 / / rw,relatime - ext4 /dev/vda1 rw\n";
+        assert!(!ramdisk_in(disk));
+        let usual = "29 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n";
+        assert!(!ramdisk_in(usual));
+        assert!(!ramdisk_in(""));
     }
 }
