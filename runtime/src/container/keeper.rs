@@ -81,10 +81,10 @@ fn root_is_ramdisk() -> bool {
 fn ramdisk_in(mountinfo: &str) -> bool {
     mountinfo
         .lines()
+        .rev()
         .filter(|l| l.split_whitespace().nth(4) == Some("/"))
         .filter_map(|l| l.split_once(" - "))
-        .filter_map(|(_, rest)| rest.split_whitespace().next())
-        .last()
+        .find_map(|(_, rest)| rest.split_whitespace().next())
         .is_some_and(|t| t == "rootfs")
 }
 
