@@ -159,8 +159,12 @@ pub struct Dispatcher {
     store: Store,
     routes: Arc<Mutex<Routes>>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
-    /// When each node was last heard from (a session opened or a heartbeat).
+    /// When each node was last heard from (a session opened, a heartbeat, a status
+    /// report).
     last_seen: Arc<Mutex<HashMap<String, Instant>>>,
+    /// This manager's own node: never taken for dead by this manager (its agent runs in
+    /// this very process; late heartbeats only say the process is busy).
+    local_node: String,
     /// Cancelled when this manager stops leading: sessions and assignment streams end,
     /// and agents go to the new leader.
     term: Arc<Mutex<Option<CancellationToken>>>,
@@ -195,7 +199,7 @@ fn store_status(e: StoreError) -> Status {
 
 impl Dispatcher {
     /// The dispatcher, with its status batcher running until `shutdown`.
-    pub fn new(store: Store, shutdown: CancellationToken) -> Dispatcher {
+    pub fn new(store: Store, shutdown: CancellationToken, local_node: &str) -> Dispatcher {
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(batch_writer(store.clone(), rx, shutdown.clone()));
         let routes: Arc<Mutex<Routes>> = Arc::default();
@@ -205,6 +209,7 @@ impl Dispatcher {
             store,
             sessions: Arc::default(),
             last_seen: Arc::default(),
+            local_node: local_node.to_string(),
             term: Arc::default(),
             updates: tx,
             heartbeat: DEFAULT_HEARTBEAT,
@@ -299,7 +304,7 @@ impl Dispatcher {
                     })
                     .filter(|n| {
                         let last = seen.get(&n.id).copied().unwrap_or(start).max(start);
-                        now.duration_since(last) > grace
+                        n.id != self.local_node && now.duration_since(last) > grace
                     })
                     .map(|n| n.id.clone())
                     .collect()
@@ -895,6 +900,7 @@ impl DispatcherApi for Dispatcher {
         req: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
         let node = node_of(&req)?;
+        self.seen(&node);
         let r = req.into_inner();
         let (done, wait) = oneshot::channel();
         self.updates

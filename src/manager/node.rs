@@ -157,7 +157,7 @@ impl Manager {
                 .await?;
         }
         let shutdown = CancellationToken::new();
-        let dispatcher = Dispatcher::new(store.clone(), shutdown.child_token());
+        let dispatcher = Dispatcher::new(store.clone(), shutdown.child_token(), node_id);
         tokio::spawn(lead_when_leader(
             raft.clone(),
             store.clone(),
