@@ -191,6 +191,11 @@ impl Overlays {
                     let br = must_index(&h, BRIDGE).await?;
                     self.ingress_addr(&h, br, a, spec.prefix).await?;
                 }
+                // as this version makes them (a namespace built by an older one may
+                // hold other rules)
+                if spec.uplink {
+                    crate::lb::apply(&ns, &ns_rules()).await?;
+                }
                 return Ok(());
             }
         }

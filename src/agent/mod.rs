@@ -239,7 +239,11 @@ impl<E: Executor> Agent<E> {
             return;
         };
         for t in msg.update_tasks {
-            if crate::manager::tasks::desired(&t) != shoal_proto::TaskState::Running {
+            // (a standalone container's attachment has no container to start: its
+            // namespace is still there, and its resolver comes with the managers)
+            if crate::manager::tasks::desired(&t) != shoal_proto::TaskState::Running
+                || !t.attachment_container.is_empty()
+            {
                 continue;
             }
             match self.exec.inspect(&t.id).await {

@@ -462,13 +462,17 @@ pub async fn run(cli: &Cli, cmd: ContainerCmd) -> anyhow::Result<ExitCode> {
                     if matches!(i.status, Status::Running | Status::Created) && !force {
                         bail!("container {n} is running: stop it first or use rm -f");
                     }
-                    let attachment = i.record.spec.labels.get(ATTACHMENT_LABEL).cloned();
-                    rt.remove(&n).await?;
-                    if let Some(a) = attachment {
+                    // its network attachment first: the container keeps the
+                    // attachment's ID, so it stays until the attachment is gone
+                    if let Some(a) = i.record.spec.labels.get(ATTACHMENT_LABEL).cloned() {
+                        if matches!(i.status, Status::Running | Status::Created) {
+                            rt.stop(&n, Some(Duration::ZERO)).await?;
+                        }
                         detach(cli, a).await.with_context(|| {
-                            format!("container {n} is removed, but its network attachment is not")
+                            format!("container {n} is kept: its network attachment could not be let go (rm it again once the daemon and the managers answer)")
                         })?;
                     }
+                    rt.remove(&n).await?;
                     Ok(())
                 }
                 .await;
@@ -517,7 +521,7 @@ async fn create(cli: &Cli, rt: &ContainerRuntime, a: &RunArgs) -> anyhow::Result
                 networks,
             })
             .await
-            .map_err(|s| anyhow::anyhow!("--network: {}", s.message()))?
+            .map_err(super::client::refusal)?
             .into_inner();
         spec.netns = Some(r.netns.into());
         spec.mounts.push(MountSpec {

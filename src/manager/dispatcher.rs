@@ -331,7 +331,11 @@ impl Dispatcher {
                         st.message = "heartbeat failure".into();
                         tx.update(n)?;
                         for t in tx.tasks_of(id, true) {
+                            // (a standalone container's attachment follows its
+                            // container, which is still there when the node returns:
+                            // its address stays its own)
                             if &t.node_id == id
+                                && t.attachment_container.is_empty()
                                 && !state(&t).is_terminal()
                                 && t.desired_state < TaskState::Shutdown as i32
                             {
@@ -530,7 +534,6 @@ fn mesh_ports(t: &super::store::Tables, ingress: &str) -> Vec<PublishedPort> {
 /// The ports published in host mode by `node`'s running tasks, each to its task's
 /// address on the ingress network: they answer on this node only.
 fn host_ports(t: &super::store::Tables, ingress: &str, node: &str) -> Vec<PublishedPort> {
-    use shoal_proto::port_config::PublishMode;
     let mut out = Vec::new();
     for x in t.tasks_on_node(node) {
         if state(x) != TaskState::Running {
@@ -544,22 +547,16 @@ fn host_ports(t: &super::store::Tables, ingress: &str, node: &str) -> Vec<Publis
         else {
             continue;
         };
-        let Some(e) = t
-            .services
-            .get(&x.service_id)
-            .and_then(|s| s.endpoint.as_ref())
-        else {
+        let Some(s) = t.services.get(&x.service_id) else {
             continue;
         };
-        for p in &e.ports {
-            if p.publish_mode == PublishMode::Host as i32 && p.published_port != 0 {
-                out.push(PublishedPort {
-                    published: p.published_port,
-                    protocol: super::network::proto_name(p.protocol).into(),
-                    target: p.target_port,
-                    backends: vec![super::ipam::host_part(addr).to_string()],
-                });
-            }
+        for p in super::network::host_ports(s) {
+            out.push(PublishedPort {
+                published: p.published_port,
+                protocol: super::network::proto_name(p.protocol).into(),
+                target: p.target_port,
+                backends: vec![super::ipam::host_part(addr).to_string()],
+            });
         }
     }
     out

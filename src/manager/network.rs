@@ -195,6 +195,17 @@ fn ports(spec: &ServiceSpec) -> &[PortConfig] {
     spec.endpoint.as_ref().map(|e| &e.ports[..]).unwrap_or(&[])
 }
 
+/// The ports a service publishes in host mode, as the allocator resolved them (its
+/// endpoint: what its tasks are reached by).
+pub fn host_ports(s: &Service) -> impl Iterator<Item = &PortConfig> {
+    s.endpoint
+        .as_ref()
+        .map(|e| &e.ports[..])
+        .unwrap_or(&[])
+        .iter()
+        .filter(|p| p.publish_mode == PublishMode::Host as i32 && p.published_port != 0)
+}
+
 fn publishes_ingress(spec: &ServiceSpec) -> bool {
     ports(spec)
         .iter()
@@ -213,6 +224,49 @@ pub fn proto_name(p: i32) -> &'static str {
     }
 }
 
+/// Resolves `--network` targets (names, IDs or unique ID prefixes) to network IDs and
+/// checks them: no ingress (a service joins it by publishing a port), valid aliases, no
+/// network twice, and (`standalone`: a standalone container's) attachable networks only.
+fn resolve_attachments(
+    t: &Tables,
+    atts: &mut [NetworkAttachmentConfig],
+    standalone: bool,
+) -> Result<(), ControlError> {
+    let mut seen = BTreeSet::new();
+    for a in atts.iter_mut() {
+        let n = super::control::find(&t.networks, &a.target)
+            .map_err(|_| invalid(format!("--network {}: no such network", a.target)))?;
+        let spec = n.spec.clone().unwrap_or_default();
+        if standalone && (spec.ingress || !spec.attachable) {
+            return Err(invalid(format!(
+                "--network {}: standalone containers may join only attachable networks (network create --attachable)",
+                a.target
+            )));
+        }
+        if spec.ingress {
+            return Err(invalid(format!(
+                "--network {}: the ingress network is the routing mesh's; a service joins it by publishing a port",
+                a.target
+            )));
+        }
+        for al in &a.aliases {
+            if !super::control::valid_name(al) && !al.contains('.') {
+                return Err(invalid(format!(
+                    "--network alias {al:?} is not a valid name"
+                )));
+            }
+        }
+        if !seen.insert(n.id.clone()) {
+            return Err(invalid(format!(
+                "--network {}: attached to it twice",
+                n.name()
+            )));
+        }
+        a.target = n.id;
+    }
+    Ok(())
+}
+
 /// Resolves a service's `--network` targets (names or IDs) to network IDs and checks
 /// its ports: valid numbers, no port published twice, none another service already
 /// publishes on the routing mesh, and no ingress ports with DNS round robin.
@@ -221,33 +275,8 @@ pub fn resolve_service(
     service_id: &str,
     spec: &mut ServiceSpec,
 ) -> Result<(), ControlError> {
-    let mut seen = BTreeSet::new();
     if let Some(task) = spec.task.as_mut() {
-        for a in task.networks.iter_mut() {
-            // by ID, name or unique ID prefix, as everywhere else
-            let n = super::control::find(&t.networks, &a.target)
-                .map_err(|_| invalid(format!("--network {}: no such network", a.target)))?;
-            if n.spec.as_ref().is_some_and(|s| s.ingress) {
-                return Err(invalid(format!(
-                    "--network {}: the ingress network is the routing mesh's; a service joins it by publishing a port",
-                    a.target
-                )));
-            }
-            for al in &a.aliases {
-                if !super::control::valid_name(al) && !al.contains('.') {
-                    return Err(invalid(format!(
-                        "--network alias {al:?} is not a valid name"
-                    )));
-                }
-            }
-            if !seen.insert(n.id.clone()) {
-                return Err(invalid(format!(
-                    "--network {}: the service is attached to it twice",
-                    n.name()
-                )));
-            }
-            a.target = n.id;
-        }
+        resolve_attachments(t, &mut task.networks, false)?;
     }
     let mine = ports(spec).to_vec();
     if dnsrr(spec) && publishes_ingress(spec) {
@@ -325,13 +354,18 @@ pub fn resolve_service(
 pub async fn remove_network(store: &Store, what: &str) -> Result<(), ControlError> {
     let n = store.view(|t| super::control::find(&t.networks, what))?;
     let users: Vec<String> = store.view(|t| {
+        let ingress = t
+            .networks
+            .values()
+            .find(|x| x.spec.as_ref().is_some_and(|s| s.ingress))
+            .map(|x| x.id.as_str());
         t.services
             .values()
             .filter(|s| {
                 let attached = s
                     .spec
                     .as_ref()
-                    .is_some_and(|sp| service_networks(sp, Some(&n.id)).contains(&n.id));
+                    .is_some_and(|sp| service_networks(sp, ingress).contains(&n.id));
                 let vip = s
                     .endpoint
                     .as_ref()
@@ -380,28 +414,7 @@ pub async fn attach_container(
     if networks.is_empty() {
         return Err(invalid("a network attachment needs at least one network"));
     }
-    let mut seen = BTreeSet::new();
-    store.view(|t| -> Result<(), ControlError> {
-        for a in networks.iter_mut() {
-            let n = super::control::find(&t.networks, &a.target)
-                .map_err(|_| invalid(format!("--network {}: no such network", a.target)))?;
-            let spec = n.spec.clone().unwrap_or_default();
-            if spec.ingress || !spec.attachable {
-                return Err(invalid(format!(
-                    "--network {}: standalone containers may join only attachable networks (network create --attachable)",
-                    a.target
-                )));
-            }
-            if !seen.insert(n.id.clone()) {
-                return Err(invalid(format!(
-                    "--network {}: named twice",
-                    a.target
-                )));
-            }
-            a.target = n.id;
-        }
-        Ok(())
-    })?;
+    store.view(|t| resolve_attachments(t, &mut networks, true))?;
     let id = super::store::new_id();
     let t = Task {
         id: id.clone(),
@@ -419,15 +432,34 @@ pub async fn attach_container(
         attachment_container: container,
         ..Default::default()
     };
-    store.update(|tx| tx.create(t)).await?;
-    Ok(id)
+    // a retried call (its first answer lost) finds the attachment it made
+    let made = store
+        .update(|tx| {
+            let mine = |x: &Task| {
+                x.node_id == t.node_id
+                    && x.attachment_container == t.attachment_container
+                    && !state(x).is_terminal()
+                    && x.desired_state <= TaskState::Running as i32
+            };
+            match tx.tasks_of("", false).into_iter().find(mine) {
+                Some(old) => Ok(old.id),
+                None => {
+                    tx.create(t)?;
+                    Ok(id)
+                }
+            }
+        })
+        .await?;
+    Ok(made)
 }
 
 /// The container is gone: its attachment is removed (its node lets go of it, and its
-/// addresses return to the pools). Only the node that made it may remove it.
+/// addresses return to the pools). Only the node that made it may remove it; one that
+/// is gone already is fine (a retried call).
 pub async fn detach_container(store: &Store, node: &str, id: &str) -> Result<(), ControlError> {
     store
         .update(|tx| match tx.get::<Task>(id) {
+            None => Ok(()),
             Some(t) if !t.attachment_container.is_empty() && t.node_id == node => {
                 tx.remove::<Task>(id)
             }

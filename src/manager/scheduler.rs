@@ -166,17 +166,9 @@ impl NodeLoad {
 /// The ports each service publishes in host mode (most services have none, and are
 /// not in the map).
 fn host_ports_by_service(tx: &Tx<'_>) -> HashMap<String, Vec<HostPort>> {
-    use shoal_proto::port_config::PublishMode;
     let mut m = HashMap::new();
     tx.for_each(|s: &shoal_proto::Service| {
-        let ports: Vec<HostPort> = s
-            .spec
-            .as_ref()
-            .and_then(|x| x.endpoint.as_ref())
-            .map(|e| &e.ports[..])
-            .unwrap_or(&[])
-            .iter()
-            .filter(|p| p.publish_mode == PublishMode::Host as i32 && p.published_port != 0)
+        let ports: Vec<HostPort> = network::host_ports(s)
             .map(|p| (p.published_port, p.protocol))
             .collect();
         if !ports.is_empty() {

@@ -967,7 +967,16 @@ mod networks {
             detach_container(&store, "another-node", &id).await,
             "not found",
         );
+        // a retried attach finds the one it made
+        assert_eq!(
+            attach_container(&store, &node_id, "c1".into(), on("att"))
+                .await
+                .unwrap(),
+            id
+        );
         detach_container(&store, &node_id, &id).await.unwrap();
         assert!(store.view(|x| !x.tasks.contains_key(&id)));
+        // and a retried detach is fine
+        detach_container(&store, &node_id, &id).await.unwrap();
     }
 }

@@ -12,7 +12,8 @@ arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -1; }
 # which pivot_root cannot leave (shoal then sets containers up without it). vm.root=ramfs
 # keeps this guest on the initramfs; otherwise it moves to a tmpfs first, as a distro's
 # initramfs moves to the real root.
-if [ "$(arg vm.root)" != ramfs ] && [ "$(stat -f -c %T /)" != tmpfs ]; then
+# (the initial root is "rootfs" in mountinfo; statfs calls it tmpfs, as a tmpfs is)
+if [ "$(arg vm.root)" != ramfs ] && awk '$5 == "/" {t = $0} END {exit t !~ / - rootfs /}' /proc/self/mountinfo; then
   mkdir -p /newroot
   mount -t tmpfs -o mode=755 root /newroot
   for d in bin sbin etc lib lib64 usr init; do [ -e "/$d" ] && cp -a "/$d" /newroot/; done

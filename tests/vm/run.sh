@@ -27,8 +27,11 @@ logs=$dir/logs
 ns=shvm$$
 qpids=()
 cleanup() {
-  for p in "${qpids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  for p in "${qpids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.05; done; done
+  # (a guest a scenario powered off is gone already: its PID may be another process's)
+  for p in "${qpids[@]}"; do
+    grep -q qemu-system "/proc/$p/cmdline" 2>/dev/null && kill -9 "$p" 2>/dev/null || true
+  done
+  for p in "${qpids[@]}"; do while grep -q qemu-system "/proc/$p/cmdline" 2>/dev/null; do sleep 0.05; done; done
   ip netns del "$ns" 2>/dev/null || true
 }
 trap cleanup EXIT

@@ -85,6 +85,11 @@ scenario_overlay() {
   size=$(vm 1 "nsenter --net=$ns wget -q -O - http://$vip/big | wc -c" 120)
   [ "$size" = 1048576 ] || fail "1 MiB through the VIP came as $size bytes"
   echo "MTU $mtu on an underlay of $under; 1 MiB through the VIP"
+  # vm3 loaded none of shoal's modules at boot: the kernel loaded them when asked
+  local mods
+  mods=$(vm 3 "for m in overlay vxlan veth bridge nf_tables nft_nat; do grep -q \"^\$m \" /proc/modules && echo \$m; done" | tr '\n' ' ')
+  [ "$mods" = "overlay vxlan veth bridge nf_tables nft_nat " ] || fail "vm3 loaded only: $mods"
+  echo "vm3 loaded on demand: $mods"
 }
 
 # in guest I: the body of URL (its own network namespace: the host's)
