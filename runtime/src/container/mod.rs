@@ -294,6 +294,8 @@ impl ContainerRuntime {
             fs::read(self.images.blob_path(&image.id)).map_err(io(id, "read image config"))?;
         let img_cfg = ImageConfig::from_blob(&cfg_blob)?;
         let cgroup = spec::cgroup_path(&self.cfg.cgroup_parent, id);
+        ensure_unified_parent(&self.cfg.cgroup_parent)
+            .map_err(io(id, "create the cgroup parent"))?;
         let oci = spec::build(&spec::BuildInput {
             id,
             spec,
@@ -763,6 +765,21 @@ pub fn image_users_at(data_root: &Path) -> HashMap<Digest, String> {
 }
 
 /// The mount points of the cgroup hierarchies (v1 controllers, or the v2 root).
+/// On a cgroup v2 host, makes the containers' parent cgroup (and its parents) before a
+/// container needs it: libcgroups makes each level with a check-then-create, so two
+/// containers created at once (the keeper creates up to 8 in parallel) race on a parent
+/// that does not exist yet, and the loser fails with EEXIST (found on the VM suite's
+/// cgroup v2 guests). A hybrid host's v1 hierarchies are made with create_dir_all,
+/// which does not race.
+fn ensure_unified_parent(parent: &str) -> std::io::Result<()> {
+    let base = Path::new("/sys/fs/cgroup");
+    let rel = parent.trim_matches('/');
+    if rel.is_empty() || !base.join("cgroup.controllers").exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(base.join(rel))
+}
+
 pub fn cgroup_roots() -> Vec<PathBuf> {
     let base = Path::new("/sys/fs/cgroup");
     let mut v: Vec<PathBuf> = fs::read_dir(base)
