@@ -323,11 +323,37 @@ async fn remove_leaves_nothing_and_leftovers_are_cleaned_at_start() {
         .join(host.cgroup_parent.trim_start_matches('/'))
         .join("stray");
     fs::create_dir_all(&stray).unwrap();
+    // and one that another process is preparing right now (it holds the lock): its
+    // rootfs mount stays
+    let busy = rt.dir("busy");
+    fs::create_dir_all(busy.join("rootfs")).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &busy.join("rootfs"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let lock = nix::fcntl::Flock::lock(
+        fs::File::create(busy.join(".preparing")).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
     drop(rt);
     let _rt = host.runtime().await;
     assert!(!half.exists(), "half-prepared container removed");
-    assert!(host.mounts().is_empty(), "mounts left: {:?}", host.mounts());
     assert!(!stray.exists(), "stray cgroup removed");
+    assert_eq!(
+        host.mounts().len(),
+        1,
+        "only the busy container's rootfs is left: {:?}",
+        host.mounts()
+    );
+    assert!(busy.join("rootfs").exists());
+    drop(lock);
+    nix::mount::umount(&busy.join("rootfs")).unwrap();
+    fs::remove_dir_all(&busy).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -692,7 +692,12 @@ impl ContainerRuntime {
             }
             if !p.join("container.json").is_file() {
                 if lock_file(&p.join(".preparing"), false).is_none() {
-                    continue; // another process is preparing it right now
+                    // another process is preparing it right now: its rootfs mount,
+                    // libcontainer state and cgroup are not leftovers either (a CLI
+                    // command's start-up once unmounted the rootfs of a container the
+                    // daemon was preparing: it started with an empty root)
+                    known.push(name);
+                    continue;
                 }
                 let _ = self
                     .keeper
