@@ -21,7 +21,9 @@ def main():
     except OSError as e:
         print("ctl: cannot reach the guest at %s: %s" % (path, e), file=sys.stderr)
         sys.exit(125)
-    s.sendall(("%s %s\n" % (cid, base64.b64encode(script.encode()).decode())).encode())
+    # the guest kills the script a little before we give up on it
+    secs = max(1, int(timeout) - 1)
+    s.sendall(("%s %d %s\n" % (cid, secs, base64.b64encode(script.encode()).decode())).encode())
     buf = b""
     while True:
         left = deadline - time.time()

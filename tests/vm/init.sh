@@ -3,8 +3,9 @@
 # modules shoal needs, sets the name and address the command line gives
 # (vm.name=, vm.ip=, vm.cgroup=v2|hybrid), mounts the host's shares (9p: /mnt/host
 # read-only, /mnt/out writable), prints VM-READY and then runs the commands the host
-# sends over the virtio serial port "ctl", one at a time: a line "ID BASE64-SCRIPT" is
-# answered "ID EXIT-CODE BASE64-OUTPUT".
+# sends over the virtio serial port "ctl", one at a time: a line "ID SECONDS BASE64-SCRIPT"
+# is answered "ID EXIT-CODE BASE64-OUTPUT"; a script still running after SECONDS is
+# killed (exit code 137), so that one stuck command does not hold up the next.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -1; }
@@ -73,9 +74,9 @@ echo "VM-READY $name $(cut -d' ' -f1 /proc/uptime)"
 # command's own stdin, stdout and stderr are not the port, so nothing it leaves running
 # holds the port open.
 serve() {
-  while read -r id script; do
+  while read -r id secs script; do
     echo "$script" | base64 -d > /tmp/ctl.sh
-    out=$(sh /tmp/ctl.sh 2>&1 < /dev/null)
+    out=$(timeout -s KILL "$secs" sh /tmp/ctl.sh 2>&1 < /dev/null)
     rc=$?
     printf '%s %s %s\n' "$id" "$rc" "$(printf '%s' "$out" | base64 | tr -d '\n')"
   done

@@ -13,7 +13,7 @@ start_daemon() {
 }
 
 # the daemon answers (in a swarm or not)
-daemon_up() { { shoal_in "$1" node ls 2>&1 || true; } | grep -qE 'not a swarm manager|Leader|ID'; }
+daemon_up() { { vm "$1" "/mnt/host/shoal node ls" 10 2>&1 || true; } | grep -qE 'not a swarm manager|Leader|ID'; }
 
 scenario_daemons() {
   for i in $(seq 1 "$guests"); do
@@ -130,19 +130,23 @@ scenario_poweroff() {
   running_per_node 1 spread
 }
 
-# the leader's guest (vm1) is powered off: another manager leads and takes writes
+# the leader's guest is powered off: another manager leads and takes writes
 scenario_manager_killed() {
-  local t0
-  shoal_in 2 node ls | grep -q 'vm1 .*Leader' || fail "vm1 does not lead"
+  local t0 leader others
+  leader=$(shoal_in 2 node ls | awk '/Leader/ {for (i = 1; i <= NF; i++) if ($i ~ /^vm[0-9]$/) print $i}')
+  case "$leader" in vm[123]) ;; *) fail "no manager leads: $leader" ;; esac
+  others=$(for i in 1 2 3; do [ "vm$i" = "$leader" ] || echo "$i"; done | tr '\n' ' ')
+  set -- $others
+  echo "$leader leads; powering it off; asking vm$1 and vm$2"
   t0=$(date +%s.%N)
-  vm_kill 1
-  leads() { shoal_in 2 node ls | grep -E 'vm[23] .*Leader'; }
-  wait_for "a new leader" 60 leads
+  vm_kill "${leader#vm}"
+  leads() { shoal_in "$1" node ls | grep -E "vm($1|$2) .*Leader"; }
+  wait_for "a new leader" 60 leads "$1" "$2"
   echo "a new leader after $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5) s"
-  shoal_in 2 node ls
-  writes() { shoal_in 3 service scale -d spread=4; }
-  wait_for "a write to commit" 60 writes
+  shoal_in "$1" node ls
+  writes() { shoal_in "$2" service scale -d spread=4; }
+  wait_for "a write to commit" 60 writes "$1" "$2"
   echo "a write committed after $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5) s"
-  shoal_in 2 service create --name after --replicas 2 --stop-signal KILL shoal-test/busybox sleep 3600
-  [ "$(running_per_node 2 after | awk '{s += $2} END {print s}')" = 2 ] || fail "the new service does not run"
+  shoal_in "$1" service create --name after --replicas 2 --stop-signal KILL shoal-test/busybox sleep 3600
+  [ "$(running_per_node "$1" after | awk '{s += $2} END {print s}')" = 2 ] || fail "the new service does not run"
 }
