@@ -282,6 +282,18 @@ async fn layers_shared_and_writes_private() {
     }
 }
 
+/// A tmpfs on `dir`, standing for a container's mounted rootfs.
+fn mount_tmpfs(dir: &std::path::Path) {
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn remove_leaves_nothing_and_leftovers_are_cleaned_at_start() {
     let host = Host::new();
@@ -311,14 +323,7 @@ async fn remove_leaves_nothing_and_leftovers_are_cleaned_at_start() {
     // and a stray cgroup
     let half = rt.dir("half");
     fs::create_dir_all(half.join("rootfs")).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &half.join("rootfs"),
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
+    mount_tmpfs(&half.join("rootfs"));
     let stray = std::path::Path::new("/sys/fs/cgroup/memory")
         .join(host.cgroup_parent.trim_start_matches('/'))
         .join("stray");
@@ -327,14 +332,7 @@ async fn remove_leaves_nothing_and_leftovers_are_cleaned_at_start() {
     // rootfs mount stays
     let busy = rt.dir("busy");
     fs::create_dir_all(busy.join("rootfs")).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &busy.join("rootfs"),
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
+    mount_tmpfs(&busy.join("rootfs"));
     let lock = nix::fcntl::Flock::lock(
         fs::File::create(busy.join(".preparing")).unwrap(),
         nix::fcntl::FlockArg::LockExclusive,

@@ -101,6 +101,9 @@ pub struct Overlays {
     host_ns: Netns,
     /// The host's forwarding and uplink rules, set up with the first uplink.
     host_ready: tokio::sync::OnceCell<()>,
+    /// The networks whose namespace rules this process has loaded (built here, or found
+    /// built by an earlier daemon, perhaps an older version, and loaded once).
+    rules_loaded: std::sync::Mutex<BTreeSet<u32>>,
 }
 
 fn nl(what: &str, e: rtnetlink::Error) -> NetError {
@@ -163,6 +166,7 @@ impl Overlays {
             host,
             host_ns,
             host_ready: tokio::sync::OnceCell::new(),
+            rules_loaded: std::sync::Mutex::default(),
         }
     }
 
@@ -191,10 +195,11 @@ impl Overlays {
                     let br = must_index(&h, BRIDGE).await?;
                     self.ingress_addr(&h, br, a, spec.prefix).await?;
                 }
-                // as this version makes them (a namespace built by an older one may
-                // hold other rules)
-                if spec.uplink {
+                // once per daemon, as this version makes them (a namespace an older
+                // version built may hold other rules)
+                if spec.uplink && !self.rules_loaded(spec.vni) {
                     crate::lb::apply(&ns, &ns_rules()).await?;
+                    self.set_rules_loaded(spec.vni, true);
                 }
                 return Ok(());
             }
@@ -332,7 +337,25 @@ impl Overlays {
                 .await
                 .map_err(|e| nl("the host's route to the ingress network", e))?;
         }
-        crate::lb::apply(ns, &ns_rules()).await
+        crate::lb::apply(ns, &ns_rules()).await?;
+        self.set_rules_loaded(spec.vni, true);
+        Ok(())
+    }
+
+    fn rules_loaded(&self, vni: u32) -> bool {
+        self.rules_loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&vni)
+    }
+
+    fn set_rules_loaded(&self, vni: u32, loaded: bool) {
+        let mut s = self.rules_loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded {
+            s.insert(vni);
+        } else {
+            s.remove(&vni);
+        }
     }
 
     /// The bridge answers as this node's ingress address: the address, and as MAC the
@@ -381,6 +404,7 @@ impl Overlays {
 
     /// Removes the network from this node: its namespace, and with it every device.
     pub async fn remove(&self, vni: u32) -> Result<(), NetError> {
+        self.set_rules_loaded(vni, false);
         // the host's ends go now, not when the namespace is finally freed
         for name in [format!("shvx{vni}"), format!("shup{vni}")] {
             delete_named(&self.host, &name).await?;

@@ -370,7 +370,8 @@ fn concerns_all(object: &Object, old: Option<&Object>) -> bool {
 /// Whether a task's change is only its node's own status report: its node knows
 /// already, and sending it back would double the stream traffic of every task that
 /// starts (swarmkit skips these too). Every field but `meta` and `status` is compared,
-/// so a field added to `Task` must be listed here.
+/// field by field rather than on copies (this runs for every task change), and the
+/// destructuring makes a field added to `Task` fail to compile until it is listed here.
 fn status_only(new: &Task, old: Option<&Object>) -> bool {
     let Some(Object::Task(old)) = old else {
         return false;

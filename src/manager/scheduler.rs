@@ -352,9 +352,8 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
     pending.sort_by(|a, b| a.service_id.cmp(&b.service_id).then(a.slot.cmp(&b.slot)));
     // The common case, fast: a service's tasks with no reservations, no limit per
     // node, no preferences, no host-mode ports and no fixed node can go to the same
-    // nodes, so those
-    // are found once and the least loaded taken from a heap, instead of every
-    // node checked for every task.
+    // nodes, so those are found once and the least loaded taken from a heap, instead
+    // of every node checked for every task.
     let mut slow = Vec::new();
     let mut i = 0;
     while i < pending.len() {

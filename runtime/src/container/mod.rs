@@ -769,7 +769,6 @@ pub fn image_users_at(data_root: &Path) -> HashMap<Digest, String> {
     m
 }
 
-/// The mount points of the cgroup hierarchies (v1 controllers, or the v2 root).
 /// On a cgroup v2 host, makes the containers' parent cgroup (and its parents) before a
 /// container needs it: libcgroups makes each level with a check-then-create, so two
 /// containers created at once (the keeper creates up to 8 in parallel) race on a parent
@@ -785,6 +784,7 @@ fn ensure_unified_parent(parent: &str) -> std::io::Result<()> {
     fs::create_dir_all(base.join(rel))
 }
 
+/// The mount points of the cgroup hierarchies (v1 controllers, or the v2 root).
 pub fn cgroup_roots() -> Vec<PathBuf> {
     let base = Path::new("/sys/fs/cgroup");
     let mut v: Vec<PathBuf> = fs::read_dir(base)
