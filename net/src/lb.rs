@@ -15,10 +15,11 @@ use crate::NetError;
 
 /// An nft script that replaces table `ip NAME` with `chains` in one transaction. A chain
 /// is its name, its base-chain line (`type … hook … priority …`) and its rules, each
-/// ending in a newline.
+/// ending in a newline. A chain with no rules is left out: it would do nothing but cost
+/// each packet through its hook a call (and a NAT chain, conntrack too).
 pub fn replace_table(name: &str, chains: &[(&str, &str, &str)]) -> String {
     let mut s = format!("add table ip {name}\ndelete table ip {name}\ntable ip {name} {{\n");
-    for (chain, base, rules) in chains {
+    for (chain, base, rules) in chains.iter().filter(|(_, _, rules)| !rules.is_empty()) {
         s.push_str(&format!(
             "  chain {chain} {{\n    {base}; policy accept;\n{rules}  }}\n"
         ));
@@ -158,5 +159,16 @@ mod tests {
         ));
         assert!(r.contains("ip daddr 10.0.1.9 reject"));
         assert!(r.starts_with("add table ip shoal\ndelete table ip shoal\n"));
+    }
+
+    #[test]
+    fn chains_with_no_rules_are_left_out() {
+        let r = ruleset(&[(Ipv4Addr::new(10, 0, 1, 2), vec![Ipv4Addr::new(10, 0, 1, 3)])]);
+        assert!(r.contains("chain vips"), "{r}");
+        assert!(!r.contains("chain down"), "{r}");
+        assert_eq!(
+            mesh_rules(&[]),
+            "add table ip shoal_mesh\ndelete table ip shoal_mesh\ntable ip shoal_mesh {\n}\n"
+        );
     }
 }

@@ -101,6 +101,8 @@ pub struct Overlays {
     host_ns: Netns,
     /// The host's forwarding and uplink rules, set up with the first uplink.
     host_ready: tokio::sync::OnceCell<()>,
+    /// The host's VXLAN rules ([`vxlan_rules`]), set up with the first network.
+    vxlan_ready: tokio::sync::OnceCell<()>,
     /// The networks whose namespace rules this process has loaded (built here, or found
     /// built by an earlier daemon, perhaps an older version, and loaded once).
     rules_loaded: std::sync::Mutex<BTreeSet<u32>>,
@@ -166,6 +168,7 @@ impl Overlays {
             host,
             host_ns,
             host_ready: tokio::sync::OnceCell::new(),
+            vxlan_ready: tokio::sync::OnceCell::new(),
             rules_loaded: std::sync::Mutex::default(),
         }
     }
@@ -186,6 +189,11 @@ impl Overlays {
 
     /// Builds the network on this node if it is not there yet (idempotent).
     pub async fn ensure(&self, spec: &NetworkSpec) -> Result<(), NetError> {
+        self.vxlan_ready
+            .get_or_try_init(|| async {
+                crate::lb::apply(&self.host_ns, &vxlan_rules(spec.local)).await
+            })
+            .await?;
         let ns = self.netns_of(spec.vni);
         if ns.exists() {
             let h = ns.netlink().await?;
@@ -196,9 +204,13 @@ impl Overlays {
                     self.ingress_addr(&h, br, a, spec.prefix).await?;
                 }
                 // once per daemon, as this version makes them (a namespace an older
-                // version built may hold other rules)
-                if spec.uplink && !self.rules_loaded(spec.vni) {
-                    crate::lb::apply(&ns, &ns_rules()).await?;
+                // version built may hold other rules, and br_netfilter may have been
+                // loaded since)
+                if !self.rules_loaded(spec.vni) {
+                    bridge_hooks_off(&ns).await?;
+                    if spec.uplink {
+                        crate::lb::apply(&ns, &ns_rules()).await?;
+                    }
                     self.set_rules_loaded(spec.vni, true);
                 }
                 return Ok(());
@@ -214,6 +226,7 @@ impl Overlays {
 
     async fn build(&self, spec: &NetworkSpec) -> Result<(), NetError> {
         let ns = Netns::create(self.netns_of(spec.vni).path())?;
+        bridge_hooks_off(&ns).await?;
         let mtu = spec.mtu();
         // the VXLAN device, made in the host's namespace under a temporary name
         let tmp = format!("shvx{}", spec.vni);
@@ -266,6 +279,7 @@ impl Overlays {
         if spec.uplink {
             self.uplink(spec, &ns, &h).await?;
         }
+        self.set_rules_loaded(spec.vni, true);
         Ok(())
     }
 
@@ -337,9 +351,7 @@ impl Overlays {
                 .await
                 .map_err(|e| nl("the host's route to the ingress network", e))?;
         }
-        crate::lb::apply(ns, &ns_rules()).await?;
-        self.set_rules_loaded(spec.vni, true);
-        Ok(())
+        crate::lb::apply(ns, &ns_rules()).await
     }
 
     fn rules_loaded(&self, vni: u32) -> bool {
@@ -597,6 +609,26 @@ async fn forwarding_on(ns: &Netns) -> Result<(), NetError> {
     .await
 }
 
+/// Bridged frames in a network's namespace skip the IP layer's hooks. Where br_netfilter
+/// is loaded (as on a host that also runs Docker) its default sends every bridged frame
+/// through them, and through conntrack, on each node it crosses; nothing here needs
+/// that: networks are kept apart by their namespaces, and the rules of a network's
+/// namespace are for what it routes (its uplink, ingress's source NAT). Without the
+/// module there is nothing to turn off.
+async fn bridge_hooks_off(ns: &Netns) -> Result<(), NetError> {
+    crate::netns::run_in(ns, || {
+        for family in ["iptables", "ip6tables", "arptables"] {
+            let f = format!("/proc/sys/net/bridge/bridge-nf-call-{family}");
+            match std::fs::write(&f, "0") {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                r => r.map_err(|e| NetError::io(format!("writing {f}"), e))?,
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// A neighbour or forwarding entry's IPv4 destination and link-layer address. (In a
 /// bridge-family message the destination is parsed as raw bytes.)
 fn dst_and_lla(m: &NeighbourMessage) -> (Option<Ipv4Addr>, Option<Vec<u8>>) {
@@ -655,6 +687,30 @@ pub fn ingress_rules(from: Ipv4Addr, remote: &BTreeSet<Ipv4Addr>) -> String {
             "type nat hook postrouting priority 100",
             &rule,
         )],
+    )
+}
+
+/// The node's VXLAN traffic (from and to its VTEP address `local`) is not tracked by
+/// the host's conntrack: the packets inside are tracked where they are routed or NATed,
+/// and each flow's outer source port would otherwise hold a conntrack entry of its own.
+/// (A host firewall sees these packets as untracked: it lets them in by their port, as
+/// Swarm's documentation asks, not by `ct state new`.)
+pub fn vxlan_rules(local: Ipv4Addr) -> String {
+    let rule = |dir| format!("    ip {dir} {local} udp dport {VXLAN_PORT} notrack\n");
+    crate::lb::replace_table(
+        "shoal_vxlan",
+        &[
+            (
+                "untracked_in",
+                "type filter hook prerouting priority raw",
+                &rule("daddr"),
+            ),
+            (
+                "untracked_out",
+                "type filter hook output priority raw",
+                &rule("saddr"),
+            ),
+        ],
     )
 }
 

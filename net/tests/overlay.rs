@@ -44,6 +44,16 @@ fn ping(from: &Path, to: Ipv4Addr) -> bool {
         .unwrap_or(false)
 }
 
+/// The conntrack table of a namespace (empty where conntrack never started there).
+fn conntrack_of(ns: &Path) -> String {
+    let o = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["cat", "/proc/net/nf_conntrack"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
@@ -167,6 +177,20 @@ async fn tasks_on_two_hosts_talk_over_vxlan_only_through_pushed_entries() {
         ping(ta.path(), ipb)
     });
     assert!(ping(tb.path(), ipa));
+    // the packets crossed no conntrack on the way: not the hosts' (VXLAN is untracked),
+    // and not the networks' namespaces' for what they bridge (where br_netfilter would
+    // send it there)
+    for host in [a.path(), b.path()] {
+        let t = conntrack_of(host);
+        assert!(!t.contains("dport=4789"), "VXLAN tracked on a host: {t}");
+    }
+    for host in ["a", "b"] {
+        let t = conntrack_of(&dirs.join(host).join("ov-4242"));
+        assert!(
+            !t.contains("src=10.200.0.2 dst=10.200.0.3"),
+            "bridged traffic tracked: {t}"
+        );
+    }
     // the gateway answers on each host
     assert!(ping(ta.path(), Ipv4Addr::new(10, 200, 0, 1)));
     // entries taken away: the path is gone
