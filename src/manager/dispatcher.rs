@@ -275,19 +275,31 @@ impl Dispatcher {
     /// a busy node must be 1.5 s late to be taken for dead.
     /// (A node that comes back opens a new session and is Ready again; the agent then
     /// stops the tasks that were superseded.) After a leader change every node gets the
-    /// full grace period from the start of this loop.
+    /// full grace period from the start of this loop, and again after this manager
+    /// itself was stalled ([`silence_from`]).
     pub async fn monitor_nodes(self, shutdown: CancellationToken) {
-        let start = Instant::now();
+        let mut start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let waiting = Instant::now();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let period = self.heartbeat_period();
+            let resumed = silence_from(start, waiting, Instant::now(), period);
+            if resumed != start {
+                tracing::warn!(
+                    stalled = ?resumed.duration_since(waiting),
+                    "this manager was stalled: every node gets its grace period again"
+                );
+                start = resumed;
+            }
             if let Err(e) = super::ca::finish_rotation(&self.store).await {
                 tracing::warn!(error = %e, "could not end the CA rotation; retrying");
             }
-            let grace = self.heartbeat_period() * 5 / 2;
+            let grace = period * 5 / 2;
             let seen = self
                 .last_seen
                 .lock()
@@ -1058,5 +1070,41 @@ impl DispatcherApi for Dispatcher {
         Err(Status::unimplemented(
             "log publishing from remote nodes comes with multi-node clusters",
         ))
+    }
+}
+
+/// Since when the monitor counts nodes' silence: from `start`, or from `now` when its
+/// wait for a 100 ms tick (begun at `waiting`) took more than half a heartbeat period.
+/// Then this process or its host was stalled (a loaded or paused machine), the
+/// heartbeats that came meanwhile may still be unread, and marking every node Down at
+/// once for it would move all their tasks for nothing (seen on emulated hosts).
+fn silence_from(start: Instant, waiting: Instant, now: Instant, period: Duration) -> Instant {
+    if now.duration_since(waiting) > period / 2 {
+        now
+    } else {
+        start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_monitor_gives_nodes_their_grace_again() {
+        let start = Instant::now();
+        let period = Duration::from_secs(1);
+        let waiting = start + Duration::from_secs(10);
+        // a tick that came on time (or a little late, as under load) changes nothing
+        let on_time = waiting + Duration::from_millis(100);
+        assert_eq!(silence_from(start, waiting, on_time, period), start);
+        let late = waiting + Duration::from_millis(500);
+        assert_eq!(silence_from(start, waiting, late, period), start);
+        // a wait of more than half a period for a 100 ms tick: counted from now
+        let stalled = waiting + Duration::from_millis(501);
+        assert_eq!(silence_from(start, waiting, stalled, period), stalled);
+        // shorter periods, shorter stalls
+        let short = Duration::from_millis(200);
+        assert_eq!(silence_from(start, waiting, late, short), late);
     }
 }
