@@ -25,6 +25,10 @@ scenario_daemons() {
 
 scenario_init_and_join() {
   shoal_in 1 swarm init --advertise-addr 10.77.0.1
+  # emulated guests on a loaded machine can stand still for seconds: with the default
+  # 1 s period (Down after 2.5 s of silence) a live worker was taken for dead and its
+  # tasks moved; a 2 s period gives 5 s
+  shoal_in 1 swarm update --dispatcher-heartbeat 2s
   local mtoken wtoken
   mtoken=$(shoal_in 1 swarm join-token -q manager)
   wtoken=$(shoal_in 1 swarm join-token -q worker)
@@ -140,11 +144,13 @@ scenario_manager_killed() {
   echo "$leader leads; powering it off; asking vm$1 and vm$2"
   t0=$(date +%s.%N)
   vm_kill "${leader#vm}"
-  leads() { shoal_in "$1" node ls | grep -E "vm($1|$2) .*Leader"; }
+  # each try gets 10 s, so that one call caught on the way to the dead leader does not
+  # use up the whole wait (seen once on a loaded machine)
+  leads() { SHOAL_VM_CMD_TIMEOUT=10 shoal_in "$1" node ls | grep -E "vm($1|$2) .*Leader"; }
   wait_for "a new leader" 60 leads "$1" "$2"
   echo "a new leader after $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5) s"
   shoal_in "$1" node ls
-  writes() { shoal_in "$2" service scale -d spread=4; }
+  writes() { SHOAL_VM_CMD_TIMEOUT=10 shoal_in "$2" service scale -d spread=4; }
   wait_for "a write to commit" 60 writes "$1" "$2"
   echo "a write committed after $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5) s"
   shoal_in "$1" service create --name after --replicas 2 --stop-signal KILL shoal-test/busybox sleep 3600
