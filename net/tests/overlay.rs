@@ -184,8 +184,8 @@ async fn tasks_on_two_hosts_talk_over_vxlan_only_through_pushed_entries() {
         let t = conntrack_of(host);
         assert!(!t.contains("dport=4789"), "VXLAN tracked on a host: {t}");
     }
-    for host in ["a", "b"] {
-        let t = conntrack_of(&dirs.join(host).join("ov-4242"));
+    for o in [&oa, &ob] {
+        let t = conntrack_of(o.netns_of(4242).path());
         assert!(
             !t.contains("src=10.200.0.2 dst=10.200.0.3"),
             "bridged traffic tracked: {t}"
