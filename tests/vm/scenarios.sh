@@ -13,7 +13,7 @@ start_daemon() {
 }
 
 # the daemon answers (in a swarm or not)
-daemon_up() { { vm "$1" "/mnt/host/shoal node ls" 10 2>&1 || true; } | grep -qE 'not a swarm manager|Leader|ID'; }
+daemon_up() { { SHOAL_VM_CMD_TIMEOUT=10 shoal_in "$1" node ls 2>&1 || true; } | grep -qE 'not a swarm manager|Leader|ID'; }
 
 scenario_daemons() {
   for i in $(seq 1 "$guests"); do

@@ -776,17 +776,24 @@ pub fn image_users_at(data_root: &Path) -> HashMap<Digest, String> {
 /// cgroup v2 guests). A hybrid host's v1 hierarchies are made with create_dir_all,
 /// which does not race.
 fn ensure_unified_parent(parent: &str) -> std::io::Result<()> {
-    let base = Path::new("/sys/fs/cgroup");
     let rel = parent.trim_matches('/');
-    if rel.is_empty() || !base.join("cgroup.controllers").exists() {
+    if rel.is_empty() || !unified() {
         return Ok(());
     }
-    fs::create_dir_all(base.join(rel))
+    fs::create_dir_all(Path::new(CGROUP_BASE).join(rel))
+}
+
+/// Where the cgroup hierarchies are mounted.
+const CGROUP_BASE: &str = "/sys/fs/cgroup";
+
+/// Whether the host is cgroup v2 only (the v2 hierarchy at the base, not beside v1's).
+fn unified() -> bool {
+    Path::new(CGROUP_BASE).join("cgroup.controllers").exists()
 }
 
 /// The mount points of the cgroup hierarchies (v1 controllers, or the v2 root).
 pub fn cgroup_roots() -> Vec<PathBuf> {
-    let base = Path::new("/sys/fs/cgroup");
+    let base = Path::new(CGROUP_BASE);
     let mut v: Vec<PathBuf> = fs::read_dir(base)
         .into_iter()
         .flatten()
@@ -799,7 +806,7 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
                     .unwrap_or(true)
         })
         .collect();
-    if base.join("cgroup.controllers").exists() {
+    if unified() {
         v.push(base.to_path_buf());
     }
     v
