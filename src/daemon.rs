@@ -271,10 +271,9 @@ impl Daemon {
         let path = state_file(&self.data_root);
         match &st {
             Some(st) => {
-                std::fs::create_dir_all(swarm_dir(&self.data_root))?;
-                let tmp = path.with_extension("json.tmp");
-                std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
-                std::fs::rename(&tmp, &path)?;
+                shoal_runtime::files::private_dir(&swarm_dir(&self.data_root))?;
+                shoal_runtime::files::write_atomic(&path, &serde_json::to_vec_pretty(st)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             None => {
                 let _ = std::fs::remove_file(&path);
@@ -1270,8 +1269,37 @@ impl TaskLogs {
 fn new_node_id(data_root: &Path) -> anyhow::Result<String> {
     let id = new_id();
     let file = data_root.join("node-id");
-    std::fs::write(&file, &id).with_context(|| format!("writing {}", file.display()))?;
+    shoal_runtime::files::write_atomic(&file, id.as_bytes())
+        .with_context(|| format!("writing {}", file.display()))?;
     Ok(id)
+}
+
+/// Makes the data root (0700) and what the daemon keeps in it root's alone, also in a
+/// data root made before shoal said so (0755, with a 0644 Raft log that held the CA key
+/// and the join tokens): the swarm's state, the certificates, network namespaces'
+/// files, top-level files, and the volumes' directories (a volume's `_data` keeps the
+/// mode its container sees). The image store and the containers secure their own.
+pub fn secure_data_root(root: &Path) -> std::io::Result<()> {
+    use shoal_runtime::files::{private_dir, secure_tree};
+    private_dir(root)?;
+    for e in std::fs::read_dir(root)?.flatten() {
+        let p = e.path();
+        match e.file_name().to_str() {
+            Some("images" | "containers") => {}
+            Some("volumes") => {
+                private_dir(&p)?;
+                for v in std::fs::read_dir(&p)?.flatten() {
+                    if v.path().is_dir() {
+                        private_dir(&v.path())?;
+                    }
+                }
+            }
+            _ => {
+                secure_tree(&p)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn node_ready(t: &crate::manager::store::Tables, id: &str) -> bool {

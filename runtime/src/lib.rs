@@ -6,7 +6,9 @@
 //! - [`digest`]: sha256 digests and hashing readers/writers
 //! - [`image`]: references, the image store, layer unpacking, pulls, import/save
 //! - [`container`]: OCI specs, the keeper (where libcontainer runs), logs, health, executor
+//! - [`files`]: the data root's modes (root only) and atomic writes
 
 pub mod container;
 pub mod digest;
+pub mod files;
 pub mod image;

@@ -214,9 +214,7 @@ impl<E: Executor> Agent<E> {
             update_tasks: tasks.values().map(|w| w.borrow().clone()).collect(),
             ..Default::default()
         };
-        let tmp = path.with_extension("tmp");
-        let r = std::fs::write(&tmp, prost::Message::encode_to_vec(&msg))
-            .and_then(|_| std::fs::rename(&tmp, path));
+        let r = shoal_runtime::files::write_atomic(path, &prost::Message::encode_to_vec(&msg));
         if let Err(e) = r {
             tracing::warn!(error = %e, path = %path.display(), "could not keep the assignments");
         }

@@ -440,7 +440,13 @@ impl NodeNet {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
         let text = format!("nameserver {}\noptions ndots:0\n", shoal_net::dns::RESOLVER);
-        std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+        // the container's /etc/resolv.conf (bind-mounted, so written in place): readable
+        // by every user in it, as Docker's
+        std::fs::write(&conf, text)
+            .and_then(|_| {
+                std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            })
+            .map_err(|e| format!("{}: {e}", conf.display()))?;
         self.resolvers.send_modify(|n| *n += 1);
         Ok(conf)
     }

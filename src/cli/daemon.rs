@@ -22,8 +22,8 @@ pub async fn run(g: &Globals, _a: DaemonArgs) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("shoal daemon must run as root (it runs containers, mounts and cgroups)");
     }
-    std::fs::create_dir_all(&g.data_root)
-        .with_context(|| format!("creating --data-root {}", g.data_root.display()))?;
+    crate::daemon::secure_data_root(&g.data_root)
+        .with_context(|| format!("making --data-root {} root's alone", g.data_root.display()))?;
     // one daemon per data root: the lock lives as long as this process
     let lock_file = std::fs::OpenOptions::new()
         .create(true)

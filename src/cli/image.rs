@@ -99,7 +99,14 @@ pub async fn run(data_root: &Path, insecure: &[String], cmd: ImageCmd) -> anyhow
                 }
             }
         }
-        ImageCmd::Save { output, images } => store.save(&images, &output)?,
+        ImageCmd::Save { output, images } => {
+            store.save(&images, &output)?;
+            // the archive is the user's, not the data root's: the mode they would expect
+            std::fs::set_permissions(
+                &output,
+                std::os::unix::fs::PermissionsExt::from_mode(super::user_file_mode()),
+            )?
+        }
         ImageCmd::Ls { format, quiet } => {
             let now = chrono::Utc::now().timestamp();
             let mut rows = Vec::new();

@@ -110,7 +110,18 @@ enum Command {
     },
 }
 
+/// The umask the command was started with (what files it writes for the user get).
+static USER_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The mode a file written for the user (not under the data root) gets, as `cp` would.
+pub fn user_file_mode() -> u32 {
+    0o666 & !USER_UMASK.get().copied().unwrap_or(0o022)
+}
+
 pub fn main() -> ExitCode {
+    // everything shoal makes under the data root is root's alone (see
+    // shoal_runtime::files), whoever made it: the daemon, the keeper or a command
+    let _ = USER_UMASK.set(shoal_runtime::files::private_umask());
     let cli = Cli::parse();
     if let Command::Keeper { root } = &cli.cmd {
         // before any runtime or thread exists: the keeper must stay single-threaded

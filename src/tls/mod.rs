@@ -365,34 +365,21 @@ impl NodeCerts {
         }))
     }
 
-    /// Writes the files (the key 0600), each through a temporary file and a rename.
+    /// Writes the files (0600, in a 0700 directory), each replaced atomically.
     pub fn save(&self, data_root: &Path) -> Result<(), TlsError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let dir = Self::dir(data_root);
         let io = |path: &Path, err| TlsError::Io {
             path: path.to_path_buf(),
             err,
         };
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        shoal_runtime::files::private_dir(&dir).map_err(|e| io(&dir, e))?;
         for (name, text) in [
             ("swarm-root-ca.crt", &self.roots_pem),
             ("swarm-node.key", &self.key_pem),
             ("swarm-node.crt", &self.cert_pem),
         ] {
             let path = dir.join(name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| io(&tmp, e))?;
-            f.write_all(text.as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+            shoal_runtime::files::write_atomic(&path, text.as_bytes()).map_err(|e| io(&path, e))?;
         }
         Ok(())
     }

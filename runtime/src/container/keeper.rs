@@ -91,6 +91,7 @@ fn ramdisk_in(mountinfo: &str) -> bool {
 /// Runs the keeper until it is killed. Returns at once (Ok) if another keeper already
 /// holds `root`.
 pub fn run(root: &Path) -> anyhow::Result<()> {
+    crate::files::private_umask();
     fs::create_dir_all(lc_root(root))?;
     let lock = File::create(root.join("keeper.lock"))?;
     if nix::fcntl::Flock::lock(
@@ -769,31 +770,43 @@ async fn create_in_helper(
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {
             drop(r);
-            let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-                .with_root_path(lc_root(root))
-                .and_then(|b| b.validate_id())
-                .map(|b| {
-                    b.with_stdin(OwnedFd::from(devnull))
-                        .with_stdout(OwnedFd::from(out_w))
-                        .with_stderr(OwnedFd::from(err_w))
-                })
-                .and_then(|b| {
-                    b.as_init(bundle)
-                        .with_systemd(false)
-                        .with_no_pivot(no_pivot)
-                        .with_detach(true)
-                        .as_sibling(true)
-                        .build()
-                });
-            let line = match built {
-                Ok(c) => match c.pid() {
-                    Some(p) => format!("OK {}\n", p.as_raw()),
-                    None => "ERR libcontainer gave no pid\n".to_string(),
-                },
-                Err(e) => format!("ERR create {id}: {}\n", chain(&e)),
-            };
+            // The helper only builds, answers and _exits: it must never return into the
+            // keeper's event loop, which it shares a copy of (a panic unwinding out of
+            // here once did, on a full disk: the copies served the keeper's socket and
+            // spun, and the keeper's callers waited forever).
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // what libcontainer makes in the container's root (mount points, /dev)
+                // gets the container's modes, not the keeper's private ones
+                crate::files::set_umask(crate::files::CONTAINER_UMASK);
+                let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+                    .with_root_path(lc_root(root))
+                    .and_then(|b| b.validate_id())
+                    .map(|b| {
+                        b.with_stdin(OwnedFd::from(devnull))
+                            .with_stdout(OwnedFd::from(out_w))
+                            .with_stderr(OwnedFd::from(err_w))
+                    })
+                    .and_then(|b| {
+                        b.as_init(bundle)
+                            .with_systemd(false)
+                            .with_no_pivot(no_pivot)
+                            .with_detach(true)
+                            .as_sibling(true)
+                            .build()
+                    });
+                match built {
+                    Ok(c) => match c.pid() {
+                        Some(p) => format!("OK {}\n", p.as_raw()),
+                        None => "ERR libcontainer gave no pid\n".to_string(),
+                    },
+                    Err(e) => format!("ERR create {id}: {}\n", chain(&e)),
+                }
+            }))
+            .unwrap_or_else(|_| {
+                format!("ERR create {id}: the runtime panicked (see keeper.log)\n")
+            });
             let mut f = File::from(w);
-            let _ = std::io::Write::write_all(&mut f, line.as_bytes());
+            let _ = std::io::Write::write_all(&mut f, built.as_bytes());
             // SAFETY: _exit ends the helper without running the keeper's destructors.
             unsafe { libc::_exit(0) }
         }
@@ -875,18 +888,42 @@ async fn exec(
         Err(e) => return err(e.to_string()),
     };
     let (tx, rx) = oneshot::channel();
+    // what libcontainer's tenant process does not take from the container by itself
+    let dir = k.borrow().containers.get(id).map(|t| t.dir.clone());
+    let spec = dir.and_then(|d| oci_spec::runtime::Spec::load(d.join("bundle/config.json")).ok());
+    let (cwd, gids) = spec
+        .as_ref()
+        .and_then(|s| s.process().as_ref())
+        .map(|p| {
+            (
+                p.cwd().clone(),
+                p.user().additional_gids().clone().unwrap_or_default(),
+            )
+        })
+        .unwrap_or_else(|| ("/".into(), vec![]));
+    let executor = TenantExecutor {
+        seccomp: spec
+            .as_ref()
+            .and_then(|s| s.linux().as_ref())
+            .and_then(|l| l.seccomp().clone()),
+    };
+    // its children start with the container's umask, not the keeper's
+    let keeper_umask = crate::files::set_umask(crate::files::CONTAINER_UMASK);
     let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(lc_root(root))
-        .map(|b| b.with_stdout(w).with_stderr(w2))
+        .map(|b| b.with_stdout(w).with_stderr(w2).with_executor(executor))
         .and_then(|b| {
             b.as_tenant()
                 .with_container_args(args)
                 .with_env(env)
                 .with_user(Some(uid))
                 .with_group(Some(gid))
+                .with_additional_gids(gids)
+                .with_cwd(Some(cwd))
                 .with_detach(true)
                 .build()
         });
+    crate::files::set_umask(keeper_umask);
     let pid = match built {
         Ok(p) => p.as_raw(),
         Err(e) => return err(format!("exec in {id}: {}", chain(&e))),
@@ -949,6 +986,37 @@ async fn exec(
                 timed_out: true,
             }
         }
+    }
+}
+
+/// Runs a process in a running container (`exec`, health checks) under the container's
+/// own seccomp profile. libcontainer 0.7 gives such a tenant the container's namespaces,
+/// capabilities and no_new_privileges, but drops `linux.seccomp` from its spec, so the
+/// filter is loaded here, in the new process, right before it execs (no_new_privileges
+/// is set by then, so loading it needs no privilege).
+#[derive(Clone)]
+struct TenantExecutor {
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+}
+
+impl libcontainer::workload::Executor for TenantExecutor {
+    fn exec(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorError> {
+        if let Some(profile) = &self.seccomp {
+            libcontainer::seccomp::initialize_seccomp(profile).map_err(|e| {
+                libcontainer::workload::ExecutorError::Other(format!("seccomp: {e}"))
+            })?;
+        }
+        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        libcontainer::workload::default::DefaultExecutor {}.validate(spec)
     }
 }
 

@@ -166,13 +166,14 @@ impl ContainerRuntime {
     /// Connects to (or starts) the keeper, removes what dead containers left behind, and
     /// resumes health checks of running containers.
     pub async fn open(mut cfg: RuntimeConfig, images: ImageStore) -> Result<ContainerRuntime> {
-        fs::create_dir_all(&cfg.data_root)
+        crate::files::private_dir(&cfg.data_root)
             .map_err(io("-", format!("create {}", cfg.data_root.display())))?;
         // mounts are found by path in /proc/self/mountinfo: use the path the kernel reports
         cfg.data_root = fs::canonicalize(&cfg.data_root)
             .map_err(io("-", format!("resolve {}", cfg.data_root.display())))?;
         let root = cfg.containers_root();
-        fs::create_dir_all(&root).map_err(io("-", format!("create {}", root.display())))?;
+        crate::files::private_dir(&root).map_err(io("-", format!("create {}", root.display())))?;
+        secure_containers(&root).map_err(io("-", format!("securing {}", root.display())))?;
         let keeper = KeeperClient::new(&root);
         keeper
             .ensure(&cfg.keeper_cmd)
@@ -285,8 +286,13 @@ impl ContainerRuntime {
         image: &crate::image::ImageRecord,
         dir: &Path,
     ) -> Result<ContainerRecord> {
-        for d in ["rootfs", "upper", "work", "bundle", "logs"] {
+        for d in ["work", "bundle", "logs"] {
             fs::create_dir_all(dir.join(d)).map_err(io(id, format!("create {d}")))?;
+        }
+        // the container's own root (the overlay's top layer gives it its mode): what
+        // Docker gives it, inside a directory (0700) that no other host user can enter
+        for d in ["rootfs", "upper"] {
+            crate::files::container_dir(&dir.join(d)).map_err(io(id, format!("create {d}")))?;
         }
         fs::write(dir.join("image"), image.id.as_str()).map_err(io(id, "write image"))?;
         self.mount_rootfs(id, image)?;
@@ -303,6 +309,7 @@ impl ContainerRuntime {
             rootfs: &dir.join("rootfs"),
             cgroup_path: &cgroup,
             volumes_dir: &self.cfg.data_root.join("volumes"),
+            cgroupfs: &cgroup_roots(),
         })?;
         let stop_signal = spec::parse_signal(
             spec.stop_signal
@@ -750,6 +757,30 @@ impl ContainerRuntime {
         }
         Ok(())
     }
+}
+
+/// Makes the containers' directories root's alone, also those made before shoal said so:
+/// each container's directory (its rootfs, writable layer, bundle, logs) 0700, and the
+/// state files in it 0600. What is inside a container's root keeps its modes.
+fn secure_containers(root: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(root)?.flatten() {
+        let p = e.path();
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !m.is_dir() {
+            crate::files::secure_tree(&p)?;
+            continue;
+        }
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        for f in fs::read_dir(&p)?.flatten() {
+            let name = f.file_name();
+            if !matches!(name.to_str(), Some("rootfs" | "upper" | "work")) {
+                crate::files::secure_tree(&f.path())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Image IDs in use by the containers under `data_root`, each with one container using it.

@@ -381,6 +381,34 @@ pub struct BuildInput<'a> {
     pub cgroup_path: &'a str,
     /// Host directories backing named volumes.
     pub volumes_dir: &'a Path,
+    /// The host's cgroup hierarchies (mount points): libcontainer mounts them at the same
+    /// paths in the container, and they are made read-only there.
+    pub cgroupfs: &'a [PathBuf],
+}
+
+/// Where a mount may not go: the container's own /proc and /sys (and, for /proc,
+/// anything in it), which would hide or replace what the kernel shows the container
+/// (a bind of the host's /proc shows it the host's processes). runc refuses the same.
+pub fn check_mount_target(target: &str) -> Result<(), String> {
+    if !target.starts_with('/') || target.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "target {target:?} must be an absolute path without '..'"
+        ));
+    }
+    let norm: Vec<&str> = target
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    match norm.as_slice() {
+        [] => Err("a mount over the container's root (/) is not allowed".into()),
+        ["proc", ..] => Err(format!(
+            "{target} is in the container's /proc, which is of type proc: no mount may go there"
+        )),
+        ["sys"] => Err(format!(
+            "{target} is the container's /sys, which is of type sysfs: no mount may replace it"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The process arguments by Docker's rules.
@@ -495,6 +523,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
         rootfs,
         cgroup_path,
         volumes_dir,
+        cgroupfs,
     } = input;
     let hostname = spec
         .hostname
@@ -541,7 +570,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
     base["root"] = json!({"path": rootfs, "readonly": spec.read_only});
     base["process"] = json!({
         "terminal": false,
-        "user": {"uid": uid, "gid": gid, "additionalGids": extra_gids},
+        "user": {"uid": uid, "gid": gid, "additionalGids": extra_gids, "umask": crate::files::CONTAINER_UMASK},
         "args": args,
         "env": env,
         "cwd": cwd,
@@ -559,15 +588,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
         .ok_or_else(|| SpecError::ImageConfig("default spec has no mounts".into()))?;
     let mut targets = std::collections::HashSet::new();
     for m in &spec.mounts {
-        if !m.target.starts_with('/') || m.target.split('/').any(|c| c == "..") {
-            return Err(invalid(
-                "mounts",
-                format!(
-                    "target {:?} must be an absolute path without '..'",
-                    m.target
-                ),
-            ));
-        }
+        check_mount_target(&m.target).map_err(|why| invalid("mounts", why))?;
         if !targets.insert(m.target.clone()) {
             return Err(invalid(
                 "mounts",
@@ -608,8 +629,11 @@ pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
                     ));
                 }
                 let data = volumes_dir.join(&m.source).join("_data");
-                std::fs::create_dir_all(&data)
-                    .map_err(|e| invalid("mounts", format!("volume {}: {e}", m.source)))?;
+                // volumes/ and volumes/NAME are root's; _data is the volume's root as the
+                // container sees it (0755, as Docker makes it)
+                let made = std::fs::create_dir_all(volumes_dir.join(&m.source))
+                    .and_then(|_| crate::files::container_dir(&data));
+                made.map_err(|e| invalid("mounts", format!("volume {}: {e}", m.source)))?;
                 mounts.push(json!({"destination": m.target, "type": "bind", "source": data, "options": ["rbind", ro, "rprivate"]}));
             }
             MountKind::Tmpfs => {
@@ -664,6 +688,16 @@ pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
     let mut denied: Vec<&str> = DENIED_SYSCALLS.to_vec();
     if !sys_admin {
         denied.extend(SYS_ADMIN_SYSCALLS);
+    }
+    // cgroupfs is the container's view of its own limits: read-only, as in Docker (a
+    // container once raised its memory limit by writing memory.limit_in_bytes)
+    if let Some(ro) = linux["readonlyPaths"].as_array_mut() {
+        ro.push(json!("/sys/fs/cgroup"));
+        for h in cgroupfs.iter() {
+            if h != Path::new("/sys/fs/cgroup") {
+                ro.push(json!(h));
+            }
+        }
     }
     linux["seccomp"] = json!({
         "defaultAction": "SCMP_ACT_ALLOW",
@@ -834,6 +868,7 @@ mod tests {
             rootfs: d.path(),
             cgroup_path: "/shoal/abc",
             volumes_dir: d.path(),
+            cgroupfs: &[],
         })
         .unwrap();
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
@@ -863,6 +898,7 @@ mod tests {
             rootfs: d.path(),
             cgroup_path: "/x",
             volumes_dir: d.path(),
+            cgroupfs: &[],
         })
         .unwrap_err();
         assert!(
@@ -880,11 +916,69 @@ mod tests {
             image: &img,
             rootfs: d.path(),
             cgroup_path: "/x",
-            volumes_dir: d.path()
+            volumes_dir: d.path(),
+            cgroupfs: &[],
         })
         .unwrap_err()
         .to_string()
         .contains("minimum of 6MiB"));
+    }
+
+    #[test]
+    fn cgroupfs_is_read_only_and_proc_and_sys_cannot_be_mounted_over() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = ContainerSpec {
+            image: "x".into(),
+            ..Default::default()
+        };
+        let hierarchies = [
+            PathBuf::from("/sys/fs/cgroup/memory"),
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+        ];
+        let img = image();
+        let built = |spec: &ContainerSpec| {
+            build(&BuildInput {
+                id: "abc",
+                spec,
+                image: &img,
+                rootfs: d.path(),
+                cgroup_path: "/shoal/abc",
+                volumes_dir: d.path(),
+                cgroupfs: &hierarchies,
+            })
+        };
+        let v = built(&spec).unwrap();
+        let ro: Vec<&str> = v["linux"]["readonlyPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str())
+            .collect();
+        for p in [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/cpu,cpuacct",
+            "/proc/sys",
+        ] {
+            assert!(ro.contains(&p), "{p} read-only: {ro:?}");
+        }
+        for target in ["/proc", "/proc/", "//proc/self", "/./sys", "/sys/", "/"] {
+            let bad = ContainerSpec {
+                mounts: vec![MountSpec {
+                    kind: MountKind::Bind,
+                    source: "/proc".into(),
+                    target: target.into(),
+                    read_only: true,
+                    tmpfs_size: None,
+                }],
+                ..spec.clone()
+            };
+            let err = built(&bad).unwrap_err().to_string();
+            assert!(err.starts_with("mounts: "), "{target}: {err}");
+        }
+        for fine in ["/sys/kernel/config", "/srv/proc", "/data"] {
+            assert!(check_mount_target(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

@@ -122,13 +122,21 @@ impl ImageStore {
     /// Opens (creating if needed) the store under `data_root/images`, dropping leftovers
     /// of interrupted work.
     pub fn open(data_root: &Path) -> Result<ImageStore, StoreError> {
-        fs::create_dir_all(data_root).map_err(io_at(data_root))?;
+        crate::files::private_dir(data_root).map_err(io_at(data_root))?;
         // mounts and removals compare paths: use the one the kernel reports
         let data_root = fs::canonicalize(data_root).map_err(io_at(data_root))?;
         let root = data_root.join("images");
         for d in ["blobs/sha256", "layers", "images", "tmp"] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_at(&p))?;
+        }
+        // root's alone, also in a store made before shoal said so: layers keep their
+        // files' modes (setuid bits, devices' owners), so no other user may enter here
+        crate::files::private_dir(&root).map_err(io_at(&root))?;
+        crate::files::private_dir(&root.join("layers")).map_err(io_at(&root))?;
+        for d in ["blobs", "images", "tmp"] {
+            let p = root.join(d);
+            crate::files::secure_tree(&p).map_err(io_at(&p))?;
         }
         let tmp = root.join("tmp");
         for e in fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
@@ -250,7 +258,8 @@ impl ImageStore {
         let src = self.blob_path(&layer.blob);
         let f = fs::File::open(&src).map_err(io_at(&src))?;
         let tmp = self.temp_path("layer");
-        fs::create_dir(&tmp).map_err(io_at(&tmp))?;
+        // a layer's root is the root of a container's lowest layer: 0755, as in Docker
+        crate::files::container_dir(&tmp).map_err(io_at(&tmp))?;
         let res = unpack_layer(f, &tmp)
             .map_err(|source| StoreError::Layer {
                 digest: layer.blob.clone(),

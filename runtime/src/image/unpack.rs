@@ -9,8 +9,9 @@
 //!
 //! OCI whiteouts become overlayfs whiteouts: `.wh.NAME` is a 0/0 character device named
 //! NAME, and `.wh..wh..opq` marks its directory opaque with `trusted.overlay.opaque=y`.
-//! Modes, ownership, times, device nodes and extended attributes (PAX `SCHILY.xattr.*`)
-//! are kept where the filesystem allows.
+//! Modes, ownership, times, FIFOs and extended attributes (PAX `SCHILY.xattr.*`) are
+//! kept where the filesystem allows. Device nodes are left out (a 0/0 character device,
+//! overlayfs's own whiteout, is kept): on the host they would be devices.
 
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
@@ -148,7 +149,8 @@ fn contained(dest: &Path, raw: &Path) -> Result<Option<PathBuf>, UnpackError> {
                 ))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&cur).map_err(io_err(&cur))?;
+                // a directory the layer implies but does not list: 0755, as Docker's
+                crate::files::container_dir(&cur).map_err(io_err(&cur))?;
             }
             Err(e) => {
                 return Err(UnpackError::Io {
@@ -285,6 +287,13 @@ fn unpack_entry<R: Read>(
                 .device_minor()
                 .map_err(UnpackError::Corrupt)?
                 .unwrap_or(0);
+            if kind != tar::EntryType::Fifo && (major, minor) != (0, 0) {
+                // a device node from an image would be a device on the host (where root
+                // can reach the layer) and is of no use in a container, whose /dev is
+                // its own: left out, as with rootless engines
+                tracing::warn!(entry = %raw.display(), major, minor, "a layer's device node is left out");
+                return Ok(None);
+            }
             let kind = match kind {
                 tar::EntryType::Char => SFlag::S_IFCHR,
                 tar::EntryType::Block => SFlag::S_IFBLK,
@@ -531,6 +540,58 @@ pub(crate) mod tests {
             1_600_000_000,
             "directory times restored last"
         );
+    }
+
+    /// A device node from a layer would be a device on the host; a directory only implied
+    /// by a path is made as Docker makes it (0755), whatever the process's umask.
+    #[test]
+    fn device_nodes_are_left_out_and_implied_directories_are_0755() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, major, minor) in [
+            ("dev/sda", tar::EntryType::Block, 8, 0),
+            ("srv/mem", tar::EntryType::Char, 1, 1),
+            ("srv/gone", tar::EntryType::Char, 0, 0),
+            ("srv/pipe", tar::EntryType::Fifo, 0, 0),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(name).unwrap();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            h.set_mode(0o666);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_600_000_000);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(minor).unwrap();
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        }
+        raw(&mut b, "a/b/c.txt", F, None, b"x");
+        let tar = b.into_inner().unwrap();
+        let old = crate::files::set_umask(0o077);
+        let res = unpack_layer(tar.as_slice(), dir.path());
+        crate::files::set_umask(old);
+        res.unwrap();
+        let d = dir.path();
+        assert!(!d.join("dev/sda").exists(), "block device left out");
+        assert!(
+            fs::symlink_metadata(d.join("srv/mem")).is_err(),
+            "char device left out"
+        );
+        let wh = fs::symlink_metadata(d.join("srv/gone")).unwrap();
+        assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+        assert!(fs::symlink_metadata(d.join("srv/pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        for implied in ["a", "a/b", "dev", "srv"] {
+            assert_eq!(
+                fs::metadata(d.join(implied)).unwrap().mode() & 0o7777,
+                0o755,
+                "{implied}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,337 @@
+//! The holes a probe found, as an attacker and a careless operator would use them: a
+//! local user reading the swarm's secrets, a task handing a host user root, a container
+//! raising its own limits or seeing the host's processes. Each test does the attack for
+//! real (a non-root user made by the test, containers doing the attack) and would pass
+//! the attack through without its fix. As root; through scripts/test.sh.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use shoal_runtime::container::health::HealthStatus;
+use shoal_runtime::container::logs::{read_logs, LogQuery};
+use shoal_runtime::container::spec::{ContainerSpec, HealthCheck, MountKind, MountSpec};
+
+use common::*;
+
+/// A uid and gid no account has: the local user of the attacks.
+const NOBODY: u32 = 54_321;
+
+/// Runs `sh -c script` as [`NOBODY`]; its exit status and output.
+fn as_local_user(script: &str) -> (bool, String) {
+    let out = Command::new("/bin/sh")
+        .args(["-c", script])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o7777
+}
+
+/// The one task's container directory of a service (on this single node).
+fn task_dir(h: &Host) -> PathBuf {
+    let containers = h.data_root().join("containers");
+    wait_for("the task's container", Duration::from_secs(30), || {
+        std::fs::read_dir(&containers)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("container.json").is_file())
+    })
+}
+
+#[test]
+fn a_local_user_can_read_or_run_nothing_under_the_data_root() {
+    let h = Host::new();
+    let root = h.data_root().to_path_buf();
+    // a data root as older versions left it: open to everyone
+    std::fs::set_permissions(&root, PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(root.join("swarm")).unwrap();
+    std::fs::set_permissions(root.join("swarm"), PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(root.join("swarm/old.json"), b"{}").unwrap();
+    std::fs::set_permissions(
+        root.join("swarm/old.json"),
+        PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let _d = h.start_daemon();
+    h.ok(&[
+        "image",
+        "import",
+        fixtures().join("busybox-oci").to_str().unwrap(),
+    ]);
+    h.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
+    // the task leaves a setuid-root copy of a binary in its writable layer (the
+    // CVE-2021-41091 attack) and writes its secret to its log
+    h.ok(&[
+        "service",
+        "create",
+        "--name",
+        "sec",
+        "-e",
+        "SECRET_VALUE=hunter2-env",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        "cp /bin/busybox /tmp/y && chmod 4755 /tmp/y && echo hunter2-log && sleep 3600",
+    ]);
+    let task = task_dir(&h);
+    let planted = task.join("upper/tmp/y");
+    wait_for("the setuid copy", Duration::from_secs(30), || {
+        std::fs::metadata(&planted)
+            .is_ok_and(|m| m.mode() & 0o4000 != 0)
+            .then_some(())
+    });
+    let raft = root.join("swarm/raft.redb");
+    let secrets = [
+        raft.clone(),
+        root.join("swarm/node.json"),
+        root.join("swarm/old.json"),
+        root.join("certificates/swarm-node.key"),
+        task.join("container.json"),
+        task.join("bundle/config.json"),
+        task.join("logs/container.log"),
+        root.join("swarm/assignments.pb"),
+        root.join("containers/keeper.log"),
+    ];
+    // what the probe read and ran
+    for f in &secrets {
+        assert!(f.exists(), "{} should exist for this test", f.display());
+        let (ok, out) = as_local_user(&format!("cat '{}' >/dev/null", f.display()));
+        assert!(!ok, "a local user read {}", f.display());
+        assert!(out.contains("Permission denied"), "{}: {out}", f.display());
+    }
+    let (ok, out) = as_local_user(&format!("'{}' id -u", planted.display()));
+    assert!(!ok, "a local user ran the task's setuid binary: {out}");
+    for dir in [&root, &root.join("images/layers"), &task.join("upper")] {
+        let (ok, out) = as_local_user(&format!("ls '{}'", dir.display()));
+        assert!(!ok, "a local user listed {}: {out}", dir.display());
+    }
+    // and by mode: the root and what holds state are root's alone, files 0600
+    assert_eq!(mode(&root), 0o700, "the data root");
+    for d in ["swarm", "certificates", "containers", "images"] {
+        assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+    }
+    assert_eq!(mode(&task), 0o700, "the task's container directory");
+    for f in &secrets {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    // what the container sees keeps the container's modes: its root is 0755, and the
+    // setuid bit it set is its own
+    assert_eq!(mode(&task.join("upper")), 0o755);
+    assert_eq!(mode(&planted) & 0o4000, 0o4000);
+    let ps = h.ok(&["service", "ps", "sec"]);
+    assert!(ps.contains("Running"), "{ps}");
+}
+
+fn sh(script: &str) -> ContainerSpec {
+    ContainerSpec {
+        image: "shoal-test/busybox".into(),
+        command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        ..Default::default()
+    }
+}
+
+/// The container's stdout so far, in one string.
+fn output(rt: &shoal_runtime::container::ContainerRuntime, id: &str) -> String {
+    read_logs(&rt.logs_dir(id), &LogQuery::default())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.log)
+        .collect()
+}
+
+/// Its memory limit as the host's cgroup says (v1 or v2).
+fn host_memory_limit(host: &Host, id: &str) -> String {
+    let dir = host
+        .cgroup_dirs()
+        .into_iter()
+        .find(|p| {
+            p.ends_with(id)
+                && (p.starts_with("/sys/fs/cgroup/memory") || p.join("memory.max").exists())
+        })
+        .expect("the container's memory cgroup");
+    let file = ["memory.limit_in_bytes", "memory.max"]
+        .into_iter()
+        .map(|f| dir.join(f))
+        .find(|f| f.exists())
+        .unwrap();
+    std::fs::read_to_string(file).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_cannot_raise_its_own_limits() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    // what the probe did, on either cgroup version, from the container's main process
+    // and from a process exec'd into it
+    let raise =
+        "for f in /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max; do \
+                 [ -e $f ] && { echo 9999999999 2>/dev/null > $f && echo raised || echo refused; }; done; true";
+    let spec = ContainerSpec {
+        memory_limit: Some(64 << 20),
+        ..sh(&format!("{raise}; sleep 60"))
+    };
+    rt.prepare("lim", &spec).await.unwrap();
+    rt.start("lim").await.unwrap();
+    let said = eventually("the attempt", Duration::from_secs(20), async || {
+        let o = output(&rt, "lim");
+        (!o.is_empty()).then_some(o)
+    })
+    .await;
+    assert_eq!(said, "refused\n", "the main process");
+    let (code, out, _) = rt
+        .exec(
+            "lim",
+            vec!["sh".into(), "-c".into(), raise.into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!((code, out.as_str()), (0, "refused\n"), "an exec'd process");
+    assert_eq!(host_memory_limit(&host, "lim"), (64u64 << 20).to_string());
+    // and the limits are still there to read, as programs that size themselves do
+    let (_, mounts, _) = rt
+        .exec(
+            "lim",
+            vec![
+                "grep".into(),
+                "/sys/fs/cgroup".into(),
+                "/proc/self/mounts".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // the mount on top at each path (the last one listed) is what the container reaches
+    let mut top = std::collections::BTreeMap::new();
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        top.insert(f[1], f[3]);
+    }
+    assert!(top.contains_key("/sys/fs/cgroup"), "{mounts}");
+    for (at, opts) in &top {
+        assert!(
+            opts.split(',').any(|o| o == "ro"),
+            "{at} is {opts}: {mounts}"
+        );
+    }
+    rt.stop("lim", Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_and_health_checks_run_confined_like_the_container() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    let confined = "grep -q '^Seccomp:[[:space:]]*2' /proc/self/status && grep -q '^NoNewPrivs:[[:space:]]*1' /proc/self/status";
+    let spec = ContainerSpec {
+        healthcheck: Some(HealthCheck {
+            test: vec!["CMD-SHELL".into(), confined.into()],
+            interval: Some(Duration::from_millis(200)),
+            timeout: Some(Duration::from_secs(5)),
+            retries: Some(1),
+            start_period: None,
+        }),
+        ..sh("umask; sleep 60")
+    };
+    rt.prepare("conf", &spec).await.unwrap();
+    rt.start("conf").await.unwrap();
+    let mut health = rt.watch_health("conf").unwrap();
+    let h = tokio::time::timeout(
+        Duration::from_secs(20),
+        health.wait_for(|h| h.status != HealthStatus::Starting),
+    )
+    .await
+    .expect("a health verdict")
+    .unwrap()
+    .clone();
+    assert_eq!(
+        h.status,
+        HealthStatus::Healthy,
+        "the health check is confined: {h:?}"
+    );
+    let exec = async |script: &str| {
+        rt.exec(
+            "conf",
+            vec!["sh".into(), "-c".into(), script.into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+    };
+    let status = exec("grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status")
+        .await
+        .1;
+    let init = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        rt.inspect("conf").await.unwrap().pid.unwrap()
+    ))
+    .unwrap();
+    for key in ["Seccomp:", "NoNewPrivs:", "CapEff:"] {
+        let line = |s: &str| s.lines().find(|l| l.starts_with(key)).map(str::to_string);
+        assert_eq!(
+            line(&status),
+            line(&init),
+            "{key} of exec as of the container's init"
+        );
+    }
+    // the profile really applies: a user namespace needs no capability, only seccomp
+    // stops it
+    let (code, _, _) = exec("unshare -U true").await;
+    assert_ne!(code, 0, "unshare was allowed in exec");
+    // files made by the container's processes get the container's mask, not the keeper's
+    assert_eq!(exec("umask").await.1.trim(), "0022");
+    assert_eq!(
+        output(&rt, "conf").trim(),
+        "0022",
+        "the main process's umask"
+    );
+    rt.stop("conf", Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mounts_over_proc_and_sys_are_refused() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    for (source, target) in [("/proc", "/proc"), ("/sys", "/sys"), ("/etc", "/proc/1")] {
+        let spec = ContainerSpec {
+            mounts: vec![MountSpec {
+                kind: MountKind::Bind,
+                source: source.into(),
+                target: target.into(),
+                read_only: true,
+                tmpfs_size: None,
+            }],
+            ..sh("ls /proc")
+        };
+        let err = rt.prepare("p", &spec).await.unwrap_err().to_string();
+        assert!(
+            err.contains(target) && err.contains("mounts"),
+            "{target}: {err}"
+        );
+    }
+}
