@@ -187,12 +187,18 @@ impl Daemon {
         Ok(d)
     }
 
+    /// Starts this node's manager; `init` makes a new Raft group of one with its cluster
+    /// object (and the state of the swarm it replaces, for `--force-new-cluster`).
     async fn start_manager(
         &self,
         st: &SwarmState,
-        init: Option<Cluster>,
+        init: Option<(Cluster, Option<crate::manager::store::Tables>)>,
     ) -> anyhow::Result<Manager> {
         let (dir, node_id) = (swarm_dir(&self.data_root), self.node_id());
+        let (init, restore) = match init {
+            Some((c, r)) => (Some(c), r),
+            None => (None, None),
+        };
         Manager::start(ManagerOpts {
             dir: &dir,
             node_id: &node_id,
@@ -200,6 +206,7 @@ impl Daemon {
             addr: &st.advertise_addr,
             raft_id: st.raft_id.max(1),
             init,
+            restore,
             tls: self.peer_tls.clone(),
         })
         .await
@@ -391,7 +398,7 @@ impl Daemon {
             cert_root_digest: ca.digest(),
         };
         *self.cert_root.write().unwrap_or_else(|p| p.into_inner()) = ca.digest();
-        let m = match self.start_manager(&st, Some(cluster)).await {
+        let m = match self.start_manager(&st, Some((cluster, None))).await {
             Ok(m) => Arc::new(m),
             Err(e) => {
                 NodeCerts::remove(&self.data_root);
@@ -443,59 +450,11 @@ impl Daemon {
         let db = swarm_dir(&self.data_root).join("raft.redb");
         std::fs::rename(&db, db.with_extension("redb.before-force-new-cluster"))
             .context("setting the old Raft database aside")?;
-        let me = self.node_id();
-        let m = Arc::new(self.start_manager(&st, Some(cluster)).await?);
-        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
-        m.store
-            .update(move |tx| {
-                for mut n in tables.nodes.into_values() {
-                    if n.id == me {
-                        let mine = tx.get::<Node>(&me);
-                        n.manager_status = mine.as_ref().and_then(|x| x.manager_status.clone());
-                        n.meta = mine.and_then(|x| x.meta);
-                        tx.update(n)?;
-                        continue;
-                    }
-                    if n.manager_status.take().is_some() {
-                        n.role = NodeRole::Worker as i32;
-                        if let Some(s) = n.spec.as_mut() {
-                            s.desired_role = NodeRole::Worker as i32;
-                        }
-                    }
-                    n.meta = None;
-                    tx.create(n)?;
-                }
-                for mut x in tables.services.into_values() {
-                    x.meta = None;
-                    tx.create(x)?;
-                }
-                for mut x in tables.tasks.into_values() {
-                    x.meta = None;
-                    tx.create(x)?;
-                }
-                // the old swarm's networks (ingress included) replace the new group's:
-                // services and tasks hold their IDs and addresses
-                for n in tx.list::<Network>() {
-                    if !tables.networks.contains_key(&n.id) {
-                        tx.remove::<Network>(&n.id)?;
-                    }
-                }
-                for mut x in tables.networks.into_values() {
-                    x.meta = None;
-                    tx.create(x)?;
-                }
-                for mut x in tables.secrets.into_values() {
-                    x.meta = None;
-                    tx.create(x)?;
-                }
-                for mut x in tables.configs.into_values() {
-                    x.meta = None;
-                    tx.create(x)?;
-                }
-                Ok(())
-            })
-            .await
-            .context("restoring the swarm's state into the new Raft group")?;
+        let m = Arc::new(
+            self.start_manager(&st, Some((cluster, Some(tables))))
+                .await?,
+        );
+        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m);
         let mut st = st;
         st.managers = vec![st.advertise_addr.clone()];
         self.save_state(Some(st))?;

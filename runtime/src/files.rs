@@ -77,12 +77,17 @@ pub fn secure_tree(root: &Path) -> io::Result<usize> {
         }
         let mode = m.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            set_mode(&p, mode & !0o077)?;
-            changed += 1;
+            match set_mode(&p, mode & !0o077) {
+                Ok(()) => changed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
+                Err(e) => return Err(e),
+            }
         }
         if m.is_dir() {
-            for e in fs::read_dir(&p)?.flatten() {
-                stack.push(e.path());
+            match fs::read_dir(&p) {
+                Ok(rd) => stack.extend(rd.flatten().map(|e| e.path())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
     }

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use shoal_proto::TaskStatus;
 use task::Report;
 
 /// The agent of one node.
@@ -176,11 +177,11 @@ impl<E: Executor> Agent<E> {
                         }
                         let gone: Vec<String> = tasks.keys().filter(|k| !keep.contains(k.as_str())).cloned().collect();
                         for id in gone {
-                            self.forget(tasks, &id);
+                            self.forget(tasks, tx, &id);
                         }
                     }
                     for id in &m.remove_tasks {
-                        self.forget(tasks, id);
+                        self.forget(tasks, tx, id);
                     }
                     for t in m.update_tasks {
                         match tasks.get(&t.id) {
@@ -299,8 +300,14 @@ impl<E: Executor> Agent<E> {
     }
 
     /// A task no longer assigned here: stop its manager, then its container.
-    fn forget(&self, tasks: &mut HashMap<String, watch::Sender<Task>>, id: &str) {
+    fn forget(
+        &self,
+        tasks: &mut HashMap<String, watch::Sender<Task>>,
+        reports: &mpsc::UnboundedSender<Report>,
+        id: &str,
+    ) {
         if tasks.remove(id).is_some() {
+            let _ = reports.send(Report::Gone(id.to_string()));
             let exec = self.exec.clone();
             let net = self.net.clone();
             let id = id.to_string();
@@ -319,7 +326,6 @@ impl<E: Executor> Agent<E> {
 /// reconnects (perhaps to another manager).
 type SessionId = Arc<std::sync::Mutex<(String, Option<Client>)>>;
 
-/// Sends statuses in batches, retrying until the dispatcher acknowledges them.
 /// Says which node the agent is for on every request (mTLS certificates will, across hosts).
 #[derive(Clone)]
 pub struct NodeIdentity(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
@@ -340,24 +346,52 @@ impl tonic::service::Interceptor for NodeIdentity {
 pub type Client =
     DispatcherClient<tonic::service::interceptor::InterceptedService<Channel, NodeIdentity>>;
 
+/// Sends statuses in batches, retrying until the dispatcher acknowledges them. In every
+/// new session it tells again the last status of each of its tasks: managers that lost
+/// what they had acknowledged (a swarm rebuilt with `--force-new-cluster` from a state
+/// older than this node's reports) learn where its tasks really are; the dispatcher
+/// ignores what it knows already.
 async fn report_loop(
     sid: SessionId,
     mut rx: mpsc::UnboundedReceiver<Report>,
     shutdown: CancellationToken,
 ) {
-    let mut pending: Vec<Report> = Vec::new();
+    let mut pending: Vec<(String, TaskStatus)> = Vec::new();
+    // the last status acknowledged for each of this node's tasks, and in which session
+    let mut told: HashMap<String, TaskStatus> = HashMap::new();
+    let mut told_in = String::new();
+    let take =
+        |r: Report, pending: &mut Vec<(String, TaskStatus)>, told: &mut HashMap<_, _>| match r {
+            Report::Status(id, s) => pending.push((id, s)),
+            Report::Gone(id) => {
+                told.remove(&id);
+                pending.retain(|(p, _)| *p != id);
+            }
+        };
     loop {
+        let (session_id, client) = sid.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if session_id != told_in && !session_id.is_empty() {
+            // a new session: what was told in the last one goes again, behind anything
+            // newer
+            for (id, s) in &told {
+                if !pending.iter().any(|(p, _)| p == id) {
+                    pending.push((id.clone(), s.clone()));
+                }
+            }
+            told_in = session_id.clone();
+        }
         if pending.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = rx.recv() => match r {
-                    Some(r) => pending.push(r),
+                    Some(r) => take(r, &mut pending, &mut told),
                     None => return,
                 }
             }
+            continue;
         }
         while let Ok(r) = rx.try_recv() {
-            pending.push(r);
+            take(r, &mut pending, &mut told);
         }
         let updates: Vec<TaskStatusUpdate> = pending
             .iter()
@@ -366,7 +400,6 @@ async fn report_loop(
                 status: Some(s.clone()),
             })
             .collect();
-        let (session_id, client) = sid.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let req = tonic::Request::new(UpdateTaskStatusRequest {
             session_id,
             updates,
@@ -376,7 +409,11 @@ async fn report_loop(
             None => Err(tonic::Status::unavailable("no session yet")),
         };
         match sent {
-            Ok(_) => pending.clear(),
+            Ok(_) => {
+                for (id, s) in pending.drain(..) {
+                    told.insert(id, s);
+                }
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "status report not acknowledged; retrying");
                 tokio::select! {

@@ -15,8 +15,13 @@ use super::convert::container_spec;
 use crate::manager::store::now_ms;
 use crate::manager::tasks::desired;
 
-/// A status to report for a task.
-pub type Report = (String, TaskStatus);
+/// What the reporter hears: a status to report for a task, or that a task is no longer
+/// this node's (its last status need not be told again).
+#[derive(Debug)]
+pub enum Report {
+    Status(String, TaskStatus),
+    Gone(String),
+}
 
 fn st(state: TaskState, message: &str) -> TaskStatus {
     TaskStatus {
@@ -85,7 +90,7 @@ pub async fn manage<E: Executor>(
         return manage_attachment(net, task, reports).await;
     }
     let report = |s: TaskStatus| {
-        let _ = reports.send((id.clone(), s));
+        let _ = reports.send(Report::Status(id.clone(), s));
     };
     // where the container is, as the executor knows it
     let mut reached = match exec.inspect(&id).await {
@@ -291,7 +296,7 @@ async fn manage_attachment(
 ) {
     let t = task.borrow().clone();
     let report = |s: TaskStatus| {
-        let _ = reports.send((t.id.clone(), s));
+        let _ = reports.send(Report::Status(t.id.clone(), s));
     };
     let Some(net) = net else {
         let mut s = st(TaskState::Rejected, "preparing failed");

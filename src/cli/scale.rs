@@ -90,6 +90,7 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ExitCode> {
             addr: "127.0.0.1:2377",
             raft_id: 1,
             init: Some(cluster),
+            restore: None,
             tls: Default::default(),
         })
         .await?,

@@ -40,6 +40,8 @@ pub fn grpc_status(e: ControlError) -> tonic::Status {
                 Status::already_exists(s.to_string())
             }
             StoreError::NotFound { .. } => Status::not_found(s.to_string()),
+            StoreError::TooLarge { .. } => Status::invalid_argument(s.to_string()),
+            StoreError::NoSpace(_) => Status::resource_exhausted(s.to_string()),
             s => Status::failed_precondition(s.to_string()),
         },
     }
@@ -109,6 +111,7 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ControlError> {
         return Err(invalid("image: an image is required"));
     }
     container_checks(c)?;
+    super::limits::check_service(spec).map_err(invalid)?;
     if let Some(p) = &task.placement {
         for k in &p.constraints {
             parse_constraint(k).map_err(|e| invalid(format!("--constraint: {e}")))?;
@@ -480,10 +483,15 @@ pub async fn remove_node(store: &Store, what: &str, force: bool) -> Result<Node,
         )));
     }
     let id = n.id.clone();
+    // its tasks a commit's worth at a time, then the node: a removal cut short leaves the
+    // node there to be removed again
     store
-        .update(move |tx| {
+        .update_all(|tx| {
             for t in tx.tasks_of(&id, true) {
                 if !state(&t).is_terminal() {
+                    if tx.full() {
+                        return Ok(true);
+                    }
                     let mut t = t.clone();
                     let st = t.status.get_or_insert_with(TaskStatus::default);
                     st.state = TaskState::Orphaned as i32;
@@ -492,6 +500,11 @@ pub async fn remove_node(store: &Store, what: &str, force: bool) -> Result<Node,
                     tx.update(t)?;
                 }
             }
+            Ok(false)
+        })
+        .await?;
+    store
+        .update(move |tx| {
             if let Some(mut c) = tx.list::<Cluster>().into_iter().next() {
                 if !c.removed_nodes.contains(&id) {
                     c.removed_nodes.push(id.clone());

@@ -4,6 +4,7 @@ pub mod ca;
 pub mod control;
 pub mod dispatcher;
 pub mod ipam;
+pub mod limits;
 pub mod network;
 pub mod node;
 pub mod orchestrator;

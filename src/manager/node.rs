@@ -18,7 +18,7 @@ use super::raft::storage::{open_db, LogStore, StateMachine};
 use super::raft::{config, Raft, RaftProposer};
 use super::restart::RestartSupervisor;
 use super::scheduler::Scheduler;
-use super::store::Store;
+use super::store::{Store, Tables};
 
 /// What a manager starts from.
 pub struct ManagerOpts<'a> {
@@ -31,6 +31,9 @@ pub struct ManagerOpts<'a> {
     pub raft_id: u64,
     /// A new cluster (its object, with the CA) with this manager as its only member.
     pub init: Option<Cluster>,
+    /// With `init`: the state of the swarm it replaces (`swarm init --force-new-cluster`),
+    /// restored before the leader's loops start.
+    pub restore: Option<Tables>,
     /// How it reaches other managers.
     pub tls: PeerTls,
 }
@@ -61,6 +64,7 @@ impl Manager {
             addr,
             raft_id,
             init,
+            restore,
             tls,
         } = o;
         std::fs::create_dir_all(dir)?;
@@ -156,6 +160,9 @@ impl Manager {
                 })
                 .await?;
         }
+        if let Some(tables) = restore {
+            restore_swarm(&store, tables, node_id).await?;
+        }
         let shutdown = CancellationToken::new();
         let dispatcher = Dispatcher::new(store.clone(), shutdown.child_token(), node_id);
         tokio::spawn(lead_when_leader(
@@ -212,6 +219,87 @@ impl Manager {
     }
 }
 
+/// `--force-new-cluster`: the old swarm's state into the new Raft group of one, before
+/// any loop runs (so none acts on half of it), a commit's worth at a time. Services,
+/// tasks, networks (ingress included: services and tasks hold their IDs and addresses,
+/// so the old ones replace the new group's), secrets and configs are kept; the other
+/// managers become workers in the store; this node keeps its new manager status.
+async fn restore_swarm(
+    store: &Store,
+    tables: Tables,
+    me: &str,
+) -> Result<(), super::store::StoreError> {
+    let me = me.to_string();
+    let old_networks: std::collections::BTreeSet<String> =
+        tables.networks.keys().cloned().collect();
+    store
+        .update(|tx| {
+            for n in tx.list::<Network>() {
+                if !old_networks.contains(&n.id) {
+                    tx.remove::<Network>(&n.id)?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    let mut objects: Vec<store_object::Object> = Vec::new();
+    for mut n in tables.nodes.into_values() {
+        n.meta = None;
+        if n.id != me && n.manager_status.take().is_some() {
+            n.role = NodeRole::Worker as i32;
+            if let Some(s) = n.spec.as_mut() {
+                s.desired_role = NodeRole::Worker as i32;
+            }
+        }
+        objects.push(store_object::Object::Node(n));
+    }
+    macro_rules! keep {
+        ($($table:ident => $variant:ident),*) => {$(
+            for mut x in tables.$table.into_values() {
+                x.meta = None;
+                objects.push(store_object::Object::$variant(x));
+            }
+        )*};
+    }
+    keep!(networks => Network, secrets => Secret, configs => Config, services => Service, tasks => Task);
+    let mut next = 0;
+    store
+        .update_all(|tx| {
+            while let Some(o) = objects.get(next) {
+                if tx.full() {
+                    return Ok(true);
+                }
+                next += 1;
+                match o.clone() {
+                    store_object::Object::Node(mut n) if n.id == me => {
+                        // the new group's view of this manager, with the old spec
+                        let mine = tx.get::<Node>(&me);
+                        n.manager_status = mine.as_ref().and_then(|x| x.manager_status.clone());
+                        n.meta = mine.and_then(|x| x.meta);
+                        tx.update(n)?;
+                    }
+                    store_object::Object::Node(n) => tx.create(n)?,
+                    store_object::Object::Network(n) => {
+                        if tx.get::<Network>(&n.id).is_some() {
+                            let mut n = n;
+                            n.meta = tx.get::<Network>(&n.id).and_then(|x| x.meta);
+                            tx.update(n)?;
+                        } else {
+                            tx.create(n)?;
+                        }
+                    }
+                    store_object::Object::Secret(x) => tx.create(x)?,
+                    store_object::Object::Config(x) => tx.create(x)?,
+                    store_object::Object::Service(x) => tx.create(x)?,
+                    store_object::Object::Task(x) => tx.create(x)?,
+                    store_object::Object::Cluster(_) => {}
+                }
+            }
+            Ok(false)
+        })
+        .await
+}
+
 /// Runs the leader-only loops while this manager leads.
 async fn lead_when_leader(
     raft: Raft,
@@ -255,7 +343,7 @@ async fn lead_when_leader(
 mod tests {
     use super::*;
     use crate::manager::raft::config_with_snapshots_every;
-    use crate::manager::store::{new_id, Tables};
+    use crate::manager::store::new_id;
 
     async fn started(dir: &Path, init: bool) -> Manager {
         let cfg = config_with_snapshots_every(20, 5).unwrap();
@@ -271,6 +359,7 @@ mod tests {
                 addr: "127.0.0.1:2377",
                 raft_id: 1,
                 init,
+                restore: None,
                 tls: Default::default(),
             },
         )

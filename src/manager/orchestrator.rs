@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::scheduler::node_matches_constraints;
 use super::store::{Store, StoreError, Tx};
-use super::tasks::{desired, mode, new_task, run_loop, state, NODE_KEY};
+use super::tasks::{desired, mode, new_task, run_loop, state, Left, NODE_KEY};
 
 /// The replicated, global and job orchestrators, as one loop over services.
 pub struct Orchestrator {
@@ -27,7 +27,7 @@ impl Orchestrator {
 
     pub async fn run(self, shutdown: CancellationToken) {
         let store = self.store.clone();
-        run_loop("orchestrator", store.clone(), shutdown, Duration::ZERO, |dirty| {
+        run_loop("orchestrator", store.clone(), shutdown, Duration::ZERO, None, |dirty| {
             let store = store.clone();
             async move {
                 let ids: Vec<String> = match dirty {
@@ -51,14 +51,33 @@ impl Orchestrator {
                 // node changes matter to global services: reconcile all of those too
                 let globals: Vec<String> = store.view(|t| t.services.values().filter(|s| matches!(mode(s), Some(Mode::Global(_)) | Some(Mode::GlobalJob(_)))).map(|s| s.id.clone()).collect());
                 let ids: BTreeSet<String> = ids.into_iter().chain(globals).collect();
-                // all in one commit; if that is refused, service by service, so that one
-                // service's trouble holds up no other
-                let together = store.update(|tx| ids.iter().try_for_each(|id| reconcile_in(tx, id))).await;
-                if together.is_err() {
-                    for id in ids {
-                        if let Err(e) = reconcile(&store, &id).await {
-                            tracing::warn!(service.id = %id, error = %e, "reconcile failed; will retry on the next change");
+                // as many as fit in one commit (the rest in the next pass, at once); if
+                // that is refused, service by service, so that one service's trouble
+                // holds up no other
+                let together = store.update(|tx| {
+                    let mut left = BTreeSet::new();
+                    for id in &ids {
+                        if tx.full() {
+                            left.insert(id.clone());
+                            continue;
                         }
+                        reconcile_in(tx, id)?;
+                        if tx.full() {
+                            left.insert(id.clone()); // it may have stopped half-way
+                        }
+                    }
+                    Ok(left)
+                }).await;
+                match together {
+                    Ok(left) if left.is_empty() => Left::Nothing,
+                    Ok(left) => Left::These(left),
+                    Err(_) => {
+                        for id in ids {
+                            if let Err(e) = reconcile(&store, &id).await {
+                                tracing::warn!(service.id = %id, error = %e, "reconcile failed; will retry on the next change");
+                            }
+                        }
+                        Left::Nothing
                     }
                 }
             }
@@ -70,7 +89,12 @@ impl Orchestrator {
 /// Node events do not name services; the dispatcher and scheduler change nodes, so the
 /// orchestrator also reconciles global services when asked explicitly.
 pub async fn reconcile(store: &Store, service_id: &str) -> Result<(), StoreError> {
-    store.update(|tx| reconcile_in(tx, service_id)).await
+    store
+        .update_all(|tx| {
+            reconcile_in(tx, service_id)?;
+            Ok(tx.full())
+        })
+        .await
 }
 
 /// [`reconcile`] inside a transaction: the control API creates a service's tasks in the
@@ -82,6 +106,15 @@ pub fn reconcile_in(tx: &mut Tx<'_>, service_id: &str) -> Result<(), StoreError>
     }
     let service = tx.get::<Service>(service_id);
     let tasks: Vec<Task> = tx.tasks_of(service_id, false);
+    if let Some(s) = &service {
+        if let Err(why) = s.spec.as_ref().map_or(Ok(()), super::limits::check_service) {
+            // committed before the limits existed (or by another version): no new task
+            // for it, and the managers stay up for it to be fixed (`service scale`,
+            // `service update`, `service rm`)
+            tracing::warn!(service.id = %s.id, error = %why, "the service asks more than a service may: no tasks are made for it until it is changed");
+            return Ok(());
+        }
+    }
     match service {
         None => remove_all(tx, tasks),
         Some(s) => match mode(&s).cloned() {
@@ -112,6 +145,9 @@ fn set_desired(tx: &mut Tx<'_>, t: &Task, d: TaskState) -> Result<(), StoreError
 /// The service is gone: every task is to be removed.
 fn remove_all(tx: &mut Tx<'_>, tasks: Vec<Task>) -> Result<(), StoreError> {
     for t in tasks {
+        if tx.full() {
+            break; // the rest in the next commit
+        }
         if desired(&t) != TaskState::Remove {
             set_desired(tx, &t, TaskState::Remove)?;
         }
@@ -123,6 +159,9 @@ fn remove_all(tx: &mut Tx<'_>, tasks: Vec<Task>) -> Result<(), StoreError> {
 /// are still at work are shut down, and the new iteration runs to completion afresh.
 fn retire_old_iterations(tx: &mut Tx<'_>, s: &Service, tasks: &[Task]) -> Result<(), StoreError> {
     for t in tasks {
+        if tx.full() {
+            break;
+        }
         if t.job_iteration != s.job_iteration
             && !state(t).is_terminal()
             && (desired(t) as i32) < TaskState::Shutdown as i32
@@ -155,14 +194,14 @@ fn replicated(
     for t in tasks.iter().filter(|t| live(t)) {
         // a drained node keeps no tasks: they are shut down and their slots filled
         // elsewhere
-        if on_drained_node(tx, t) {
+        if on_drained_node(tx, t) && !tx.full() {
             set_desired(tx, t, TaskState::Shutdown)?;
             continue;
         }
         slots.entry(t.slot).or_default().push(t.clone());
     }
-    // scale down: the highest slots go
-    while slots.len() as u64 > replicas {
+    // scale down: the highest slots go (a commit's worth at a time)
+    while slots.len() as u64 > replicas && !tx.full() {
         let Some((_, ts)) = slots.pop_last() else {
             break;
         };
@@ -170,9 +209,9 @@ fn replicated(
             set_desired(tx, &t, TaskState::Remove)?;
         }
     }
-    // scale up: the lowest free slots
+    // scale up: the lowest free slots (a commit's worth at a time)
     let mut next = 1;
-    while (slots.len() as u64) < replicas {
+    while (slots.len() as u64) < replicas && !tx.full() {
         while slots.contains_key(&next) {
             next += 1;
         }
@@ -273,7 +312,7 @@ fn global(tx: &mut Tx<'_>, s: &Service, tasks: Vec<Task>, job: bool) -> Result<(
         }
     }
     for (node, ts) in &have {
-        if !nodes.contains(node) {
+        if !nodes.contains(node) && !tx.full() {
             for t in ts {
                 set_desired(tx, t, TaskState::Shutdown)?;
             }
@@ -285,7 +324,7 @@ fn global(tx: &mut Tx<'_>, s: &Service, tasks: Vec<Task>, job: bool) -> Result<(
         TaskState::Running
     };
     for n in &nodes {
-        if !have.contains_key(n) {
+        if !have.contains_key(n) && !tx.full() {
             tx.create(new_task(s, 0, n, want))?;
         }
     }
@@ -351,6 +390,9 @@ fn replicated_job(
     let used: BTreeSet<u64> = current.iter().map(|t| t.slot).collect();
     let mut slot = 1;
     for _ in 0..want {
+        if tx.full() {
+            break;
+        }
         while used.contains(&slot) {
             slot += 1;
         }

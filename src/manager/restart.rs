@@ -6,6 +6,7 @@
 //! service is gone once they have stopped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_proto::restart_policy::Condition;
@@ -13,7 +14,7 @@ use shoal_proto::{Cluster, Service, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{now_ms, Store, StoreError};
-use super::tasks::{desired, is_job, new_task, run_loop, state};
+use super::tasks::{desired, is_job, new_task, run_loop, state, Left};
 
 pub const DEFAULT_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_HISTORY: usize = 5;
@@ -74,35 +75,101 @@ impl RestartSupervisor {
 
     pub async fn run(self, shutdown: CancellationToken) {
         let store = self.store.clone();
-        let sd = shutdown.clone();
-        run_loop("restart", store.clone(), shutdown, Duration::ZERO, |_| {
-            let (store, sd) = (store.clone(), sd.clone());
-            async move {
-                match restart_dead(&store).await {
-                    Ok(delayed) => {
-                        for (id, delay) in delayed {
-                            let (store, sd) = (store.clone(), sd.clone());
-                            tokio::spawn(async move {
-                                tokio::select! {
-                                    _ = sd.cancelled() => {}
-                                    _ = tokio::time::sleep(delay) => { let _ = start_ready(&store, &id).await; }
-                                }
-                            });
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "restarting tasks failed"),
-                }
-                if let Err(e) = reap(&store).await {
-                    tracing::warn!(error = %e, "reaping tasks failed");
-                }
-            }
-        })
+        let timer = Timer::default();
+        run_loop(
+            "restart",
+            store.clone(),
+            shutdown.clone(),
+            Duration::ZERO,
+            Some(timer.wake.clone()),
+            |_| pass(store.clone(), shutdown.clone(), timer.clone()),
+        )
         .await;
     }
 }
 
-/// Replaces dead tasks; returns the replacements to start after their delay.
-pub async fn restart_dead(store: &Store) -> Result<Vec<(String, Duration)>, StoreError> {
+/// One pass of the restart supervisor: dead tasks replaced (their replacements started
+/// once their delay has passed, and tasks rejected before they ran replaced only then),
+/// and history trimmed. A pass that had more than one commit's worth leaves the rest to
+/// the next.
+/// The restart supervisor's own wake-up: one timer, for the soonest rejected task due
+/// (passes come on every store event, so one timer per pass would pile up).
+#[derive(Clone, Default)]
+struct Timer {
+    wake: Arc<tokio::sync::Notify>,
+    at: Arc<Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl Timer {
+    /// Wakes the loop in `wait` (or sooner, if already set for sooner).
+    fn set(&self, wait: Duration, sd: &CancellationToken) {
+        let now = tokio::time::Instant::now();
+        let at = now + wait;
+        let mut cur = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.is_some_and(|c| c > now && c <= at) {
+            return;
+        }
+        *cur = Some(at);
+        let (me, sd) = (self.clone(), sd.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sd.cancelled() => {}
+                _ = tokio::time::sleep_until(at) => me.wake.notify_one(),
+            }
+        });
+    }
+}
+
+async fn pass(store: Store, sd: CancellationToken, timer: Timer) -> Left {
+    let mut left = Left::Nothing;
+    match restart_dead(&store).await {
+        Ok(r) => {
+            for (id, delay) in r.start_later {
+                let (store, sd) = (store.clone(), sd.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = sd.cancelled() => {}
+                        _ = tokio::time::sleep(delay) => { let _ = start_ready(&store, &id).await; }
+                    }
+                });
+            }
+            if let Some(wait) = r.check_again_in {
+                timer.set(wait, &sd);
+            }
+            if r.more {
+                left = Left::All;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "restarting tasks failed"),
+    }
+    match reap(&store).await {
+        Ok((_, true)) => left = Left::All,
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reaping tasks failed"),
+    }
+    left
+}
+
+/// What a restart pass did.
+#[derive(Debug, Default)]
+pub struct Restarted {
+    /// Replacements to start after their delay.
+    pub start_later: Vec<(String, Duration)>,
+    /// Tasks rejected before they ran wait out their delay before they are replaced:
+    /// the soonest is due in this long.
+    pub check_again_in: Option<Duration>,
+    /// More dead tasks than one commit holds: the rest are for the next pass.
+    pub more: bool,
+}
+
+/// Replaces dead tasks, by their policy. A task that ended after it had run gets a
+/// replacement at once, made ready (its image pulled) and started when the delay has
+/// passed; one that was rejected before it ran (its image could not be pulled, its
+/// network not be built) gets its replacement only when the delay has passed since it
+/// ended, so that a task that cannot start is tried once per delay, not as fast as the
+/// node can refuse it.
+pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
+    let now = now_ms();
     store
         .update(|tx| {
             let services: BTreeMap<String, Service> = tx
@@ -114,8 +181,12 @@ pub async fn restart_dead(store: &Store) -> Result<Vec<(String, Duration)>, Stor
                 state(t).is_terminal()
                     && matches!(desired(t), TaskState::Running | TaskState::Complete)
             });
-            let mut later = Vec::new();
+            let mut r = Restarted::default();
             for t in dead.iter() {
+                if tx.full() {
+                    r.more = true;
+                    break;
+                }
                 let Some(s) = services.get(&t.service_id) else {
                     continue;
                 };
@@ -133,35 +204,44 @@ pub async fn restart_dead(store: &Store) -> Result<Vec<(String, Duration)>, Stor
                 if !should_restart(t, &history, job) {
                     continue; // by policy it stays as it ended
                 }
+                let (_, delay, _, _) = policy(t);
+                if state(t) == TaskState::Rejected && !delay.is_zero() {
+                    // the manager's clock: when the rejection was committed
+                    let ended = t.meta.as_ref().map_or(now, |m| m.updated_at_ms);
+                    let wait = (ended + delay.as_millis() as i64 - now).max(0) as u64;
+                    if wait > 0 {
+                        let wait = Duration::from_millis(wait);
+                        r.check_again_in = Some(r.check_again_in.map_or(wait, |w| w.min(wait)));
+                        continue; // it still holds its slot, so nothing replaces it meanwhile
+                    }
+                }
                 tx.update(old)?;
                 if t.spec_version != s.spec_version && !job {
                     continue; // the orchestrator makes the up-to-date replacement
                 }
-                let (_, delay, _, _) = policy(t);
+                let rejected = state(t) == TaskState::Rejected;
                 let want = if job {
                     TaskState::Complete
                 } else {
                     TaskState::Running
                 };
+                // a rejected task's delay has passed already
+                let wait = !delay.is_zero() && !rejected;
                 let mut n = new_task(
                     s,
                     t.slot,
                     &t.node_id,
-                    if delay.is_zero() {
-                        want
-                    } else {
-                        TaskState::Ready
-                    },
+                    if wait { TaskState::Ready } else { want },
                 );
                 if t.slot > 0 {
                     n.node_id.clear(); // replicated: the scheduler may pick another node
                 }
-                if !delay.is_zero() {
-                    later.push((n.id.clone(), delay));
+                if wait {
+                    r.start_later.push((n.id.clone(), delay));
                 }
                 tx.create(n)?;
             }
-            Ok(later)
+            Ok(r)
         })
         .await
 }
@@ -188,8 +268,9 @@ pub async fn start_ready(store: &Store, id: &str) -> Result<(), StoreError> {
 }
 
 /// Deletes dead tasks beyond the history limit of each slot, and tasks meant to be
-/// removed once they have stopped.
-pub async fn reap(store: &Store) -> Result<usize, StoreError> {
+/// removed once they have stopped: how many, and whether more are left for the next
+/// commit.
+pub async fn reap(store: &Store) -> Result<(usize, bool), StoreError> {
     store
         .update(|tx| {
             let limit = tx
@@ -236,10 +317,15 @@ pub async fn reap(store: &Store) -> Result<usize, StoreError> {
                     gone.insert(t.id.clone());
                 }
             }
+            let mut removed = 0;
             for id in &gone {
+                if tx.full() {
+                    return Ok((removed, true));
+                }
                 tx.remove::<Task>(id)?;
+                removed += 1;
             }
-            Ok(gone.len())
+            Ok((removed, false))
         })
         .await
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::network::{self, allocate_services, Pools};
 use super::store::{Store, StoreError, Tx};
-use super::tasks::{desired, run_loop, state, status};
+use super::tasks::{desired, run_loop, state, status, Left};
 
 /// One constraint: `node.labels.zone==east`.
 #[derive(Clone, Debug, PartialEq)]
@@ -306,27 +306,38 @@ pub fn parse_preference(p: &str) -> Result<String, String> {
 /// Moves new tasks to pending (network addresses come here once overlays exist) and
 /// places every pending task it can, in one transaction: a task that can be placed at
 /// once goes from new to assigned in one commit.
-pub async fn allocate_and_schedule(store: &Store) -> Result<usize, StoreError> {
+/// Returns how many it placed, and whether a commit's worth was reached with more to
+/// do (the rest is for the next pass).
+pub async fn allocate_and_schedule(store: &Store) -> Result<(usize, bool), StoreError> {
     store
         .update(|tx| {
             // one set of pools for the commit: built at most once
             let mut pools = Pools::default();
             network::allocate_nodes(tx, &mut pools)?;
-            allocate_new(tx, &mut pools)?;
-            schedule_pending(tx)
+            let more = allocate_new(tx, &mut pools)?;
+            let (placed, unplaced) = schedule_pending(tx)?;
+            Ok((placed, more || unplaced))
         })
         .await
 }
 
-/// Places every pending task it can.
-fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
+/// Whether `t` may change in this transaction: there is room, or it has changed in it
+/// already (a task allocated and placed in one commit is one change).
+fn room_for(tx: &Tx<'_>, t: &Task) -> bool {
+    !tx.full() || tx.has_change::<Task>(&t.id)
+}
+
+/// Places every pending task it can (a commit's worth: whether some were left for the
+/// next pass is the second value).
+fn schedule_pending(tx: &mut Tx<'_>) -> Result<(usize, bool), StoreError> {
     let mut pending: Vec<Task> = tx.filter(|t: &Task| {
         state(t) == TaskState::Pending
             && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
     });
     if pending.is_empty() {
-        return Ok(0); // most passes: a status changed, nothing to place
+        return Ok((0, false)); // most passes: a status changed, nothing to place
     }
+    let mut more = false;
     // tasks per service are counted only for the services being placed
     let placing: std::collections::HashSet<&str> =
         pending.iter().map(|t| t.service_id.as_str()).collect();
@@ -398,6 +409,10 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
                 })
                 .collect();
         for t in group {
+            if !room_for(tx, t) {
+                more = true;
+                break;
+            }
             let Some(std::cmp::Reverse((ps, total, node))) = heap.pop() else {
                 break;
             };
@@ -408,6 +423,10 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
         i = j;
     }
     for mut t in slow {
+        if !room_for(tx, &t) {
+            more = true;
+            break;
+        }
         let mut why: HashMap<Reason, usize> = HashMap::new();
         let candidates: Vec<&Node> = nodes
             .iter()
@@ -485,28 +504,30 @@ fn schedule_pending(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
             }
         }
     }
-    Ok(placed)
+    Ok((placed, more))
 }
 
 /// Moves new tasks to pending once they have their network addresses (services get
 /// their VIPs and published ports first). A task whose addresses cannot be had stays new,
-/// with the reason in its status for `service ps` and `inspect`.
-fn allocate_new(tx: &mut Tx<'_>, pools: &mut Pools) -> Result<usize, StoreError> {
+/// with the reason in its status for `service ps` and `inspect`. A commit's worth at a
+/// time: returns whether some were left for the next pass.
+fn allocate_new(tx: &mut Tx<'_>, pools: &mut Pools) -> Result<bool, StoreError> {
     let new = tx.filter(|t: &Task| {
         state(t) == TaskState::New && !matches!(desired(t), TaskState::Shutdown | TaskState::Remove)
     });
     if new.is_empty() {
-        return Ok(0);
+        return Ok(false);
     }
     allocate_services(tx, pools)?;
     let ingress = network::ingress_id(tx);
-    let mut n = 0;
     for mut t in new {
+        if !room_for(tx, &t) {
+            return Ok(true);
+        }
         match network::attach_task(tx, pools, ingress.as_deref(), &mut t) {
             Ok(()) => {
                 t.status = Some(status(TaskState::Pending, "pending task scheduling"));
                 tx.update(t)?;
-                n += 1;
             }
             Err(why) => {
                 let err = format!("allocation failed: {why}");
@@ -519,7 +540,7 @@ fn allocate_new(tx: &mut Tx<'_>, pools: &mut Pools) -> Result<usize, StoreError>
             }
         }
     }
-    Ok(n)
+    Ok(false)
 }
 
 /// The allocator and the scheduler, debounced as swarmkit does (50 ms after a change).
@@ -539,11 +560,17 @@ impl Scheduler {
             store.clone(),
             shutdown,
             Duration::from_millis(50),
+            None,
             |_| {
                 let store = store.clone();
                 async move {
-                    if let Err(e) = allocate_and_schedule(&store).await {
-                        tracing::warn!(error = %e, "allocating and scheduling tasks failed");
+                    match allocate_and_schedule(&store).await {
+                        Ok((_, true)) => Left::All,
+                        Ok(_) => Left::Nothing,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "allocating and scheduling tasks failed");
+                            Left::Nothing
+                        }
                     }
                 }
             },

@@ -43,7 +43,30 @@ pub enum StoreError {
     Invalid(String),
     #[error("could not commit: {0}")]
     Proposal(String),
+    /// Refused before it was proposed: a change the managers must not take in.
+    #[error("{what} is {size} bytes, above the limit of {limit} bytes")]
+    TooLarge {
+        what: String,
+        size: usize,
+        limit: usize,
+    },
+    /// Refused before it was proposed: the managers' disk is (nearly) full.
+    #[error("no space left on device: {0}")]
+    NoSpace(String),
 }
+
+/// The most one transaction may hold, encoded: its Raft entry must reach every manager
+/// in one message (Swarm: 1.5 MiB). Checked before anything is proposed.
+pub const MAX_TX_BYTES: usize = 2 << 20;
+/// The most one object may hold, encoded (a service holds its spec twice: the current
+/// one and the previous; configs, up to Swarm's 1000 KiB, are objects too).
+pub const MAX_OBJECT_BYTES: usize = 1280 << 10;
+/// How much a loop (orchestrator, scheduler, dispatcher, reaper) puts in one commit
+/// before it commits and goes on in the next: Swarm's 200 changes, and a quarter of
+/// [`MAX_TX_BYTES`], so that the step a loop is in the middle of (a few objects, each
+/// below [`MAX_OBJECT_BYTES`]) always fits.
+pub const TX_BATCH_CHANGES: usize = 200;
+pub const TX_BATCH_BYTES: usize = MAX_TX_BYTES / 4;
 
 /// What a kind of object shares: its ID, name and bookkeeping.
 pub trait StoreItem: Clone + Send + Sync + 'static {
@@ -559,6 +582,8 @@ impl Store {
                 overlay: HashMap::new(),
                 actions: Vec::new(),
                 positions: HashMap::new(),
+                sizes: Vec::new(),
+                bytes: 0,
             };
             let r = f(&mut tx)?;
             (r, tx.actions.into_iter().flatten().collect::<Vec<_>>())
@@ -566,6 +591,7 @@ impl Store {
         if actions.is_empty() {
             return Ok(result);
         }
+        check_sizes(&actions)?;
         let proposer = self
             .inner
             .proposer
@@ -574,6 +600,18 @@ impl Store {
             .clone();
         proposer.propose(StoreBatch { actions }).await?;
         Ok(result)
+    }
+
+    /// Work that may not fit in one commit: runs `f` in one transaction after another
+    /// until it says it is done. `f` returns `Ok(true)` when it stopped because its
+    /// transaction was [`Tx::full`] (and so made progress), `Ok(false)` when nothing is
+    /// left.
+    pub async fn update_all(
+        &self,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        while self.update(&mut f).await? {}
+        Ok(())
     }
 
     /// Applies a committed batch (the Raft state machine calls this, in log order).
@@ -627,6 +665,36 @@ impl Store {
     }
 }
 
+/// Refuses a batch that is too big to commit, or holds an object too big to keep.
+fn check_sizes(actions: &[StoreAction]) -> Result<(), StoreError> {
+    let mut total = 0;
+    for a in actions {
+        let n = a.encoded_len();
+        if n > MAX_OBJECT_BYTES {
+            let (kind, id) = a
+                .object
+                .as_ref()
+                .and_then(|o| o.object.as_ref())
+                .map(object_key)
+                .unwrap_or(("object", ""));
+            return Err(StoreError::TooLarge {
+                what: format!("{kind} {id}"),
+                size: n,
+                limit: MAX_OBJECT_BYTES,
+            });
+        }
+        total += n;
+    }
+    if total > MAX_TX_BYTES {
+        return Err(StoreError::TooLarge {
+            what: format!("a change of {} objects", actions.len()),
+            size: total,
+            limit: MAX_TX_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// Commits by applying at once, numbering batches itself.
 #[cfg(test)]
 struct DirectProposer {
@@ -656,6 +724,9 @@ pub struct Tx<'a> {
     /// Where each object's change is in `actions` (a big transaction, the scheduler
     /// placing ten thousand tasks, must not search the batch for every change).
     positions: HashMap<(&'static str, String), usize>,
+    /// The encoded size of each action (0 for a hole), and their sum.
+    sizes: Vec<usize>,
+    bytes: usize,
 }
 
 impl Tx<'_> {
@@ -772,10 +843,12 @@ impl Tx<'_> {
             .positions
             .get(&key)
             .and_then(|i| self.actions[*i].as_ref().map(|a| (*i, a.kind)));
-        match prev {
+        let i = match prev {
             None => {
                 self.positions.insert(key, self.actions.len());
                 self.actions.push(Some(action(kind, item)));
+                self.sizes.push(0);
+                self.actions.len() - 1
             }
             Some((i, prev)) => {
                 let prev = ActionKind::try_from(prev).unwrap_or(ActionKind::Update);
@@ -789,8 +862,25 @@ impl Tx<'_> {
                     }
                     (_, k) => self.actions[i] = Some(action(k, item)),
                 }
+                i
             }
-        }
+        };
+        let size = self.actions[i].as_ref().map_or(0, |a| a.encoded_len());
+        self.bytes = self.bytes - self.sizes[i] + size;
+        self.sizes[i] = size;
+    }
+
+    /// Whether this transaction changes the object already (another change of it folds
+    /// into that one: it takes no more room).
+    pub fn has_change<T: StoreItem>(&self, id: &str) -> bool {
+        self.positions.contains_key(&(T::KIND, id.to_string()))
+    }
+
+    /// Whether this transaction holds a loop's worth of changes ([`TX_BATCH_CHANGES`] or
+    /// [`TX_BATCH_BYTES`]): a loop that makes many changes stops adding when it is, and
+    /// goes on in its next commit.
+    pub fn full(&self) -> bool {
+        self.positions.len() >= TX_BATCH_CHANGES || self.bytes >= TX_BATCH_BYTES
     }
 
     pub fn create<T: StoreItem + TryFromObject>(&mut self, item: T) -> Result<(), StoreError> {

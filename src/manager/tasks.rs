@@ -103,65 +103,99 @@ pub fn services_of(e: &Event, out: &mut BTreeSet<String>) {
     }
 }
 
+/// What a pass of a loop left for the next one: its work did not fit in one commit
+/// (see [`super::store::Tx::full`]), so the loop goes on at once instead of waiting for
+/// the next event.
+#[derive(Debug, Default, PartialEq)]
+pub enum Left {
+    /// Done.
+    #[default]
+    Nothing,
+    /// These services (or other keys of the loop's) still need a pass.
+    These(BTreeSet<String>),
+    /// Another full pass.
+    All,
+}
+
 /// Runs a reconcile loop: a full pass first, then passes over what events marked dirty,
 /// one per commit (a lagging watcher falls back to a full pass). `pass(None)` is a full
-/// pass; `pass(Some(dirty))` reconciles those services.
+/// pass; `pass(Some(dirty))` reconciles those services. What a pass leaves ([`Left`]) is
+/// done in the next pass, at once. `wake`, when notified, asks for a full pass (a loop's
+/// own timer: a delay that has passed).
 pub async fn run_loop<F, Fut>(
     name: &'static str,
     store: Store,
     shutdown: CancellationToken,
     debounce: Duration,
+    wake: Option<std::sync::Arc<tokio::sync::Notify>>,
     mut pass: F,
 ) where
     F: FnMut(Option<BTreeSet<String>>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = Left>,
 {
     let mut rx = store.watch();
-    pass(None).await;
+    let mut left = pass(None).await;
     let mut dirty = BTreeSet::new();
     loop {
-        let ev = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            ev = rx.recv() => ev,
-        };
-        match ev {
-            Ok(e) => {
-                services_of(&e, &mut dirty);
-                // take in what else has arrived: one pass for a run of commits
-                if !debounce.is_zero() {
-                    tokio::time::sleep(debounce).await;
-                }
-                let mut lagged = e.restored;
-                loop {
-                    match rx.try_recv() {
-                        Ok(e) => {
-                            lagged |= e.restored;
-                            services_of(&e, &mut dirty)
-                        }
-                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                            lagged = true;
-                            break;
-                        }
-                        Err(_) => break,
+        let mut full = false;
+        match std::mem::take(&mut left) {
+            Left::Nothing => {
+                let woken = async {
+                    match &wake {
+                        Some(w) => w.notified().await,
+                        None => std::future::pending().await,
                     }
-                }
-                if lagged {
-                    dirty.clear();
-                    pass(None).await;
-                } else if !dirty.is_empty() {
-                    pass(Some(std::mem::take(&mut dirty))).await;
+                };
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = woken => None,
+                    ev = rx.recv() => Some(ev),
+                };
+                match ev {
+                    None => full = true, // woken
+                    Some(Ok(e)) => {
+                        services_of(&e, &mut dirty);
+                        full |= e.restored;
+                        // take in what else has arrived: one pass for a run of commits
+                        if !debounce.is_zero() {
+                            tokio::time::sleep(debounce).await;
+                        }
+                    }
+                    Some(Err(RecvError::Lagged(n))) => {
+                        tracing::warn!(
+                            component = name,
+                            missed = n,
+                            "store events lagged; doing a full pass"
+                        );
+                        full = true;
+                    }
+                    Some(Err(RecvError::Closed)) => return,
                 }
             }
-            Err(RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    component = name,
-                    missed = n,
-                    "store events lagged; doing a full pass"
-                );
-                dirty.clear();
-                pass(None).await;
+            Left::These(ids) => dirty.extend(ids),
+            Left::All => full = true,
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(e) => {
+                    full |= e.restored;
+                    services_of(&e, &mut dirty)
+                }
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                    full = true;
+                    break;
+                }
+                Err(_) => break,
             }
-            Err(RecvError::Closed) => return,
+        }
+        if full {
+            dirty.clear();
+            left = pass(None).await;
+        } else if !dirty.is_empty() {
+            left = pass(Some(std::mem::take(&mut dirty))).await;
         }
     }
 }

@@ -90,7 +90,7 @@ async fn setup(nodes: Vec<Node>, s: &Service) -> Store {
 /// One round of the manager's loops, as their events would trigger them.
 async fn round(store: &Store, service_id: &str) {
     reconcile(store, service_id).await.unwrap();
-    allocate_and_schedule(store).await.unwrap();
+    while allocate_and_schedule(store).await.unwrap().1 {}
 }
 
 fn tasks_of(store: &Store, service_id: &str) -> Vec<Task> {
@@ -194,7 +194,7 @@ async fn replicated_scales_up_and_down() {
     agent_converges(&store).await;
     assert_eq!(
         reap(&store).await.unwrap(),
-        2,
+        (2, false),
         "removed tasks go once stopped"
     );
     assert_eq!(tasks_of(&store, &s.id).len(), 1);
@@ -282,7 +282,7 @@ async fn restart_policy_any_on_failure_none_and_max_attempts() {
             .find(|t| desired(t) == TaskState::Running && state(t) == TaskState::Running)
             .expect("a running task");
         set_state(&store, &t.id, TaskState::Failed).await;
-        let later = restart_dead(&store).await.unwrap();
+        let later = restart_dead(&store).await.unwrap().start_later;
         if attempt == 3 {
             assert!(later.is_empty(), "max attempts reached: no third restart");
             assert_eq!(
@@ -312,7 +312,7 @@ async fn restart_policy_any_on_failure_none_and_max_attempts() {
     agent_converges(&store).await;
     let t = tasks_of(&store, &n.id)[0].clone();
     set_state(&store, &t.id, TaskState::Failed).await;
-    assert!(restart_dead(&store).await.unwrap().is_empty());
+    assert!(restart_dead(&store).await.unwrap().start_later.is_empty());
     round(&store, &n.id).await;
     assert_eq!(tasks_of(&store, &n.id).len(), 1, "stays down");
 
@@ -327,7 +327,7 @@ async fn restart_policy_any_on_failure_none_and_max_attempts() {
     agent_converges(&store).await;
     let t = tasks_of(&store, &f.id)[0].clone();
     set_state(&store, &t.id, TaskState::Complete).await;
-    assert!(restart_dead(&store).await.unwrap().is_empty());
+    assert!(restart_dead(&store).await.unwrap().start_later.is_empty());
     assert_eq!(tasks_of(&store, &f.id).len(), 1);
 }
 
@@ -979,4 +979,111 @@ mod networks {
         // and a retried detach is fine
         detach_container(&store, &node_id, &id).await.unwrap();
     }
+}
+
+/// No commit of the loops is bigger than a loop's worth, however big the service: ten
+/// thousand tasks are made, placed and reported in commits of at most 200 changes.
+#[tokio::test]
+async fn big_services_are_made_and_placed_in_bounded_commits() {
+    let s = service("big", replicated(10_000));
+    let store = setup((0..10).map(|i| node(&format!("n{i}"), &[])).collect(), &s).await;
+    // (the channel holds 1024 events: far more than these commits)
+    let mut events = store.watch();
+    round(&store, &s.id).await;
+    let tasks = tasks_of(&store, &s.id);
+    assert_eq!(tasks.len(), 10_000);
+    assert!(tasks.iter().all(|t| state(t) == TaskState::Assigned));
+    let mut biggest = 0;
+    while let Ok(e) = events.try_recv() {
+        biggest = biggest.max(e.changes.len());
+    }
+    assert!(
+        biggest <= super::store::TX_BATCH_CHANGES,
+        "a commit of {biggest} changes"
+    );
+    assert!(biggest > 100, "the batches are full ones: {biggest}");
+}
+
+/// What a service asks is bounded before anything is committed; and a service committed
+/// past the bounds (by an older version) makes no tasks and can be fixed.
+#[tokio::test]
+async fn impossible_services_are_refused_and_survived() {
+    let store = Store::in_memory();
+    let mut huge = service("huge", replicated(1_000_000_000_000)).spec.unwrap();
+    let e = super::control::create_service(&store, huge.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--replicas: 1000000000000 is above the limit of 10000"),
+        "{e}"
+    );
+    let mut fat = service("fat", replicated(1)).spec.unwrap();
+    fat.task.as_mut().unwrap().container.as_mut().unwrap().env = (0..15)
+        .map(|i| format!("V{i}={}", "x".repeat(100_000)))
+        .collect();
+    let e = super::control::create_service(&store, fat)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("above the limit of 128 KiB"), "{e}");
+    assert!(store.view(|t| t.services.is_empty() && t.tasks.is_empty()));
+
+    // as an older version left it: committed, with no task yet
+    let s = Service {
+        id: new_id(),
+        spec: Some(huge.clone()),
+        spec_version: 1,
+        ..Default::default()
+    };
+    let id = s.id.clone();
+    store.update(|tx| tx.create(s)).await.unwrap();
+    reconcile(&store, &id).await.unwrap();
+    assert!(store.view(|t| t.tasks.is_empty()), "no task for it");
+    // `service scale huge=3`
+    huge.mode = Some(replicated(3));
+    super::control::update_service(&store, &id, 0, huge, false)
+        .await
+        .unwrap();
+    reconcile(&store, &id).await.unwrap();
+    assert_eq!(tasks_of(&store, &id).len(), 3);
+}
+
+/// A task rejected before it ran (its image cannot be pulled) is tried again once per
+/// restart delay, not as fast as its node refuses it.
+#[tokio::test]
+async fn rejected_tasks_are_retried_after_their_delay() {
+    let mut s = service("nopull", replicated(1));
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().restart = Some(RestartPolicy {
+        delay: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 300_000_000,
+        }),
+        ..Default::default()
+    });
+    let store = setup(vec![node("n1", &[])], &s).await;
+    round(&store, &s.id).await;
+    let t = tasks_of(&store, &s.id)[0].clone();
+    set_state(&store, &t.id, TaskState::Rejected).await;
+    let r = restart_dead(&store).await.unwrap();
+    assert!(r.start_later.is_empty());
+    let wait = r.check_again_in.expect("a retry is due later");
+    assert!(
+        wait > Duration::from_millis(200) && wait <= Duration::from_millis(300),
+        "{wait:?}"
+    );
+    assert_eq!(tasks_of(&store, &s.id).len(), 1, "no replacement yet");
+    round(&store, &s.id).await;
+    assert_eq!(
+        tasks_of(&store, &s.id).len(),
+        1,
+        "nor from the orchestrator"
+    );
+    tokio::time::sleep(wait).await;
+    let r = restart_dead(&store).await.unwrap();
+    assert!(r.check_again_in.is_none() && r.start_later.is_empty());
+    let ts = tasks_of(&store, &s.id);
+    assert_eq!(ts.len(), 2, "replaced once its delay passed");
+    let repl = ts.iter().find(|x| x.id != t.id).unwrap();
+    assert_eq!(desired(repl), TaskState::Running, "and it runs at once");
 }

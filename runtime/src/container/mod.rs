@@ -772,8 +772,16 @@ fn secure_containers(root: &Path) -> std::io::Result<()> {
             crate::files::secure_tree(&p)?;
             continue;
         }
-        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        for f in fs::read_dir(&p)?.flatten() {
+        // (a container removed meanwhile, by another process, is no concern)
+        match fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        let Ok(entries) = fs::read_dir(&p) else {
+            continue;
+        };
+        for f in entries.flatten() {
             let name = f.file_name();
             if !matches!(name.to_str(), Some("rootfs" | "upper" | "work")) {
                 crate::files::secure_tree(&f.path())?;
