@@ -80,6 +80,29 @@ fn state_file(root: &Path) -> PathBuf {
     swarm_dir(root).join("node.json")
 }
 
+/// Refuses an `--advertise-addr` IP that is not one of this host's: other nodes would
+/// call an address nobody here answers (a typo, another host's address). Names are
+/// left to resolve where they are used.
+pub fn check_advertise_ip(addr: &str) -> anyhow::Result<()> {
+    let ip = match addr.parse::<std::net::SocketAddr>() {
+        Ok(sa) => sa.ip(),
+        Err(_) => match addr.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => return Ok(()),
+        },
+    };
+    if ip.is_unspecified() || ip.is_multicast() {
+        anyhow::bail!("--advertise-addr {addr}: other nodes cannot reach this host at {ip}: give one of its own addresses");
+    }
+    // binding to an address succeeds only where this host has it
+    if let Err(e) = std::net::UdpSocket::bind((ip, 0)) {
+        if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+            anyhow::bail!("--advertise-addr {addr}: {ip} is not an address of this host (see `ip addr`): give one of its own, which the other nodes can reach");
+        }
+    }
+    Ok(())
+}
+
 /// `host[:port]` with Swarm's default port; `host` may be an IP or a name.
 pub fn with_default_port(addr: &str, what: &str) -> anyhow::Result<String> {
     let a = addr.trim();
@@ -348,6 +371,7 @@ impl Daemon {
         let bound = listener.local_addr()?;
         let advertise = if !r.advertise_addr.is_empty() {
             let a = r.advertise_addr.trim();
+            check_advertise_ip(a)?;
             match a.parse::<std::net::IpAddr>() {
                 Ok(ip) => std::net::SocketAddr::new(ip, bound.port()).to_string(),
                 Err(_) => with_default_port(a, "--advertise-addr")?,
@@ -494,6 +518,7 @@ impl Daemon {
                 .map(|ip| ip.to_string())
                 .context("could not choose an address to advertise: use --advertise-addr")?
         } else {
+            check_advertise_ip(r.advertise_addr.trim())?;
             r.advertise_addr.trim().to_string()
         };
         let (key_pem, csr) = crate::tls::new_key_and_csr()?;
@@ -1291,5 +1316,30 @@ fn host_resources() -> Resources {
     Resources {
         nano_cpus: cpus * 1_000_000_000,
         memory_bytes: mem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_hosts_addresses_are_advertised() {
+        assert!(check_advertise_ip("127.0.0.1").is_ok());
+        assert!(check_advertise_ip("127.0.0.1:2377").is_ok());
+        assert!(
+            check_advertise_ip("manager-1.example").is_ok(),
+            "names resolve later"
+        );
+        // TEST-NET-1: documentation only, on no host
+        let e = check_advertise_ip("192.0.2.123:2377")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("192.0.2.123 is not an address of this host"),
+            "{e}"
+        );
+        let e = check_advertise_ip("0.0.0.0").unwrap_err().to_string();
+        assert!(e.contains("cannot reach this host at 0.0.0.0"), "{e}");
     }
 }

@@ -109,6 +109,30 @@ fn refusals_name_the_flag_and_why() {
         &["image", "import", "/no/such/file"],
         "/no/such/file",
     );
+    // a garbage archive: said so in words, none of its bytes, and no cause twice
+    let garbage = host.data_root().join("garbage.tar");
+    let noise: Vec<u8> = (0..5000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&garbage, noise).unwrap();
+    let out = host.shoal(&["image", "import", garbage.to_str().unwrap()]);
+    let err = String::from_utf8(out.stderr).expect("the message is text");
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not an image archive: it is not a tar file"),
+        "{err}"
+    );
+    assert!(
+        err.chars().all(|c| c == '\n' || (' '..='~').contains(&c)),
+        "only printable text: {err:?}"
+    );
+    let missing = host.shoal(&["image", "import", "/no/such/dir/x.tar"]);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "each cause once: {err}"
+    );
     fails_with(
         &host,
         &["image", "rm", "nothing:here"],
@@ -200,4 +224,50 @@ fn login_is_checked_with_the_registry_and_then_used() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An import killed half-way leaves its partial files in the image store's tmp/; the
+/// next shoal command (or daemon start) that opens the store removes them, and keeps
+/// those of an import still running.
+#[test]
+fn a_killed_import_leaves_nothing_behind() {
+    let host = Host::new();
+    // the archive is a FIFO: the import waits, half-read, for as long as the test wants
+    let fifo = host.data_root().join("slow.tar");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let tmp = host.data_root().join("images/tmp");
+    let entries = || -> Vec<String> {
+        std::fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let import = host.spawn_cli(&["image", "import", fifo.to_str().unwrap()]);
+    let tar = std::fs::read(fixtures().join("busybox-oci.tar")).unwrap();
+    let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    std::io::Write::write_all(&mut w, &tar[..tar.len() / 2]).unwrap();
+    let partial = wait_for(
+        "the import's partial files",
+        std::time::Duration::from_secs(30),
+        || {
+            let e = entries();
+            (!e.is_empty()).then_some(e)
+        },
+    );
+    // another command while it runs: the running import's files stay
+    let ls = host.shoal(&["image", "ls"]);
+    assert!(ls.status.success());
+    assert_eq!(entries(), partial, "a running import's files are kept");
+    drop(import); // kill -9
+    drop(w);
+    let ls = host.shoal(&["image", "ls"]);
+    assert!(ls.status.success());
+    assert!(entries().is_empty(), "left behind: {:?}", entries());
 }

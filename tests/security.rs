@@ -142,6 +142,41 @@ fn a_local_user_can_read_or_run_nothing_under_the_data_root() {
     assert_eq!(mode(&planted) & 0o4000, 0o4000);
     let ps = h.ok(&["service", "ps", "sec"]);
     assert!(ps.contains("Running"), "{ps}");
+    // the socket is root's: a local user is told so, not to start a daemon that runs
+    let (ok, out) = as_local_user(&format!(
+        "SHOAL_HOST=unix://{} '{}' service ls",
+        h.socket().display(),
+        shoal_bin().display()
+    ));
+    assert!(!ok);
+    assert!(out.contains("permission denied"), "{out}");
+    assert!(!out.contains("Is the shoal daemon running"), "{out}");
+}
+
+/// `shoal ... | head` ends the command quietly, as any Unix tool's: no panic on the
+/// broken pipe.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let h = Host::new();
+    let _d = h.start_daemon();
+    h.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
+    for args in [&["node", "ls"][..], &["swarm", "join-token", "worker"]] {
+        let mut child = Command::new(shoal_bin())
+            .args(args)
+            .env("SHOAL_DATA_ROOT", h.data_root())
+            .env("SHOAL_HOST", format!("unix://{}", h.socket().display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // nobody reads: the first write finds the pipe broken
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {err}");
+    }
 }
 
 fn sh(script: &str) -> ContainerSpec {

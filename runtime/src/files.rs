@@ -62,10 +62,16 @@ fn set_mode(p: &Path, mode: u32) -> io::Result<()> {
 /// Takes group and other permissions off `root` and everything under it, without
 /// following symlinks or entering other filesystems (a container's rootfs mount, a
 /// network namespace file); returns how many modes it changed. For trees that hold
-/// shoal's own state, not containers' files.
+/// shoal's own state, not containers' files. A tree removed meanwhile (by another
+/// process: a container's directory while `shoal container ls` opens the runtime) is
+/// no error.
 pub fn secure_tree(root: &Path) -> io::Result<usize> {
     use std::os::unix::fs::MetadataExt;
-    let top = fs::symlink_metadata(root)?;
+    let top = match fs::symlink_metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
     let mut changed = 0;
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
@@ -166,6 +172,11 @@ mod tests {
             "a symlink is not followed"
         );
         assert_eq!(secure_tree(&root).unwrap(), 0, "nothing left to change");
+        assert_eq!(
+            secure_tree(&root.join("removed meanwhile")).unwrap(),
+            0,
+            "a tree another process removed is no error"
+        );
     }
 
     #[test]

@@ -165,7 +165,15 @@ impl<E: Executor> Agent<E> {
                     self.learn(&m);
                 }
                 m = assign.message() => {
-                    let Some(m) = m? else { anyhow::bail!("assignments stream ended") };
+                    let Some(mut m) = m? else { anyhow::bail!("assignments stream ended") };
+                    // a complete set in parts: the set is all of them
+                    if m.r#type == AssignType::Complete as i32 {
+                        while m.more {
+                            let Some(next) = assign.message().await? else { anyhow::bail!("assignments stream ended") };
+                            m.update_tasks.extend(next.update_tasks);
+                            m.more = next.more;
+                        }
+                    }
                     // networks first: a new task's network is built before the task
                     if let (true, Some(net)) = (m.networks_set, &self.net) {
                         net.apply(m.networks.clone()).await;

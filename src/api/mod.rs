@@ -71,6 +71,47 @@ impl Api {
     }
 }
 
+/// On a follower, sends a list call to the leader and passes its stream on.
+macro_rules! on_leader_stream {
+    ($self:ident, $req:ident, $method:ident) => {
+        if let Some(ch) = $self.leader_channel().await? {
+            let s = ControlClient::new(ch)
+                .$method($req.into_inner())
+                .await?
+                .into_inner();
+            return Ok(Response::new(Box::pin(s)));
+        }
+    };
+}
+
+/// How much of a list one message carries, encoded: far below what a client takes in
+/// one message (4 MiB), even with one object more (at most `store::MAX_OBJECT_BYTES`).
+const LIST_CHUNK_BYTES: usize = 1 << 20;
+
+/// A list as a stream of messages of about [`LIST_CHUNK_BYTES`] each (at least one, so
+/// that an empty list still answers), each made by `wrap` from its part.
+fn in_chunks<T: prost::Message, R: Send + 'static>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R,
+) -> BoxStream<R> {
+    let mut out = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0;
+    for x in items {
+        let n = x.encoded_len();
+        if !part.is_empty() && bytes + n > LIST_CHUNK_BYTES {
+            out.push(Ok(wrap(std::mem::take(&mut part))));
+            bytes = 0;
+        }
+        bytes += n;
+        part.push(x);
+    }
+    if !part.is_empty() || out.is_empty() {
+        out.push(Ok(wrap(part)));
+    }
+    Box::pin(futures::stream::iter(out))
+}
+
 /// On a follower, sends the call to the leader and returns its answer.
 macro_rules! on_leader {
     ($self:ident, $req:ident, $method:ident) => {
@@ -173,6 +214,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl Control for Api {
     type ServiceLogsStream = BoxStream<LogMessage>;
+    type ListNodesStream = BoxStream<ListNodesResponse>;
+    type ListServicesStream = BoxStream<ListServicesResponse>;
+    type ListTasksStream = BoxStream<ListTasksResponse>;
+    type ListNetworksStream = BoxStream<ListNetworksResponse>;
 
     async fn get_node(&self, req: Request<GetRequest>) -> Result<Response<Node>, Status> {
         on_leader!(self, req, get_node);
@@ -185,15 +230,16 @@ impl Control for Api {
     async fn list_nodes(
         &self,
         req: Request<ListRequest>,
-    ) -> Result<Response<ListNodesResponse>, Status> {
-        on_leader!(self, req, list_nodes);
+    ) -> Result<Response<Self::ListNodesStream>, Status> {
+        on_leader_stream!(self, req, list_nodes);
         let m = self.manager()?;
         let nodes = m
             .store
             .view(|t| t.nodes.values().cloned().collect::<Vec<_>>());
-        Ok(Response::new(ListNodesResponse {
-            nodes: nodes.into_iter().map(|n| manager_view(&m, n)).collect(),
-        }))
+        let nodes = nodes.into_iter().map(|n| manager_view(&m, n)).collect();
+        Ok(Response::new(in_chunks(nodes, |nodes| ListNodesResponse {
+            nodes,
+        })))
     }
     async fn update_node(&self, req: Request<UpdateNodeRequest>) -> Result<Response<Node>, Status> {
         on_leader!(self, req, update_node);
@@ -288,8 +334,8 @@ impl Control for Api {
     async fn list_services(
         &self,
         req: Request<ListRequest>,
-    ) -> Result<Response<ListServicesResponse>, Status> {
-        on_leader!(self, req, list_services);
+    ) -> Result<Response<Self::ListServicesStream>, Status> {
+        on_leader_stream!(self, req, list_services);
         let m = self.manager()?;
         let (services, (running, desired)) = m.store.view(|t| {
             (
@@ -297,11 +343,19 @@ impl Control for Api {
                 ctl::replica_counts(t),
             )
         });
-        Ok(Response::new(ListServicesResponse {
-            services,
-            running: running.into_iter().collect(),
-            desired: desired.into_iter().collect(),
-        }))
+        // each part with the counts of its own services
+        let count = |m: &std::collections::HashMap<String, u64>, part: &[Service]| {
+            part.iter()
+                .filter_map(|s| m.get(&s.id).map(|n| (s.id.clone(), *n)))
+                .collect()
+        };
+        Ok(Response::new(in_chunks(services, move |services| {
+            ListServicesResponse {
+                running: count(&running, &services),
+                desired: count(&desired, &services),
+                services,
+            }
+        })))
     }
     async fn get_task(&self, req: Request<GetRequest>) -> Result<Response<Task>, Status> {
         on_leader!(self, req, get_task);
@@ -314,14 +368,16 @@ impl Control for Api {
     async fn list_tasks(
         &self,
         req: Request<ListTasksRequest>,
-    ) -> Result<Response<ListTasksResponse>, Status> {
-        on_leader!(self, req, list_tasks);
+    ) -> Result<Response<Self::ListTasksStream>, Status> {
+        on_leader_stream!(self, req, list_tasks);
         let m = self.manager()?;
         let tasks = m
             .store
             .view(|t| ctl::list_tasks(t, &req.get_ref().filters))
             .map_err(status)?;
-        Ok(Response::new(ListTasksResponse { tasks }))
+        Ok(Response::new(in_chunks(tasks, |tasks| ListTasksResponse {
+            tasks,
+        })))
     }
     async fn create_network(
         &self,
@@ -346,11 +402,13 @@ impl Control for Api {
     async fn list_networks(
         &self,
         req: Request<ListRequest>,
-    ) -> Result<Response<ListNetworksResponse>, Status> {
-        on_leader!(self, req, list_networks);
+    ) -> Result<Response<Self::ListNetworksStream>, Status> {
+        on_leader_stream!(self, req, list_networks);
         let m = self.manager()?;
         let networks = m.store.view(|t| t.networks.values().cloned().collect());
-        Ok(Response::new(ListNetworksResponse { networks }))
+        Ok(Response::new(in_chunks(networks, |networks| {
+            ListNetworksResponse { networks }
+        })))
     }
     async fn remove_network(&self, req: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
         on_leader!(self, req, remove_network);

@@ -9,10 +9,20 @@ use super::Globals;
 pub async fn channel(g: &Globals) -> anyhow::Result<Channel> {
     let path = crate::api::client::socket_path(&g.host)?;
     crate::api::client::connect(&path).await.map_err(|e| {
-        anyhow::anyhow!(
-            "Cannot connect to the shoal daemon at unix://{}: {e}. Is the shoal daemon running?",
-            path.display()
-        )
+        // why, in the socket's own words: a user who may not use it is not told to
+        // start a daemon that runs
+        let why = std::os::unix::net::UnixStream::connect(&path).err();
+        match why.as_ref().map(|w| w.kind()) {
+            Some(std::io::ErrorKind::PermissionDenied) => anyhow::anyhow!(
+                "permission denied on the shoal daemon's socket unix://{}: it is root's alone; run shoal as root (sudo)",
+                path.display()
+            ),
+            _ => anyhow::anyhow!(
+                "Cannot connect to the shoal daemon at unix://{}: {}. Is the shoal daemon running?",
+                path.display(),
+                why.map_or_else(|| format!("{e:#}"), |w| w.to_string())
+            ),
+        }
     })
 }
 
@@ -29,14 +39,62 @@ pub fn refusal(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
 
+/// A list's parts as they stream in (see `ListRequest`), joined by `join`.
+async fn joined<R>(
+    parts: Result<tonic::Response<tonic::Streaming<R>>, tonic::Status>,
+    mut join: impl FnMut(R),
+) -> anyhow::Result<()> {
+    let mut s = parts.map_err(refusal)?.into_inner();
+    while let Some(part) = s.message().await.map_err(refusal)? {
+        join(part);
+    }
+    Ok(())
+}
+
 /// Every node, as the managers have them.
 pub async fn list_nodes(
     ctl: &mut ControlClient<Channel>,
 ) -> anyhow::Result<Vec<shoal_proto::Node>> {
-    Ok(ctl
-        .list_nodes(shoal_proto::ListRequest::default())
-        .await
-        .map_err(refusal)?
-        .into_inner()
-        .nodes)
+    let mut all = Vec::new();
+    let parts = ctl.list_nodes(shoal_proto::ListRequest::default()).await;
+    joined(parts, |p| all.extend(p.nodes)).await?;
+    Ok(all)
+}
+
+/// Every service, with its running and desired task counts.
+pub async fn list_services(
+    ctl: &mut ControlClient<Channel>,
+) -> anyhow::Result<shoal_proto::ListServicesResponse> {
+    let mut all = shoal_proto::ListServicesResponse::default();
+    let parts = ctl.list_services(shoal_proto::ListRequest::default()).await;
+    joined(parts, |p| {
+        all.services.extend(p.services);
+        all.running.extend(p.running);
+        all.desired.extend(p.desired);
+    })
+    .await?;
+    Ok(all)
+}
+
+/// The tasks that match `filters` (`service ps`'s).
+pub async fn list_tasks(
+    ctl: &mut ControlClient<Channel>,
+    filters: Vec<String>,
+) -> anyhow::Result<Vec<shoal_proto::Task>> {
+    let mut all = Vec::new();
+    let parts = ctl
+        .list_tasks(shoal_proto::ListTasksRequest { filters })
+        .await;
+    joined(parts, |p| all.extend(p.tasks)).await?;
+    Ok(all)
+}
+
+/// Every network.
+pub async fn list_networks(
+    ctl: &mut ControlClient<Channel>,
+) -> anyhow::Result<Vec<shoal_proto::Network>> {
+    let mut all = Vec::new();
+    let parts = ctl.list_networks(shoal_proto::ListRequest::default()).await;
+    joined(parts, |p| all.extend(p.networks)).await?;
+    Ok(all)
 }

@@ -479,7 +479,7 @@ pub async fn run(cli: &Cli, cmd: ContainerCmd) -> anyhow::Result<ExitCode> {
                 match res {
                     Ok(()) => println!("{n}"),
                     Err(e) => {
-                        eprintln!("Error: {e:#}");
+                        eprintln!("Error: {}", super::error_text(&e));
                         failed = true;
                     }
                 }

@@ -132,7 +132,7 @@ pub fn main() -> ExitCode {
         return match shoal_runtime::container::keeper::run(root) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("keeper: {e:#}");
+                eprintln!("keeper: {}", error_text(&e));
                 ExitCode::FAILURE
             }
         };
@@ -152,6 +152,13 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !matches!(cli.cmd, Command::Daemon(_)) {
+        // a command's output piped into `head` ends the command quietly, as any Unix
+        // tool's does (Rust ignores SIGPIPE, and then println! panics on the broken
+        // pipe); the daemon keeps ignoring it: a client gone is no reason to stop
+        // SAFETY: sets a signal's disposition to the default; no handler runs.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let res = rt.block_on(async {
         let g = cli.globals;
         match cli.cmd {
@@ -172,8 +179,73 @@ pub fn main() -> ExitCode {
     match res {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("shoal: {e:#}");
+            eprintln!("shoal: {}", error_text(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, as a user reads them: a cause its error already
+/// says (an error that both shows and chains its source) is not said twice, and
+/// what is not text (a garbage archive's bytes, quoted by a parser) is escaped and cut.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    printable(&out, 1000)
+}
+
+/// `s` with control characters and undecodable bytes (U+FFFD) escaped, cut to at most
+/// `max` characters.
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == max {
+            out.push_str("...");
+            break;
+        }
+        match c {
+            '\u{fffd}' => out.push('?'),
+            c if c.is_control() => out.push_str(&c.escape_default().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("writing /x: {source}")]
+    struct ShowsAndChains {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn errors_say_each_cause_once_and_escape_what_is_not_text() {
+        let e = anyhow::Error::new(ShowsAndChains {
+            source: std::io::Error::from_raw_os_error(28),
+        })
+        .context("import a.tar");
+        assert_eq!(
+            error_text(&e),
+            "import a.tar: writing /x: No space left on device (os error 28)"
+        );
+        let raw = anyhow::anyhow!(
+            "bad field: {}\u{1b}[2J\u{0}",
+            String::from_utf8_lossy(&[0xff, 0xfe])
+        );
+        assert_eq!(error_text(&raw), "bad field: ??\\u{1b}[2J\\u{0}");
+        assert_eq!(printable(&"x".repeat(2000), 1000).len(), 1003);
     }
 }

@@ -35,6 +35,9 @@ pub enum NetworkCmd {
         /// No way out of the network: its containers reach only each other.
         #[arg(long)]
         internal: bool,
+        /// Make the routing mesh's network (after `network rm ingress`: a swarm has one).
+        #[arg(long)]
+        ingress: bool,
         #[arg(long = "label")]
         label: Vec<String>,
         /// IPv6 is not supported yet: refused.
@@ -113,6 +116,7 @@ pub async fn run(g: &Globals, c: NetworkCmd) -> anyhow::Result<ExitCode> {
             gateway,
             attachable,
             internal,
+            ingress,
             label,
             ipv6,
             name,
@@ -154,7 +158,7 @@ pub async fn run(g: &Globals, c: NetworkCmd) -> anyhow::Result<ExitCode> {
                         ipam,
                         internal,
                         attachable,
-                        ingress: false,
+                        ingress,
                     }),
                 })
                 .await
@@ -163,12 +167,7 @@ pub async fn run(g: &Globals, c: NetworkCmd) -> anyhow::Result<ExitCode> {
             println!("{}", n.id);
         }
         NetworkCmd::Ls { quiet } => {
-            let mut nets = ctl
-                .list_networks(ListRequest::default())
-                .await
-                .map_err(refusal)?
-                .into_inner()
-                .networks;
+            let mut nets = super::client::list_networks(&mut ctl).await?;
             nets.sort_by(|a, b| name(a).cmp(name(b)));
             if quiet {
                 nets.iter().for_each(|n| println!("{}", short(&n.id)));

@@ -355,6 +355,15 @@ fn kv(list: &[String], flag: &str) -> anyhow::Result<HashMap<String, String>> {
     Ok(m)
 }
 
+/// A number of CPUs as the spec keeps it (billionths); how many a host has is the
+/// managers' to check.
+fn nano_cpus(c: f64, flag: &str) -> anyhow::Result<i64> {
+    if !(c > 0.0 && c.is_finite()) || c * 1e9 >= i64::MAX as f64 {
+        bail!("{flag} {c}: must be a positive number of CPUs");
+    }
+    Ok((c * 1e9).round() as i64)
+}
+
 fn bytes(s: &str, flag: &str) -> anyhow::Result<i64> {
     shoal_runtime::container::spec::parse_bytes(s)
         .map(|b| b as i64)
@@ -461,10 +470,7 @@ fn apply_flags(spec: &mut ServiceSpec, f: &SpecFlags) -> anyhow::Result<()> {
             .memory_bytes = bytes(m, "--limit-memory")?;
     }
     if let Some(c) = f.limit_cpu {
-        if c <= 0.0 {
-            bail!("--limit-cpu {c}: must be a positive number of CPUs");
-        }
-        res.limits.get_or_insert_with(Resources::default).nano_cpus = (c * 1e9) as i64;
+        res.limits.get_or_insert_with(Resources::default).nano_cpus = nano_cpus(c, "--limit-cpu")?;
     }
     if let Some(m) = &f.reserve_memory {
         res.reservations
@@ -472,12 +478,9 @@ fn apply_flags(spec: &mut ServiceSpec, f: &SpecFlags) -> anyhow::Result<()> {
             .memory_bytes = bytes(m, "--reserve-memory")?;
     }
     if let Some(c) = f.reserve_cpu {
-        if c <= 0.0 {
-            bail!("--reserve-cpu {c}: must be a positive number of CPUs");
-        }
         res.reservations
             .get_or_insert_with(Resources::default)
-            .nano_cpus = (c * 1e9) as i64;
+            .nano_cpus = nano_cpus(c, "--reserve-cpu")?;
     }
     let restart = task.restart.get_or_insert_with(RestartPolicy::default);
     if let Some(c) = &f.restart_condition {
@@ -735,11 +738,7 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
             }
         }
         ServiceCmd::Ls { format, quiet } => {
-            let r = ctl
-                .list_services(ListRequest::default())
-                .await
-                .map_err(refusal)?
-                .into_inner();
+            let r = super::client::list_services(&mut ctl).await?;
             let mut services = r.services.clone();
             services.sort_by_key(name_of);
             let reps = |s: &Service| {
@@ -801,12 +800,7 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
                     .into_inner();
                 let mut filters = filter.clone();
                 filters.push(format!("service={}", s.id));
-                let tasks = ctl
-                    .list_tasks(ListTasksRequest { filters })
-                    .await
-                    .map_err(refusal)?
-                    .into_inner()
-                    .tasks;
+                let tasks = super::client::list_tasks(&mut ctl, filters).await?;
                 let mut seen = std::collections::HashSet::new();
                 for t in tasks {
                     let slot_key = if t.slot > 0 {
@@ -921,12 +915,8 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
                     .parse::<u64>()
                     .map_err(|_| anyhow!("--tail {n:?}: a number or \"all\""))?,
             };
-            let tasks: HashMap<String, Task> = ctl
-                .list_tasks(ListTasksRequest { filters: vec![] })
-                .await
-                .map_err(refusal)?
-                .into_inner()
-                .tasks
+            let tasks: HashMap<String, Task> = super::client::list_tasks(&mut ctl, vec![])
+                .await?
                 .into_iter()
                 .map(|t| (t.id.clone(), t))
                 .collect();
@@ -1028,11 +1018,7 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
             let networks = if a.network_rm.is_empty() {
                 vec![]
             } else {
-                ctl.list_networks(ListRequest::default())
-                    .await
-                    .map_err(refusal)?
-                    .into_inner()
-                    .networks
+                super::client::list_networks(&mut ctl).await?
             };
             apply_edits(&mut spec, &a, &networks)?;
             let task = spec.task.get_or_insert_with(TaskSpec::default);
@@ -1102,19 +1088,8 @@ async fn converge(
             .await
             .map_err(refusal)?
             .into_inner();
-        let r = ctl
-            .list_services(ListRequest::default())
-            .await
-            .map_err(refusal)?
-            .into_inner();
-        let tasks = ctl
-            .list_tasks(ListTasksRequest {
-                filters: vec![format!("service={id}")],
-            })
-            .await
-            .map_err(refusal)?
-            .into_inner()
-            .tasks;
+        let r = super::client::list_services(ctl).await?;
+        let tasks = super::client::list_tasks(ctl, vec![format!("service={id}")]).await?;
         let (run, want) = (
             r.running.get(id).copied().unwrap_or(0),
             r.desired.get(id).copied().unwrap_or(0),

@@ -41,27 +41,37 @@ pub fn ago(secs: i64) -> String {
 
 /// Prints rows as a left-aligned table with three spaces between columns.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    print!("{}", render_table(header, rows));
+}
+
+/// The table [`table`] prints. Cells are padded by hand, so a cell of any length (a
+/// node's 100,000-character hostname) is printed, never a panic on a format width.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut w: Vec<usize> = Vec::new();
+    for r in std::iter::once(&head).chain(rows) {
         for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<width$}   ", width = w[i]));
+            let n = c.chars().count();
+            match w.get_mut(i) {
+                Some(x) => *x = (*x).max(n),
+                None => w.push(n),
             }
         }
-        println!("{}", s.trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r.clone());
     }
+    let mut out = String::new();
+    for r in std::iter::once(&head).chain(rows) {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            line.push_str(c);
+            if i + 1 < r.len() {
+                let pad = w[i] - c.chars().count() + 3;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `rm` of several objects, as Docker does it: each removed one's name on standard
@@ -110,5 +120,27 @@ mod tests {
         assert_eq!(ago(3), "3 seconds ago");
         assert_eq!(ago(90), "About a minute ago");
         assert_eq!(ago(7300), "2 hours ago");
+    }
+
+    #[test]
+    fn tables_pad_any_cell_and_any_row() {
+        let rows = vec![
+            vec!["a".to_string(), "b".into()],
+            vec!["ccc".to_string(), "d".into(), "extra".into()],
+        ];
+        assert_eq!(
+            render_table(&["ID", "NAME"], &rows),
+            "ID    NAME\na     b\nccc   d      extra\n"
+        );
+        // wider than a format width can be (65535): printed whole, no panic
+        let long = "h".repeat(100_000);
+        let out = render_table(
+            &["HOSTNAME", "STATUS"],
+            &[vec![long.clone(), "Ready".into()]],
+        );
+        assert!(
+            out.contains(&format!("{long}   Ready")),
+            "the long cell is printed whole"
+        );
     }
 }

@@ -272,6 +272,10 @@ pub async fn issue_node_certificate(
             req.node_id
         )));
     }
+    // what every `node ls` prints and every placement matches: checked before it is kept
+    super::limits::check_hostname(&req.hostname)
+        .and_then(|_| super::limits::check_node_addr(&req.addr))
+        .map_err(|e| invalid(format!("the joining node's {e}")))?;
     let cert = ca
         .issue(&req.csr_pem, &req.node_id, role, &c.id, cert_expiry(&c))
         .map_err(|e| invalid(e.to_string()))?;
@@ -323,4 +327,53 @@ pub async fn issue_node_certificate(
         managers,
         raft_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn joins_with_a_wrong_hostname_or_address_are_refused_before_anything_is_kept() {
+        let store = Store::in_memory();
+        let ca = RootCa::generate().unwrap();
+        let c = new_cluster(&ca, crate::tls::DEFAULT_CERT_EXPIRY);
+        let token = c.join_tokens.clone().unwrap().worker;
+        store.update(|tx| tx.create(c)).await.unwrap();
+        let join = |hostname: String, addr: &str| {
+            let (_, csr_pem) = crate::tls::new_key_and_csr().unwrap();
+            IssueNodeCertificateRequest {
+                csr_pem,
+                token: token.clone(),
+                node_id: new_id(),
+                hostname,
+                addr: addr.into(),
+            }
+        };
+        for (req, says) in [
+            (
+                join("h".repeat(100_000), "192.0.2.7"),
+                "hostname: 100000 characters",
+            ),
+            (
+                join("edge\n1".into(), "192.0.2.7"),
+                "is not allowed in a hostname",
+            ),
+            (
+                join("edge-1".into(), "not an addr:99999"),
+                "addr \"not an addr:99999\"",
+            ),
+        ] {
+            let e = issue_node_certificate(&store, req).await.unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        assert!(
+            store.view(|t| t.nodes.is_empty()),
+            "no refused node was kept"
+        );
+        issue_node_certificate(&store, join("edge-1".into(), "192.0.2.7:2377"))
+            .await
+            .unwrap();
+        assert_eq!(store.view(|t| t.nodes.len()), 1);
+    }
 }

@@ -52,10 +52,17 @@ fn invalid(s: impl Into<String>) -> ControlError {
 }
 
 /// Finds an object by full ID, name, or unique ID prefix (in that order, as Docker does).
+/// An empty or blank `what` is refused: as a prefix it would match every object.
 pub fn find<T: StoreItem + TryFromObject>(
     table: &std::collections::BTreeMap<String, T>,
     what: &str,
 ) -> Result<T, ControlError> {
+    if what.trim().is_empty() {
+        return Err(invalid(format!(
+            "{what:?} is not a {} ID or name: it is empty",
+            T::KIND
+        )));
+    }
     if let Some(x) = table.get(what) {
         return Ok(x.clone());
     }
@@ -110,7 +117,20 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ControlError> {
     if c.image.trim().is_empty() {
         return Err(invalid("image: an image is required"));
     }
-    container_checks(c)?;
+    container_checks(task, c)?;
+    if let Some(a) = &spec.annotations {
+        check_labels("--label", &a.labels)?;
+    }
+    if let Some(u) = &spec.update {
+        check_duration("--update-delay", &u.delay)?;
+        check_duration("--update-monitor", &u.monitor)?;
+        if !(0.0..=1.0).contains(&u.max_failure_ratio) {
+            return Err(invalid(format!(
+                "--update-max-failure-ratio {}: must be between 0 and 1",
+                u.max_failure_ratio
+            )));
+        }
+    }
     super::limits::check_service(spec).map_err(invalid)?;
     if let Some(p) = &task.placement {
         for k in &p.constraints {
@@ -139,29 +159,74 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ControlError> {
     }
 }
 
-/// Checks that need no runtime: env syntax, mount targets, signals are checked again by
-/// the runtime on the node, but a user should hear of them at create time.
-fn container_checks(c: &ContainerSpec) -> Result<(), ControlError> {
-    for e in &c.env {
-        if !e.contains('=') || e.starts_with('=') {
-            return Err(invalid(format!("--env: {e:?} is not KEY=VALUE")));
-        }
+/// The container checks the node would make, made here first, so a task never fails
+/// and retries forever on a value only a node refuses: the image reference, and
+/// everything [`shoal_runtime::container::spec::check`] checks (the runtime's own
+/// validation, of the container the agent would make of this task), plus what that
+/// conversion cannot see (negative durations, a CPU reservation no host has).
+fn container_checks(task: &TaskSpec, c: &ContainerSpec) -> Result<(), ControlError> {
+    shoal_runtime::image::reference::ImageRef::parse(&c.image)
+        .map_err(|e| invalid(format!("image: {e}")))?;
+    let health = c.healthcheck.clone().unwrap_or_default();
+    let restart = task.restart.unwrap_or_default();
+    for (what, d) in [
+        ("--stop-grace-period", &c.stop_grace_period),
+        ("--health-interval", &health.interval),
+        ("--health-timeout", &health.timeout),
+        ("--health-start-period", &health.start_period),
+        ("--restart-delay", &restart.delay),
+        ("--restart-window", &restart.window),
+    ] {
+        check_duration(what, d)?;
     }
-    for m in &c.mounts {
-        if !m.target.starts_with('/') {
+    if health.retries < 0 {
+        return Err(invalid(format!(
+            "--health-retries {}: must not be negative",
+            health.retries
+        )));
+    }
+    check_labels("--container-label", &c.labels)?;
+    if let Some(r) = task
+        .resources
+        .as_ref()
+        .and_then(|r| r.reservations.as_ref())
+    {
+        let cpus = r.nano_cpus as f64 / 1e9;
+        if cpus > shoal_runtime::container::spec::MAX_CPUS {
             return Err(invalid(format!(
-                "--mount: target {:?} must be an absolute path",
-                m.target
+                "--reserve-cpu {cpus}: more CPUs than a host has (at most {})",
+                shoal_runtime::container::spec::MAX_CPUS
             )));
         }
-        if m.r#type == mount::Type::Bind as i32 && !m.source.starts_with('/') {
-            return Err(invalid(format!(
-                "--mount: bind source {:?} must be an absolute path",
-                m.source
-            )));
-        }
     }
-    Ok(())
+    let t = Task {
+        spec: Some(task.clone()),
+        ..Default::default()
+    };
+    shoal_runtime::container::spec::check(&crate::agent::convert::container_spec(&t))
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// A duration of a spec: not negative (the node would read it as 0).
+pub fn check_duration(what: &str, d: &Option<prost_types::Duration>) -> Result<(), ControlError> {
+    match d {
+        Some(d) if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 => {
+            Err(invalid(format!(
+                "{what}: {}s{}ns is not a duration (negative)",
+                d.seconds, d.nanos
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Labels of any object: up to [`super::limits::MAX_LABEL_KEY`] characters of key,
+/// none empty.
+pub fn check_labels<'a>(
+    what: &str,
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), ControlError> {
+    super::limits::check_labels(labels).map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 /// A transaction whose body may refuse with a [`ControlError`] (a user's mistake found
@@ -235,6 +300,15 @@ pub async fn update_service(
         })?;
     }
     validate_spec(&spec)?;
+    let name_of = |s: &ServiceSpec| s.annotations.as_ref().map(|a| a.name.clone());
+    if let Some(old) = cur.spec.as_ref().and_then(name_of) {
+        let new = name_of(&spec).unwrap_or_default();
+        if new != old {
+            return Err(invalid(format!(
+                "--name: service {old} cannot be renamed to {new:?} (as in Swarm): create a new service instead"
+            )));
+        }
+    }
     let cur_mode = mode(&cur).map(std::mem::discriminant);
     if cur_mode != spec.mode.as_ref().map(std::mem::discriminant) {
         return Err(invalid("--mode: a service's mode cannot be changed"));
@@ -425,6 +499,23 @@ pub async fn update_cluster(
             actual,
         }));
     }
+    // the spec is replaced whole: one that names no cluster is a client's mistake (an
+    // empty request), not a wish to forget the swarm's name and settings
+    let name = |s: &ClusterSpec| s.annotations.as_ref().map(|a| a.name.clone());
+    let have = cur.spec.as_ref().and_then(name).unwrap_or_default();
+    match name(&spec) {
+        None => {
+            return Err(invalid(
+                "the cluster spec is empty: an update replaces the whole spec, so send the current one (from swarm inspect) with the changes",
+            ))
+        }
+        Some(n) if n != have => {
+            return Err(invalid(format!(
+                "the swarm's name is {have:?} and cannot be changed to {n:?}"
+            )))
+        }
+        Some(_) => {}
+    }
     let mut next = cur.clone();
     next.spec = Some(spec);
     let id = next.id.clone();
@@ -451,9 +542,7 @@ pub async fn update_node(
         }));
     }
     if let Some(a) = &spec.annotations {
-        if a.labels.keys().any(|k| k.is_empty()) {
-            return Err(invalid("--label-add: a label needs a name"));
-        }
+        check_labels("--label-add", &a.labels)?;
     }
     let mut next = cur.clone();
     next.spec = Some(spec);

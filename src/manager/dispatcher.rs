@@ -773,6 +773,36 @@ async fn batch_writer(store: Store, mut rx: mpsc::Receiver<Pending>, shutdown: C
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// A node's complete set of tasks as messages of about 1 MiB of tasks each (a node's
+/// tasks, each up to a service's spec, may not fit one message); the networks, if given,
+/// go with the first.
+fn complete_set(tasks: Vec<Task>, networks: Option<Vec<NetworkView>>) -> Vec<AssignmentsMessage> {
+    const PART_BYTES: usize = 1 << 20;
+    let mut parts = vec![AssignmentsMessage {
+        r#type: AssignType::Complete as i32,
+        networks_set: networks.is_some(),
+        networks: networks.unwrap_or_default(),
+        ..Default::default()
+    }];
+    let mut bytes = 0;
+    for t in tasks {
+        let n = prost::Message::encoded_len(&t);
+        let last = parts.len() - 1;
+        if !parts[last].update_tasks.is_empty() && bytes + n > PART_BYTES {
+            parts[last].more = true;
+            parts.push(AssignmentsMessage {
+                r#type: AssignType::Complete as i32,
+                ..Default::default()
+            });
+            bytes = 0;
+        }
+        bytes += n;
+        let last = parts.len() - 1;
+        parts[last].update_tasks.push(t);
+    }
+    parts
+}
+
 fn is_for(t: &Task, node: &str) -> bool {
     t.node_id == node && state(t) as i32 >= TaskState::Assigned as i32
 }
@@ -789,7 +819,13 @@ impl DispatcherApi for Dispatcher {
         let node_id = node_of(&req)?;
         let term = self.term()?;
         let r = req.into_inner();
-        let desc = r.description.unwrap_or_default();
+        // a session that says nothing of the node (no hostname) keeps what the last one
+        // said; one that says something wrong is refused, naming it
+        let desc = r.description.filter(|d| !d.hostname.is_empty());
+        if let Some(d) = &desc {
+            super::limits::check_node_description(d)
+                .map_err(|e| Status::invalid_argument(format!("the node's description: {e}")))?;
+        }
         let id = node_id.clone();
         // heard from now: before the node reads Ready, so the node monitor never sees it
         // Ready and unheard-of
@@ -801,7 +837,9 @@ impl DispatcherApi for Dispatcher {
                     ..Default::default()
                 });
                 let exists = n.meta.is_some();
-                n.description = Some(desc);
+                if desc.is_some() || n.description.is_none() {
+                    n.description = desc.or_else(|| Some(NodeDescription::default()));
+                }
                 n.cert_root_digest = r.cert_root_digest;
                 n.status = Some(NodeStatus {
                     state: NodeState::Ready as i32,
@@ -958,15 +996,9 @@ impl DispatcherApi for Dispatcher {
             .store
             .view(|t| (tasks_for_in(t, &node), network_views(t, &node)));
         let (tx, rx) = mpsc::channel(64);
-        let _ = tx
-            .send(Ok(AssignmentsMessage {
-                r#type: AssignType::Complete as i32,
-                update_tasks: first,
-                networks_set: true,
-                networks: views.clone(),
-                ..Default::default()
-            }))
-            .await;
+        for m in complete_set(first, Some(views.clone())) {
+            let _ = tx.send(Ok(m)).await;
+        }
         let store = self.store.clone();
         tokio::spawn(async move {
             let mut msg = AssignmentsMessage {
@@ -1016,16 +1048,10 @@ impl DispatcherApi for Dispatcher {
                             r#type: AssignType::Incremental as i32,
                             ..Default::default()
                         };
-                        if tx
-                            .send(Ok(AssignmentsMessage {
-                                r#type: AssignType::Complete as i32,
-                                update_tasks: all,
-                                ..Default::default()
-                            }))
-                            .await
-                            .is_err()
-                        {
-                            return;
+                        for m in complete_set(all, None) {
+                            if tx.send(Ok(m)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Some(Routed::Poke) => {}
@@ -1103,6 +1129,60 @@ fn silence_from(start: Instant, waiting: Instant, now: Instant, period: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn session_of(node: &str, d: Option<NodeDescription>) -> Request<SessionRequest> {
+        let mut r = Request::new(SessionRequest {
+            description: d,
+            ..Default::default()
+        });
+        r.metadata_mut()
+            .insert("x-shoal-node-id", node.parse().unwrap());
+        r
+    }
+
+    #[tokio::test]
+    async fn sessions_keep_the_last_good_description_and_refuse_bad_ones() {
+        let store = Store::in_memory();
+        let stop = CancellationToken::new();
+        let d = Dispatcher::new(store.clone(), stop.clone(), "n1");
+        d.set_term(Some(stop.child_token()));
+        let good = NodeDescription {
+            hostname: "edge-1".into(),
+            resources: Some(Resources {
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 1 << 30,
+            }),
+            ..Default::default()
+        };
+        let desc = |s: &Store| s.view(|t| t.nodes.get("n1").and_then(|n| n.description.clone()));
+        d.session(session_of("n1", Some(good.clone())))
+            .await
+            .unwrap();
+        assert_eq!(desc(&store), Some(good.clone()));
+        // a second session that says nothing (none, or an empty one) keeps it
+        for empty in [None, Some(NodeDescription::default())] {
+            d.session(session_of("n1", empty)).await.unwrap();
+            assert_eq!(
+                desc(&store),
+                Some(good.clone()),
+                "the hostname and resources stay"
+            );
+        }
+        // a wrong one is refused, named, and changes nothing
+        let long = NodeDescription {
+            hostname: "h".repeat(100_000),
+            ..Default::default()
+        };
+        let e = d.session(session_of("n1", Some(long))).await.err().unwrap();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("hostname: 100000 characters"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(desc(&store), Some(good));
+        stop.cancel();
+    }
 
     #[test]
     fn a_stalled_monitor_gives_nodes_their_grace_again() {

@@ -124,6 +124,28 @@ impl FromStr for Subnet {
     }
 }
 
+/// Ranges no overlay may use, with why: what the kernel treats as special, and the
+/// range shoal's own uplinks (network namespace to host) are carved from.
+const RESERVED: [(&str, &str); 6] = [
+    ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
+    ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+    ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    ("240.0.0.0/4", "reserved (240.0.0.0/4, broadcast included)"),
+    (
+        shoal_net::overlay::UPLINK_RANGE,
+        "shoal's own uplinks (198.18.0.0/15)",
+    ),
+];
+
+/// Why `s` cannot be an overlay's subnet or pool, if it cannot.
+pub fn reserved(s: &Subnet) -> Option<String> {
+    RESERVED.iter().find_map(|(r, why)| {
+        let r: Subnet = r.parse().ok()?;
+        r.overlaps(s).then(|| format!("{s} overlaps {why}"))
+    })
+}
+
 pub fn parse_addr(what: &str, s: &str) -> Result<Ipv4Addr, IpamError> {
     if s.contains(':') {
         return Err(IpamError::Invalid(format!(
@@ -306,6 +328,37 @@ mod tests {
 
     fn sub(s: &str) -> Subnet {
         s.parse().unwrap()
+    }
+
+    /// What `release` promises, and where it stops: an address given back below the
+    /// highest in use waits until the range wraps; the highest one given back is the
+    /// first after what is left in use, so it comes back at once (the pool keeps no
+    /// memory between passes: it is rebuilt from the store).
+    #[test]
+    fn released_addresses_come_back_after_those_above_the_highest_in_use() {
+        let mut p = Pool::new("10.9.0.0/29", "", "").unwrap();
+        let a = |n: u8| Ipv4Addr::new(10, 9, 0, n);
+        // .1 is the gateway
+        assert_eq!(
+            (
+                p.allocate().unwrap(),
+                p.allocate().unwrap(),
+                p.allocate().unwrap()
+            ),
+            (a(2), a(3), a(4))
+        );
+        p.release(a(3));
+        assert_eq!(p.allocate().unwrap(), a(5), "not .3, given back just now");
+        assert_eq!(p.allocate().unwrap(), a(6));
+        assert_eq!(p.allocate().unwrap(), a(3), "after the range wrapped");
+        assert!(p.allocate().is_err(), "the /29 is full");
+        p.release(a(6));
+        p.release(a(1));
+        assert_eq!(
+            p.allocate().unwrap(),
+            a(6),
+            "the highest, given back, is next"
+        );
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub fn check_pools(pools: &[String], size: u32) -> Result<(Vec<String>, u32), St
     let mut parsed: Vec<Subnet> = Vec::new();
     for p in &given {
         let s: Subnet = p.parse().map_err(|e| format!("--default-addr-pool: {e}"))?;
+        if let Some(why) = ipam::reserved(&s) {
+            return Err(format!("--default-addr-pool {why}"));
+        }
         if let Some(o) = parsed.iter().find(|o| o.overlaps(&s)) {
             return Err(format!("--default-addr-pool {s} overlaps {o}"));
         }
@@ -86,6 +89,9 @@ fn check_spec(spec: &mut NetworkSpec) -> Result<(), ControlError> {
             "{name:?} is not a valid network name: use up to 63 of [a-zA-Z0-9-_], starting with a letter or digit"
         )));
     }
+    if let Some(a) = &spec.annotations {
+        super::control::check_labels("--label", &a.labels)?;
+    }
     match spec.driver.as_str() {
         "" | "overlay" => spec.driver = "overlay".into(),
         d => {
@@ -107,6 +113,17 @@ fn check_spec(spec: &mut NetworkSpec) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// The IPv4 address a node is reached at (its status's `IP[:port]`).
+fn node_ipv4(n: &Node) -> Option<Ipv4Addr> {
+    let a = &n.status.as_ref()?.addr;
+    a.parse::<Ipv4Addr>()
+        .ok()
+        .or_else(|| match a.parse::<std::net::SocketAddr>().ok()?.ip() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+}
+
 /// Creates a network in a transaction: its subnet (given, or the next free block of the
 /// cluster's default pool) and its VNI.
 pub fn new_network(tx: &mut Tx<'_>, mut spec: NetworkSpec) -> Result<Network, ControlError> {
@@ -120,16 +137,38 @@ pub fn new_network(tx: &mut Tx<'_>, mut spec: NetworkSpec) -> Result<Network, Co
         })
         .collect();
     let given = spec.ipam.first().cloned().unwrap_or_default();
+    // the hosts' own addresses (the underlay): an overlay over them would hide them
+    let hosts: Vec<(Ipv4Addr, String)> = tx
+        .list::<Node>()
+        .iter()
+        .filter_map(|n| {
+            let name = n.description.as_ref().map_or(&n.id, |d| &d.hostname);
+            Some((node_ipv4(n)?, name.clone()))
+        })
+        .collect();
     let pool = if given.subnet.is_empty() {
         let cluster = tx.list::<Cluster>().into_iter().next().unwrap_or_default();
         let (pools, size) =
             check_pools(&cluster.default_addr_pool, cluster.subnet_size).map_err(invalid)?;
         let pools: Vec<Subnet> = pools.iter().filter_map(|p| p.parse().ok()).collect();
-        let busy: Vec<Subnet> = taken.iter().map(|(s, _)| *s).collect();
+        let busy: Vec<Subnet> = taken
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(hosts.iter().filter_map(|(a, _)| Subnet::new(*a, 32).ok()))
+            .collect();
         let subnet = carve(&pools, size as u8, &busy).map_err(ipam_err)?;
         Pool::new(&subnet.to_string(), "", "").map_err(ipam_err)?
     } else {
         let p = Pool::new(&given.subnet, &given.range, &given.gateway).map_err(ipam_err)?;
+        if let Some(why) = ipam::reserved(&p.subnet) {
+            return Err(invalid(format!("--subnet {why}")));
+        }
+        if let Some((a, h)) = hosts.iter().find(|(a, _)| p.subnet.contains(*a)) {
+            return Err(invalid(format!(
+                "--subnet {}: holds node {h}'s own address {a} (the hosts' network): an overlay must not cover the network its nodes talk over",
+                p.subnet
+            )));
+        }
         if let Some((s, n)) = taken.iter().find(|(s, _)| s.overlaps(&p.subnet)) {
             return Err(invalid(format!(
                 "--subnet {}: overlaps network {} ({s})",
@@ -159,15 +198,32 @@ pub fn new_network(tx: &mut Tx<'_>, mut spec: NetworkSpec) -> Result<Network, Co
     Ok(n)
 }
 
+/// `network create`. `--ingress` makes the routing mesh's network again (after it was
+/// removed, to give it another subnet, as Docker's): a swarm has at most one, and it is
+/// neither attachable nor internal.
 pub async fn create_network(store: &Store, spec: NetworkSpec) -> Result<Network, ControlError> {
-    if spec.ingress {
+    if spec.ingress && (spec.attachable || spec.internal) {
         return Err(invalid(
-            "a swarm has one ingress network, made at init; create overlay networks for services",
+            "--ingress: the routing mesh's network cannot be --attachable or --internal",
         ));
     }
-    let id = super::control::update_checked(store, |tx| new_network(tx, spec))
-        .await?
-        .id;
+    let id = super::control::update_checked(store, |tx| {
+        if spec.ingress {
+            if let Some(n) = tx
+                .list::<Network>()
+                .iter()
+                .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+            {
+                return Err(invalid(format!(
+                    "--ingress: the swarm has an ingress network already ({}): a swarm has one; remove it first (with no service publishing a port) to make another",
+                    n.name()
+                )));
+            }
+        }
+        new_network(tx, spec)
+    })
+    .await?
+    .id;
     store
         .view(|t| t.networks.get(&id).cloned())
         .ok_or(ControlError::NotFound {
@@ -394,7 +450,18 @@ pub async fn remove_network(store: &Store, what: &str) -> Result<(), ControlErro
             n.name()
         )));
     }
-    store.update(|tx| tx.remove::<Network>(&n.id)).await?;
+    store
+        .update(|tx| {
+            tx.remove::<Network>(&n.id)?;
+            // nodes' own addresses on it (ingress: the routing mesh's) go with it
+            for mut node in tx.filter(|x: &Node| x.attachments.iter().any(|a| a.network_id == n.id))
+            {
+                node.attachments.retain(|a| a.network_id != n.id);
+                tx.update(node)?;
+            }
+            Ok(())
+        })
+        .await?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::dispatcher::Dispatcher;
 use super::orchestrator::Orchestrator;
 use super::raft::network::{GrpcNetwork, PeerTls};
-use super::raft::storage::{open_db, LogStore, StateMachine};
+use super::raft::storage::{open_db, LogBytes, LogStore, StateMachine, SNAPSHOT_BYTES};
 use super::raft::{config, Raft, RaftProposer};
 use super::restart::RestartSupervisor;
 use super::scheduler::Scheduler;
@@ -70,8 +70,9 @@ impl Manager {
         std::fs::create_dir_all(dir)?;
         let db = open_db(&dir.join("raft.redb"))?;
         let store = Store::new();
-        let sm = StateMachine::open(store.clone(), db.clone())?;
-        let log = LogStore::new(db.clone());
+        let written = LogBytes::default();
+        let sm = StateMachine::open(store.clone(), db.clone(), written.clone())?;
+        let log = LogStore::new(db.clone(), written.clone());
         let raft = Raft::new(raft_id, cfg, GrpcNetwork::new(tls), log, sm).await?;
         if init.is_some() {
             let mut members = BTreeMap::new();
@@ -115,20 +116,6 @@ impl Manager {
                     if tx.list::<Cluster>().is_empty() {
                         tx.create(cluster)?;
                     }
-                    // the routing mesh's network, from the start (as in Swarm)
-                    if !tx
-                        .list::<Network>()
-                        .iter()
-                        .any(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
-                    {
-                        crate::manager::network::new_network(
-                            tx,
-                            crate::manager::network::ingress_spec(),
-                        )
-                        .map_err(|e| {
-                            super::store::StoreError::Invalid(format!("the ingress network: {e}"))
-                        })?;
-                    }
                     let node = Node {
                         id: nid.clone(),
                         spec: Some(NodeSpec {
@@ -153,10 +140,25 @@ impl Manager {
                         role: NodeRole::Manager as i32,
                         ..Default::default()
                     };
-                    match tx.get::<Node>(&nid) {
-                        Some(_) => Ok(()),
-                        None => tx.create(node),
+                    if tx.get::<Node>(&nid).is_none() {
+                        tx.create(node)?;
                     }
+                    // the routing mesh's network, from the start (as in Swarm), after the
+                    // node: its subnet keeps clear of the node's own address
+                    if !tx
+                        .list::<Network>()
+                        .iter()
+                        .any(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+                    {
+                        crate::manager::network::new_network(
+                            tx,
+                            crate::manager::network::ingress_spec(),
+                        )
+                        .map_err(|e| {
+                            super::store::StoreError::Invalid(format!("the ingress network: {e}"))
+                        })?;
+                    }
+                    Ok(())
                 })
                 .await?;
         }
@@ -165,6 +167,7 @@ impl Manager {
         }
         let shutdown = CancellationToken::new();
         let dispatcher = Dispatcher::new(store.clone(), shutdown.child_token(), node_id);
+        tokio::spawn(snapshot_big_logs(raft.clone(), written, shutdown.clone()));
         tokio::spawn(lead_when_leader(
             raft.clone(),
             store.clone(),
@@ -298,6 +301,26 @@ async fn restore_swarm(
             Ok(false)
         })
         .await
+}
+
+/// Takes a snapshot (and so lets the log behind it go) once [`SNAPSHOT_BYTES`] of log
+/// have been written since the last: big entries would otherwise grow the log to
+/// thousands of them before the count of entries asks for one.
+async fn snapshot_big_logs(raft: Raft, written: LogBytes, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if written.load(std::sync::atomic::Ordering::Relaxed) > SNAPSHOT_BYTES {
+            // counted again from the snapshot on, so this asks once per SNAPSHOT_BYTES
+            written.store(0, std::sync::atomic::Ordering::Relaxed);
+            if raft.trigger().snapshot().await.is_err() {
+                return; // Raft stopped
+            }
+        }
+    }
 }
 
 /// Runs the leader-only loops while this manager leads.

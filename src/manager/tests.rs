@@ -566,7 +566,7 @@ mod networks {
     use crate::manager::control::{create_service, update_service, ControlError};
     use crate::manager::network::{create_network, remove_network};
 
-    fn net(name: &str, subnet: &str) -> NetworkSpec {
+    pub(super) fn net(name: &str, subnet: &str) -> NetworkSpec {
         NetworkSpec {
             annotations: Some(Annotations {
                 name: name.into(),
@@ -670,7 +670,10 @@ mod networks {
             create_network(&store, net("c", "10.20.4.0/24")).await,
             "overlaps network big",
         );
-        refused(create_network(&store, net("a", "")).await, "a");
+        refused(
+            create_network(&store, net("a", "")).await,
+            &format!("network name \"a\" is already in use by {}", a.id),
+        );
         refused(
             create_network(&store, net("d", "10.30.0.5/24")).await,
             "did you mean 10.30.0.0/24",
@@ -683,7 +686,11 @@ mod networks {
         );
         let mut ingress = net("f", "");
         ingress.ingress = true;
-        refused(create_network(&store, ingress).await, "one ingress network");
+        ingress.attachable = true;
+        refused(
+            create_network(&store, ingress).await,
+            "the routing mesh's network cannot be --attachable",
+        );
         // the next carved subnet skips what is taken
         let g = create_network(&store, net("g", "")).await.unwrap();
         assert_eq!(g.ipam[0].subnet, "10.0.2.0/24");
@@ -745,42 +752,58 @@ mod networks {
     #[tokio::test]
     async fn running_out_of_addresses_shows_in_the_task_and_resumes_when_freed() {
         let store = store_with_nodes(2).await;
-        // a /29: .1 gateway, .2-.6 usable: one VIP and four tasks
+        // a /29: .1 gateway, .2-.6 usable: five addresses
         create_network(&store, net("tiny", "10.9.0.0/29"))
             .await
             .unwrap();
-        let s = create_service(&store, spec_on("many", 6, &["tiny"]))
+        // another service holds three of them (its VIP and two tasks)
+        let hog = create_service(&store, spec_on("hog", 2, &["tiny"]))
+            .await
+            .unwrap();
+        round(&store, &hog.id).await;
+        agent_converges(&store).await;
+        // so of this one's four tasks, after its VIP, one gets an address
+        let s = create_service(&store, spec_on("many", 4, &["tiny"]))
             .await
             .unwrap();
         round(&store, &s.id).await;
-        let tasks = tasks_of(&store, &s.id);
-        let stuck: Vec<&Task> = tasks
-            .iter()
+        let stuck: Vec<Task> = tasks_of(&store, &s.id)
+            .into_iter()
             .filter(|t| state(t) == TaskState::New)
             .collect();
-        assert_eq!(stuck.len(), 2, "two tasks without an address");
+        assert_eq!(stuck.len(), 3, "three tasks without an address");
         let err = &stuck[0].status.as_ref().unwrap().err;
         assert!(
             err.contains("network tiny") && err.contains("all in use"),
             "{err}"
         );
         assert_unique(&store);
-        // scaling down to 4 frees what the waiting tasks need: nothing is handed out twice
-        let mut spec = store.view(|t| t.services[&s.id].spec.clone().unwrap());
-        spec.mode = Some(replicated(3));
-        update_service(&store, &s.id, 0, spec, false).await.unwrap();
-        round(&store, &s.id).await;
+        // the other service goes: what it held goes back, and the waiting tasks (the
+        // same ones) get it; nothing is handed out twice
+        crate::manager::control::remove_service(&store, "hog")
+            .await
+            .unwrap();
+        round(&store, &hog.id).await;
         agent_converges(&store).await;
         round(&store, &s.id).await;
+        agent_converges(&store).await;
         assert_unique(&store);
         let live: Vec<Task> = tasks_of(&store, &s.id)
             .into_iter()
             .filter(|t| desired(t) == TaskState::Running && !state(t).is_terminal())
             .collect();
-        assert_eq!(live.len(), 3);
+        assert_eq!(live.len(), 4);
         for t in &live {
             assert_ne!(state(t), TaskState::New, "{:?}", t.status);
             assert_eq!(t.networks.len(), 1);
+            assert_eq!(t.networks[0].addresses.len(), 1);
+        }
+        for t in &stuck {
+            assert!(
+                live.iter().any(|l| l.id == t.id),
+                "waiting task {} itself resumed",
+                t.id
+            );
         }
     }
 
@@ -982,7 +1005,7 @@ mod networks {
 }
 
 /// No commit of the loops is bigger than a loop's worth, however big the service: ten
-/// thousand tasks are made, placed and reported in commits of at most 200 changes.
+/// thousand tasks are made and placed in commits of at most `TX_BATCH_CHANGES` changes.
 #[tokio::test]
 async fn big_services_are_made_and_placed_in_bounded_commits() {
     let s = service("big", replicated(10_000));
@@ -1086,4 +1109,238 @@ async fn rejected_tasks_are_retried_after_their_delay() {
     assert_eq!(ts.len(), 2, "replaced once its delay passed");
     let repl = ts.iter().find(|x| x.id != t.id).unwrap();
     assert_eq!(desired(repl), TaskState::Running, "and it runs at once");
+}
+
+/// What only a node would have refused (so the task failed and was retried forever) is
+/// refused at create, naming the field; so are renames, empty names and empty cluster
+/// specs. Nothing refused is kept.
+#[tokio::test]
+async fn values_a_node_would_refuse_are_refused_by_the_managers() {
+    use super::control::{create_service, find, update_cluster, update_service};
+    let mut n1 = node("n1", &[]);
+    n1.status.as_mut().unwrap().addr = "10.77.0.5:2377".into();
+    let ok = service("ok", replicated(1));
+    let store = setup(vec![n1], &ok).await;
+    type Change = Box<dyn Fn(&mut ServiceSpec)>;
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "image: invalid image reference",
+            Box::new(|s| container(s).image = "busybox@sha256:garbage".into()),
+        ),
+        (
+            "image: invalid image reference",
+            Box::new(|s| container(s).image = "BusyBox".into()),
+        ),
+        (
+            "limit_memory: 1 bytes is below the minimum of 6MiB",
+            Box::new(|s| limits(s).memory_bytes = 1),
+        ),
+        ("limit_cpu", Box::new(|s| limits(s).nano_cpus = i64::MAX)),
+        (
+            "--reserve-cpu",
+            Box::new(|s| {
+                let r = s
+                    .task
+                    .as_mut()
+                    .unwrap()
+                    .resources
+                    .get_or_insert_with(Default::default);
+                r.reservations = Some(Resources {
+                    nano_cpus: i64::MAX,
+                    memory_bytes: 0,
+                });
+            }),
+        ),
+        (
+            "unknown capability \"FLY\"",
+            Box::new(|s| container(s).cap_add = vec!["FLY".into()]),
+        ),
+        (
+            "\"SIGNOPE\" is not a signal name",
+            Box::new(|s| container(s).stop_signal = "SIGNOPE".into()),
+        ),
+        (
+            "user: \"99999999999\"",
+            Box::new(|s| container(s).user = "99999999999".into()),
+        ),
+        (
+            "hostname: \"web\\n1\" is not a valid hostname",
+            Box::new(|s| container(s).hostname = "web\n1".into()),
+        ),
+        (
+            "--stop-grace-period: -5s0ns is not a duration",
+            Box::new(|s| {
+                container(s).stop_grace_period = Some(prost_types::Duration {
+                    seconds: -5,
+                    nanos: 0,
+                })
+            }),
+        ),
+        (
+            "health_interval: 1ns is below the minimum",
+            Box::new(|s| {
+                container(s).healthcheck = Some(HealthConfig {
+                    test: vec!["CMD".into(), "true".into()],
+                    interval: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 1,
+                    }),
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "--label: label \"kkkk",
+            Box::new(|s| {
+                s.annotations
+                    .as_mut()
+                    .unwrap()
+                    .labels
+                    .insert("k".repeat(5000), "v".into());
+            }),
+        ),
+        (
+            "is in the container's /proc",
+            Box::new(|s| {
+                container(s).mounts = vec![shoal_proto::Mount {
+                    r#type: mount::Type::Bind as i32,
+                    source: "/proc".into(),
+                    target: "/proc".into(),
+                    ..Default::default()
+                }]
+            }),
+        ),
+    ];
+    fn container(s: &mut ServiceSpec) -> &mut ContainerSpec {
+        s.task.as_mut().unwrap().container.as_mut().unwrap()
+    }
+    fn limits(s: &mut ServiceSpec) -> &mut Resources {
+        s.task
+            .as_mut()
+            .unwrap()
+            .resources
+            .get_or_insert_with(Default::default)
+            .limits
+            .get_or_insert_with(Default::default)
+    }
+    for (says, change) in &cases {
+        let mut spec = service("bad", replicated(1)).spec.unwrap();
+        change(&mut spec);
+        let e = create_service(&store, spec.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "expected {says:?} in {e:?}");
+        // and the same change to a service that exists
+        let mut upd = ok.spec.clone().unwrap();
+        change(&mut upd);
+        let e = update_service(&store, "ok", 0, upd, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "update: expected {says:?} in {e:?}");
+    }
+    assert_eq!(
+        store.view(|t| t.services.len()),
+        1,
+        "nothing refused was kept"
+    );
+    // a rename (Swarm refuses it too)
+    let mut renamed = ok.spec.clone().unwrap();
+    renamed.annotations.as_mut().unwrap().name = "other".into();
+    let e = update_service(&store, "ok", 0, renamed, false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot be renamed"), "{e}");
+    // empty and blank names match nothing (as a prefix, "" matched every ID)
+    for blank in ["", " "] {
+        let e = store
+            .view(|t| find(&t.services, blank))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it is empty"), "{e}");
+        let e = super::control::remove_service(&store, blank)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("it is empty"), "{e}");
+        let e = super::network::remove_network(&store, blank)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("it is empty"), "{e}");
+    }
+    assert_eq!(store.view(|t| t.services.len()), 1);
+    // an empty cluster spec is a client's mistake, not a wish to forget the swarm
+    let c = super::ca::new_cluster(
+        &crate::tls::RootCa::generate().unwrap(),
+        crate::tls::DEFAULT_CERT_EXPIRY,
+    );
+    store.update(|tx| tx.create(c)).await.unwrap();
+    let e = update_cluster(&store, 0, ClusterSpec::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("the cluster spec is empty"), "{e}");
+    let name = store.view(|t| t.clusters.values().next().unwrap().spec.clone().unwrap());
+    assert_eq!(
+        name.annotations.unwrap().name,
+        "default",
+        "the spec is as it was"
+    );
+}
+
+/// Subnets an overlay must not have: the kernel's special ranges, shoal's own uplinks,
+/// and the hosts' own network; the pool's blocks keep clear of the hosts' addresses.
+/// The routing mesh's network can be made again once removed, once.
+#[tokio::test]
+async fn overlays_keep_off_special_ranges_and_the_hosts_network() {
+    use super::network::{create_network, remove_network};
+    let mut n1 = node("n1", &[]);
+    n1.status.as_mut().unwrap().addr = "10.0.0.5:2377".into();
+    let store = Store::in_memory();
+    let c = super::ca::new_cluster(
+        &crate::tls::RootCa::generate().unwrap(),
+        crate::tls::DEFAULT_CERT_EXPIRY,
+    );
+    store
+        .update(|tx| {
+            tx.create(c)?;
+            tx.create(n1)
+        })
+        .await
+        .unwrap();
+    let net = networks::net;
+    for (subnet, says) in [
+        ("127.0.0.0/24", "loopback"),
+        ("224.1.0.0/16", "multicast"),
+        ("198.19.0.0/24", "shoal's own uplinks"),
+        ("0.0.0.0/0", "overlaps"),
+        ("10.0.0.0/24", "holds node n1's own address 10.0.0.5"),
+    ] {
+        let e = create_network(&store, net("bad", subnet))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(says), "{subnet}: {e}");
+    }
+    // the pool's first block (10.0.0.0/24) holds the node: the next one is taken
+    let a = create_network(&store, net("a", "")).await.unwrap();
+    assert_eq!(a.ipam[0].subnet, "10.0.1.0/24");
+    let e = super::network::check_pools(&["127.0.0.0/8".into()], 24).unwrap_err();
+    assert!(e.contains("loopback"), "{e}");
+    // ingress: made again with --ingress, one at a time
+    let mut ing = net("mesh", "");
+    ing.ingress = true;
+    create_network(&store, ing.clone()).await.unwrap();
+    let e = create_network(&store, {
+        let mut again = ing.clone();
+        again.annotations.as_mut().unwrap().name = "mesh2".into();
+        again
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("has an ingress network already (mesh)"),
+        "{e}"
+    );
+    remove_network(&store, "mesh").await.unwrap();
+    create_network(&store, ing).await.unwrap();
 }

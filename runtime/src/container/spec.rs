@@ -514,6 +514,161 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), S
     Ok((uid, gid, extra))
 }
 
+/// The shortest health-check interval: a check is a process started in the container,
+/// and one every nanosecond would be a fork bomb through the keeper.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+/// More CPUs than any host has: a limit above it is a typo (`1e300`).
+pub const MAX_CPUS: f64 = 10_000.0;
+/// Docker's minimum memory limit: below it a container cannot start.
+pub const MIN_MEMORY: i64 = 6 << 20;
+
+/// Everything of a container spec that can be checked without its image or its host:
+/// the managers check each service's task with this before anything is committed (a
+/// value only a node would refuse would make its task fail and retry forever), and
+/// [`build`] checks the same on the node. The first problem, naming its field.
+pub fn check(spec: &ContainerSpec) -> Result<(), SpecError> {
+    let nul = |field: &'static str, v: &str| {
+        if v.contains('\0') {
+            Err(invalid(field, format!("{v:?} holds a NUL byte")))
+        } else {
+            Ok(())
+        }
+    };
+    if let Some(h) = &spec.hostname {
+        if h.is_empty()
+            || h.len() > 64
+            || h.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        {
+            return Err(invalid(
+                "hostname",
+                format!("{h:?} is not a valid hostname (1 to 64 characters, no spaces, newlines or '/')"),
+            ));
+        }
+    }
+    for a in spec.entrypoint.iter().chain(&spec.command).flatten() {
+        nul("command", a)?;
+    }
+    merge_env(&[], &spec.env, "x")?;
+    for e in &spec.env {
+        nul("env", e)?;
+    }
+    if let Some(u) = &spec.user {
+        check_user(u)?;
+    }
+    if let Some(w) = spec.workdir.as_deref().filter(|w| !w.is_empty()) {
+        nul("workdir", w)?;
+        if !w.starts_with('/') {
+            return Err(invalid("workdir", format!("{w:?} is not an absolute path")));
+        }
+    }
+    capabilities(&spec.cap_add, &spec.cap_drop)?;
+    if let Some(sig) = &spec.stop_signal {
+        parse_signal(sig)?;
+    }
+    let mut targets = std::collections::HashSet::new();
+    for m in &spec.mounts {
+        check_mount_target(&m.target).map_err(|why| invalid("mounts", why))?;
+        if !targets.insert(m.target.trim_end_matches('/')) {
+            return Err(invalid(
+                "mounts",
+                format!("duplicate mount point {}", m.target),
+            ));
+        }
+        match m.kind {
+            MountKind::Bind if !Path::new(&m.source).is_absolute() => {
+                return Err(invalid(
+                    "mounts",
+                    format!("bind source {:?} must be an absolute host path", m.source),
+                ))
+            }
+            MountKind::Volume
+                if m.source.is_empty()
+                    || m.source.starts_with('.')
+                    || !m
+                        .source
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
+            {
+                return Err(invalid(
+                    "mounts",
+                    format!(
+                        "volume name {:?} must be [a-zA-Z0-9][a-zA-Z0-9_.-]*",
+                        m.source
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    if let Some(m) = spec.memory_limit {
+        if m < MIN_MEMORY {
+            return Err(invalid(
+                "limit_memory",
+                format!("{m} bytes is below the minimum of 6MiB"),
+            ));
+        }
+    }
+    if let Some(c) = spec.cpu_limit {
+        if !(c > 0.0 && c <= MAX_CPUS) {
+            return Err(invalid(
+                "limit_cpu",
+                format!("{c} is not a number of CPUs (above 0, at most {MAX_CPUS})"),
+            ));
+        }
+    }
+    if let Some(p) = spec.pids_limit {
+        if p < 1 {
+            return Err(invalid("pids_limit", format!("{p} must be at least 1")));
+        }
+    }
+    if let Some(h) = &spec.healthcheck {
+        h.argv()?;
+        if h.interval.is_some_and(|i| i < MIN_HEALTH_INTERVAL) {
+            return Err(invalid(
+                "health_interval",
+                format!(
+                    "{:?} is below the minimum of {MIN_HEALTH_INTERVAL:?} (each check starts a process)",
+                    h.interval()
+                ),
+            ));
+        }
+        if h.timeout.is_some_and(|t| t < Duration::from_millis(1)) {
+            return Err(invalid(
+                "health_timeout",
+                format!("{:?} is below the minimum of 1ms", h.timeout()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `user[:group]`, each a name or a number, as the image's /etc/passwd and /etc/group
+/// will resolve them (names are resolved on the node, in the image).
+fn check_user(user: &str) -> Result<(), SpecError> {
+    let bad = |why: String| Err(invalid("user", format!("{user:?}: {why}")));
+    let parts: Vec<&str> = user.split(':').collect();
+    if user.is_empty() || parts.len() > 2 {
+        return bad("use name, uid, name:group or uid:gid".into());
+    }
+    for p in parts {
+        if p.is_empty() || p.len() > 256 {
+            return bad("use name, uid, name:group or uid:gid".into());
+        }
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            if p.parse::<u32>().is_err() {
+                return bad(format!("{p} is above the highest ID ({})", u32::MAX));
+            }
+        } else if !p
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
+        {
+            return bad(format!("{p:?} is not a user or group name"));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the OCI runtime spec (config.json) for a container.
 pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
     let BuildInput {
@@ -525,16 +680,11 @@ pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
         volumes_dir,
         cgroupfs,
     } = input;
+    check(spec)?;
     let hostname = spec
         .hostname
         .clone()
         .unwrap_or_else(|| id.chars().take(12).collect());
-    if hostname.len() > 64 || hostname.contains(char::is_whitespace) {
-        return Err(invalid(
-            "hostname",
-            format!("{hostname:?} is not a valid hostname"),
-        ));
-    }
     let args = process_args(spec, image)?;
     let env = merge_env(
         image.env.as_deref().unwrap_or_default(),
@@ -555,7 +705,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
         .unwrap_or_else(|| "/".into());
     if !cwd.starts_with('/') {
         return Err(invalid(
-            "workdir",
+            "image workdir",
             format!("{cwd:?} is not an absolute path"),
         ));
     }
@@ -586,24 +736,10 @@ pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
     let mounts = base["mounts"]
         .as_array_mut()
         .ok_or_else(|| SpecError::ImageConfig("default spec has no mounts".into()))?;
-    let mut targets = std::collections::HashSet::new();
     for m in &spec.mounts {
-        check_mount_target(&m.target).map_err(|why| invalid("mounts", why))?;
-        if !targets.insert(m.target.clone()) {
-            return Err(invalid(
-                "mounts",
-                format!("duplicate mount point {}", m.target),
-            ));
-        }
         let ro = if m.read_only { "ro" } else { "rw" };
         match m.kind {
             MountKind::Bind => {
-                if !Path::new(&m.source).is_absolute() {
-                    return Err(invalid(
-                        "mounts",
-                        format!("bind source {:?} must be an absolute host path", m.source),
-                    ));
-                }
                 if !Path::new(&m.source).exists() {
                     return Err(invalid(
                         "mounts",
@@ -613,21 +749,6 @@ pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
                 mounts.push(json!({"destination": m.target, "type": "bind", "source": m.source, "options": ["rbind", ro, "rprivate"]}));
             }
             MountKind::Volume => {
-                if m.source.is_empty()
-                    || !m
-                        .source
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-                    || m.source.starts_with('.')
-                {
-                    return Err(invalid(
-                        "mounts",
-                        format!(
-                            "volume name {:?} must be [a-zA-Z0-9][a-zA-Z0-9_.-]*",
-                            m.source
-                        ),
-                    ));
-                }
                 let data = volumes_dir.join(&m.source).join("_data");
                 // volumes/ and volumes/NAME are root's; _data is the volume's root as the
                 // container sees it (0755, as Docker makes it)
@@ -651,27 +772,12 @@ pub fn build(input: &BuildInput<'_>) -> Result<Value, SpecError> {
     linux["cgroupsPath"] = json!(cgroup_path);
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
     if let Some(m) = spec.memory_limit {
-        if m < 6 << 20 {
-            return Err(invalid(
-                "limit_memory",
-                format!("{m} bytes is below the minimum of 6MiB"),
-            ));
-        }
         resources["memory"] = json!({"limit": m});
     }
     if let Some(c) = spec.cpu_limit {
-        if !(c > 0.0 && c.is_finite()) {
-            return Err(invalid(
-                "limit_cpu",
-                format!("{c} is not a positive number of CPUs"),
-            ));
-        }
         resources["cpu"] = json!({"quota": (c * 100_000.0).round() as i64, "period": 100_000u64});
     }
     if let Some(p) = spec.pids_limit {
-        if p < 1 {
-            return Err(invalid("pids_limit", format!("{p} must be at least 1")));
-        }
         resources["pids"] = json!({"limit": p});
     }
     linux["resources"] = resources;
@@ -732,7 +838,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     if !(n >= 0.0 && n.is_finite()) {
         return Err(format!("{s:?} is not a size"));
     }
-    Ok((n * mul as f64) as u64)
+    let bytes = n * mul as f64;
+    if bytes > i64::MAX as f64 {
+        return Err(format!("{s:?} is too large a size (at most 8 EiB)"));
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -746,6 +856,82 @@ mod tests {
             env: Some(vec!["A=1".into(), "PATH=/img/bin".into()]),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn what_a_node_would_refuse_is_refused_without_a_node() {
+        let ok = ContainerSpec {
+            image: "busybox".into(),
+            user: Some("1000:1000".into()),
+            hostname: Some("web-1".into()),
+            memory_limit: Some(64 << 20),
+            cpu_limit: Some(0.5),
+            ..Default::default()
+        };
+        check(&ok).unwrap();
+        let refused = |f: &dyn Fn(&mut ContainerSpec), says: &str| {
+            let mut s = ok.clone();
+            f(&mut s);
+            let e = check(&s).unwrap_err().to_string();
+            assert!(e.contains(says), "expected {says:?} in {e:?}");
+        };
+        refused(
+            &|s| s.cpu_limit = Some(f64::NAN),
+            "limit_cpu: NaN is not a number of CPUs",
+        );
+        refused(&|s| s.cpu_limit = Some(1e300), "limit_cpu");
+        refused(&|s| s.memory_limit = Some(1), "below the minimum of 6MiB");
+        refused(
+            &|s| s.cap_add = vec!["FLY".into()],
+            "unknown capability \"FLY\"",
+        );
+        refused(
+            &|s| s.stop_signal = Some("SIGNOPE".into()),
+            "\"SIGNOPE\" is not a signal name",
+        );
+        refused(
+            &|s| s.user = Some("99999999999".into()),
+            "above the highest ID",
+        );
+        refused(&|s| s.user = Some("a:b:c".into()), "use name, uid");
+        refused(
+            &|s| s.user = Some("bad name".into()),
+            "is not a user or group name",
+        );
+        refused(
+            &|s| s.hostname = Some("web\n1".into()),
+            "is not a valid hostname",
+        );
+        refused(&|s| s.env = vec!["A=\0".into()], "NUL byte");
+        refused(&|s| s.workdir = Some("rel".into()), "not an absolute path");
+        refused(
+            &|s| {
+                s.healthcheck = Some(HealthCheck {
+                    test: vec!["CMD".into(), "true".into()],
+                    interval: Some(Duration::from_nanos(1)),
+                    timeout: None,
+                    retries: None,
+                    start_period: None,
+                })
+            },
+            "health_interval: 1ns is below the minimum of 100ms",
+        );
+        refused(
+            &|s| {
+                s.mounts = vec![MountSpec {
+                    kind: MountKind::Volume,
+                    source: "../x".into(),
+                    target: "/data".into(),
+                    read_only: false,
+                    tmpfs_size: None,
+                }]
+            },
+            "volume name",
+        );
+        assert!(parse_bytes("99999999999999999999g")
+            .unwrap_err()
+            .contains("too large"));
+        assert_eq!(parse_bytes("64m").unwrap(), 64 << 20);
     }
 
     #[test]

@@ -145,8 +145,14 @@ impl ImageStore {
         fs::create_dir(&tmp).map_err(io_at(&tmp))?;
         let res = (|| {
             let f = fs::File::open(path).map_err(|e| bad(path, format!("cannot open it: {e}")))?;
-            unpack_layer(f, &tmp)
-                .map_err(|e| bad(path, format!("not a readable image archive: {e}")))?;
+            unpack_layer(f, &tmp).map_err(|e| match e {
+                // the tar reader's own words quote the bytes it choked on
+                crate::image::unpack::UnpackError::Corrupt(_) => bad(
+                    path,
+                    "not an image archive: it is not a tar file (make one with `docker save` or as an OCI image layout)",
+                ),
+                e => bad(path, format!("not a readable image archive: {e}")),
+            })?;
             self.import_dir(&tmp, path)
         })();
         let _ = remove_path(&tmp);

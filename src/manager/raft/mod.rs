@@ -94,10 +94,11 @@ impl Proposer for RaftProposer {
     }
 }
 
-/// Raft settings: elections within about a second, snapshots every 1000 entries,
-/// keeping 500 entries behind the snapshot for followers that lag.
+/// Raft settings: elections within about a second, snapshots every 1000 entries (or
+/// every `storage::SNAPSHOT_BYTES` of log), keeping 200 entries behind the snapshot for
+/// followers that lag (one further behind is sent the snapshot).
 pub fn config() -> Result<Arc<openraft::Config>, Box<openraft::ConfigError>> {
-    config_with_snapshots_every(1000, 500)
+    config_with_snapshots_every(1000, 200)
 }
 
 /// [`config`] with another snapshot interval (tests use a small one).

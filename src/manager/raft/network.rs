@@ -106,9 +106,21 @@ impl Peer {
     where
         E: std::error::Error + DeserializeOwned,
     {
+        self.call_with(encode(req).map_err(RPCError::Network)?, opt, rpc)
+            .await
+    }
+
+    /// [`Peer::call`] with the request encoded already.
+    async fn call_with<Resp: DeserializeOwned, E>(
+        &self,
+        data: Vec<u8>,
+        opt: &RPCOption,
+        rpc: Rpc,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
         let unreachable = |m: String| RPCError::Unreachable(Unreachable::new(&Failure(m)));
-        let data = serde_json::to_vec(req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&Failure(e.to_string()))))?;
         let mut client = RaftClient::new(self.net.channel(&self.addr).map_err(unreachable)?)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
@@ -122,13 +134,37 @@ impl Peer {
     }
 }
 
+fn encode<Req: Serialize>(req: &Req) -> Result<Vec<u8>, NetworkError> {
+    serde_json::to_vec(req).map_err(|e| NetworkError::new(&Failure(e.to_string())))
+}
+
+/// The most an AppendEntries message carries, encoded, unless one entry alone is more:
+/// openraft allows 300 entries per message, which with big transactions (up to
+/// `store::MAX_TX_BYTES` each) would be hundreds of MiB, and every message must arrive
+/// within a heartbeat period (a follower once never caught up with a log of 4 MB
+/// entries).
+const APPEND_BYTES: usize = 1 << 20;
+
+/// How many of `n` entries that encode to `size` bytes fit in [`APPEND_BYTES`] (at least
+/// one), when not all do.
+fn entries_that_fit(n: usize, size: usize) -> Option<u64> {
+    (size > APPEND_BYTES && n > 1).then(|| (n * APPEND_BYTES / size).clamp(1, n - 1) as u64)
+}
+
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         o: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(&rpc, &o, |c, m| Box::pin(c.append_entries(m)))
+        let data = encode(&rpc).map_err(RPCError::Network)?;
+        if let Some(n) = entries_that_fit(rpc.entries.len(), data.len()) {
+            // openraft sends fewer next time (for the next ten messages)
+            return Err(RPCError::PayloadTooLarge(
+                openraft::error::PayloadTooLarge::new_entries_hint(n),
+            ));
+        }
+        self.call_with(data, &o, |c, m| Box::pin(c.append_entries(m)))
             .await
     }
     async fn install_snapshot(
@@ -148,5 +184,22 @@ impl RaftNetwork<TypeConfig> for Peer {
         o: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.call(&rpc, &o, |c, m| Box::pin(c.vote(m))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_appends_are_cut_to_what_fits_and_one_entry_always_goes() {
+        assert_eq!(entries_that_fit(300, 1000), None);
+        assert_eq!(entries_that_fit(300, 3 * APPEND_BYTES), Some(100));
+        assert_eq!(entries_that_fit(2, 100 * APPEND_BYTES), Some(1));
+        assert_eq!(
+            entries_that_fit(1, 100 * APPEND_BYTES),
+            None,
+            "one entry goes whole"
+        );
     }
 }

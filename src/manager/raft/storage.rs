@@ -37,11 +37,32 @@ fn r<E: std::error::Error + 'static>(e: E) -> SErr {
     StorageIOError::read_logs(AnyError::new(&e)).into()
 }
 
-/// Opens (creating) the Raft database and its tables.
+/// Bytes of log written since the last snapshot: shared by the log (which adds) and the
+/// state machine (which starts over when it takes a snapshot), read by the manager to
+/// take a snapshot early when entries are big ([`SNAPSHOT_BYTES`]).
+pub type LogBytes = Arc<std::sync::atomic::AtomicU64>;
+
+/// A snapshot is taken once this much log has been written since the last, even before
+/// the number of entries asks for one (`raft::config`): the log then holds little more
+/// than this, and the file's space is used again.
+pub const SNAPSHOT_BYTES: u64 = 32 << 20;
+
+/// Opens (creating) the Raft database and its tables. A file grown well past what it
+/// holds (a big log, since purged) is compacted first, so it shrinks back.
 pub fn open_db(path: &Path) -> Result<Arc<Database>, redb::Error> {
     // a small page cache: the log is written once and read back rarely, and edge hosts
     // have little memory (redb's default cache grows to 1 GiB)
-    let db = Database::builder().set_cache_size(4 << 20).create(path)?;
+    let mut db = Database::builder().set_cache_size(4 << 20).create(path)?;
+    let before = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if before > 2 * SNAPSHOT_BYTES {
+        // the snapshot and the log kept behind it are moved to the front of the file and
+        // the rest cut off
+        while db.compact().map_err(|e| {
+            redb::Error::from(redb::StorageError::Io(std::io::Error::other(e.to_string())))
+        })? {}
+        let after = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        tracing::info!(before, after, path = %path.display(), "compacted the Raft database");
+    }
     let txn = db.begin_write()?;
     {
         txn.open_table(LOGS)?;
@@ -74,11 +95,12 @@ fn put_meta<T: serde::Serialize>(db: &Database, key: &str, v: &T) -> Result<(), 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    written: LogBytes,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> LogStore {
-        LogStore { db }
+    pub fn new(db: Arc<Database>, written: LogBytes) -> LogStore {
+        LogStore { db, written }
     }
 }
 
@@ -157,6 +179,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 for e in entries {
                     let bytes = serde_json::to_vec(&e).map_err(w)?;
                     t.insert(e.log_id.index, bytes.as_slice()).map_err(w)?;
+                    self.written
+                        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             txn.commit().map_err(w) // durable (fsync) before openraft hears of it
@@ -203,6 +227,8 @@ struct Applied_ {
 pub struct StateMachine {
     store: Store,
     db: Arc<Database>,
+    /// Started over at each snapshot.
+    written: LogBytes,
     /// Held while applying and while taking a snapshot, so a snapshot is consistent.
     state: Arc<Mutex<Applied_>>,
 }
@@ -216,10 +242,11 @@ struct StoredSnapshot {
 
 impl StateMachine {
     /// The state machine over `store`, restored from the last snapshot on disk.
-    pub fn open(store: Store, db: Arc<Database>) -> Result<StateMachine, SErr> {
+    pub fn open(store: Store, db: Arc<Database>, written: LogBytes) -> Result<StateMachine, SErr> {
         let sm = StateMachine {
             store,
             db,
+            written,
             state: Arc::default(),
         };
         if let Some(s) = get_meta::<StoredSnapshot>(&sm.db, "snapshot")? {
@@ -248,6 +275,7 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        self.written.store(0, std::sync::atomic::Ordering::Relaxed);
         let (meta, data) = {
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let (snap, _) = self.store.snapshot();
@@ -368,8 +396,9 @@ mod tests {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), SErr> {
             let dir = tempfile::tempdir().map_err(w)?;
             let db = open_db(&dir.path().join("raft.redb")).map_err(w)?;
-            let sm = StateMachine::open(Store::new(), db.clone())?;
-            Ok((dir, LogStore::new(db), sm))
+            let written = LogBytes::default();
+            let sm = StateMachine::open(Store::new(), db.clone(), written.clone())?;
+            Ok((dir, LogStore::new(db, written), sm))
         }
     }
 
