@@ -38,3 +38,14 @@ if [ -n "$vm_skip" ]; then
 else
   scripts/vm-test.sh target/release/shoal
 fi
+# the last lines say which tiers ran; CI (and SHOAL_REQUIRE_VM=1) never passes without
+# the VM suite
+if [ -n "$vm_skip" ]; then
+  echo "test.sh: unit and integration tests passed; the VM suite did NOT run ($vm_skip)"
+  if [ -n "${CI:-}" ] || [ -n "${SHOAL_REQUIRE_VM:-}" ]; then
+    echo "test.sh: FAILED: CI must run every tier, the VM suite included" >&2
+    exit 1
+  fi
+else
+  echo "test.sh: every tier passed: unit, integration and the VM suite"
+fi

@@ -31,6 +31,32 @@ fn replicas(h: &Host, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A service of one task that sleeps, stops at once (SIGKILL) and is restarted after
+/// 100 ms; `extra` flags go before the image.
+fn sleeper(h: &Host, name: &str, extra: &[&str]) {
+    let mut args = vec![
+        "service",
+        "create",
+        "--name",
+        name,
+        "--restart-delay",
+        "100ms",
+        "--stop-signal",
+        "KILL",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["shoal-test/busybox", "sleep", "3600"]);
+    h.ok(&args);
+}
+
+fn kill9(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
 /// Running tasks of a service: task ID prefix → container pid.
 fn running_pids(h: &Host, name: &str) -> BTreeMap<String, i64> {
     let ps = h.ok(&[
@@ -176,40 +202,13 @@ fn services_converge_scale_update_and_survive_a_daemon_kill() {
 #[test]
 fn killed_tasks_fail_and_restart_by_policy() {
     let (h, _d) = swarm_host();
-    h.ok(&[
-        "service",
-        "create",
-        "--name",
-        "again",
-        "--restart-delay",
-        "100ms",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
-    h.ok(&[
-        "service",
-        "create",
-        "--name",
-        "once",
-        "--restart-condition",
-        "none",
-        "--stop-signal",
-        "KILL",
-        "shoal-test/busybox",
-        "sleep",
-        "3600",
-    ]);
+    sleeper(&h, "again", &[]);
+    // the same short delay as "again": a wrong restart would come as soon
+    sleeper(&h, "once", &["--restart-condition", "none"]);
     for (name, restarts) in [("again", true), ("once", false)] {
         let pids = running_pids(&h, name);
         let (_, pid) = pids.iter().next().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        kill9(*pid as i32);
         let failed = wait_for("the task to fail", Duration::from_secs(30), || {
             json_lines(&h.ok(&["service", "ps", name, "--format", "json"]))
                 .into_iter()
@@ -224,11 +223,17 @@ fn killed_tasks_fail_and_restart_by_policy() {
             assert_eq!(new.len(), 1);
             assert_eq!(replicas(&h, name), "1/1");
         } else {
-            std::thread::sleep(Duration::from_millis(500)); // give a wrong restart its chance to show
-            assert!(
-                running_pids(&h, name).is_empty(),
-                "condition none: it stays down"
-            );
+            // "again" was replaced within its 100 ms delay; "once", with the same delay,
+            // must stay down for ten times as long (watched, not slept through)
+            let watch = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < watch {
+                let p = running_pids(&h, name);
+                assert!(
+                    p.is_empty(),
+                    "condition none: it stays down, yet runs {p:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
             assert_eq!(replicas(&h, name), "0/1");
         }
     }
@@ -618,4 +623,43 @@ fn networks_are_created_attached_inspected_and_removed() {
             .then_some(())
     });
     assert!(!h.ok(&["network", "ls"]).contains("appnet"));
+}
+
+/// kill -9 of the keeper, then of a task's process: the daemon starts a keeper again
+/// (which readopts the container), hears that the task ended, and replaces it; no
+/// restart of the daemon needed.
+#[test]
+fn a_dead_keeper_is_started_again_and_tasks_report_their_real_state() {
+    let (h, _d) = swarm_host();
+    sleeper(&h, "kept", &[]);
+    let pids = running_pids(&h, "kept");
+    let (cid, pid) = pids.iter().next().unwrap();
+    let old_keepers = h.keeper_pids();
+    assert_eq!(old_keepers.len(), 1, "{old_keepers:?}");
+    kill9(old_keepers[0]);
+    kill9(*pid as i32);
+    // only the daemon's API from here on: a `container` command would start a keeper
+    // itself and hide whether the daemon does
+    let tasks = || json_lines(&h.ok(&["service", "ps", "kept", "--format", "json"]));
+    let failed = wait_for("the task to fail", Duration::from_secs(30), || {
+        tasks()
+            .into_iter()
+            .find(|t| t["CurrentState"].as_str().unwrap().starts_with("Failed"))
+    });
+    assert!(
+        cid.starts_with(failed["ID"].as_str().unwrap()),
+        "the task whose process was killed: {failed}"
+    );
+    wait_for("its replacement to run", Duration::from_secs(30), || {
+        tasks()
+            .into_iter()
+            .find(|t| {
+                t["CurrentState"].as_str().unwrap().starts_with("Running")
+                    && t["ID"] != failed["ID"]
+            })
+            .map(|_| ())
+    });
+    let keepers = h.keeper_pids();
+    assert_eq!(keepers.len(), 1, "one keeper again: {keepers:?}");
+    assert_ne!(keepers, old_keepers);
 }

@@ -51,6 +51,13 @@ fn conntrack_of(ns: &Path) -> String {
         .args(["cat", "/proc/net/nf_conntrack"])
         .output()
         .unwrap();
+    // an unreadable table would make "nothing tracked" true of anything
+    assert!(
+        o.status.success(),
+        "no conntrack table in {}: {} (the untracked-traffic checks need nf_conntrack loaded)",
+        ns.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -64,10 +71,10 @@ fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn tasks_on_two_hosts_talk_over_vxlan_only_through_pushed_entries() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: needs root (run through scripts/test.sh)");
-        return;
-    }
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root (namespaces, links): run it through scripts/test.sh"
+    );
     let mut made = Namespaces(vec![], tempfile::tempdir().unwrap());
     let dirs = made.1.path().to_path_buf();
     let path = |n: &str| dirs.join(format!("ns-{n}"));

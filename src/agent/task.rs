@@ -262,9 +262,13 @@ pub async fn manage<E: Executor>(
                         report(s);
                     }
                     Err(e) => {
-                        tracing::warn!(task.id = %id, error = %e, "wait failed");
-                        if task.changed().await.is_err() {
-                            return;
+                        // ask again (the runtime restarts a keeper that went), unless
+                        // the task changes first: never wait on the task alone, or a
+                        // container that ended meanwhile stays RUNNING
+                        tracing::warn!(task.id = %id, error = %e, "wait failed: asking again");
+                        tokio::select! {
+                            changed = task.changed() => if changed.is_err() { return },
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                         }
                     }
                 }

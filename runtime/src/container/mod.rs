@@ -211,8 +211,22 @@ impl ContainerRuntime {
         self.dir(id).join("logs")
     }
 
+    /// Asks the keeper; one that is gone (killed, crashed) is started again first, and
+    /// readopts the containers it kept.
+    async fn call(&self, req: &Request) -> std::io::Result<Response> {
+        use std::io::ErrorKind::{ConnectionRefused, NotFound};
+        match self.keeper.call(req).await {
+            Err(e) if matches!(e.kind(), ConnectionRefused | NotFound) => {
+                tracing::warn!(error = %e, "the keeper is gone: starting it again");
+                self.keeper.ensure(&self.cfg.keeper_cmd).await?;
+                self.keeper.call(req).await
+            }
+            r => r,
+        }
+    }
+
     async fn keeper(&self, req: Request) -> Result<Response> {
-        match self.keeper.call(&req).await {
+        match self.call(&req).await {
             Ok(Response::Error { message }) => Err(ContainerError::Keeper(message)),
             Ok(r) => Ok(r),
             Err(e) => Err(ContainerError::Keeper(format!(
@@ -407,7 +421,7 @@ impl ContainerRuntime {
     /// Creates and starts the container's process.
     pub async fn start(&self, id: &str) -> Result<i32> {
         let rec = self.record(id)?;
-        match self.keeper.call(&Request::State { id: id.into() }).await {
+        match self.call(&Request::State { id: id.into() }).await {
             Ok(Response::State(s)) if s.exit.is_some() || s.status == "stopped" => {
                 return Err(ContainerError::Keeper(format!(
                     "container {id} has exited: remove it and create a new one"
@@ -457,13 +471,33 @@ impl ContainerRuntime {
         Ok(pid)
     }
 
-    /// Waits for the container to exit.
+    /// Waits for the container to exit. A keeper that dies meanwhile (the wait's
+    /// connection ends without an answer) is started again and asked again: it
+    /// readopts the container, and tells its exit if it ended meanwhile.
     pub async fn wait(&self, id: &str) -> Result<Exit> {
-        match self.keeper(Request::Wait { id: id.into() }).await? {
-            Response::Exited(x) => Ok(x),
-            other => Err(ContainerError::Keeper(format!(
-                "unexpected answer to wait: {other:?}"
-            ))),
+        let mut tries = 0;
+        loop {
+            let res = self.call(&Request::Wait { id: id.into() }).await;
+            match res {
+                Ok(Response::Exited(x)) => return Ok(x),
+                Ok(Response::Error { message }) => return Err(ContainerError::Keeper(message)),
+                Ok(other) => {
+                    return Err(ContainerError::Keeper(format!(
+                        "unexpected answer to wait: {other:?}"
+                    )))
+                }
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    tracing::warn!(container = id, error = %e, "the keeper went during a wait: asking again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(ContainerError::Keeper(format!(
+                        "not reachable at {}: {e}",
+                        keeper::socket_path(&self.root).display()
+                    )))
+                }
+            }
         }
     }
 
@@ -530,7 +564,7 @@ impl ContainerRuntime {
 
     pub async fn inspect(&self, id: &str) -> Result<ContainerInfo> {
         let record = self.record(id)?;
-        let kept = match self.keeper.call(&Request::State { id: id.into() }).await {
+        let kept = match self.call(&Request::State { id: id.into() }).await {
             Ok(Response::State(s)) => Some(s),
             Ok(_) => None,
             Err(e) => return Err(ContainerError::Keeper(e.to_string())),
@@ -722,7 +756,7 @@ impl ContainerRuntime {
             for e in rd.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
                 if !known.contains(&id) {
-                    let _ = self.keeper.call(&Request::Delete { id: id.clone() }).await;
+                    let _ = self.call(&Request::Delete { id: id.clone() }).await;
                     let _ = fs::remove_dir_all(e.path());
                 }
             }
