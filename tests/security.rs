@@ -75,12 +75,7 @@ fn a_local_user_can_read_or_run_nothing_under_the_data_root() {
     )
     .unwrap();
     let _d = h.start_daemon();
-    h.ok(&[
-        "image",
-        "import",
-        fixtures().join("busybox-oci").to_str().unwrap(),
-    ]);
-    h.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
+    h.init_swarm();
     // the task leaves a setuid-root copy of a binary in its writable layer (the
     // CVE-2021-41091 attack) and writes its secret to its log
     h.ok(&[
@@ -369,4 +364,74 @@ async fn mounts_over_proc_and_sys_are_refused() {
             "{target}: {err}"
         );
     }
+}
+
+/// The data root on a 64 MiB tmpfs, filled: a change is refused at once, naming the
+/// full disk, and nothing of it is kept; reads (`service ls`, `service ps`,
+/// `container ls`) answer; once space is back, changes work again with no restart.
+#[test]
+fn a_full_disk_refuses_changes_keeps_reads_and_recovers() {
+    let h = Host::new();
+    let root = h.data_root().to_path_buf();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs on {}", root.display());
+    // (the host's drop unmounts everything under its data root, this tmpfs too)
+    let _d = h.start_daemon();
+    h.init_swarm();
+    let sleeper = |name: &str| {
+        h.cli(&[
+            "service",
+            "create",
+            "--name",
+            name,
+            "shoal-test/busybox",
+            "sleep",
+            "3600",
+        ])
+    };
+    assert!(sleeper("before").status.success());
+    // fill it: 256 KiB left (what a Raft write that went ahead would fail on)
+    let free = || {
+        let s = nix::sys::statvfs::statvfs(&root).unwrap();
+        s.blocks_available() as u64 * s.fragment_size() as u64
+    };
+    let filler = root.join("filler");
+    let fill = Command::new("fallocate")
+        .args(["-l", &(free() - (256 << 10)).to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(fill.success());
+    let started = std::time::Instant::now();
+    let out = sleeper("during");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a change on a full disk was accepted"
+    );
+    assert!(err.contains("no space left on device"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after a timeout: {:?}",
+        started.elapsed()
+    );
+    // reads answer, and the refused service is nowhere
+    let ls = h.ok(&["service", "ls"]);
+    assert!(ls.contains("before") && !ls.contains("during"), "{ls}");
+    assert!(h.ok(&["service", "ps", "before"]).contains("Running"));
+    h.ok(&["container", "ls"]);
+    // space back: changes work again, with the same daemon
+    std::fs::remove_file(&filler).unwrap();
+    let out = sleeper("after");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = h.ok(&["service", "ls"]);
+    assert!(ls.contains("after"), "{ls}");
 }

@@ -13,12 +13,7 @@ use common::*;
 fn swarm_host() -> (Host, DaemonProc) {
     let h = Host::new();
     let d = h.start_daemon();
-    h.ok(&[
-        "image",
-        "import",
-        fixtures().join("busybox-oci").to_str().unwrap(),
-    ]);
-    h.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
+    h.init_swarm();
     (h, d)
 }
 

@@ -88,7 +88,10 @@ impl Manager {
                 }
             }
         }
-        store.set_proposer(Arc::new(RaftProposer { raft: raft.clone() }));
+        store.set_proposer(Arc::new(RaftProposer {
+            raft: raft.clone(),
+            dir: dir.to_path_buf(),
+        }));
         if init.is_some() {
             raft.wait(Some(Duration::from_secs(10)))
                 .state(ServerState::Leader, "the only manager leads")

@@ -266,6 +266,16 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The test image imported and a single-node swarm made, on this host's daemon.
+    pub fn init_swarm(&self) {
+        self.ok(&[
+            "image",
+            "import",
+            fixtures().join("busybox-oci").to_str().unwrap(),
+        ]);
+        self.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
+    }
+
     /// Starts the daemon and waits until it answers.
     pub fn start_daemon(&self) -> DaemonProc {
         let log = fs::OpenOptions::new()

@@ -74,6 +74,10 @@ pub enum ContainerError {
 
 type Result<T, E = ContainerError> = std::result::Result<T, E>;
 
+/// The free space a container start needs under the data root (its state files, the
+/// first lines of its logs).
+const START_RESERVE: u64 = 4 << 20;
+
 /// Where the runtime keeps things and how it starts its keeper.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
@@ -448,6 +452,22 @@ impl ContainerRuntime {
             })?;
         self.mount_rootfs(id, &image)?; // after a reboot the mount is gone
         let dir = self.dir(id);
+        // libcontainer writes its state as it goes: on a full disk it would leave a
+        // truncated state.json behind; refuse before it starts
+        if let Ok(free) = crate::files::free_bytes(&dir) {
+            if free < START_RESERVE {
+                return Err(ContainerError::Io {
+                    id: id.into(),
+                    what: format!(
+                        "start ({} has {} KiB free, below the {} MiB a start needs)",
+                        self.root.display(),
+                        free >> 10,
+                        START_RESERVE >> 20
+                    ),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                });
+            }
+        }
         let pid = match self
             .keeper(Request::Create {
                 id: id.into(),

@@ -59,6 +59,30 @@ pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// address; the control API forwards it there.
 pub struct RaftProposer {
     pub raft: Raft,
+    /// Where the Raft log is kept: its free space is checked before each proposal.
+    pub dir: std::path::PathBuf,
+}
+
+/// The free space the managers keep on the Raft log's filesystem: a change is refused
+/// ("no space left on device") while less is free, before anything is written, so the
+/// log never meets a full disk half-way through an entry and reads keep working.
+pub const NO_SPACE_RESERVE: u64 = 16 << 20;
+
+impl RaftProposer {
+    fn check_space(&self, need: u64) -> Result<(), StoreError> {
+        let Ok(free) = shoal_runtime::files::free_bytes(&self.dir) else {
+            return Ok(()); // the write will tell
+        };
+        if free < NO_SPACE_RESERVE + need {
+            return Err(StoreError::NoSpace(format!(
+                "{} has {} MiB free, and the managers keep {} MiB free for the Raft log: make room there; nothing was changed",
+                self.dir.display(),
+                free >> 20,
+                NO_SPACE_RESERVE >> 20
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Proposer for RaftProposer {
@@ -67,9 +91,9 @@ impl Proposer for RaftProposer {
         batch: StoreBatch,
     ) -> futures::future::BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let write = self.raft.client_write(Proposal {
-                batch: encode_batch(&batch),
-            });
+            let batch = encode_batch(&batch);
+            self.check_space(batch.len() as u64)?;
+            let write = self.raft.client_write(Proposal { batch });
             // without a majority of managers nothing commits: say so instead of hanging
             let r = tokio::time::timeout(COMMIT_TIMEOUT, write)
                 .await
@@ -84,6 +108,9 @@ impl Proposer for RaftProposer {
                         "not the leader (leader: {:?})",
                         f.leader_node.as_ref().map(|n| n.addr.clone())
                     )),
+                    None if e.to_string().contains("No space left on device") => {
+                        StoreError::NoSpace(format!("{}: {e}", self.dir.display()))
+                    }
                     None => StoreError::Proposal(e.to_string()),
                 })?;
             match r.data.error {
