@@ -420,6 +420,21 @@ fn force_new_cluster_recovers_a_swarm_that_lost_quorum() {
     c.h_mut(3).kill_daemon();
     let e = stderr_of(c.h(1), &["service", "scale", "-d", "web=4"]);
     assert!(e.contains("majority of managers"), "{e}");
+    // node1's own task dies meanwhile: its failure cannot be committed yet
+    let up: Vec<String> = json_lines(&c.h(1).ok(&["container", "ls", "--format", "json"]))
+        .iter()
+        .filter(|x| x["Status"].as_str().unwrap_or("").starts_with("Up"))
+        .map(|x| x["ID"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(up.len(), 1, "web's task on node1: {up:?}");
+    let info: serde_json::Value =
+        serde_json::from_str(&c.h(1).ok(&["container", "inspect", &up[0]])).unwrap();
+    let pid = info["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 
     let out = c.h(1).ok(&["swarm", "init", "--force-new-cluster"]);
     assert!(out.contains("is now a manager"), "{out}");
@@ -437,6 +452,27 @@ fn force_new_cluster_recovers_a_swarm_that_lost_quorum() {
         let n = running_per_node(c.h(1), "web");
         (n.get("node1") == Some(&4)).then_some(())
     });
+    // the task that died while nothing could commit reads as failed (its exit was told
+    // again to the new cluster), not as running or assigned; none of node1's tasks
+    // stays assigned (those of the gone nodes may: they never heard of them)
+    let ps = json_lines(&c.h(1).ok(&["service", "ps", "web", "--format", "json"]));
+    let killed = ps
+        .iter()
+        .find(|t| up[0].starts_with(t["ID"].as_str().unwrap()))
+        .expect("the killed task");
+    assert!(
+        killed["CurrentState"]
+            .as_str()
+            .unwrap()
+            .starts_with("Failed"),
+        "{killed}"
+    );
+    assert!(
+        !ps.iter()
+            .any(|t| t["Node"] == "node1"
+                && t["CurrentState"].as_str().unwrap().starts_with("Assigned")),
+        "{ps:?}"
+    );
 }
 
 #[test]
