@@ -658,3 +658,59 @@ fn a_dead_keeper_is_started_again_and_tasks_report_their_real_state() {
     assert_eq!(keepers.len(), 1, "one keeper again: {keepers:?}");
     assert_ne!(keepers, old_keepers);
 }
+
+/// Big specs, changed over and over: what the Raft log holds is snapshotted and
+/// purged as it goes, so `raft.redb` stays a bounded size instead of growing with
+/// every change (it grew to 2.1 GB in 30 s), and `service ls`/`ps` keep working.
+#[test]
+fn a_flood_of_big_updates_keeps_the_raft_log_bounded() {
+    let (h, _d) = swarm_host();
+    h.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "fat",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    let raft = h.data_root().join("swarm/raft.redb");
+    let size = || std::fs::metadata(&raft).unwrap().len();
+    let update = |i: usize| {
+        // 100 KiB of environment, different each time: the service object holds it
+        // twice (spec and previous spec) and its new task once more
+        let big = format!("BIG={}", format!("{i:08}").repeat((100 << 10) / 8));
+        // (a change of the orchestrator's in between is a conflict: read, and again)
+        let updated = wait_for("the update", Duration::from_secs(30), || {
+            let out = h.cli(&["service", "update", "-d", "--env-add", &big, "fat"]);
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            match out.status.success() {
+                true => Some(Ok(())),
+                false if err.contains("was changed by someone else") => None,
+                false => Some(Err(err)),
+            }
+        });
+        updated.unwrap_or_else(|e| panic!("update {i}: {e}"));
+    };
+    (0..200).for_each(update);
+    let after_200 = size();
+    (200..800).for_each(update);
+    let after_800 = size();
+    eprintln!(
+        "raft.redb: {} MiB after 200 updates, {} MiB after 800",
+        after_200 >> 20,
+        after_800 >> 20
+    );
+    // a log that is not purged grows with every change (four times as many: about
+    // four times the size); a purged one reuses its space
+    assert!(
+        after_800 < after_200 * 2,
+        "raft.redb grew from {} MiB to {} MiB: the log is not purged",
+        after_200 >> 20,
+        after_800 >> 20
+    );
+    let ls = h.ok(&["service", "ls"]);
+    assert!(ls.contains("fat"), "{ls}");
+    h.ok(&["service", "ps", "fat"]);
+}

@@ -310,7 +310,8 @@ async fn restore_swarm(
 /// have been written since the last: big entries would otherwise grow the log to
 /// thousands of them before the count of entries asks for one.
 async fn snapshot_big_logs(raft: Raft, written: LogBytes, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // often: a flood of big changes writes tens of MiB a second
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

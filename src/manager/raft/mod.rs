@@ -122,10 +122,11 @@ impl Proposer for RaftProposer {
 }
 
 /// Raft settings: elections within about a second, snapshots every 1000 entries (or
-/// every `storage::SNAPSHOT_BYTES` of log), keeping 200 entries behind the snapshot for
-/// followers that lag (one further behind is sent the snapshot).
+/// every `storage::SNAPSHOT_BYTES` of log), keeping 50 entries behind the snapshot for
+/// followers that lag (one further behind is sent the snapshot): entries may be up to
+/// `store::MAX_TX_BYTES` each, and what is kept is kept on disk.
 pub fn config() -> Result<Arc<openraft::Config>, Box<openraft::ConfigError>> {
-    config_with_snapshots_every(1000, 200)
+    config_with_snapshots_every(1000, 50)
 }
 
 /// [`config`] with another snapshot interval (tests use a small one).
