@@ -584,11 +584,7 @@ fn host_ports(t: &super::store::Tables, ingress: &str, node: &str) -> Vec<Publis
 
 /// The IP part of a node's address (`ip` or `ip:port`).
 fn node_ip(t: &super::store::Tables, node: &str) -> Option<std::net::IpAddr> {
-    let a = t.nodes.get(node)?.status.as_ref()?.addr.clone();
-    a.parse::<std::net::SocketAddr>()
-        .map(|s| s.ip())
-        .or_else(|_| a.parse())
-        .ok()
+    super::network::node_addr_ip(t.nodes.get(node)?)
 }
 
 /// The overlays `node`'s live tasks are on, each with every live task of the network on

@@ -113,15 +113,13 @@ fn check_spec(spec: &mut NetworkSpec) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// The IPv4 address a node is reached at (its status's `IP[:port]`).
-fn node_ipv4(n: &Node) -> Option<Ipv4Addr> {
+/// The IP a node is reached at (its status's `ip` or `ip:port`).
+pub fn node_addr_ip(n: &Node) -> Option<std::net::IpAddr> {
     let a = &n.status.as_ref()?.addr;
-    a.parse::<Ipv4Addr>()
+    a.parse::<std::net::SocketAddr>()
+        .map(|s| s.ip())
+        .or_else(|_| a.parse())
         .ok()
-        .or_else(|| match a.parse::<std::net::SocketAddr>().ok()?.ip() {
-            std::net::IpAddr::V4(v4) => Some(v4),
-            std::net::IpAddr::V6(_) => None,
-        })
 }
 
 /// Creates a network in a transaction: its subnet (given, or the next free block of the
@@ -143,7 +141,10 @@ pub fn new_network(tx: &mut Tx<'_>, mut spec: NetworkSpec) -> Result<Network, Co
         .iter()
         .filter_map(|n| {
             let name = n.description.as_ref().map_or(&n.id, |d| &d.hostname);
-            Some((node_ipv4(n)?, name.clone()))
+            match node_addr_ip(n)? {
+                std::net::IpAddr::V4(a) => Some((a, name.clone())),
+                std::net::IpAddr::V6(_) => None,
+            }
         })
         .collect();
     let pool = if given.subnet.is_empty() {
@@ -208,17 +209,12 @@ pub async fn create_network(store: &Store, spec: NetworkSpec) -> Result<Network,
         ));
     }
     let id = super::control::update_checked(store, |tx| {
-        if spec.ingress {
-            if let Some(n) = tx
-                .list::<Network>()
-                .iter()
-                .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
-            {
-                return Err(invalid(format!(
-                    "--ingress: the swarm has an ingress network already ({}): a swarm has one; remove it first (with no service publishing a port) to make another",
-                    n.name()
-                )));
-            }
+        if let Some(n) = ingress_id(tx).filter(|_| spec.ingress) {
+            let name = tx.get::<Network>(&n).map(|x| x.name().to_string());
+            return Err(invalid(format!(
+                "--ingress: the swarm has an ingress network already ({}): a swarm has one; remove it first (with no service publishing a port) to make another",
+                name.unwrap_or(n)
+            )));
         }
         new_network(tx, spec)
     })

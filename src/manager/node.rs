@@ -148,11 +148,7 @@ impl Manager {
                     }
                     // the routing mesh's network, from the start (as in Swarm), after the
                     // node: its subnet keeps clear of the node's own address
-                    if !tx
-                        .list::<Network>()
-                        .iter()
-                        .any(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
-                    {
+                    if crate::manager::network::ingress_id(tx).is_none() {
                         crate::manager::network::new_network(
                             tx,
                             crate::manager::network::ingress_spec(),
