@@ -204,7 +204,7 @@ impl Daemon {
                 .start_manager(&st, None)
                 .await
                 .context("restarting the manager")?;
-            *d.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(m));
+            d.set_manager(Arc::new(m));
         }
         d.start_agent(&st.managers);
         Ok(d)
@@ -233,6 +233,17 @@ impl Daemon {
             tls: self.peer_tls.clone(),
         })
         .await
+    }
+
+    /// `m` is this node's manager from now on; should its Raft stop on an error, it is
+    /// started again ([`restart_raft_when_it_stops`]).
+    fn set_manager(self: &Arc<Self>, m: Arc<Manager>) {
+        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+        tokio::spawn(restart_raft_when_it_stops(
+            Arc::downgrade(self),
+            Arc::downgrade(&m),
+            m.raft.metrics(),
+        ));
     }
 
     /// This node's certificate is what it shows other nodes from now on.
@@ -430,7 +441,7 @@ impl Daemon {
                 return Err(e);
             }
         };
-        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+        self.set_manager(m.clone());
         self.save_state(Some(st.clone()))?;
         self.serve_cluster_port(listener, &certs)?;
         self.start_agent(&st.managers);
@@ -478,7 +489,7 @@ impl Daemon {
             self.start_manager(&st, Some((cluster, Some(tables))))
                 .await?,
         );
-        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m);
+        self.set_manager(m);
         let mut st = st;
         st.managers = vec![st.advertise_addr.clone()];
         self.save_state(Some(st))?;
@@ -615,7 +626,7 @@ impl Daemon {
         self.save_state(Some(st.clone()))?;
         self.serve_cluster_port(listener, certs)?;
         let m = Arc::new(self.start_manager(st, None).await?);
-        *self.manager.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+        self.set_manager(m.clone());
         let joined = shoal_proto::raft_client::RaftClient::new(self.channel_to(remote)?)
             .join(RaftJoinRequest {
                 node_id: self.node_id(),
@@ -1284,6 +1295,71 @@ pub fn secure_data_root(root: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Raft stops for good on a storage error: a write that met a full disk, say, which the
+/// managers' space checks did not foresee (they refuse changes and entries beforehand).
+/// Then the manager is started again from its database, in this daemon, once its disk
+/// has [`NO_SPACE_RESERVE`] free, so that it resumes by itself; until then its reads
+/// answer from what it had, and its writes are refused.
+async fn restart_raft_when_it_stops(
+    d: std::sync::Weak<Daemon>,
+    m: std::sync::Weak<Manager>,
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
+) {
+    use crate::manager::raft::NO_SPACE_RESERVE;
+    let fatal = loop {
+        if let Err(e) = &metrics.borrow_and_update().running_state {
+            break e.clone();
+        }
+        if metrics.changed().await.is_err() {
+            return; // the manager was stopped
+        }
+    };
+    if matches!(fatal, openraft::error::Fatal::Stopped) {
+        return;
+    }
+    let Some(dir) = d.upgrade().map(|d| swarm_dir(&d.data_root)) else {
+        return;
+    };
+    tracing::error!(
+        "Raft stopped: {fatal}; this manager starts it again once {} has {} MiB free",
+        dir.display(),
+        NO_SPACE_RESERVE >> 20
+    );
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        // a condition polled, with a back-off should the restart fail again
+        tokio::time::sleep(delay).await;
+        let free = shoal_runtime::files::free_bytes(&dir).unwrap_or(u64::MAX);
+        if free < NO_SPACE_RESERVE {
+            continue;
+        }
+        let (Some(d), Some(old)) = (d.upgrade(), m.upgrade()) else {
+            return;
+        };
+        let _g = d.admin.lock().await;
+        let current = d.manager();
+        let (Some(st), Some(current)) = (d.swarm_state(), current) else {
+            return; // it left the swarm or was demoted meanwhile
+        };
+        if !Arc::ptr_eq(&current, &old) {
+            return; // another manager took its place meanwhile
+        }
+        old.stop().await;
+        drop((old, current));
+        match d.start_manager(&st, None).await {
+            Ok(new) => {
+                tracing::info!("Raft started again");
+                d.set_manager(Arc::new(new));
+                return;
+            }
+            Err(e) => {
+                tracing::error!("starting Raft again failed ({e:#}); trying again");
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 fn node_ready(t: &crate::manager::store::Tables, id: &str) -> bool {

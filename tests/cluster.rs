@@ -239,7 +239,11 @@ fn manager_status(h: &ClusterHost) -> BTreeMap<String, String> {
 
 /// Three hosts, all managers, node1 leading.
 fn three_managers() -> Cluster {
-    let c = Cluster::new(3);
+    managers_of(Cluster::new(3))
+}
+
+/// The three hosts of `c` made managers, node1 leading.
+fn managers_of(c: Cluster) -> Cluster {
     let m1 = c.h(1).addr.clone();
     c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
     let token = c.h(1).ok(&["swarm", "join-token", "-q", "manager"]);
@@ -270,6 +274,77 @@ fn kill_leader(c: &mut Cluster, i: usize, j: usize) -> BTreeMap<String, String> 
         let s = manager_status(c.h(j));
         (s.values().any(|m| m == "Leader") && s[&format!("node{i}")] == "Unreachable").then_some(s)
     })
+}
+
+/// A follower whose disk is full refuses the leader's entries, while the two other
+/// managers go on committing; once space is back it catches up by itself, with no
+/// restart, and its Raft never stopped: with the second follower gone, nothing commits
+/// unless it has every entry.
+#[test]
+fn a_follower_with_a_full_disk_catches_up_once_space_is_back() {
+    let c = Cluster::new(3);
+    // node3's Raft log on a 64 MiB tmpfs (unmounted with the host)
+    let swarm = c.h(3).host.data_root().join("swarm");
+    std::fs::create_dir_all(&swarm).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+        .arg(&swarm)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs on {}", swarm.display());
+    let mut c = managers_of(c);
+    let free = || {
+        let s = nix::sys::statvfs::statvfs(&swarm).unwrap();
+        s.blocks_available() as u64 * s.fragment_size() as u64
+    };
+    let filler = swarm.join("filler");
+    let fill = std::process::Command::new("fallocate")
+        .args(["-l", &(free() - (1 << 20)).to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(fill.success());
+    // 12 services of 100 KB each (and their tasks, as much again): more than node3 has
+    let big = format!("BIG={}", "x".repeat(100_000));
+    for i in 0..12 {
+        create_sleepers(c.h(1), &format!("s{i}"), 1, &["-e", &big]);
+    }
+    wait_for(
+        "node3 to refuse entries for want of space",
+        Duration::from_secs(30),
+        || {
+            c.h(3)
+                .host
+                .daemon_log()
+                .contains("refusing Raft entries from the leader")
+                .then_some(())
+        },
+    );
+    // space back, and node2 gone: node1 commits only with node3, which needs every entry
+    std::fs::remove_file(&filler).unwrap();
+    c.h_mut(2).kill_daemon();
+    wait_for(
+        "a change committed by node1 and node3",
+        Duration::from_secs(90),
+        || {
+            let out = c.h(1).cli(&[
+                "service",
+                "create",
+                "--name",
+                "after",
+                "--replicas",
+                "0",
+                "shoal-test/busybox",
+            ]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            // a create that timed out may still have been committed
+            (out.status.success() || err.contains("in use") || err.contains("exists")).then_some(())
+        },
+    );
+    let ls = c.h(3).ok(&["service", "ls", "--format", "json"]);
+    assert_eq!(json_lines(&ls).len(), 13, "{ls}");
+    let log = c.h(3).host.daemon_log();
+    assert!(!log.contains("Raft stopped"), "node3's Raft stopped: {log}");
 }
 
 #[test]

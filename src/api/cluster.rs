@@ -144,50 +144,49 @@ impl NodeCa for Api {
     }
 }
 
-/// Decodes an openraft request, runs it, encodes the `Result` for the caller.
-async fn relay<Req, Resp, E, F>(
-    m: &RaftMessage,
-    f: impl FnOnce(Req) -> F,
-) -> Result<Response<RaftMessage>, Status>
-where
-    Req: serde::de::DeserializeOwned,
-    Resp: serde::Serialize,
-    E: serde::Serialize,
-    F: std::future::Future<Output = Result<Resp, E>>,
-{
-    let req: Req = serde_json::from_slice(&m.data)
-        .map_err(|e| Status::invalid_argument(format!("raft message: {e}")))?;
-    let r = f(req).await;
-    let data = serde_json::to_vec(&r).map_err(|e| Status::internal(e.to_string()))?;
+fn decode<Req: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<Req, Status> {
+    serde_json::from_slice(&m.data)
+        .map_err(|e| Status::invalid_argument(format!("raft message: {e}")))
+}
+
+/// Encodes openraft's `Result` for the caller.
+fn respond<T: serde::Serialize>(r: &T) -> Result<Response<RaftMessage>, Status> {
+    let data = serde_json::to_vec(r).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(RaftMessage { data }))
 }
 
 #[tonic::async_trait]
 impl RaftApi for Api {
+    /// Entries are refused while this manager's disk has no room for them (the leader
+    /// sends them again later); heartbeats always go through.
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = self.manager()?;
-        relay(
-            req.get_ref(),
-            |r| async move { m.raft.append_entries(r).await },
-        )
-        .await
+        let r: openraft::raft::AppendEntriesRequest<crate::manager::raft::TypeConfig> =
+            decode(req.get_ref())?;
+        if !r.entries.is_empty() {
+            m.room_for(req.get_ref().data.len() as u64)
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        }
+        respond(&m.raft.append_entries(r).await)
     }
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = self.manager()?;
-        relay(req.get_ref(), |r| async move { m.raft.vote(r).await }).await
+        respond(&m.raft.vote(decode(req.get_ref())?).await)
     }
+    /// A snapshot is refused, as entries are, while there is no room for it.
     async fn install_snapshot(
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = self.manager()?;
-        relay(req.get_ref(), |r| async move {
-            m.raft.install_snapshot(r).await
-        })
-        .await
+        let r: openraft::raft::InstallSnapshotRequest<crate::manager::raft::TypeConfig> =
+            decode(req.get_ref())?;
+        m.room_for(r.offset + r.data.len() as u64)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        respond(&m.raft.install_snapshot(r).await)
     }
 
     /// A new manager joins the Raft group: as a learner until it has caught up, then as

@@ -43,8 +43,12 @@ pub struct Manager {
     pub raft: Raft,
     pub dispatcher: Dispatcher,
     shutdown: CancellationToken,
-    /// The Raft database, to know when Raft's tasks have let go of it.
-    db: std::sync::Arc<redb::Database>,
+    /// The Raft database, to know when Raft's tasks have let go of it; closed by `stop`.
+    db: std::sync::Mutex<Option<super::raft::storage::RaftDb>>,
+    /// Where the Raft database is.
+    dir: std::path::PathBuf,
+    /// Whether entries from the leader are being refused for want of space (logged once).
+    short_of_space: std::sync::atomic::AtomicBool,
 }
 
 impl Manager {
@@ -167,6 +171,11 @@ impl Manager {
         let shutdown = CancellationToken::new();
         let dispatcher = Dispatcher::new(store.clone(), shutdown.child_token(), node_id);
         tokio::spawn(snapshot_big_logs(raft.clone(), written, shutdown.clone()));
+        tokio::spawn(compact_when_sparse(
+            db.clone(),
+            dir.join("raft.redb"),
+            shutdown.clone(),
+        ));
         tokio::spawn(lead_when_leader(
             raft.clone(),
             store.clone(),
@@ -178,7 +187,9 @@ impl Manager {
             raft,
             dispatcher,
             shutdown,
-            db,
+            db: std::sync::Mutex::new(Some(db)),
+            dir: dir.to_path_buf(),
+            short_of_space: Default::default(),
         })
     }
 
@@ -209,15 +220,42 @@ impl Manager {
             .collect()
     }
 
-    /// Stops Raft and the loops, and waits (up to 5 s) until Raft's tasks have closed the
-    /// database, so that a manager can start again in this process.
+    /// Stops Raft and the loops, waits (up to 5 s) until Raft's tasks have let go of the
+    /// database, and closes it, so that a manager can start again in this process.
     pub async fn stop(&self) {
         self.shutdown.cancel();
         let _ = self.raft.shutdown().await;
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(db) = db else { return };
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::sync::Arc::strong_count(&self.db) > 1 && tokio::time::Instant::now() < deadline {
+        while db.handles() > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// Whether `need` bytes from the leader (entries or a snapshot) may be written to the
+    /// Raft log here: refused while the disk would be left with less than
+    /// [`super::raft::FOLLOWER_RESERVE`], so that a full disk never stops Raft half-way
+    /// through a write; the leader sends them again, and this manager catches up by
+    /// itself once there is room.
+    pub fn room_for(&self, need: u64) -> Result<(), super::store::StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // what is written is about twice the message: the entry, and the pages redb copies
+        let r = super::raft::check_space(
+            &self.dir,
+            need.saturating_mul(2),
+            super::raft::FOLLOWER_RESERVE,
+        );
+        match &r {
+            Err(e) if !self.short_of_space.swap(true, Relaxed) => {
+                tracing::warn!("refusing Raft entries from the leader until there is room: {e}")
+            }
+            Ok(()) if self.short_of_space.swap(false, Relaxed) => {
+                tracing::info!("room again on {}: taking Raft entries", self.dir.display())
+            }
+            _ => {}
+        }
+        r
     }
 }
 
@@ -319,6 +357,31 @@ async fn snapshot_big_logs(raft: Raft, written: LogBytes, shutdown: Cancellation
             if raft.trigger().snapshot().await.is_err() {
                 return; // Raft stopped
             }
+        }
+    }
+}
+
+/// Compacts the Raft database while it runs, when most of the file is free space (a
+/// flood of big entries, since purged): checked every 10 s.
+async fn compact_when_sparse(
+    db: super::raft::storage::RaftDb,
+    path: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (db, path) = (db.clone(), path.clone());
+        match tokio::task::spawn_blocking(move || db.compact_if_sparse(&path)).await {
+            Ok(Ok(Some((before, after)))) => {
+                tracing::info!(before, after, "compacted the Raft database")
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("compacting the Raft database: {e}"),
+            Err(_) => return,
         }
     }
 }

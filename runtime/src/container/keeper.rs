@@ -1024,16 +1024,48 @@ impl libcontainer::workload::Executor for TenantExecutor {
 #[derive(Clone, Debug)]
 pub struct KeeperClient {
     sock: PathBuf,
+    /// How long a request may go unanswered (a `wait` has no limit, an `exec` its own
+    /// timeout more): a keeper that wedges fails its callers, it does not hang them.
+    patience: Duration,
 }
+
+/// How long a keeper has to answer: a container's creation by libcontainer, on a slow
+/// host, takes seconds.
+pub const KEEPER_PATIENCE: Duration = Duration::from_secs(60);
 
 impl KeeperClient {
     pub fn new(root: &Path) -> KeeperClient {
         KeeperClient {
             sock: socket_path(root),
+            patience: KEEPER_PATIENCE,
         }
     }
 
     pub async fn call(&self, req: &Request) -> io::Result<Response> {
+        let limit = match req {
+            Request::Wait { .. } => None,
+            Request::Exec { timeout_ms, .. } => {
+                Some(self.patience + Duration::from_millis(*timeout_ms))
+            }
+            _ => Some(self.patience),
+        };
+        let talk = self.talk(req);
+        let Some(limit) = limit else {
+            return talk.await;
+        };
+        tokio::time::timeout(limit, talk).await.unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the keeper at {} did not answer within {} s (see keeper.log beside it)",
+                    self.sock.display(),
+                    limit.as_secs_f64()
+                ),
+            ))
+        })
+    }
+
+    async fn talk(&self, req: &Request) -> io::Result<Response> {
         let mut s = UnixStream::connect(&self.sock).await?;
         let mut b = serde_json::to_vec(req).map_err(io::Error::other)?;
         b.push(b'\n');
@@ -1100,6 +1132,40 @@ impl KeeperClient {
 #[cfg(test)]
 mod tests {
     use super::ramdisk_in;
+
+    /// A keeper that takes a request and never answers fails its caller after the
+    /// client's patience; a `wait` is let wait.
+    #[tokio::test]
+    async fn a_keeper_that_never_answers_fails_its_callers() {
+        use super::{KeeperClient, Request};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("keeper.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let _ = held_tx.send(s); // kept open, never answered
+            }
+        });
+        let c = KeeperClient {
+            sock: sock.clone(),
+            patience: std::time::Duration::from_millis(200),
+        };
+        let e = c.call(&Request::List).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("did not answer"), "{e}");
+        let req = Request::Wait { id: "x".into() };
+        let wait = c.call(&req);
+        tokio::pin!(wait);
+        // the wait's connection is taken; the wait itself is still pending
+        let _first = held.recv().await.unwrap();
+        let _second = tokio::select! {
+            s = held.recv() => s.unwrap(),
+            r = &mut wait => panic!("a wait answered without its container exiting: {r:?}"),
+        };
+        let over = tokio::time::timeout(std::time::Duration::from_millis(600), &mut wait).await;
+        assert!(over.is_err(), "a wait gave up: {over:?}");
+    }
 
     #[test]
     fn an_initramfs_root_is_told_from_a_real_one() {

@@ -68,21 +68,26 @@ pub struct RaftProposer {
 /// log never meets a full disk half-way through an entry and reads keep working.
 pub const NO_SPACE_RESERVE: u64 = 16 << 20;
 
-impl RaftProposer {
-    fn check_space(&self, need: u64) -> Result<(), StoreError> {
-        let Ok(free) = shoal_runtime::files::free_bytes(&self.dir) else {
-            return Ok(()); // the write will tell
-        };
-        if free < NO_SPACE_RESERVE + need {
-            return Err(StoreError::NoSpace(format!(
-                "{} has {} MiB free, and the managers keep {} MiB free for the Raft log: make room there; nothing was changed",
-                self.dir.display(),
-                free >> 20,
-                NO_SPACE_RESERVE >> 20
-            )));
-        }
-        Ok(())
+/// What a follower keeps free: half the leader's reserve, so that on equal disks the
+/// leader refuses changes first, and a follower only refuses entries that would meet a
+/// full disk (the leader sends them again until it has room).
+pub const FOLLOWER_RESERVE: u64 = NO_SPACE_RESERVE / 2;
+
+/// Refuses a write of about `need` bytes to the Raft log in `dir` while less than
+/// `reserve` would be left free there.
+pub fn check_space(dir: &std::path::Path, need: u64, reserve: u64) -> Result<(), StoreError> {
+    let Ok(free) = shoal_runtime::files::free_bytes(dir) else {
+        return Ok(()); // the write will tell
+    };
+    if free < reserve.saturating_add(need) {
+        return Err(StoreError::NoSpace(format!(
+            "{} has {} MiB free, and the managers keep {} MiB free for the Raft log: make room there; nothing was changed",
+            dir.display(),
+            free >> 20,
+            reserve >> 20
+        )));
     }
+    Ok(())
 }
 
 impl Proposer for RaftProposer {
@@ -92,7 +97,7 @@ impl Proposer for RaftProposer {
     ) -> futures::future::BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
             let batch = encode_batch(&batch);
-            self.check_space(batch.len() as u64)?;
+            check_space(&self.dir, batch.len() as u64, NO_SPACE_RESERVE)?;
             let write = self.raft.client_write(Proposal { batch });
             // without a majority of managers nothing commits: say so instead of hanging
             let r = tokio::time::timeout(COMMIT_TIMEOUT, write)

@@ -9,7 +9,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
@@ -49,7 +49,7 @@ pub const SNAPSHOT_BYTES: u64 = 32 << 20;
 
 /// Opens (creating) the Raft database and its tables. A file grown well past what it
 /// holds (a big log, since purged) is compacted first, so it shrinks back.
-pub fn open_db(path: &Path) -> Result<Arc<Database>, redb::Error> {
+pub fn open_db(path: &Path) -> Result<RaftDb, redb::Error> {
     // a small page cache: the log is written once and read back rarely, and edge hosts
     // have little memory (redb's default cache grows to 1 GiB)
     let mut db = Database::builder().set_cache_size(4 << 20).create(path)?;
@@ -69,7 +69,52 @@ pub fn open_db(path: &Path) -> Result<Arc<Database>, redb::Error> {
         txn.open_table(META)?;
     }
     txn.commit()?;
-    Ok(Arc::new(db))
+    Ok(RaftDb(Arc::new(RwLock::new(db))))
+}
+
+/// The Raft database, shared by the log and the state machine. Each use holds it for
+/// reading; [`RaftDb::compact`] holds it alone.
+#[derive(Clone)]
+pub struct RaftDb(Arc<RwLock<Database>>);
+
+/// A file above twice this size (a log since purged) is compacted while it runs, once
+/// a quarter of it is free space.
+pub const COMPACT_BYTES: u64 = SNAPSHOT_BYTES;
+
+impl RaftDb {
+    fn get(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many handles are open (Raft's tasks hold some until they end).
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
+    /// Compacts the file at `path` when it is above twice [`COMPACT_BYTES`] and a
+    /// quarter of it is free space: the live pages move to its front and the rest is cut off,
+    /// so that the file shrinks back after a flood of big entries. Raft's storage calls
+    /// wait meanwhile. Blocking; answers the file's sizes before and after, when done.
+    pub fn compact_if_sparse(&self, path: &Path) -> Result<Option<(u64, u64)>, String> {
+        let len = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let before = len();
+        if before <= 2 * COMPACT_BYTES {
+            return Ok(None);
+        }
+        let free = {
+            let db = self.get();
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            let stats = txn.stats().map_err(|e| e.to_string())?;
+            let _ = txn.abort();
+            before.saturating_sub(stats.allocated_pages() * stats.page_size() as u64)
+        };
+        if free <= before / 4 {
+            return Ok(None);
+        }
+        let mut db = self.0.write().unwrap_or_else(|p| p.into_inner());
+        while db.compact().map_err(|e| e.to_string())? {}
+        Ok(Some((before, len())))
+    }
 }
 
 fn get_meta<T: serde::de::DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, SErr> {
@@ -94,12 +139,12 @@ fn put_meta<T: serde::Serialize>(db: &Database, key: &str, v: &T) -> Result<(), 
 /// The log and the vote.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: RaftDb,
     written: LogBytes,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>, written: LogBytes) -> LogStore {
+    pub fn new(db: RaftDb, written: LogBytes) -> LogStore {
         LogStore { db, written }
     }
 }
@@ -109,7 +154,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
-        let txn = self.db.begin_read().map_err(r)?;
+        let db = self.db.get();
+        let txn = db.begin_read().map_err(r)?;
         let t = txn.open_table(LOGS).map_err(r)?;
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
@@ -126,9 +172,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
-        let last_purged: Option<LogId<NodeId>> = get_meta(&self.db, "last_purged")?;
+        let last_purged: Option<LogId<NodeId>> = get_meta(&self.db.get(), "last_purged")?;
         let last = {
-            let txn = self.db.begin_read().map_err(r)?;
+            let db = self.db.get();
+            let txn = db.begin_read().map_err(r)?;
             let t = txn.open_table(LOGS).map_err(r)?;
             let last = t.last().map_err(r)?;
             let id = match last {
@@ -152,19 +199,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
-        put_meta(&self.db, "vote", vote)
+        put_meta(&self.db.get(), "vote", vote)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
-        get_meta(&self.db, "vote")
+        get_meta(&self.db.get(), "vote")
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
-        put_meta(&self.db, "committed", &committed)
+        put_meta(&self.db.get(), "committed", &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
-        Ok(get_meta::<Option<LogId<NodeId>>>(&self.db, "committed")?.flatten())
+        Ok(get_meta::<Option<LogId<NodeId>>>(&self.db.get(), "committed")?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
@@ -173,7 +220,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let res = (|| {
-            let txn = self.db.begin_write().map_err(w)?;
+            let db = self.db.get();
+            let txn = db.begin_write().map_err(w)?;
             {
                 let mut t = txn.open_table(LOGS).map_err(w)?;
                 for e in entries {
@@ -193,7 +241,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        let txn = self.db.begin_write().map_err(w)?;
+        let db = self.db.get();
+        let txn = db.begin_write().map_err(w)?;
         {
             let mut t = txn.open_table(LOGS).map_err(w)?;
             t.retain_in(log_id.index.., |_, _| false).map_err(w)?;
@@ -203,7 +252,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         let bytes = serde_json::to_vec(&Some(log_id)).map_err(w)?;
-        let txn = self.db.begin_write().map_err(w)?;
+        let db = self.db.get();
+        let txn = db.begin_write().map_err(w)?;
         {
             let mut m = txn.open_table(META).map_err(w)?;
             m.insert("last_purged", bytes.as_slice()).map_err(w)?;
@@ -226,7 +276,7 @@ struct Applied_ {
 #[derive(Clone)]
 pub struct StateMachine {
     store: Store,
-    db: Arc<Database>,
+    db: RaftDb,
     /// Started over at each snapshot.
     written: LogBytes,
     /// Held while applying and while taking a snapshot, so a snapshot is consistent.
@@ -242,14 +292,14 @@ struct StoredSnapshot {
 
 impl StateMachine {
     /// The state machine over `store`, restored from the last snapshot on disk.
-    pub fn open(store: Store, db: Arc<Database>, written: LogBytes) -> Result<StateMachine, SErr> {
+    pub fn open(store: Store, db: RaftDb, written: LogBytes) -> Result<StateMachine, SErr> {
         let sm = StateMachine {
             store,
             db,
             written,
             state: Arc::default(),
         };
-        if let Some(s) = get_meta::<StoredSnapshot>(&sm.db, "snapshot")? {
+        if let Some(s) = get_meta::<StoredSnapshot>(&sm.db.get(), "snapshot")? {
             sm.restore(&s.meta, &s.data)?;
         }
         Ok(sm)
@@ -292,7 +342,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             (meta, snap.encode_to_vec())
         };
         put_meta(
-            &self.db,
+            &self.db.get(),
             "snapshot",
             &StoredSnapshot {
                 meta: meta.clone(),
@@ -366,7 +416,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         self.restore(meta, &data)?;
         put_meta(
-            &self.db,
+            &self.db.get(),
             "snapshot",
             &StoredSnapshot {
                 meta: meta.clone(),
@@ -377,7 +427,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
         Ok(
-            get_meta::<StoredSnapshot>(&self.db, "snapshot")?.map(|s| Snapshot {
+            get_meta::<StoredSnapshot>(&self.db.get(), "snapshot")?.map(|s| Snapshot {
                 meta: s.meta,
                 snapshot: Box::new(Cursor::new(s.data)),
             }),
