@@ -1129,6 +1129,14 @@ fn a_published_port_answers_on_every_host_even_one_without_the_task() {
     // the services go: the ports stop answering and the ingress network goes too
     c.h(1).ok(&["service", "rm", "pub"]);
     c.h(1).ok(&["service", "rm", "hostpub"]);
+    for (to, port) in [(1, 8080), (2, 8080), (3, 8080), (3, 8081)] {
+        let url = format!("http://{}:{port}/", c.h(to).addr);
+        wait_for(
+            &format!("{url} to stop answering"),
+            Duration::from_secs(10),
+            || fetch_from(&c, 2, &url).is_none().then_some(()),
+        );
+    }
     wait_netns_gone(&c, &["overlays"]);
 }
 

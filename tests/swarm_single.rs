@@ -9,14 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// A host with its daemon, the test image imported, and a single-node swarm.
-fn swarm_host() -> (Host, DaemonProc) {
-    let h = Host::new();
-    let d = h.start_daemon();
-    h.init_swarm();
-    (h, d)
-}
-
 fn replicas(h: &Host, name: &str) -> String {
     let ls = h.ok(&["service", "ls", "--format", "json"]);
     json_lines(&ls)

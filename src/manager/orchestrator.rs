@@ -139,6 +139,14 @@ fn set_desired(tx: &mut Tx<'_>, t: &Task, d: TaskState) -> Result<(), StoreError
     }
     let mut t = t.clone();
     t.desired_state = d as i32;
+    if d as i32 >= TaskState::Shutdown as i32 && (state(&t) as i32) < TaskState::Assigned as i32 {
+        // no node ever had it, so none will say it stopped: it stops here (a stop-first
+        // update otherwise waited forever for a pending task to end)
+        let st = t.status.get_or_insert_with(Default::default);
+        st.state = TaskState::Shutdown as i32;
+        st.timestamp_ms = super::store::now_ms();
+        st.message = "shut down before it was assigned to a node".into();
+    }
     tx.update(t)
 }
 

@@ -374,6 +374,15 @@ pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A host with its daemon, the test image imported, and a single-node swarm.
+#[allow(dead_code)] // (not every test file makes one)
+pub fn swarm_host() -> (Host, DaemonProc) {
+    let h = Host::new();
+    let d = h.start_daemon();
+    h.init_swarm();
+    (h, d)
+}
+
 /// Polls `f` (blocking) until it returns Some, failing after `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
