@@ -34,21 +34,19 @@ fn stderr_of(h: &Host, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `service create -d --name NAME [EXTRA…] shoal-test/busybox sleep 3600`, stopped by
-/// SIGKILL.
-fn sleeper(h: &Host, name: &str, extra: &[&str]) {
-    let mut args = vec![
-        "service",
-        "create",
-        "-d",
-        "--name",
-        name,
-        "--stop-signal",
-        "KILL",
-    ];
-    args.extend_from_slice(extra);
-    args.extend(["shoal-test/busybox", "sleep", "3600"]);
+/// `service create -d --name NAME [FLAGS…] shoal-test/busybox CMD…`.
+fn create(h: &Host, name: &str, flags: &[&str], cmd: &[&str]) {
+    let mut args = vec!["service", "create", "-d", "--name", name];
+    args.extend_from_slice(flags);
+    args.push("shoal-test/busybox");
+    args.extend_from_slice(cmd);
     h.ok(&args);
+}
+
+/// A service that sleeps, stopped by SIGKILL; `extra` flags go before the image.
+fn sleeper(h: &Host, name: &str, extra: &[&str]) {
+    let flags = [&["--stop-signal", "KILL"], extra].concat();
+    create(h, name, &flags, &["sleep", "3600"]);
 }
 
 fn converged(h: &Host, name: &str, want: &str) {
@@ -220,20 +218,18 @@ fn jobs_restart_windows_and_task_history() {
     });
 
     let failing = |name: &str, extra: &[&str]| {
-        let mut args = vec![
-            "service",
-            "create",
-            "-d",
-            "--name",
-            name,
+        let policy = [
             "--restart-condition",
             "on-failure",
             "--restart-delay",
             "100ms",
         ];
-        args.extend_from_slice(extra);
-        args.extend(["shoal-test/busybox", "sh", "-c", "exit 3"]);
-        h.ok(&args);
+        create(
+            &h,
+            name,
+            &[&policy[..], extra].concat(),
+            &["sh", "-c", "exit 3"],
+        );
     };
     let failed = |name: &str| {
         tasks(&h, name)
@@ -436,11 +432,7 @@ fn a_task_gets_its_networks_range_gateway_mac_and_default_route() {
 fn containers_are_stopped_and_killed_from_the_cli() {
     let h = Host::new();
     let _d = h.start_daemon();
-    h.ok(&[
-        "image",
-        "import",
-        fixtures().join("busybox-oci").to_str().unwrap(),
-    ]);
+    h.import_test_image();
     // PID 1 ignores SIGTERM: stop ends it with SIGKILL after 1 s
     h.ok(&[
         "container",
@@ -482,11 +474,7 @@ fn containers_are_stopped_and_killed_from_the_cli() {
 #[test]
 fn images_are_saved_imported_and_pruned() {
     let a = Host::new();
-    a.ok(&[
-        "image",
-        "import",
-        fixtures().join("busybox-oci").to_str().unwrap(),
-    ]);
+    a.import_test_image();
     let tar = a.data_root().with_extension("save.tar");
     a.ok(&[
         "image",

@@ -77,11 +77,7 @@ fn running_pids(h: &Host, name: &str) -> BTreeMap<String, i64> {
 fn services_converge_scale_update_and_survive_a_daemon_kill() {
     let h = Host::new();
     let mut d = h.start_daemon();
-    h.ok(&[
-        "image",
-        "import",
-        fixtures().join("busybox-oci").to_str().unwrap(),
-    ]);
+    h.import_test_image();
     h.ok(&[
         "image",
         "import",
@@ -487,11 +483,7 @@ fn health_checks_gate_running_and_fail_unhealthy_tasks() {
 fn networks_are_created_attached_inspected_and_removed() {
     let h = Host::new();
     let _d = h.start_daemon();
-    h.ok(&[
-        "image",
-        "import",
-        fixtures().join("busybox-oci").to_str().unwrap(),
-    ]);
+    h.import_test_image();
     let err = |args: &[&str]| String::from_utf8_lossy(&h.cli(args).stderr).into_owned();
     assert!(err(&[
         "swarm",

@@ -168,7 +168,7 @@ impl RaftApi for Api {
             decode(req.get_ref())?;
         if !r.entries.is_empty() {
             m.room_for(req.get_ref().data.len() as u64)
-                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+                .map_err(|e| status(e.into()))?;
         }
         respond(&m.raft.append_entries(r).await)
     }
@@ -185,7 +185,7 @@ impl RaftApi for Api {
         let r: openraft::raft::InstallSnapshotRequest<crate::manager::raft::TypeConfig> =
             decode(req.get_ref())?;
         m.room_for(r.offset + r.data.len() as u64)
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            .map_err(|e| status(e.into()))?;
         respond(&m.raft.install_snapshot(r).await)
     }
 

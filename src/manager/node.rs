@@ -376,10 +376,7 @@ async fn compact_when_sparse(
         }
         let (db, path) = (db.clone(), path.clone());
         match tokio::task::spawn_blocking(move || db.compact_if_sparse(&path)).await {
-            Ok(Ok(Some((before, after)))) => {
-                tracing::info!(before, after, "compacted the Raft database")
-            }
-            Ok(Ok(None)) => {}
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("compacting the Raft database: {e}"),
             Err(_) => return,
         }

@@ -155,11 +155,7 @@ impl Cluster {
                 let mut host = Host::new();
                 host.netns = Some((ns.clone(), format!("node{}", i + 1)));
                 let daemon = Some(host.start_daemon());
-                host.ok(&[
-                    "image",
-                    "import",
-                    super::fixtures().join("busybox-oci").to_str().unwrap(),
-                ]);
+                host.import_test_image();
                 ClusterHost {
                     daemon,
                     host,

@@ -266,13 +266,18 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The test image imported and a single-node swarm made, on this host's daemon.
-    pub fn init_swarm(&self) {
+    /// `image import` of the test image (busybox, as `shoal-test/busybox`).
+    pub fn import_test_image(&self) {
         self.ok(&[
             "image",
             "import",
             fixtures().join("busybox-oci").to_str().unwrap(),
         ]);
+    }
+
+    /// The test image imported and a single-node swarm made, on this host's daemon.
+    pub fn init_swarm(&self) {
+        self.import_test_image();
         self.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
     }
 

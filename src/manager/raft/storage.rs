@@ -52,33 +52,26 @@ pub const SNAPSHOT_BYTES: u64 = 32 << 20;
 pub fn open_db(path: &Path) -> Result<RaftDb, redb::Error> {
     // a small page cache: the log is written once and read back rarely, and edge hosts
     // have little memory (redb's default cache grows to 1 GiB)
-    let mut db = Database::builder().set_cache_size(4 << 20).create(path)?;
-    let before = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if before > 2 * SNAPSHOT_BYTES {
-        // the snapshot and the log kept behind it are moved to the front of the file and
-        // the rest cut off
-        while db.compact().map_err(|e| {
-            redb::Error::from(redb::StorageError::Io(std::io::Error::other(e.to_string())))
-        })? {}
-        let after = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        tracing::info!(before, after, path = %path.display(), "compacted the Raft database");
-    }
+    let db = Database::builder().set_cache_size(4 << 20).create(path)?;
     let txn = db.begin_write()?;
     {
         txn.open_table(LOGS)?;
         txn.open_table(META)?;
     }
     txn.commit()?;
-    Ok(RaftDb(Arc::new(RwLock::new(db))))
+    let db = RaftDb(Arc::new(RwLock::new(db)));
+    db.compact_if_sparse(path)
+        .map_err(|e| redb::Error::from(redb::StorageError::Io(std::io::Error::other(e))))?;
+    Ok(db)
 }
 
 /// The Raft database, shared by the log and the state machine. Each use holds it for
-/// reading; [`RaftDb::compact`] holds it alone.
+/// reading; [`RaftDb::compact_if_sparse`] holds it alone.
 #[derive(Clone)]
 pub struct RaftDb(Arc<RwLock<Database>>);
 
-/// A file above twice this size (a log since purged) is compacted while it runs, once
-/// a quarter of it is free space.
+/// A file above twice this size (a log since purged) is compacted, at start and while
+/// it runs, once a quarter of it is free space.
 pub const COMPACT_BYTES: u64 = SNAPSHOT_BYTES;
 
 impl RaftDb {
@@ -92,14 +85,14 @@ impl RaftDb {
     }
 
     /// Compacts the file at `path` when it is above twice [`COMPACT_BYTES`] and a
-    /// quarter of it is free space: the live pages move to its front and the rest is cut off,
-    /// so that the file shrinks back after a flood of big entries. Raft's storage calls
-    /// wait meanwhile. Blocking; answers the file's sizes before and after, when done.
-    pub fn compact_if_sparse(&self, path: &Path) -> Result<Option<(u64, u64)>, String> {
+    /// quarter of it is free space: the live pages (the snapshot and the log kept behind
+    /// it) move to its front and the rest is cut off, so that the file shrinks back
+    /// after a flood of big entries. Raft's storage calls wait meanwhile. Blocking.
+    pub fn compact_if_sparse(&self, path: &Path) -> Result<(), String> {
         let len = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         let before = len();
         if before <= 2 * COMPACT_BYTES {
-            return Ok(None);
+            return Ok(());
         }
         let free = {
             let db = self.get();
@@ -109,11 +102,13 @@ impl RaftDb {
             before.saturating_sub(stats.allocated_pages() * stats.page_size() as u64)
         };
         if free <= before / 4 {
-            return Ok(None);
+            return Ok(());
         }
         let mut db = self.0.write().unwrap_or_else(|p| p.into_inner());
         while db.compact().map_err(|e| e.to_string())? {}
-        Ok(Some((before, len())))
+        let after = len();
+        tracing::info!(before, after, path = %path.display(), "compacted the Raft database");
+        Ok(())
     }
 }
 
