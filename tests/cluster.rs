@@ -405,6 +405,88 @@ fn three_managers_replicate_and_survive_the_leader() {
     c.h(other).ok(&["service", "scale", "web=2"]);
 }
 
+/// A copy of host `i`'s node certificate and key, as they are now.
+fn save_certs(c: &Cluster, i: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["swarm-node.crt", "swarm-node.key"] {
+        std::fs::copy(
+            c.h(i).host.data_root().join("certificates").join(f),
+            dir.path().join(f),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// Calls `method` (`shoal.v1.Control/ListServices`) on host 1's cluster port from host 1's
+/// namespace, with curl over HTTP/2 and TLS and the node certificate in `certs` (none if
+/// `None`), and returns the grpc-status and grpc-message. The port is reached as any other
+/// node reaches it, so this checks the daemon's real wiring of roles to methods.
+///
+/// The request carries no message: the role check answers before a message is read, and
+/// a call that gets past it is answered by the method's decoder ([`PASSED`]). (With a
+/// body, the early answer often races curl's upload and curl reports a framing error.)
+fn grpc_call(c: &Cluster, method: &str, certs: Option<&std::path::Path>) -> (u32, String) {
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", c.net.hosts[0]))
+        .args(["curl", "-sSk", "--http2", "--max-time", "10", "-D", "-"])
+        .args(["-o", "/dev/null", "-X", "POST"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+    if let Some(d) = certs {
+        cmd.arg("--cert")
+            .arg(d.join("swarm-node.crt"))
+            .arg("--key")
+            .arg(d.join("swarm-node.key"));
+    }
+    cmd.arg(format!("https://{}:2377/{method}", c.h(1).addr));
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{method}: {out:?}");
+    let head = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let code = field("grpc-status:")
+        .unwrap_or_else(|| panic!("{method}: no grpc-status in {head}"))
+        .parse()
+        .unwrap();
+    (
+        code,
+        percent_decode(&field("grpc-message:").unwrap_or_default()),
+    )
+}
+
+/// What a call without a message gets once it is past the role check.
+const PASSED: (u32, &str) = (13, "Missing request message.");
+
+fn passed(r: (u32, String)) -> bool {
+    r.0 == PASSED.0 && r.1 == PASSED.1
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            s.get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
+        ) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[test]
 fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
     let c = Cluster::swarm(3);
@@ -447,6 +529,39 @@ fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
     });
     let ls = c.h(2).ok(&["service", "ls", "--format", "json"]);
     assert_eq!(json_lines(&ls).len(), 2, "{ls}");
+    // the cluster port's methods, as the daemon wires them to roles: anyone may fetch the
+    // root CA; the dispatcher needs a node certificate, Control and Raft a manager's; the
+    // local socket's Swarm service is not served here
+    const CONTROL: &str = "shoal.v1.Control/ListServices";
+    const RAFT: &str = "shoal.v1.Raft/AppendEntries";
+    const DISPATCHER: &str = "shoal.v1.Dispatcher/Heartbeat";
+    let manager = save_certs(&c, 1);
+    let worker = save_certs(&c, 3);
+    let promoted = save_certs(&c, 2);
+    for (m, certs) in [
+        (CONTROL, Some(manager.path())),
+        (RAFT, Some(promoted.path())),
+        (DISPATCHER, Some(worker.path())),
+        ("shoal.v1.NodeCA/GetRootCACertificate", None),
+    ] {
+        let r = grpc_call(&c, m, certs);
+        assert!(passed(r.clone()), "{m} with {certs:?}: {r:?}");
+    }
+    for m in [CONTROL, RAFT, DISPATCHER] {
+        let (code, msg) = grpc_call(&c, m, None);
+        assert_eq!(code, 16, "{m} without a certificate: {msg}");
+    }
+    for m in [CONTROL, RAFT] {
+        let (code, msg) = grpc_call(&c, m, Some(worker.path()));
+        assert_eq!(code, 7, "{m} as a worker: {msg}");
+        assert!(msg.contains("this call needs a manager"), "{m}: {msg}");
+    }
+    // the local socket's Swarm service is not on this port
+    assert_eq!(
+        grpc_call(&c, "shoal.v1.Swarm/Info", Some(manager.path())).0,
+        12
+    );
+
     // demote: it leaves the group and is a worker again
     h1.ok(&["node", "demote", "node2"]);
     wait_for("node2 a worker again", Duration::from_secs(30), || {
@@ -466,6 +581,14 @@ fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
     });
     h1.ok(&["node", "rm", "node3"]);
     c.net.heal(3);
+    // a demoted manager's certificate still says manager, and is refused for Control
+    let (code, msg) = grpc_call(&c, CONTROL, Some(promoted.path()));
+    assert_eq!(code, 7, "{msg}");
+    assert!(msg.contains("is no longer a manager"), "{msg}");
+    // a removed node's certificate is refused for the dispatcher
+    let (code, msg) = grpc_call(&c, DISPATCHER, Some(worker.path()));
+    assert_eq!(code, 7, "{msg}");
+    assert!(msg.contains("has been removed from the swarm"), "{msg}");
     // node3's agent keeps trying, and is told why it is refused
     wait_for("node3 refused", Duration::from_secs(20), || {
         c.h(3)

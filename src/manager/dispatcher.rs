@@ -410,6 +410,8 @@ fn status_only(new: &Task, old: Option<&Object>) -> bool {
         endpoint,
         job_iteration,
         attachment_container,
+        restarts,
+        restarted_at_ms,
     } = new;
     state(old) as i32 > TaskState::Assigned as i32
         && *id == old.id
@@ -419,6 +421,8 @@ fn status_only(new: &Task, old: Option<&Object>) -> bool {
         && *slot == old.slot
         && *job_iteration == old.job_iteration
         && *attachment_container == old.attachment_container
+        && *restarts == old.restarts
+        && *restarted_at_ms == old.restarted_at_ms
         && *service_id == old.service_id
         && *networks == old.networks
         && *endpoint == old.endpoint

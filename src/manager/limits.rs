@@ -8,6 +8,7 @@
 //! | a service's spec, encoded | 128 KiB | Linux passes at most 128 KiB in one environment string or argument, and a service's object holds its spec twice (current and previous) |
 //! | replicas, job completions and concurrency | 10,000 | far above what one Swarm service runs, far below what fills a manager's memory |
 //! | replicas × the task spec's size | 64 MiB | the task copies one service may make the managers hold |
+//! | restart max attempts with a restart window | 100 | each task carries the times of its slot's restarts within the window |
 //!
 //! A node's description (what it says of itself at join and in every session) is bounded
 //! too: a hostname of up to 253 characters of `[A-Za-z0-9._-]`, a platform and engine
@@ -25,6 +26,9 @@ use shoal_proto::{NodeDescription, ServiceSpec};
 pub const MAX_SPEC_BYTES: usize = 128 << 10;
 pub const MAX_REPLICAS: u64 = 10_000;
 pub const MAX_SERVICE_TASK_BYTES: u64 = 64 << 20;
+/// `--restart-max-attempts` with a `--restart-window`: each task carries the times of
+/// its slot's restarts within the window.
+pub const MAX_WINDOW_RESTARTS: u64 = 100;
 
 /// The first limit `spec` is over, in words that name the field and the limit.
 pub fn check_service(spec: &ServiceSpec) -> Result<(), String> {
@@ -35,6 +39,18 @@ pub fn check_service(spec: &ServiceSpec) -> Result<(), String> {
             size.div_ceil(1024),
             MAX_SPEC_BYTES >> 10
         ));
+    }
+    if let Some(r) = spec.task.as_ref().and_then(|t| t.restart.as_ref()) {
+        let window = r
+            .window
+            .as_ref()
+            .is_some_and(|w| w.seconds > 0 || w.nanos > 0);
+        if window && r.max_attempts > MAX_WINDOW_RESTARTS {
+            return Err(format!(
+                "--restart-max-attempts: {} with a --restart-window is above the limit of {MAX_WINDOW_RESTARTS} (each task keeps the time of every restart within its window); without a window there is no limit",
+                r.max_attempts
+            ));
+        }
     }
     let (what, n) = match &spec.mode {
         Some(Mode::Replicated(r)) => ("--replicas", r.replicas),
@@ -227,6 +243,34 @@ mod tests {
         let e = check_service(&spec(1000, 100 << 10)).unwrap_err();
         assert!(e.contains("above the limit of 64 MiB per service"), "{e}");
         assert!(check_service(&spec(600, 100 << 10)).is_ok());
+        // restart attempts: bounded only with a window (each task keeps their times)
+        let mut s = spec(1, 10);
+        let task = s.task.as_mut().unwrap();
+        task.restart = Some(shoal_proto::RestartPolicy {
+            max_attempts: 1_000_000,
+            ..Default::default()
+        });
+        assert!(check_service(&s).is_ok());
+        let r = s.task.as_mut().unwrap().restart.as_mut().unwrap();
+        r.window = Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        });
+        let e = check_service(&s).unwrap_err();
+        assert!(
+            e.contains(
+                "--restart-max-attempts: 1000000 with a --restart-window is above the limit of 100"
+            ),
+            "{e}"
+        );
+        s.task
+            .as_mut()
+            .unwrap()
+            .restart
+            .as_mut()
+            .unwrap()
+            .max_attempts = 100;
+        assert!(check_service(&s).is_ok());
     }
 
     #[test]

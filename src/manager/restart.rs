@@ -33,8 +33,18 @@ fn policy(t: &Task) -> (Condition, Duration, u64, Duration) {
     )
 }
 
-/// Whether a dead task should be replaced, by its policy and its slot's history.
-fn should_restart(t: &Task, history: &[&Task], job: bool) -> bool {
+/// Whether a dead task is replaced, by its policy and the restarts made before it
+/// (which the task carries: the slot's history may have been trimmed).
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Restart,
+    Never,
+    /// Its max attempts within the window are used up: it may be replaced once the
+    /// oldest of them is older than the window, in this long.
+    Later(Duration),
+}
+
+fn verdict(t: &Task, job: bool, now: i64) -> Verdict {
     let (cond, _, max, window) = policy(t);
     let failed = matches!(state(t), TaskState::Failed | TaskState::Rejected);
     let wanted = match cond {
@@ -43,25 +53,50 @@ fn should_restart(t: &Task, history: &[&Task], job: bool) -> bool {
         Condition::Any => !job || failed,
     };
     if !wanted {
-        return false;
+        return Verdict::Never;
     }
     if max == 0 {
-        return true;
+        return Verdict::Restart;
     }
-    let since = if window.is_zero() {
-        0
-    } else {
-        now_ms() - window.as_millis() as i64
-    };
-    let restarts = history
+    if window.is_zero() {
+        return if t.restarts < max {
+            Verdict::Restart
+        } else {
+            Verdict::Never
+        };
+    }
+    let window = window.as_millis() as i64;
+    let mut within: Vec<i64> = t
+        .restarted_at_ms
         .iter()
-        .filter(|h| {
-            h.id != t.id
-                && h.status.as_ref().map(|s| s.timestamp_ms).unwrap_or(0) >= since
-                && state(h).is_terminal()
-        })
-        .count() as u64;
-    restarts < max
+        .copied()
+        .filter(|&at| at >= now - window)
+        .collect();
+    if (within.len() as u64) < max {
+        return Verdict::Restart;
+    }
+    // the restart that has to leave the window before one more is allowed
+    within.sort_unstable();
+    let due = within[within.len() - max as usize] + window + 1;
+    Verdict::Later(Duration::from_millis((due - now).max(1) as u64))
+}
+
+/// The restart count and times that `t`'s replacement carries, one restart more.
+fn count_restart(t: &Task, n: &mut Task, now: i64) {
+    let (_, _, max, window) = policy(t);
+    n.restarts = t.restarts.saturating_add(1);
+    if max > 0 && !window.is_zero() {
+        // within the window there are at most max - 1 earlier restarts, or this one would
+        // not have been made (the limits keep max small when there is a window)
+        let since = now - window.as_millis() as i64;
+        n.restarted_at_ms = t
+            .restarted_at_ms
+            .iter()
+            .copied()
+            .filter(|&at| at >= since)
+            .chain([now])
+            .collect();
+    }
 }
 
 pub struct RestartSupervisor {
@@ -88,12 +123,9 @@ impl RestartSupervisor {
     }
 }
 
-/// One pass of the restart supervisor: dead tasks replaced (their replacements started
-/// once their delay has passed, and tasks rejected before they ran replaced only then),
-/// and history trimmed. A pass that had more than one commit's worth leaves the rest to
-/// the next.
-/// The restart supervisor's own wake-up: one timer, for the soonest rejected task due
-/// (passes come on every store event, so one timer per pass would pile up).
+/// The restart supervisor's own wake-up: one timer, for the soonest task due (one
+/// rejected before it ran, or one waiting for its restart window to pass; passes come on
+/// every store event, so one timer per pass would pile up).
 #[derive(Clone, Default)]
 struct Timer {
     wake: Arc<tokio::sync::Notify>,
@@ -120,6 +152,10 @@ impl Timer {
     }
 }
 
+/// One pass of the restart supervisor: dead tasks replaced (their replacements started
+/// once their delay has passed, and tasks rejected before they ran replaced only then),
+/// and history trimmed. A pass that had more than one commit's worth leaves the rest to
+/// the next.
 async fn pass(store: Store, sd: CancellationToken, timer: Timer) -> Left {
     let mut left = Left::Nothing;
     match restart_dead(&store).await {
@@ -155,8 +191,9 @@ async fn pass(store: Store, sd: CancellationToken, timer: Timer) -> Left {
 pub struct Restarted {
     /// Replacements to start after their delay.
     pub start_later: Vec<(String, Duration)>,
-    /// Tasks rejected before they ran wait out their delay before they are replaced:
-    /// the soonest is due in this long.
+    /// Tasks rejected before they ran wait out their delay before they are replaced,
+    /// and tasks that used up their attempts within a window wait for it to pass: the
+    /// soonest is due in this long.
     pub check_again_in: Option<Duration>,
     /// More dead tasks than one commit holds: the rest are for the next pass.
     pub more: bool,
@@ -197,12 +234,13 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
                 // it no longer counts as the slot's task
                 let mut old = t.clone();
                 old.desired_state = TaskState::Shutdown as i32;
-                // the slot's history (global services: the node's)
-                let mut slot = tx.tasks_of(&t.service_id, false);
-                slot.retain(|h| h.slot == t.slot && (t.slot > 0 || h.node_id == t.node_id));
-                let history: Vec<&Task> = slot.iter().collect();
-                if !should_restart(t, &history, job) {
-                    continue; // by policy it stays as it ended
+                match verdict(t, job, now) {
+                    Verdict::Restart => {}
+                    Verdict::Never => continue, // by policy it stays as it ended
+                    Verdict::Later(wait) => {
+                        r.check_again_in = Some(r.check_again_in.map_or(wait, |w| w.min(wait)));
+                        continue;
+                    }
                 }
                 let (_, delay, _, _) = policy(t);
                 if state(t) == TaskState::Rejected && !delay.is_zero() {
@@ -236,6 +274,7 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
                 if t.slot > 0 {
                     n.node_id.clear(); // replicated: the scheduler may pick another node
                 }
+                count_restart(t, &mut n, now);
                 if wait {
                     r.start_later.push((n.id.clone(), delay));
                 }

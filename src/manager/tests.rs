@@ -270,21 +270,23 @@ async fn restart_policy_any_on_failure_none_and_max_attempts() {
             seconds: 5,
             nanos: 0,
         }),
-        max_attempts: 2,
+        max_attempts: 7,
         window: None,
     });
     let store = setup(vec![node("n1", &[])], &s).await;
     round(&store, &s.id).await;
     agent_converges(&store).await;
-    for attempt in 1..=3 {
+    // more attempts than the task history keeps (5): the count is not the history's
+    for attempt in 1..=8 {
         let t = tasks_of(&store, &s.id)
             .into_iter()
             .find(|t| desired(t) == TaskState::Running && state(t) == TaskState::Running)
             .expect("a running task");
         set_state(&store, &t.id, TaskState::Failed).await;
         let later = restart_dead(&store).await.unwrap().start_later;
-        if attempt == 3 {
-            assert!(later.is_empty(), "max attempts reached: no third restart");
+        reap(&store).await.unwrap();
+        if attempt == 8 {
+            assert!(later.is_empty(), "max attempts reached: no eighth restart");
             assert_eq!(
                 desired(&store.view(|x| x.tasks[&t.id].clone())),
                 TaskState::Running,
@@ -300,6 +302,68 @@ async fn restart_policy_any_on_failure_none_and_max_attempts() {
         round(&store, &s.id).await;
         agent_converges(&store).await;
     }
+    assert!(
+        tasks_of(&store, &s.id).len() <= 6,
+        "the history was trimmed meanwhile"
+    );
+
+    // with a window, only the restarts within it count
+    let mut w = service("windowed", replicated(1));
+    w.spec.as_mut().unwrap().task.as_mut().unwrap().restart = Some(RestartPolicy {
+        condition: restart_policy::Condition::Any as i32,
+        delay: Some(prost_types::Duration::default()),
+        max_attempts: 2,
+        window: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+    });
+    let store = setup(vec![node("n1", &[])], &w).await;
+    round(&store, &w.id).await;
+    agent_converges(&store).await;
+    let fail_live = async |store: &Store| {
+        let t = tasks_of(store, &w.id)
+            .into_iter()
+            .find(|t| desired(t) == TaskState::Running && state(t) == TaskState::Running)
+            .expect("a running task");
+        set_state(store, &t.id, TaskState::Failed).await;
+        restart_dead(store).await.unwrap();
+        round(store, &w.id).await;
+        agent_converges(store).await;
+        t.id
+    };
+    fail_live(&store).await;
+    fail_live(&store).await;
+    let third = fail_live(&store).await;
+    assert_eq!(
+        desired(&store.view(|x| x.tasks[&third].clone())),
+        TaskState::Running,
+        "two restarts within the hour: no third"
+    );
+    let again = restart_dead(&store).await.unwrap().check_again_in;
+    assert!(
+        again.is_some_and(|d| d > Duration::from_secs(3590) && d <= Duration::from_secs(3601)),
+        "looked at again once the first restart leaves the window: {again:?}"
+    );
+    // once those two are older than the window, it is restarted
+    let id = third.clone();
+    store
+        .update(move |tx| {
+            let mut t = tx.get::<Task>(&id).unwrap();
+            assert_eq!((t.restarts, t.restarted_at_ms.len()), (2, 2));
+            for at in &mut t.restarted_at_ms {
+                *at -= 2 * 3600 * 1000;
+            }
+            tx.update(t)
+        })
+        .await
+        .unwrap();
+    restart_dead(&store).await.unwrap();
+    assert_eq!(
+        desired(&store.view(|x| x.tasks[&third].clone())),
+        TaskState::Shutdown,
+        "replaced once the window passed"
+    );
 
     // condition none: a failed task stays down, and the orchestrator does not replace it
     let mut n = service("once", replicated(1));
