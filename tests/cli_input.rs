@@ -240,15 +240,7 @@ fn a_killed_import_leaves_nothing_behind() {
         .unwrap();
     assert!(made.success());
     let tmp = host.data_root().join("images/tmp");
-    let entries = || -> Vec<String> {
-        std::fs::read_dir(&tmp)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let entries = || dir_names(&tmp);
     let import = host.spawn_cli(&["image", "import", fifo.to_str().unwrap()]);
     let tar = std::fs::read(fixtures().join("busybox-oci.tar")).unwrap();
     let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();

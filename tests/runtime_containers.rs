@@ -82,30 +82,15 @@ async fn memory_limit_in_cgroup_and_oom_reported() {
     let spec = ContainerSpec {
         memory_limit: Some(32 << 20),
         pids_limit: Some(64),
-        ..sh("cat /sys/fs/cgroup/memory/memory.limit_in_bytes; sleep 60")
+        ..sh("cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; sleep 60")
     };
     rt.prepare("lim", &spec).await.unwrap();
     rt.start("lim").await.unwrap();
-    let host_view = host
-        .cgroup_dirs()
-        .into_iter()
-        .find(|p| p.starts_with("/sys/fs/cgroup/memory") && p.ends_with("lim"))
-        .expect("memory cgroup of the container");
     assert_eq!(
-        fs::read_to_string(host_view.join("memory.limit_in_bytes"))
-            .unwrap()
-            .trim(),
+        host.cgroup_value("lim", &["memory.limit_in_bytes", "memory.max"]),
         (32u64 << 20).to_string()
     );
-    let pids = host
-        .cgroup_dirs()
-        .into_iter()
-        .find(|p| p.starts_with("/sys/fs/cgroup/pids") && p.ends_with("lim"))
-        .expect("pids cgroup");
-    assert_eq!(
-        fs::read_to_string(pids.join("pids.max")).unwrap().trim(),
-        "64"
-    );
+    assert_eq!(host.cgroup_value("lim", &["pids.max"]), "64");
     let seen = eventually(
         "the container to print its limit",
         Duration::from_secs(10),
@@ -177,13 +162,17 @@ async fn health_check_states() {
     let host = Host::new();
     let rt = host.runtime_with_image().await;
     let check = HealthCheck {
-        test: vec!["CMD-SHELL".into(), "test -f /tmp/ok".into()],
+        test: vec![
+            "CMD-SHELL".into(),
+            "test -f /tmp/ok && { test ! -f /tmp/hang || sleep 60; }".into(),
+        ],
         interval: Some(Duration::from_millis(200)),
-        timeout: Some(Duration::from_secs(2)),
+        timeout: Some(Duration::from_secs(1)),
         retries: Some(2),
         start_period: None,
     };
-    // healthy while /tmp/ok exists (the file comes and goes on the test's word, via exec)
+    // healthy while /tmp/ok exists (the file comes and goes on the test's word, via
+    // exec), and the check hangs while /tmp/hang does
     let spec = ContainerSpec {
         healthcheck: Some(check),
         ..sh("sleep 120")
@@ -204,22 +193,34 @@ async fn health_check_states() {
     };
     let h = wait_for(&mut rx, HealthStatus::Unhealthy).await;
     assert!(h.failing_streak >= 2 && h.log.iter().all(|p| p.exit_code != 0));
-    let (code, _, _) = rt
-        .exec(
-            "h",
-            vec!["touch".into(), "/tmp/ok".into()],
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 0);
+    let touch = async |file: &str| {
+        let (code, _, _) = rt
+            .exec(
+                "h",
+                vec!["touch".into(), file.into()],
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(code, 0, "touch {file}");
+    };
+    touch("/tmp/ok").await;
     let h = wait_for(&mut rx, HealthStatus::Healthy).await;
     assert_eq!(h.failing_streak, 0);
     assert_eq!(
         rt.inspect("h").await.unwrap().health.unwrap().status,
         HealthStatus::Healthy
     );
-    // a timeout counts as a failure
+    // a check that outlives its timeout counts as a failure
+    touch("/tmp/hang").await;
+    let h = wait_for(&mut rx, HealthStatus::Unhealthy).await;
+    let last = h.log.last().unwrap();
+    assert_eq!(last.exit_code, -1, "{last:?}");
+    assert!(
+        last.output.contains("health check exceeded timeout (1s)"),
+        "{last:?}"
+    );
+    // an exec that outlives its timeout is cut off, and says so
     let (code, out, timed_out) = rt
         .exec(
             "h",
@@ -324,7 +325,12 @@ async fn remove_leaves_nothing_and_leftovers_are_cleaned_at_start() {
     let half = rt.dir("half");
     fs::create_dir_all(half.join("rootfs")).unwrap();
     mount_tmpfs(&half.join("rootfs"));
-    let stray = std::path::Path::new("/sys/fs/cgroup/memory")
+    let hierarchy = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "/sys/fs/cgroup" // v2
+    } else {
+        "/sys/fs/cgroup/memory"
+    };
+    let stray = std::path::Path::new(hierarchy)
         .join(host.cgroup_parent.trim_start_matches('/'))
         .join("stray");
     fs::create_dir_all(&stray).unwrap();

@@ -193,20 +193,7 @@ fn output(rt: &shoal_runtime::container::ContainerRuntime, id: &str) -> String {
 
 /// Its memory limit as the host's cgroup says (v1 or v2).
 fn host_memory_limit(host: &Host, id: &str) -> String {
-    let dir = host
-        .cgroup_dirs()
-        .into_iter()
-        .find(|p| {
-            p.ends_with(id)
-                && (p.starts_with("/sys/fs/cgroup/memory") || p.join("memory.max").exists())
-        })
-        .expect("the container's memory cgroup");
-    let file = ["memory.limit_in_bytes", "memory.max"]
-        .into_iter()
-        .map(|f| dir.join(f))
-        .find(|f| f.exists())
-        .unwrap();
-    std::fs::read_to_string(file).unwrap().trim().to_string()
+    host.cgroup_value(id, &["memory.limit_in_bytes", "memory.max"])
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -227,7 +227,12 @@ fn refusals_name_what_is_wrong() {
     let h = Host::new();
     let _d = h.start_daemon();
     h.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
-    let err = |args: &[&str]| String::from_utf8_lossy(&h.cli(args).stderr).into_owned();
+    // each refused: a non-zero exit, and the reason on stderr
+    let err = |args: &[&str]| {
+        let out = h.cli(args);
+        assert!(!out.status.success(), "{args:?} should fail: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     assert!(
         err(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]).contains("already part of a swarm")
     );
@@ -389,6 +394,7 @@ fn logs_and_a_clean_sigterm_that_leaves_tasks_running() {
     );
     assert_eq!(v[0]["Spec"]["Labels"]["tier"], "web");
     let err = h.cli(&["service", "update", "--env-add", "NOVALUE", "talk"]);
+    assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("--env-add \"NOVALUE\": use KEY=VALUE"));
     h.ok(&[
         "service",
@@ -484,7 +490,11 @@ fn networks_are_created_attached_inspected_and_removed() {
     let h = Host::new();
     let _d = h.start_daemon();
     h.import_test_image();
-    let err = |args: &[&str]| String::from_utf8_lossy(&h.cli(args).stderr).into_owned();
+    let err = |args: &[&str]| {
+        let out = h.cli(args);
+        assert!(!out.status.success(), "{args:?} should fail: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     assert!(err(&[
         "swarm",
         "init",
@@ -706,4 +716,37 @@ fn a_flood_of_big_updates_keeps_the_raft_log_bounded() {
         (s <= 64 << 20).then_some(s)
     });
     eprintln!("raft.redb: {} MiB after service rm", small >> 20);
+}
+
+/// A task namespace left behind (its task gone while the daemon was down) is removed
+/// when the agent starts again, unmounted too; a live task's namespace is kept.
+#[test]
+fn a_restarted_agent_sweeps_task_namespaces_it_no_longer_has() {
+    let (h, mut d) = swarm_host();
+    h.ok(&["network", "create", "sweepnet"]);
+    sleeper(&h, "kept", &["--network", "sweepnet"]);
+    let dir = h.data_root().join("netns/tasks");
+    let names = || dir_names(&dir);
+    let live = wait_for("the task's namespace", Duration::from_secs(20), || {
+        let v = names();
+        (!v.is_empty()).then_some(v)
+    });
+    d.kill();
+    let stale = dir.join("stale000000000000000000000");
+    std::fs::write(&stale, "").unwrap();
+    let bound = std::process::Command::new("unshare")
+        .arg(format!("--net={}", stale.display()))
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(bound.success(), "a namespace bound at {}", stale.display());
+    let stale_s = stale.to_string_lossy().into_owned();
+    assert!(h.mounts().contains(&stale_s));
+    let _d = h.start_daemon();
+    wait_for("the stale namespace swept", Duration::from_secs(30), || {
+        (!stale.exists()).then_some(())
+    });
+    assert!(!h.mounts().contains(&stale_s), "unmounted too");
+    assert_eq!(names(), live, "the live task's namespace is kept");
+    assert_eq!(replicas(&h, "kept"), "1/1");
 }

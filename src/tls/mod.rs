@@ -416,7 +416,8 @@ mod tests {
         assert!(!id.due_for_renewal(now + 59 * 86400));
         assert!(id.due_for_renewal(now + 61 * 86400));
         assert!(id.due_for_renewal(id.not_after + 1));
-        // the chain verifies with rustls against the root
+        // the certificate and its key make TLS configurations (that the chain verifies
+        // is transport's test)
         let certs = NodeCerts {
             cert_pem: pem,
             key_pem: key,

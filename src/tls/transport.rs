@@ -309,3 +309,101 @@ pub fn incoming(
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{new_key_and_csr, Role, RootCa, DEFAULT_CERT_EXPIRY};
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::client::WebPkiServerVerifier;
+
+    fn leaf(ca: &RootCa, role: Role) -> CertificateDer<'static> {
+        let (_, csr) = new_key_and_csr().unwrap();
+        let pem = ca
+            .issue(&csr, "node1", role, "cluster1", DEFAULT_CERT_EXPIRY)
+            .unwrap();
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    /// What the cluster port's TLS accepts, checked with the same rustls verifiers a
+    /// handshake uses: a certificate of our root, as a client whatever its role, and as
+    /// the server only a manager's (a worker cannot pose as a manager to another node);
+    /// nothing of another root.
+    #[test]
+    fn issued_chains_verify_against_the_root_only_and_name_managers() {
+        let ca = RootCa::generate().unwrap();
+        let other = RootCa::generate().unwrap();
+        let roots = Arc::new(roots(&ca.cert_pem).unwrap());
+        let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .unwrap();
+        let servers = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .unwrap();
+        let manager_name = ServerName::try_from(MANAGER_SERVER_NAME).unwrap();
+        let now = UnixTime::now();
+        let as_client = |c: &CertificateDer<'_>| clients.verify_client_cert(c, &[], now);
+        let as_server =
+            |c: &CertificateDer<'_>| servers.verify_server_cert(c, &[], &manager_name, &[], now);
+
+        let manager = leaf(&ca, Role::Manager);
+        let worker = leaf(&ca, Role::Worker);
+        let stranger = leaf(&other, Role::Manager);
+        as_client(&manager).unwrap();
+        as_client(&worker).unwrap();
+        as_server(&manager).unwrap();
+        let e = as_server(&worker).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                    | rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::NotValidForNameContext { .. }
+                    )
+            ),
+            "{e:?}"
+        );
+        // every shoal root has the same subject, so webpki finds "the" issuer by name and
+        // then the signature does not hold
+        for e in [
+            as_client(&stranger).unwrap_err(),
+            as_server(&stranger).unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    e,
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::BadSignature
+                            | rustls::CertificateError::UnknownIssuer
+                    )
+                ),
+                "{e:?}"
+            );
+        }
+        // a certificate no longer in its validity: an hour's life, checked a day on
+        let (_, csr) = new_key_and_csr().unwrap();
+        let short = ca
+            .issue(
+                &csr,
+                "n",
+                Role::Manager,
+                "c",
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap();
+        let short = CertificateDer::from_pem_slice(short.as_bytes()).unwrap();
+        let later =
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_secs() + 86400));
+        let e = clients.verify_client_cert(&short, &[], later).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired
+                        | rustls::CertificateError::ExpiredContext { .. }
+                )
+            ),
+            "{e:?}"
+        );
+    }
+}

@@ -136,6 +136,23 @@ impl Host {
         v
     }
 
+    /// The value of the first of `files` that container `id`'s cgroup has, in any
+    /// hierarchy: name both versions' files (`memory.limit_in_bytes`, `memory.max`) and
+    /// this works on cgroup v1 and v2.
+    pub fn cgroup_value(&self, id: &str, files: &[&str]) -> String {
+        let dirs: Vec<PathBuf> = self
+            .cgroup_dirs()
+            .into_iter()
+            .filter(|p| p.ends_with(id))
+            .collect();
+        let file = files
+            .iter()
+            .flat_map(|f| dirs.iter().map(move |d| d.join(f)))
+            .find(|f| f.exists())
+            .unwrap_or_else(|| panic!("no cgroup of {id} has any of {files:?}: {dirs:?}"));
+        fs::read_to_string(file).unwrap().trim().to_string()
+    }
+
     /// Mount points under this host's data root.
     pub fn mounts(&self) -> Vec<String> {
         let root = self.data_root().to_string_lossy().into_owned();
@@ -369,6 +386,18 @@ impl Drop for DaemonProc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The names in directory `dir` (none if it does not exist).
+#[allow(dead_code)] // (not every test file lists one)
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `--format json` output: one JSON object per line.

@@ -16,11 +16,28 @@ start_daemon() {
 daemon_up() { { SHOAL_VM_CMD_TIMEOUT=10 shoal_in "$1" node ls 2>&1 || true; } | grep -qE 'not a swarm manager|Leader|ID'; }
 
 scenario_daemons() {
+  local kernel cg
   for i in $(seq 1 "$guests"); do
-    vm "$i" 'uname -r; cat /proc/cmdline; ls /sys/fs/cgroup | head -3'
+    # each guest is a host of its own: its own kernel, and cgroup v2 only (unless the
+    # run asked for hybrid)
+    kernel=$(vm "$i" 'uname -r')
+    echo "vm$i: kernel $kernel, $(vm "$i" 'cat /proc/cmdline')"
+    [ "$kernel" != "$(uname -r)" ] && [ "${kernel#6.1.}" != "$kernel" ] ||
+      fail "vm$i runs kernel $kernel, not the guest's 6.1 (this machine's is $(uname -r))"
+    cg=$(vm "$i" 'grep -o " cgroup2* " /proc/mounts | sort -u | tr -d " " | tr "\n" " "')
+    if [ "${SHOAL_VM_CGROUP:-v2}" = v2 ]; then
+      [ "$cg" = "cgroup2 " ] || fail "vm$i should have cgroup v2 only, it mounts: $cg"
+    fi
     start_daemon "$i"
     shoal_in "$i" image import /mnt/host/busybox-oci
   done
+  # cgroupfs is read-only in a container on cgroup v2 too: a task cannot raise its limit
+  local out
+  out=$(shoal_in 1 container run --name raise --memory 64m shoal-test/busybox sh -c \
+    "'echo 9999999999 2>/dev/null > /sys/fs/cgroup/memory.max && echo raised || echo refused; cat /sys/fs/cgroup/memory.max'")
+  echo "a container on vm1 writing its memory.max: $(echo "$out" | tr '\n' ' ')"
+  [ "$(echo "$out" | tr '\n' ' ')" = "refused 67108864 " ] || fail "a container changed its own limit: $out"
+  shoal_in 1 container rm raise
 }
 
 scenario_init_and_join() {
@@ -36,7 +53,13 @@ scenario_init_and_join() {
   shoal_in 3 swarm join --token "$mtoken" 10.77.0.1
   shoal_in 4 swarm join --token "$wtoken" 10.77.0.1
   shoal_in 1 node ls
-  for i in $(seq 1 "$guests"); do echo "vm$i's clock: $(vm "$i" date)"; done
+  # the swarm was made with vm3's clock 3 minutes behind (node certificates are
+  # back-dated 5 minutes)
+  local t1 t3
+  t1=$(vm 1 'date +%s')
+  t3=$(vm 3 'date +%s')
+  echo "vm3's clock is $((t1 - t3)) s behind vm1's"
+  [ $((t1 - t3)) -ge 150 ] && [ $((t1 - t3)) -le 210 ] || fail "vm3's clock is $((t1 - t3)) s behind, not about 180"
 }
 
 # SERVICE's running tasks per node, as guest I's managers see them: "vm1 2" lines
@@ -100,7 +123,8 @@ scenario_overlay() {
 fetch_in() { vm "$1" "timeout 5 wget -q -O - $2"; }
 
 # a port published by a task on vm2 answers at every guest's address, asked from every
-# guest (the routing mesh), and the client's address is kept where the task is
+# guest (the routing mesh; that the client's address is kept where the task is, the
+# namespace harness checks: tests/cluster.rs)
 scenario_published() {
   shoal_in 1 service create --name pub --replicas 1 --constraint node.hostname==vm2 -p 8080:80 \
     --stop-signal KILL shoal-test/busybox sh -c "'mkdir -p /tmp/www && echo published > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www'"

@@ -519,20 +519,9 @@ pub(crate) mod tests {
         );
         assert!(!d.join("var/.wh.cache").exists());
         assert!(!d.join("opt/.wh..wh..opq").exists());
-        let mut v = [0u8; 4];
-        let p = CString::new(d.join("opt").as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid C strings and buffer
-        let n = unsafe {
-            libc::lgetxattr(
-                p.as_ptr(),
-                c"trusted.overlay.opaque".as_ptr(),
-                v.as_mut_ptr().cast(),
-                v.len(),
-            )
-        };
         assert_eq!(
-            (n, v[0]),
-            (1, b'y'),
+            xattr(&d.join("opt"), c"trusted.overlay.opaque").unwrap(),
+            b"y",
             "opaque directory marked for overlayfs"
         );
         assert_eq!(
@@ -697,18 +686,37 @@ pub(crate) mod tests {
         b.append_data(&mut h, "d/", &[][..]).unwrap();
         let tar = b.into_inner().unwrap();
         unpack_layer(tar.as_slice(), dir.path()).unwrap();
-        let p = CString::new(dir.path().join("d").as_os_str().as_bytes()).unwrap();
-        let mut v = [0u8; 8];
-        // SAFETY: valid C strings and buffer
-        let n = unsafe {
-            libc::lgetxattr(
-                p.as_ptr(),
-                c"trusted.overlay.redirect".as_ptr(),
-                v.as_mut_ptr().cast(),
-                v.len(),
-            )
-        };
-        assert_eq!(n, -1, "trusted.overlay.* not applied");
+        // this filesystem and this process can set trusted.* xattrs, so a missing one was
+        // left out, not refused
+        let control = dir.path().join("control");
+        fs::create_dir(&control).unwrap();
+        set_xattr(&control, "trusted.overlay.redirect", b"/etc").unwrap();
+        assert_eq!(
+            xattr(&control, c"trusted.overlay.redirect").unwrap(),
+            b"/etc",
+            "needs root and a filesystem with trusted xattrs"
+        );
+        let d = dir.path().join("d");
+        assert_eq!(xattr(&d, c"user.keep").unwrap(), b"1", "other xattrs kept");
+        let e = xattr(&d, c"trusted.overlay.redirect").unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENODATA),
+            "trusted.overlay.* not applied: {e}"
+        );
+    }
+
+    /// The value of `path`'s xattr `name` (not following a symlink).
+    fn xattr(path: &Path, name: &std::ffi::CStr) -> io::Result<Vec<u8>> {
+        let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let mut v = [0u8; 256];
+        // SAFETY: valid C strings, and a buffer of v.len() bytes
+        let n =
+            unsafe { libc::lgetxattr(p.as_ptr(), name.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(v[..n as usize].to_vec())
     }
 
     #[test]
