@@ -227,6 +227,23 @@ fn a_node_cut_off_is_marked_down_and_its_tasks_move_then_it_returns() {
         6,
         "never more replicas than declared, once settled"
     );
+
+    // a longer heartbeat period gives a silent node longer: with 4 s it is Down 6 to
+    // 10 s after its last heartbeat (2.5 periods), where the default 1 s gives 2.5 s
+    c.h(1)
+        .ok(&["swarm", "update", "--dispatcher-heartbeat", "4s"]);
+    // (the managers judge by the new period at once; the agent beats more slowly from
+    // its next heartbeat's answer, so its last beat before the cut is at most 4 s old)
+    let t0 = std::time::Instant::now();
+    c.net.cut(2);
+    wait_for("node2 Down", Duration::from_secs(30), || {
+        (node_states(c.h(1))["node2"].0 == "Down").then_some(())
+    });
+    let after = t0.elapsed();
+    assert!(
+        after >= Duration::from_secs(5),
+        "node2 was Down {after:?} after it fell silent, with a 4 s heartbeat"
+    );
 }
 
 /// Hostname → ManagerStatus, as `node ls` on `h` shows them.
@@ -1045,6 +1062,20 @@ fn tasks_on_three_hosts_reach_each_other_over_an_overlay_that_goes_with_them() {
     );
     assert_eq!(resolve(&b.0, "www"), vip, "the alias is the service");
     assert!(resolve(&a.0, "nosuchservice").is_empty());
+    // a task by its name, <service>.<slot>.<task ID> (its namespace is named by its ID)
+    let id_b = b.0.file_name().unwrap().to_string_lossy().into_owned();
+    let ps = json_lines(&c.h(1).ok(&["service", "ps", "web", "--format", "json"]));
+    let slot_name = ps
+        .iter()
+        .find(|t| id_b.starts_with(t["ID"].as_str().unwrap()))
+        .map(|t| t["Name"].as_str().unwrap().to_string())
+        .expect("host 2's task in service ps");
+    let task_name = format!("{slot_name}.{id_b}");
+    assert_eq!(
+        resolve(&a.0, &task_name),
+        [b.1.clone()].into(),
+        "{task_name}"
+    );
 
     // the VIP spreads new connections over the three tasks (nftables in the client's
     // namespace)
