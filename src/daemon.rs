@@ -144,10 +144,13 @@ fn local_ip_towards(dest: std::net::SocketAddr) -> Option<std::net::IpAddr> {
 }
 
 impl Daemon {
+    /// The daemon of `data_root`, serving `socket`; its tasks' resolvers forward other
+    /// names to `dns` (none given: the nameservers of /etc/resolv.conf).
     pub async fn open(
         data_root: PathBuf,
         socket: PathBuf,
         runtime: ContainerRuntime,
+        dns: Vec<std::net::SocketAddr>,
     ) -> anyhow::Result<Arc<Daemon>> {
         let id_file = data_root.join("node-id");
         let node_id = match std::fs::read_to_string(&id_file) {
@@ -164,7 +167,15 @@ impl Daemon {
                 })?),
                 Err(_) => None,
             };
-        let net = Arc::new(crate::agent::net::NodeNet::new(&data_root.join("netns")));
+        let dns = if dns.is_empty() {
+            shoal_net::dns::Directory::from_host()
+        } else {
+            shoal_net::dns::Directory::forwarding_to(dns)
+        };
+        let net = Arc::new(crate::agent::net::NodeNet::new(
+            &data_root.join("netns"),
+            dns,
+        ));
         let d = Arc::new(Daemon {
             data_root,
             socket,

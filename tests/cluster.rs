@@ -952,26 +952,6 @@ fn task_addrs(h: &ClusterHost) -> Vec<(std::path::PathBuf, String)> {
         .collect()
 }
 
-/// The addresses `name` resolves to from a task's namespace, through its resolver.
-fn resolve(netns: &std::path::Path, name: &str) -> std::collections::BTreeSet<String> {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["busybox", "nslookup", name, "127.0.0.11"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    // busybox prints the server first, then "Name: …" and "Address: …" per answer
-    text.split("Name:")
-        .skip(1)
-        .flat_map(|part| {
-            part.lines()
-                .filter_map(|l| l.trim().strip_prefix("Address:"))
-                .map(|a| a.trim().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The body of `http://ADDR/` fetched from inside a namespace.
 fn http_get(netns: &std::path::Path, addr: &str) -> Option<String> {
     http_fetch(netns, &format!("http://{addr}/"))

@@ -750,3 +750,91 @@ fn a_restarted_agent_sweeps_task_namespaces_it_no_longer_has() {
     assert_eq!(names(), live, "the live task's namespace is kept");
     assert_eq!(replicas(&h, "kept"), "1/1");
 }
+
+/// The questions a test DNS server was asked: (name, type).
+type Asked = std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>;
+
+/// A DNS server for the test on 127.0.0.1: every A question gets 192.0.2.55, other
+/// types no answer. It keeps each question's (name, type). It runs until the test
+/// binary ends.
+fn upstream_dns() -> (std::net::SocketAddr, Asked) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let q = &buf[..n];
+            // the header, then the question: labels up to a zero byte, type, class
+            let (mut i, mut labels) = (12, Vec::new());
+            while i < n && q[i] != 0 {
+                let len = q[i] as usize;
+                labels.push(
+                    String::from_utf8_lossy(q.get(i + 1..i + 1 + len).unwrap_or(&[])).into_owned(),
+                );
+                i += 1 + len;
+            }
+            let Some(tail) = q.get(i + 1..i + 5) else {
+                continue;
+            };
+            let qtype = u16::from_be_bytes([tail[0], tail[1]]);
+            log.lock().unwrap().push((labels.join("."), qtype));
+            let a = qtype == 1;
+            let mut r = q[..2].to_vec(); // the ID
+            r.extend([0x81, 0x80, 0, 1, 0, a as u8, 0, 0, 0, 0]);
+            r.extend(&q[12..i + 5]);
+            if a {
+                r.extend([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 55]);
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    (addr, asked)
+}
+
+/// Names that are not the swarm's go from a task's resolver to the daemon's upstream
+/// resolvers (`shoal daemon --dns`, by default /etc/resolv.conf's), and the answer comes
+/// back to the task; the swarm's own names are answered on the node.
+#[test]
+fn names_outside_the_swarm_go_to_the_upstream_resolvers() {
+    let (up, asked) = upstream_dns();
+    let mut h = Host::new();
+    h.daemon_env.push(("SHOAL_DNS".into(), up.to_string()));
+    let _d = h.start_daemon();
+    h.init_swarm();
+    h.ok(&["network", "create", "dnsnet"]);
+    sleeper(&h, "asker", &["--network", "dnsnet"]);
+    let dir = h.data_root().join("netns/tasks");
+    let ns = wait_for("the task's namespace", Duration::from_secs(20), || {
+        dir_names(&dir).first().map(|n| dir.join(n))
+    });
+    let got = wait_for("outside.example", Duration::from_secs(10), || {
+        let a = resolve(&ns, "outside.example");
+        (!a.is_empty()).then_some(a)
+    });
+    assert_eq!(got, ["192.0.2.55".to_string()].into());
+    assert!(asked
+        .lock()
+        .unwrap()
+        .contains(&("outside.example".to_string(), 1)));
+    assert_eq!(resolve(&ns, "asker").len(), 1, "the service's VIP");
+    assert!(
+        !asked.lock().unwrap().iter().any(|(n, _)| n == "asker"),
+        "a name of the swarm was asked upstream: {:?}",
+        asked.lock().unwrap()
+    );
+    // a wrong --dns is refused, naming it
+    let out = h
+        .cmd()
+        .arg("daemon")
+        .arg("--dns")
+        .arg("dns.example")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--dns \"dns.example\": use an IP address"),
+        "{out:?}"
+    );
+}

@@ -46,9 +46,14 @@ impl Directory {
     /// A directory forwarding to the host's resolvers (/etc/resolv.conf).
     pub fn from_host() -> Directory {
         let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        Directory::forwarding_to(nameservers(&conf))
+    }
+
+    /// A directory forwarding names it does not have to `upstream`, in order.
+    pub fn forwarding_to(upstream: Vec<SocketAddr>) -> Directory {
         Directory {
             names: Arc::default(),
-            upstream: Arc::new(nameservers(&conf)),
+            upstream: Arc::new(upstream),
         }
     }
 

@@ -108,14 +108,15 @@ fn underlay_mtu(local: Ipv4Addr) -> u32 {
 }
 
 impl NodeNet {
-    /// Networking whose namespaces live under `dir`.
-    pub fn new(dir: &Path) -> NodeNet {
+    /// Networking whose namespaces live under `dir`, its tasks' resolvers forwarding
+    /// what is not the swarm's to `dns`.
+    pub fn new(dir: &Path, dns: Directory) -> NodeNet {
         NodeNet {
             dir: dir.to_path_buf(),
             overlays: OnceCell::new(),
             views: watch::channel(HashMap::new()).0,
             links: tokio::sync::Mutex::default(),
-            dns: Directory::from_host(),
+            dns,
             tasks: std::sync::Mutex::default(),
             resolvers: watch::channel(0).0,
         }

@@ -16,9 +16,39 @@ use crate::api::Api;
 use crate::daemon::Daemon;
 
 #[derive(Args)]
-pub struct DaemonArgs {}
+pub struct DaemonArgs {
+    /// Where tasks' resolvers send names that are not the swarm's (repeatable, or
+    /// comma-separated); by default the nameservers of /etc/resolv.conf
+    #[arg(
+        long = "dns",
+        value_name = "IP[:PORT]",
+        env = "SHOAL_DNS",
+        value_delimiter = ','
+    )]
+    dns: Vec<String>,
+}
 
-pub async fn run(g: &Globals, _a: DaemonArgs) -> anyhow::Result<ExitCode> {
+/// A `--dns` value: an IP address, with a port or not (53).
+fn parse_dns(a: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let a = a.trim();
+    if let Ok(ip) = a.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    match a.parse::<std::net::SocketAddr>() {
+        Ok(s) if s.port() != 0 => Ok(s),
+        _ => anyhow::bail!(
+            "--dns {a:?}: use an IP address, with a port or not (192.0.2.53, 192.0.2.53:5353, [2001:db8::53]:53)"
+        ),
+    }
+}
+
+pub async fn run(g: &Globals, a: DaemonArgs) -> anyhow::Result<ExitCode> {
+    let dns = a
+        .dns
+        .iter()
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| parse_dns(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("shoal daemon must run as root (it runs containers, mounts and cgroups)");
     }
@@ -50,7 +80,7 @@ pub async fn run(g: &Globals, _a: DaemonArgs) -> anyhow::Result<ExitCode> {
         std::fs::remove_file(&sock).ok();
     }
     let runtime = super::container::open_runtime(g).await?;
-    let daemon = Daemon::open(g.data_root.clone(), sock.clone(), runtime).await?;
+    let daemon = Daemon::open(g.data_root.clone(), sock.clone(), runtime, dns).await?;
     let listener = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("listening on {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
@@ -84,4 +114,29 @@ pub async fn run(g: &Globals, _a: DaemonArgs) -> anyhow::Result<ExitCode> {
     daemon.stop().await;
     let _ = std::fs::remove_file(&sock);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_dns;
+
+    #[test]
+    fn dns_upstreams_are_ips_with_or_without_a_port() {
+        assert_eq!(
+            parse_dns("192.0.2.53").unwrap().to_string(),
+            "192.0.2.53:53"
+        );
+        assert_eq!(
+            parse_dns(" 192.0.2.53:5353").unwrap().to_string(),
+            "192.0.2.53:5353"
+        );
+        assert_eq!(
+            parse_dns("[2001:db8::53]:53").unwrap().to_string(),
+            "[2001:db8::53]:53"
+        );
+        for bad in ["dns.example", "192.0.2.53:0", "192.0.2.53:x", "1.2.3"] {
+            let e = parse_dns(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--dns {bad:?}")), "{e}");
+        }
+    }
 }

@@ -35,6 +35,8 @@ pub struct Host {
     pub cgroup_parent: String,
     /// The network namespace its daemon runs in (cluster tests), and its host name there.
     pub netns: Option<(String, String)>,
+    /// Environment for its daemon (`SHOAL_DNS`, …).
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl Host {
@@ -53,6 +55,7 @@ impl Host {
             cgroup_parent: format!("/{tag}"),
             dir,
             netns: None,
+            daemon_env: Vec::new(),
         }
     }
 
@@ -241,7 +244,8 @@ impl Host {
         self.data_root().join("shoal.sock")
     }
 
-    fn cmd(&self) -> Command {
+    /// The shoal binary, set to this host's data root, cgroup parent and socket.
+    pub fn cmd(&self) -> Command {
         let mut c = Command::new(shoal_bin());
         c.env("SHOAL_DATA_ROOT", self.data_root())
             .env("SHOAL_CGROUP_PARENT", &self.cgroup_parent)
@@ -323,6 +327,7 @@ impl Host {
             cmd.arg("daemon");
         }
         let child = cmd
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .env("SHOAL_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -398,6 +403,27 @@ pub fn dir_names(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The addresses `name` resolves to from a task's namespace, through its resolver.
+#[allow(dead_code)] // (not every test file resolves)
+pub fn resolve(netns: &Path, name: &str) -> std::collections::BTreeSet<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["busybox", "nslookup", name, "127.0.0.11"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // busybox prints the server first, then "Name: …" and "Address: …" per answer
+    text.split("Name:")
+        .skip(1)
+        .flat_map(|part| {
+            part.lines()
+                .filter_map(|l| l.trim().strip_prefix("Address:"))
+                .map(|a| a.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// `--format json` output: one JSON object per line.
