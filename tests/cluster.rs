@@ -959,17 +959,7 @@ fn http_get(netns: &std::path::Path, addr: &str) -> Option<String> {
 
 /// The body of `url` fetched from inside a namespace (None: no answer).
 fn http_fetch(netns: &std::path::Path, url: &str) -> Option<String> {
-    // (Debian's busybox wget crashes with -T: the timeout comes from timeout(1))
-    let out = std::process::Command::new("timeout")
-        .arg("3")
-        .arg("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["busybox", "wget", "-q", "-O", "-", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    wget_in(netns, url).ok()
 }
 
 fn ping_from(netns: &std::path::Path, to: &str) -> bool {
@@ -1203,23 +1193,11 @@ fn overlay_addrs(h: &ClusterHost) -> Vec<String> {
     v
 }
 
-fn client_ip(remote_addr: &str) -> String {
-    remote_addr
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_start_matches("::ffff:")
-        .to_string()
-}
-
 /// Service NAME: one task on host NODE, publishing with PUBLISH (`--publish` flags), a
 /// busybox httpd that answers `body` at / and the client's address at /cgi-bin/ip.
 /// Returns once the task runs.
 fn create_httpd_on(h: &ClusterHost, name: &str, node: &str, publish: &[&str], body: &str) {
-    let cmd = format!(
-        "mkdir -p /tmp/www/cgi-bin && echo {body} > /tmp/www/index.html && \
-         printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /tmp/www/cgi-bin/ip && \
-         chmod +x /tmp/www/cgi-bin/ip && exec httpd -f -p 80 -h /tmp/www"
-    );
+    let cmd = httpd_cmd(body);
     let constraint = format!("node.hostname=={node}");
     let mut args = vec![
         "service",

@@ -838,3 +838,69 @@ fn names_outside_the_swarm_go_to_the_upstream_resolvers() {
         "{out:?}"
     );
 }
+
+/// Through a VIP, the task sees the client task's own address; a VIP whose service has
+/// no running task refuses a connection at once (a reset), where it could time out.
+#[test]
+fn a_vip_keeps_the_client_address_and_an_empty_one_refuses_at_once() {
+    let (h, _d) = swarm_host();
+    h.ok(&["network", "create", "vipnet"]);
+    let serve = httpd_cmd("up");
+    for (name, replicas) in [("echoip", "1"), ("nobody", "0")] {
+        h.ok(&[
+            "service",
+            "create",
+            "--name",
+            name,
+            "--replicas",
+            replicas,
+            "--network",
+            "vipnet",
+            "--stop-signal",
+            "KILL",
+            "shoal-test/busybox",
+            "sh",
+            "-c",
+            &serve,
+        ]);
+    }
+    sleeper(&h, "client", &["--network", "vipnet"]);
+    // the client's namespace (named by its task's ID) and its address
+    let ps = json_lines(&h.ok(&["service", "ps", "client", "--format", "json"]));
+    let short = ps[0]["ID"].as_str().unwrap().to_string();
+    let dir = h.data_root().join("netns/tasks");
+    let ns = wait_for("the client's namespace", Duration::from_secs(20), || {
+        dir_names(&dir)
+            .into_iter()
+            .find(|n| n.starts_with(&short))
+            .map(|n| dir.join(n))
+    });
+    let ip = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    let own = String::from_utf8_lossy(&ip.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap()
+        .to_string();
+    let vip = |name: &str| {
+        wait_for(&format!("{name}'s VIP"), Duration::from_secs(10), || {
+            resolve(&ns, name).into_iter().next()
+        })
+    };
+    let url = format!("http://{}/cgi-bin/ip", vip("echoip"));
+    let seen = wait_for("echoip through its VIP", Duration::from_secs(10), || {
+        wget_in(&ns, &url).ok()
+    });
+    assert_eq!(
+        client_ip(&seen),
+        own,
+        "the task sees the client's own address"
+    );
+    let e = wget_in(&ns, &format!("http://{}/", vip("nobody"))).unwrap_err();
+    assert!(e.contains("Connection refused"), "{e}");
+}

@@ -405,6 +405,50 @@ pub fn dir_names(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A busybox shell command serving `body` at `/` and the client's address at
+/// `/cgi-bin/ip` on port 80.
+#[allow(dead_code)] // (not every test file serves HTTP)
+pub fn httpd_cmd(body: &str) -> String {
+    format!(
+        "mkdir -p /tmp/www/cgi-bin && echo {body} > /tmp/www/index.html && \
+         printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /tmp/www/cgi-bin/ip && \
+         chmod +x /tmp/www/cgi-bin/ip && exec httpd -f -p 80 -h /tmp/www"
+    )
+}
+
+/// The address `/cgi-bin/ip` of [`httpd_cmd`] reports, as an IPv4 address (busybox
+/// httpd says `[::ffff:10.0.1.6]`).
+#[allow(dead_code)] // (not every test file serves HTTP)
+pub fn client_ip(remote_addr: &str) -> String {
+    remote_addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_start_matches("::ffff:")
+        .to_string()
+}
+
+/// `busybox wget URL` from inside a namespace (at most 3 s): its output, or its error.
+#[allow(dead_code)] // (not every test file fetches)
+pub fn wget_in(netns: &Path, url: &str) -> Result<String, String> {
+    // (Debian's busybox wget crashes with -T: the timeout comes from timeout(1))
+    let out = Command::new("timeout")
+        .arg("3")
+        .arg("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["busybox", "wget", "-q", "-O", "-", url])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "{} (exit {:?})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status.code()
+        ))
+    }
+}
+
 /// The addresses `name` resolves to from a task's namespace, through its resolver.
 #[allow(dead_code)] // (not every test file resolves)
 pub fn resolve(netns: &Path, name: &str) -> std::collections::BTreeSet<String> {
