@@ -774,6 +774,20 @@ fn the_root_ca_rotates_without_downtime() {
     c.h(3).ok(&["swarm", "join", "--token", &old_worker, &m1]);
     let old_root = c.h(1).ok(&["swarm", "ca"]);
     create_sleepers(c.h(1), "web", 3, &[]);
+    let running = || -> std::collections::BTreeSet<String> {
+        json_lines(&c.h(1).ok(&["service", "ps", "web", "--format", "json"]))
+            .iter()
+            .filter(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Running")
+            })
+            .map(|t| t["ID"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = running();
+    assert_eq!(before.len(), 3);
 
     // returns once every node has a certificate from the new root
     let new_root = c.h(1).ok(&["swarm", "ca", "--rotate"]);
@@ -792,9 +806,32 @@ fn the_root_ca_rotates_without_downtime() {
                 .then_some(())
         },
     );
+    // meanwhile each other node trusted both roots, renewed from the new one, and then
+    // dropped the old one: its log says so in that order
+    // (the log line follows the file by a moment)
+    for i in [2, 3] {
+        wait_for(
+            &format!("node{i}: both roots, a renewal, the new root only"),
+            Duration::from_secs(10),
+            || {
+                let log = c.h(i).host.daemon_log();
+                let at = |what: &str| log.match_indices(what).map(|(n, _)| n).collect::<Vec<_>>();
+                let (trust, renewed) = (
+                    at("the swarm's trusted roots changed"),
+                    at("renewed this node's certificate from the new root CA"),
+                );
+                (trust.len() >= 2
+                    && renewed.len() == 1
+                    && trust[0] < renewed[0]
+                    && renewed[0] < trust[trust.len() - 1])
+                    .then_some(())
+            },
+        );
+    }
     // the swarm kept working all along and works now: every node Ready, tasks placed
     let nodes = node_states(c.h(1));
     assert!(nodes.values().all(|(s, _)| s == "Ready"), "{nodes:?}");
+    assert_eq!(running(), before, "no task was restarted by the rotation");
     c.h(2).ok(&["service", "scale", "web=6"]);
     let n = running_per_node(c.h(1), "web");
     assert_eq!(n.values().sum::<usize>(), 6, "{n:?}");
