@@ -142,12 +142,20 @@ for s in $wanted; do
     for i in $(seq 1 "$guests"); do
       echo "--- vm$i daemon.log (last 30 lines)" >&2
       tail -30 "$run/out/vm$i/daemon.log" >&2 2>/dev/null || true
+      # what each guest was doing (a stalled CPU, a stuck connection), kept beside its log
+      vm "$i" 'cat /proc/loadavg; cat /proc/pressure/cpu 2>/dev/null; top -b -n1 | head -15; ss -tnoi; ip -s link show eth0' 20 \
+        > "$logs/vm$i.state.log" 2>&1 || true
     done
     status=1
     break
   fi
 done
 for i in $(seq 1 "$guests"); do cp "$run/out/vm$i/daemon.log" "$logs/vm$i.daemon.log" 2>/dev/null || true; done
+# a later run overwrites $logs: keep a failure's
+if [ "$status" != 0 ]; then
+  kept="$logs-failed-$(date +%Y%m%d-%H%M%S)"
+  cp -r "$logs" "$kept" 2>/dev/null && echo "vm: this failure's logs are kept in $kept" >&2
+fi
 if [ -n "${SHOAL_VM_HOLD:-}" ]; then
   # for a look inside: tests/vm/ctl.py $run/ctlI.sock 30 'command'
   echo "vm: holding the guests until $run/hold is removed"
