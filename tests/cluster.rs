@@ -974,17 +974,8 @@ fn task_addrs(h: &ClusterHost) -> Vec<(std::path::PathBuf, String)> {
     };
     rd.flatten()
         .filter_map(|e| {
-            let out = std::process::Command::new("nsenter")
-                .arg(format!("--net={}", e.path().display()))
-                .args(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
-                .output()
-                .ok()?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let addr = text
-                .split_whitespace()
-                .skip_while(|w| *w != "inet")
-                .nth(1)?;
-            Some((e.path(), addr.split('/').next()?.to_string()))
+            let addr = ipv4_addrs(&e.path(), Some("eth0")).into_iter().next()?;
+            Some((e.path(), addr))
         })
         .collect()
 }
@@ -1207,27 +1198,14 @@ fn fetch_from(c: &Cluster, from: usize, url: &str) -> Option<String> {
     )
 }
 
-/// httpd's REMOTE_ADDR (`[::ffff:a.b.c.d]`) as a plain IPv4 address.
 /// The IPv4 addresses in host `h`'s overlay namespaces (each network's bridge: its
 /// gateway, and on ingress the node's ingress address).
 fn overlay_addrs(h: &ClusterHost) -> Vec<String> {
     let dir = h.host.data_root().join("netns/overlays");
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(&dir).unwrap().flatten() {
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", e.path().display()))
-            .args(["ip", "-4", "-o", "addr", "show"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
-            let mut w = l.split_whitespace().skip_while(|w| *w != "inet");
-            if let Some(a) = w.nth(1) {
-                v.push(a.split('/').next().unwrap().to_string());
-            }
-        }
-    }
-    v
+    dir_names(&dir)
+        .iter()
+        .flat_map(|n| ipv4_addrs(&dir.join(n), None))
+        .collect()
 }
 
 /// Service NAME: one task on host NODE, publishing with PUBLISH (`--publish` flags), a

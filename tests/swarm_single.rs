@@ -875,18 +875,7 @@ fn a_vip_keeps_the_client_address_and_an_empty_one_refuses_at_once() {
             .find(|n| n.starts_with(&short))
             .map(|n| dir.join(n))
     });
-    let ip = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
-        .output()
-        .unwrap();
-    let own = String::from_utf8_lossy(&ip.stdout)
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap()
-        .to_string();
+    let own = ipv4_addrs(&ns, Some("eth0")).remove(0);
     let vip = |name: &str| {
         wait_for(&format!("{name}'s VIP"), Duration::from_secs(10), || {
             resolve(&ns, name).into_iter().next()

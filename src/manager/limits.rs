@@ -40,17 +40,12 @@ pub fn check_service(spec: &ServiceSpec) -> Result<(), String> {
             MAX_SPEC_BYTES >> 10
         ));
     }
-    if let Some(r) = spec.task.as_ref().and_then(|t| t.restart.as_ref()) {
-        let window = r
-            .window
-            .as_ref()
-            .is_some_and(|w| w.seconds > 0 || w.nanos > 0);
-        if window && r.max_attempts > MAX_WINDOW_RESTARTS {
-            return Err(format!(
-                "--restart-max-attempts: {} with a --restart-window is above the limit of {MAX_WINDOW_RESTARTS} (each task keeps the time of every restart within its window); without a window there is no limit",
-                r.max_attempts
-            ));
-        }
+    let restart = super::restart::Policy::of(spec.task.as_ref().and_then(|t| t.restart.as_ref()));
+    if !restart.window.is_zero() && restart.max_attempts > MAX_WINDOW_RESTARTS {
+        return Err(format!(
+            "--restart-max-attempts: {} with a --restart-window is above the limit of {MAX_WINDOW_RESTARTS} (each task keeps the time of every restart within its window); without a window there is no limit",
+            restart.max_attempts
+        ));
     }
     let (what, n) = match &spec.mode {
         Some(Mode::Replicated(r)) => ("--replicas", r.replicas),

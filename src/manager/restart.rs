@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_proto::restart_policy::Condition;
-use shoal_proto::{Cluster, Service, Task, TaskState};
+use shoal_proto::{Cluster, RestartPolicy, Service, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{now_ms, Store, StoreError};
@@ -19,18 +19,34 @@ use super::tasks::{desired, is_job, new_task, run_loop, state, Left};
 pub const DEFAULT_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_HISTORY: usize = 5;
 
-fn policy(t: &Task) -> (Condition, Duration, u64, Duration) {
-    let p = t.spec.as_ref().and_then(|s| s.restart.as_ref());
-    let d = |x: Option<&prost_types::Duration>| {
-        x.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-    };
-    (
-        p.and_then(|p| Condition::try_from(p.condition).ok())
-            .unwrap_or(Condition::Any),
-        p.and_then(|p| d(p.delay.as_ref())).unwrap_or(DEFAULT_DELAY),
-        p.map(|p| p.max_attempts).unwrap_or(0),
-        p.and_then(|p| d(p.window.as_ref())).unwrap_or_default(),
-    )
+/// A restart policy with Swarm's defaults filled in.
+pub struct Policy {
+    pub condition: Condition,
+    pub delay: Duration,
+    /// 0: no limit.
+    pub max_attempts: u64,
+    /// Zero: every restart counts.
+    pub window: Duration,
+}
+
+impl Policy {
+    pub fn of(p: Option<&RestartPolicy>) -> Policy {
+        let d = |x: Option<&prost_types::Duration>| {
+            x.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+        };
+        Policy {
+            condition: p
+                .and_then(|p| Condition::try_from(p.condition).ok())
+                .unwrap_or(Condition::Any),
+            delay: p.and_then(|p| d(p.delay.as_ref())).unwrap_or(DEFAULT_DELAY),
+            max_attempts: p.map(|p| p.max_attempts).unwrap_or(0),
+            window: p.and_then(|p| d(p.window.as_ref())).unwrap_or_default(),
+        }
+    }
+
+    fn of_task(t: &Task) -> Policy {
+        Policy::of(t.spec.as_ref().and_then(|s| s.restart.as_ref()))
+    }
 }
 
 /// Whether a dead task is replaced, by its policy and the restarts made before it
@@ -44,8 +60,8 @@ enum Verdict {
     Later(Duration),
 }
 
-fn verdict(t: &Task, job: bool, now: i64) -> Verdict {
-    let (cond, _, max, window) = policy(t);
+fn verdict(t: &Task, p: &Policy, job: bool, now: i64) -> Verdict {
+    let (cond, max, window) = (p.condition, p.max_attempts, p.window);
     let failed = matches!(state(t), TaskState::Failed | TaskState::Rejected);
     let wanted = match cond {
         Condition::None => false,
@@ -82,8 +98,8 @@ fn verdict(t: &Task, job: bool, now: i64) -> Verdict {
 }
 
 /// The restart count and times that `t`'s replacement carries, one restart more.
-fn count_restart(t: &Task, n: &mut Task, now: i64) {
-    let (_, _, max, window) = policy(t);
+fn count_restart(t: &Task, p: &Policy, n: &mut Task, now: i64) {
+    let (max, window) = (p.max_attempts, p.window);
     n.restarts = t.restarts.saturating_add(1);
     if max > 0 && !window.is_zero() {
         // within the window there are at most max - 1 earlier restarts, or this one would
@@ -234,7 +250,8 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
                 // it no longer counts as the slot's task
                 let mut old = t.clone();
                 old.desired_state = TaskState::Shutdown as i32;
-                match verdict(t, job, now) {
+                let policy = Policy::of_task(t);
+                match verdict(t, &policy, job, now) {
                     Verdict::Restart => {}
                     Verdict::Never => continue, // by policy it stays as it ended
                     Verdict::Later(wait) => {
@@ -242,7 +259,7 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
                         continue;
                     }
                 }
-                let (_, delay, _, _) = policy(t);
+                let delay = policy.delay;
                 if state(t) == TaskState::Rejected && !delay.is_zero() {
                     // the manager's clock: when the rejection was committed
                     let ended = t.meta.as_ref().map_or(now, |m| m.updated_at_ms);
@@ -274,7 +291,7 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
                 if t.slot > 0 {
                     n.node_id.clear(); // replicated: the scheduler may pick another node
                 }
-                count_restart(t, &mut n, now);
+                count_restart(t, &policy, &mut n, now);
                 if wait {
                     r.start_later.push((n.id.clone(), delay));
                 }

@@ -449,6 +449,28 @@ pub fn wget_in(netns: &Path, url: &str) -> Result<String, String> {
     }
 }
 
+/// The IPv4 addresses in network namespace `netns` (of device `dev` only, if given),
+/// without their prefix length; none if the namespace cannot be entered.
+#[allow(dead_code)] // (not every test file reads addresses)
+pub fn ipv4_addrs(netns: &Path, dev: Option<&str>) -> Vec<String> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display()))
+        .args(["ip", "-4", "-o", "addr", "show"]);
+    if let Some(d) = dev {
+        cmd.args(["dev", d]);
+    }
+    let Ok(out) = cmd.output() else {
+        return vec![];
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let a = l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+            Some(a.split('/').next()?.to_string())
+        })
+        .collect()
+}
+
 /// The addresses `name` resolves to from a task's namespace, through its resolver.
 #[allow(dead_code)] // (not every test file resolves)
 pub fn resolve(netns: &Path, name: &str) -> std::collections::BTreeSet<String> {
