@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root (containers, cgroups and mounts need it)" >&2; exit 1; }
-scripts/deps.sh
+scripts/deps.sh libfaketime
 # network namespaces a killed test run could not delete (cluster tests name theirs sht*)
 ip netns list | awk '/^sht[0-9]+x[0-9]+-/ {print $1}' | xargs -r -n1 ip netns del
 work=$top/target/test-env
@@ -18,7 +18,7 @@ export SHOAL_TEST_FIXTURES=$work/fixtures
 export SHOAL_TEST_REGISTRY=127.0.0.1:${SHOAL_TEST_REGISTRY_PORT:-5055}
 export SHOAL_TEST_AUTH_REGISTRY=127.0.0.1:${SHOAL_TEST_AUTH_REGISTRY_PORT:-5056}
 # One build, in release, for every tier: the VM suite's guests run under emulation, where
-# a debug build is too slow to keep Raft's 100 ms heartbeats (leaders come and go), and
+# a debug build is too slow to keep Raft's heartbeats (leaders come and go), and
 # the benchmarks and the quickstart use release too.
 cargo build --release --workspace --all-targets
 cargo test --release --workspace -- --test-threads="${SHOAL_TEST_THREADS:-2}"

@@ -433,6 +433,81 @@ fn three_managers_replicate_and_survive_the_leader() {
     c.h(other).ok(&["service", "scale", "web=2"]);
 }
 
+/// Runs the CLI on `h`, killing it if it has not finished within `limit`.
+fn cli_within(h: &ClusterHost, args: &[&str], limit: Duration) -> std::process::Output {
+    let mut child = h
+        .host
+        .cmd()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("shoal {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The README's "unless forced": a dead manager is taken out with `node rm --force` while
+/// the rest keep a majority; a forced demotion that cannot commit (no majority) fails
+/// after the write timeout, saying why and what to do, instead of hanging, and completes
+/// by itself once the managers answer again.
+#[test]
+fn managers_are_forced_out_and_a_forced_demotion_without_a_majority_does_not_hang() {
+    let mut c = three_managers();
+    create_sleepers(c.h(1), "web", 2, &[]);
+
+    // node3 is gone for good: a manager is not removed without --force, with it it is,
+    // at once (node1 and node2 are a majority with and without it)
+    c.h_mut(3).kill_daemon();
+    let e = stderr_of(c.h(1), &["node", "rm", "node3"]);
+    assert!(
+        e.contains("must be demoted to worker before removal"),
+        "{e}"
+    );
+    c.h(1).ok(&["node", "rm", "--force", "node3"]);
+    let st = manager_status(c.h(1));
+    assert!(!st.contains_key("node3"), "{st:?}");
+    assert_eq!(st["node2"], "Reachable", "{st:?}");
+
+    // node2 dies too: node1 alone is no majority of {node1, node2}, so the forced
+    // demotion cannot commit. It fails after the write timeout, and says why.
+    c.h_mut(2).kill_daemon();
+    let out = cli_within(
+        c.h(1),
+        &["node", "demote", "--force", "node2"],
+        Duration::from_secs(60),
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{e}");
+    assert!(
+        e.contains("not committed within 10 s") && e.contains("--force-new-cluster"),
+        "{e}"
+    );
+
+    // node2 returns: the demotion completes by itself, in Raft and in the store, and
+    // node1, the only manager left, commits alone
+    c.h_mut(2).start_daemon();
+    wait_for("node2 a worker", Duration::from_secs(60), || {
+        let st = manager_status(c.h(1));
+        (st.get("node2").is_some_and(|m| m.is_empty()) && st["node1"] == "Leader").then_some(())
+    });
+    wait_for("node2's daemon a worker", Duration::from_secs(30), || {
+        let out = c.h(2).cli(&["service", "ls"]);
+        String::from_utf8_lossy(&out.stderr)
+            .contains("not a swarm manager")
+            .then_some(())
+    });
+    c.h(1).ok(&["service", "scale", "-d", "web=3"]);
+}
+
 /// A copy of host `i`'s node certificate and key, as they are now.
 fn save_certs(c: &Cluster, i: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

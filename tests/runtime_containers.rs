@@ -619,6 +619,53 @@ async fn exec_ends_with_its_process_not_its_pipe() {
     rt.remove("ex").await.unwrap();
 }
 
+/// kill -9 of the host's keeper, and waits until it is gone.
+async fn kill_keeper(host: &Host) {
+    for p in host.keeper_pids() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    eventually(
+        "the keeper to be gone",
+        Duration::from_secs(10),
+        async || host.keeper_pids().is_empty().then_some(()),
+    )
+    .await;
+}
+
+/// libcontainer writes `state.json` in place (truncate, then write): a crash between the
+/// two leaves it empty. The keeper puts back the copy it kept, so a running container is
+/// still found running (not taken for dead), and can be stopped and removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_state_file_is_put_back_from_the_kept_copy() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    rt.prepare("t", &sh("sleep 120")).await.unwrap();
+    let pid = rt.start("t").await.unwrap();
+    kill_keeper(&host).await;
+    drop(rt);
+    let state = host
+        .data_root()
+        .join("containers/libcontainer/t/state.json");
+    assert!(std::fs::metadata(&state).unwrap().len() > 0);
+    std::fs::write(&state, b"").unwrap();
+    let rt = host.runtime().await; // a new keeper reads it
+    let info = rt.inspect("t").await.unwrap();
+    assert_eq!(
+        (info.status, info.pid),
+        (Status::Running, Some(pid)),
+        "the same process, still running"
+    );
+    // (the signal goes through libcontainer, which needs the state back)
+    rt.stop("t", Some(Duration::from_secs(1))).await.unwrap();
+    assert_eq!(rt.inspect("t").await.unwrap().status, Status::Exited);
+    rt.remove("t").await.unwrap();
+    assert!(host.cgroup_dirs().is_empty() && host.mounts().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_keeper_readopts_running_containers() {
     let host = Host::new();
@@ -634,19 +681,7 @@ async fn a_restarted_keeper_readopts_running_containers() {
         .then_some(())
     })
     .await;
-    for p in host.keeper_pids() {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-    }
-    eventually(
-        "the keeper to be gone",
-        Duration::from_secs(10),
-        async || host.keeper_pids().is_empty().then_some(()),
-    )
-    .await;
+    kill_keeper(&host).await;
     drop(rt);
     let rt = host.runtime().await; // starts a new keeper
     let info = rt.inspect("k").await.unwrap();

@@ -127,7 +127,7 @@ impl<E: Executor> Agent<E> {
             .ok_or_else(|| anyhow::anyhow!("dispatcher closed the session"))?;
         let sid = first.session_id.clone();
         self.learn(&first);
-        let mut period = Duration::from_millis(first.heartbeat_period_ms.max(100) as u64);
+        let period = Duration::from_millis(first.heartbeat_period_ms.max(100) as u64);
         tracing::info!(session = %sid, node.id = %self.node_id, "dispatcher session started");
 
         // the reporter outlives sessions (it is started once and keeps the receiver) and
@@ -144,21 +144,24 @@ impl<E: Executor> Agent<E> {
             })
             .await?
             .into_inner();
-        let mut beat = tokio::time::interval(period);
+        // heartbeats go on their own: work on an assignment (building a network takes
+        // seconds on a slow box) must not hold them back, or the node is taken for dead
+        let (beat_failed, mut beats_stopped) = tokio::sync::oneshot::channel();
+        let beats = shutdown.child_token();
+        let _stop_beats = beats.clone().drop_guard();
+        tokio::spawn(heartbeats(
+            client.clone(),
+            sid.clone(),
+            period,
+            beats,
+            beat_failed,
+        ));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = self.reconnect.notified() => anyhow::bail!("a new session, with the renewed certificate"),
-                _ = beat.tick() => {
-                    let r = tokio::time::timeout(period * 3, client.heartbeat(HeartbeatRequest { session_id: sid.clone() }))
-                        .await
-                        .map_err(|_| anyhow::anyhow!("heartbeat not answered within {:?}", period * 3))??;
-                    // the period is the cluster's setting and may change
-                    let p = Duration::from_millis(r.into_inner().period_ms.max(100) as u64);
-                    if p != period {
-                        period = p;
-                        beat = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
-                    }
+                e = &mut beats_stopped => {
+                    return Err(e.unwrap_or_else(|_| anyhow::anyhow!("the heartbeats stopped")));
                 }
                 m = session.message() => {
                     let Some(m) = m? else { anyhow::bail!("dispatcher closed the session") };
@@ -332,6 +335,46 @@ impl<E: Executor> Agent<E> {
 
 /// The session the reporter sends with, and its client: they change when the agent
 /// reconnects (perhaps to another manager).
+/// Sends session `sid`'s heartbeats every `period` (the cluster's setting, which each
+/// answer carries), until `stop`; the first that fails or goes unanswered for three
+/// periods is sent to `failed`, which ends the session.
+async fn heartbeats(
+    mut client: Client,
+    sid: String,
+    mut period: Duration,
+    stop: CancellationToken,
+    failed: tokio::sync::oneshot::Sender<anyhow::Error>,
+) {
+    let mut beat = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = beat.tick() => {}
+        }
+        let req = HeartbeatRequest {
+            session_id: sid.clone(),
+        };
+        let p = match tokio::time::timeout(period * 3, client.heartbeat(req)).await {
+            Ok(Ok(r)) => Duration::from_millis(r.into_inner().period_ms.max(100) as u64),
+            Ok(Err(e)) => {
+                let _ = failed.send(e.into());
+                return;
+            }
+            Err(_) => {
+                let _ = failed.send(anyhow::anyhow!(
+                    "heartbeat not answered within {:?}",
+                    period * 3
+                ));
+                return;
+            }
+        };
+        if p != period {
+            period = p;
+            beat = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+        }
+    }
+}
+
 type SessionId = Arc<std::sync::Mutex<(String, Option<Client>)>>;
 
 /// Says which node the agent is for on every request (mTLS certificates will, across hosts).

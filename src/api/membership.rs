@@ -6,9 +6,12 @@ use shoal_proto::*;
 use tonic::Status;
 
 use crate::manager::node::Manager;
+use crate::manager::raft::COMMIT_TIMEOUT;
 
-/// Removes `n` (a manager) from the voters. Refused for the last manager, and when the
-/// managers left would not have a majority reachable (unless `force`).
+/// Removes `n` (a manager) from the voters, then makes it a worker in the store. Refused
+/// for the last manager, and when the managers left would not have a majority reachable
+/// (unless `force`). Waits [`COMMIT_TIMEOUT`] for the change, which goes on after that:
+/// it completes once a majority answers.
 pub async fn remove_manager(m: &Manager, n: &Node, force: bool) -> Result<(), Status> {
     let Some(ms) = n.manager_status.as_ref() else {
         return Ok(());
@@ -55,24 +58,48 @@ pub async fn remove_manager(m: &Manager, n: &Node, force: bool) -> Result<(), St
             reachable
         )));
     }
-    m.raft
-        .change_membership(
-            ChangeMembers::RemoveVoters([ms.raft_id].into_iter().collect()),
+    // Run to its end even when the caller stops waiting: the change is in the log once
+    // proposed, and if it commits later (the managers return) the node must still leave
+    // both Raft's voters and the store's managers, not stay half-way.
+    let (raft, store, id, raft_id) = (m.raft.clone(), m.store.clone(), n.id.clone(), ms.raft_id);
+    let change = tokio::spawn(async move {
+        raft.change_membership(
+            ChangeMembers::RemoveVoters([raft_id].into_iter().collect()),
             false,
         )
         .await
         .map_err(|e| Status::unavailable(format!("changing the Raft membership: {e}")))?;
-    let id = n.id.clone();
-    m.store
-        .update(move |tx| {
-            let Some(mut x) = tx.get::<Node>(&id) else {
-                return Ok(());
-            };
-            x.manager_status = None;
-            x.role = NodeRole::Worker as i32;
-            tx.update(x)
-        })
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    Ok(())
+        let node = id.clone();
+        store
+            .update(move |tx| {
+                let Some(mut x) = tx.get::<Node>(&node) else {
+                    return Ok(());
+                };
+                x.manager_status = None;
+                x.role = NodeRole::Worker as i32;
+                // (also when the caller stopped waiting, before it could say so)
+                if let Some(spec) = x.spec.as_mut() {
+                    spec.desired_role = NodeRole::Worker as i32;
+                }
+                tx.update(x)
+            })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(node.id = %id, raft.id = raft_id, "a manager left the Raft group");
+        Ok(())
+    });
+    match tokio::time::timeout(COMMIT_TIMEOUT, change).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(Status::internal(format!(
+            "changing the Raft membership: {e}"
+        ))),
+        Err(_) => Err(Status::unavailable(format!(
+            "node {} is leaving the Raft group, but the change was not committed within {} s: \
+             a majority of the managers, counted both with and without it, must answer. It \
+             completes by itself once they do; if they are gone for good, run `shoal swarm \
+             init --force-new-cluster` on a manager that is left",
+            n.id,
+            COMMIT_TIMEOUT.as_secs()
+        ))),
+    }
 }

@@ -118,6 +118,19 @@ pub fn user_file_mode() -> u32 {
     0o666 & !USER_UMASK.get().copied().unwrap_or(0o022)
 }
 
+/// What `SHOAL_LOG` asks for, except that openraft's core, which logs each heartbeat the
+/// leader sends at info, says only warnings unless `SHOAL_LOG` names openraft itself.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let f = tracing_subscriber::EnvFilter::from_env("SHOAL_LOG");
+    match std::env::var("SHOAL_LOG") {
+        Ok(v) if !v.contains("openraft") => match "openraft::core::raft_core=warn".parse() {
+            Ok(d) => f.add_directive(d),
+            Err(_) => f,
+        },
+        _ => f,
+    }
+}
+
 pub fn main() -> ExitCode {
     // everything shoal makes under the data root is root's alone (see
     // shoal_runtime::files), whoever made it: the daemon, the keeper or a command
@@ -138,14 +151,21 @@ pub fn main() -> ExitCode {
         };
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SHOAL_LOG"))
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .init();
     // glibc gives every thread its own malloc arena, which keeps freed memory resident;
     // two arenas are plenty for a daemon that mostly waits
     // SAFETY: mallopt only tunes the allocator; no thread exists yet besides this one.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
-    let rt = match tokio::runtime::Runtime::new() {
+    // at least two workers, also on one CPU: a call that blocks its thread for a while
+    // (an fsync of the Raft log on a slow disk) must not stop the heartbeats with it
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shoal: {e}");

@@ -73,8 +73,13 @@ echo "VM-READY $name $(cut -d' ' -f1 /proc/uptime)"
 # One command at a time, read from and answered on the port (stdin and stdout here); a
 # command's own stdin, stdout and stderr are not the port, so nothing it leaves running
 # holds the port open.
+# Each command is acknowledged as soon as it is read: a command that arrives while the
+# port is being closed is discarded by the guest's driver, and the host sends it again.
 serve() {
   while read -r id secs script; do
+    printf '%s ack\n' "$id"
+    [ "$id" = "${last:-}" ] && continue # a second copy, sent before the first was acknowledged
+    last=$id
     echo "$script" | base64 -d > /tmp/ctl.sh
     out=$(timeout -s KILL "$secs" sh /tmp/ctl.sh 2>&1 < /dev/null)
     rc=$?

@@ -59,6 +59,43 @@ fn lc_root(root: &Path) -> PathBuf {
     root.join("libcontainer")
 }
 
+/// Beside libcontainer's `state.json`: a copy of the last state the keeper made
+/// (created, started), written atomically.
+const KEPT_STATE: &str = "state.json.kept";
+
+/// Keeps a copy of the container's `state.json` in `dir` ([`KEPT_STATE`]). libcontainer
+/// writes that file in place (truncate, then write), so a crash or a full disk between
+/// the two would leave the container unreadable: it could no longer be signalled, and a
+/// running one would be taken for dead.
+fn keep_state(dir: &Path) {
+    let Ok(b) = fs::read(dir.join("state.json")) else {
+        return;
+    };
+    if serde_json::from_slice::<serde_json::Value>(&b).is_err() {
+        return;
+    }
+    if let Err(e) = crate::files::write_atomic(&dir.join(KEPT_STATE), &b) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not keep a copy of the container's state");
+    }
+}
+
+/// libcontainer's `Container::load`, with an unreadable `state.json` put back from the
+/// copy [`keep_state`] kept (libcontainer then reads the process's real status).
+fn load(dir: &Path) -> Result<Container, libcontainer::error::LibcontainerError> {
+    let e = match Container::load(dir.to_path_buf()) {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    let Ok(kept) = fs::read(dir.join(KEPT_STATE)) else {
+        return Err(e);
+    };
+    if crate::files::write_atomic(&dir.join("state.json"), &kept).is_err() {
+        return Err(e);
+    }
+    tracing::warn!(dir = %dir.display(), error = %e, "the container's state.json was unreadable: put back the copy kept of it");
+    Container::load(dir.to_path_buf())
+}
+
 fn exit_path(dir: &Path) -> PathBuf {
     dir.join("exit.json")
 }
@@ -198,7 +235,7 @@ fn readopt(k: &Shared) {
         let id = e.file_name().to_string_lossy().into_owned();
         let dir = root.join(&id);
         let exit = read_exit(&dir);
-        let state = Container::load(e.path()).ok();
+        let state = load(&e.path()).ok();
         let pid = state.as_ref().and_then(|c| c.pid()).map(|p| p.as_raw());
         let alive = state.as_ref().is_some_and(|c| {
             matches!(
@@ -580,8 +617,12 @@ async fn dispatch(k: &Shared, req: Request) -> Response {
             if let Err(e) = ensure_single_thread() {
                 return err(e);
             }
-            match Container::load(lc_root(&root).join(&id)).and_then(|mut c| c.start()) {
-                Ok(()) => Response::Done,
+            let dir = lc_root(&root).join(&id);
+            match load(&dir).and_then(|mut c| c.start()) {
+                Ok(()) => {
+                    keep_state(&dir);
+                    Response::Done
+                }
                 Err(e) => err(format!("start {id}: {}", chain(&e))),
             }
         }
@@ -597,7 +638,7 @@ async fn dispatch(k: &Shared, req: Request) -> Response {
             {
                 return Response::Done; // already gone: nothing to signal
             }
-            match Container::load(lc_root(&root).join(&id)).and_then(|mut c| c.kill(sig, all)) {
+            match load(&lc_root(&root).join(&id)).and_then(|mut c| c.kill(sig, all)) {
                 Ok(()) => Response::Done,
                 // it died between our check and the signal: nothing is left to signal
                 Err(libcontainer::error::LibcontainerError::IncorrectStatus(
@@ -612,7 +653,7 @@ async fn dispatch(k: &Shared, req: Request) -> Response {
             }
             let path = lc_root(&root).join(&id);
             if path.exists() {
-                match Container::load(path.clone()) {
+                match load(&path) {
                     Ok(mut c) => {
                         if let Err(e) = c.delete(true) {
                             return err(format!("delete {id}: {}", chain(&e)));
@@ -674,7 +715,7 @@ fn state(k: &Shared, root: &Path, id: &str) -> Option<KeptState> {
     let status = if t.exit.is_some() || t.reaped.is_some() {
         "stopped".to_string()
     } else {
-        Container::load(lc_root(root).join(id))
+        load(&lc_root(root).join(id))
             .map(|c| format!("{:?}", c.status()).to_lowercase())
             .unwrap_or_else(|_| "stopped".into())
     };
@@ -737,6 +778,7 @@ async fn create(
     };
     match res {
         Ok(pid) => {
+            keep_state(&lc_root(root).join(id));
             let early = k.borrow_mut().unclaimed.remove(&pid);
             if let Some(t) = k.borrow_mut().containers.get_mut(id) {
                 t.pid = Some(pid);
