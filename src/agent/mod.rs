@@ -333,8 +333,6 @@ impl<E: Executor> Agent<E> {
     }
 }
 
-/// The session the reporter sends with, and its client: they change when the agent
-/// reconnects (perhaps to another manager).
 /// Sends session `sid`'s heartbeats every `period` (the cluster's setting, which each
 /// answer carries), until `stop`; the first that fails or goes unanswered for three
 /// periods is sent to `failed`, which ends the session.
@@ -375,6 +373,8 @@ async fn heartbeats(
     }
 }
 
+/// The session the reporter sends with, and its client: they change when the agent
+/// reconnects (perhaps to another manager).
 type SessionId = Arc<std::sync::Mutex<(String, Option<Client>)>>;
 
 /// Says which node the agent is for on every request (mTLS certificates will, across hosts).

@@ -122,11 +122,12 @@ pub fn user_file_mode() -> u32 {
 /// leader sends at info, says only warnings unless `SHOAL_LOG` names openraft itself.
 fn log_filter() -> tracing_subscriber::EnvFilter {
     let f = tracing_subscriber::EnvFilter::from_env("SHOAL_LOG");
-    match std::env::var("SHOAL_LOG") {
-        Ok(v) if !v.contains("openraft") => match "openraft::core::raft_core=warn".parse() {
-            Ok(d) => f.add_directive(d),
-            Err(_) => f,
-        },
+    let chatty = f
+        .max_level_hint()
+        .is_some_and(|l| l > tracing_subscriber::filter::LevelFilter::WARN);
+    let named = std::env::var("SHOAL_LOG").is_ok_and(|v| v.contains("openraft"));
+    match "openraft::core::raft_core=warn".parse() {
+        Ok(d) if chatty && !named => f.add_directive(d),
         _ => f,
     }
 }
