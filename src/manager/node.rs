@@ -78,10 +78,6 @@ impl Manager {
         let sm = StateMachine::open(store.clone(), db.clone(), written.clone())?;
         let log = LogStore::new(db.clone(), written.clone());
         let raft = Raft::new(raft_id, cfg, GrpcNetwork::new(tls), log, sm).await?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(super::raft::send_heartbeats(raft.clone(), shutdown.clone()));
-        // (if the start fails below, the heartbeats stop with it)
-        let stop_on_error = shutdown.clone().drop_guard();
         if init.is_some() {
             let mut members = BTreeMap::new();
             members.insert(raft_id, BasicNode::new(addr));
@@ -172,6 +168,7 @@ impl Manager {
         if let Some(tables) = restore {
             restore_swarm(&store, tables, node_id).await?;
         }
+        let shutdown = CancellationToken::new();
         let dispatcher = Dispatcher::new(store.clone(), shutdown.child_token(), node_id);
         tokio::spawn(snapshot_big_logs(raft.clone(), written, shutdown.clone()));
         tokio::spawn(compact_when_sparse(
@@ -185,7 +182,6 @@ impl Manager {
             dispatcher.clone(),
             shutdown.clone(),
         ));
-        stop_on_error.disarm();
         Ok(Manager {
             store,
             raft,

@@ -126,17 +126,8 @@ impl Proposer for RaftProposer {
     }
 }
 
-/// How often the leader sends followers a heartbeat ([`send_heartbeats`]).
-pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Raft settings. A follower starts an election after 2.25 to 3 s without a word from
-/// the leader (openraft's lease, the 1.5 s maximum, plus 0.75 to 1.5 s); the leader sends
-/// heartbeats every [`HEARTBEAT_EVERY`] itself (openraft's own are off). openraft gives
-/// every AppendEntries its heartbeat interval as deadline, so that interval is set apart,
-/// to 600 ms: at 100 ms (heartbeat and deadline in one), a follower answering slowly (a
-/// slow disk's fsync, TLS on a busy or emulated CPU, a long link) never caught up, since
-/// each try timed out and was sent again. Snapshots every 1000 entries (or every
-/// `storage::SNAPSHOT_BYTES` of log), keeping 50 entries behind the snapshot for
+/// Raft settings: elections within about a second, snapshots every 1000 entries (or
+/// every `storage::SNAPSHOT_BYTES` of log), keeping 50 entries behind the snapshot for
 /// followers that lag (one further behind is sent the snapshot): entries may be up to
 /// `store::MAX_TX_BYTES` each, and what is kept is kept on disk.
 pub fn config() -> Result<Arc<openraft::Config>, Box<openraft::ConfigError>> {
@@ -150,10 +141,9 @@ pub fn config_with_snapshots_every(
 ) -> Result<Arc<openraft::Config>, Box<openraft::ConfigError>> {
     let c = openraft::Config {
         cluster_name: "shoal".into(),
-        heartbeat_interval: 600,
-        election_timeout_min: 750,
-        election_timeout_max: 1500,
-        enable_heartbeat: false,
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(every),
         max_in_snapshot_log_to_keep: keep,
         // purge as soon as there is anything to purge
@@ -161,21 +151,4 @@ pub fn config_with_snapshots_every(
         ..Default::default()
     };
     Ok(Arc::new(c.validate().map_err(Box::new)?))
-}
-
-/// While this manager leads, sends every follower a heartbeat each [`HEARTBEAT_EVERY`],
-/// until `stop`.
-pub async fn send_heartbeats(raft: Raft, stop: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let leads = raft.metrics().borrow().state == openraft::ServerState::Leader;
-        if leads && raft.trigger().heartbeat().await.is_err() {
-            return; // Raft has stopped
-        }
-    }
 }
