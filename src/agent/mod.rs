@@ -146,22 +146,18 @@ impl<E: Executor> Agent<E> {
             .into_inner();
         // heartbeats go on their own: work on an assignment (building a network takes
         // seconds on a slow box) must not hold them back, or the node is taken for dead
-        let (beat_failed, mut beats_stopped) = tokio::sync::oneshot::channel();
-        let beats = shutdown.child_token();
-        let _stop_beats = beats.clone().drop_guard();
-        tokio::spawn(heartbeats(
+        // (aborted when the session ends, whichever way)
+        let mut beats = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(heartbeats(
             client.clone(),
             sid.clone(),
             period,
-            beats,
-            beat_failed,
-        ));
+        )));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = self.reconnect.notified() => anyhow::bail!("a new session, with the renewed certificate"),
-                e = &mut beats_stopped => {
-                    return Err(e.unwrap_or_else(|_| anyhow::anyhow!("the heartbeats stopped")));
+                e = &mut beats => {
+                    return Err(e.unwrap_or_else(|e| anyhow::anyhow!("the heartbeats stopped: {e}")));
                 }
                 m = session.message() => {
                     let Some(m) = m? else { anyhow::bail!("dispatcher closed the session") };
@@ -334,37 +330,19 @@ impl<E: Executor> Agent<E> {
 }
 
 /// Sends session `sid`'s heartbeats every `period` (the cluster's setting, which each
-/// answer carries), until `stop`; the first that fails or goes unanswered for three
-/// periods is sent to `failed`, which ends the session.
-async fn heartbeats(
-    mut client: Client,
-    sid: String,
-    mut period: Duration,
-    stop: CancellationToken,
-    failed: tokio::sync::oneshot::Sender<anyhow::Error>,
-) {
+/// answer carries), until one fails or goes unanswered for three periods: that ends the
+/// session.
+async fn heartbeats(mut client: Client, sid: String, mut period: Duration) -> anyhow::Error {
     let mut beat = tokio::time::interval(period);
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = beat.tick() => {}
-        }
+        beat.tick().await;
         let req = HeartbeatRequest {
             session_id: sid.clone(),
         };
         let p = match tokio::time::timeout(period * 3, client.heartbeat(req)).await {
             Ok(Ok(r)) => Duration::from_millis(r.into_inner().period_ms.max(100) as u64),
-            Ok(Err(e)) => {
-                let _ = failed.send(e.into());
-                return;
-            }
-            Err(_) => {
-                let _ = failed.send(anyhow::anyhow!(
-                    "heartbeat not answered within {:?}",
-                    period * 3
-                ));
-                return;
-            }
+            Ok(Err(e)) => return e.into(),
+            Err(_) => return anyhow::anyhow!("heartbeat not answered within {:?}", period * 3),
         };
         if p != period {
             period = p;

@@ -118,20 +118,6 @@ pub fn user_file_mode() -> u32 {
     0o666 & !USER_UMASK.get().copied().unwrap_or(0o022)
 }
 
-/// What `SHOAL_LOG` asks for, except that openraft's core, which logs each heartbeat the
-/// leader sends at info, says only warnings unless `SHOAL_LOG` names openraft itself.
-fn log_filter() -> tracing_subscriber::EnvFilter {
-    let f = tracing_subscriber::EnvFilter::from_env("SHOAL_LOG");
-    let chatty = f
-        .max_level_hint()
-        .is_some_and(|l| l > tracing_subscriber::filter::LevelFilter::WARN);
-    let named = std::env::var("SHOAL_LOG").is_ok_and(|v| v.contains("openraft"));
-    match "openraft::core::raft_core=warn".parse() {
-        Ok(d) if chatty && !named => f.add_directive(d),
-        _ => f,
-    }
-}
-
 pub fn main() -> ExitCode {
     // everything shoal makes under the data root is root's alone (see
     // shoal_runtime::files), whoever made it: the daemon, the keeper or a command
@@ -152,7 +138,7 @@ pub fn main() -> ExitCode {
         };
     }
     tracing_subscriber::fmt()
-        .with_env_filter(log_filter())
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SHOAL_LOG"))
         .with_writer(std::io::stderr)
         .init();
     // glibc gives every thread its own malloc arena, which keeps freed memory resident;
@@ -160,7 +146,7 @@ pub fn main() -> ExitCode {
     // SAFETY: mallopt only tunes the allocator; no thread exists yet besides this one.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     // at least two workers, also on one CPU: a call that blocks its thread for a while
-    // (an fsync of the Raft log on a slow disk) must not stop the heartbeats with it
+    // (an fsync of the Raft log on a slow disk) must not stop everything else with it
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
