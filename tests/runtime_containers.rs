@@ -334,18 +334,42 @@ async fn remove_leaves_nothing_and_leftovers_are_cleaned_at_start() {
         .join(host.cgroup_parent.trim_start_matches('/'))
         .join("stray");
     fs::create_dir_all(&stray).unwrap();
-    // and one that another process is preparing right now (it holds the lock): its
-    // rootfs mount stays
+    // and one that another process is preparing right now: it holds the containers' lock
+    // shared, so the cleanup waits, and finds it complete (a cleanup that did not wait
+    // unmounted such a container's fresh rootfs, and it started with an empty root)
     let busy = rt.dir("busy");
     fs::create_dir_all(busy.join("rootfs")).unwrap();
     mount_tmpfs(&busy.join("rootfs"));
-    let lock = nix::fcntl::Flock::lock(
-        fs::File::create(busy.join(".preparing")).unwrap(),
-        nix::fcntl::FlockArg::LockExclusive,
+    let lock_path = host.data_root().join("containers/.lock");
+    let preparing = nix::fcntl::Flock::lock(
+        fs::File::create(&lock_path).unwrap(),
+        nix::fcntl::FlockArg::LockShared,
     )
     .unwrap();
     drop(rt);
-    let _rt = host.runtime().await;
+    let lock_ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&lock_path).unwrap());
+    let finish_prepare = async {
+        // (a waiter on the lock shows in /proc/locks as "-> FLOCK ... dev:inode ...")
+        eventually(
+            "the cleanup to wait for the prepare",
+            Duration::from_secs(10),
+            async || {
+                fs::read_to_string("/proc/locks")
+                    .unwrap()
+                    .lines()
+                    .any(|l| {
+                        l.contains("->")
+                            && l.split_whitespace()
+                                .any(|f| f.rsplit(':').next() == Some(&lock_ino.to_string()))
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+        fs::write(busy.join("container.json"), b"{}").unwrap();
+        drop(preparing);
+    };
+    let (_rt, ()) = tokio::join!(host.runtime(), finish_prepare);
     assert!(!half.exists(), "half-prepared container removed");
     assert!(!stray.exists(), "stray cgroup removed");
     assert_eq!(
@@ -355,7 +379,6 @@ async fn remove_leaves_nothing_and_leftovers_are_cleaned_at_start() {
         host.mounts()
     );
     assert!(busy.join("rootfs").exists());
-    drop(lock);
     nix::mount::umount(&busy.join("rootfs")).unwrap();
     fs::remove_dir_all(&busy).unwrap();
 }

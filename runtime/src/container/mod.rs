@@ -14,6 +14,8 @@
 //! health.json      the last health state
 //! cgroup           the container's cgroup path
 //! ```
+//! and `<data-root>/containers/.lock`, held shared by every prepare and exclusive by the
+//! start-up cleanup of any process that opens the runtime (the daemon, a CLI command).
 
 pub mod executor;
 pub mod health;
@@ -275,6 +277,11 @@ impl ContainerRuntime {
                 image: spec.image.clone(),
                 source,
             })?;
+        // held until container.json is written: another process's start-up cleanup waits
+        // for it, and so leaves this half-made container alone (a cleanup that listed the
+        // containers just before this one was made unmounted its fresh rootfs, and it
+        // started with an empty root); the lock dies with us if we crash
+        let _preparing = self.lock_root(nix::fcntl::FlockArg::LockShared).await;
         // the directory's creation is the existence check, atomic against a racing prepare
         if let Err(e) = fs::create_dir(&dir) {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -286,9 +293,6 @@ impl ContainerRuntime {
                 source: e,
             });
         }
-        // held while preparing, so that another process's start-up cleanup leaves this
-        // half-made container alone (the lock dies with us if we crash)
-        let _preparing = lock_file(&dir.join(".preparing"), true);
         let res = self.prepare_in(id, spec, &image, &dir);
         if res.is_err() {
             let _ = unmount(&dir.join("rootfs"));
@@ -410,6 +414,15 @@ impl ContainerRuntime {
             what: "mount overlay rootfs".into(),
             source: e.into(),
         })
+    }
+
+    /// The containers' root lock (see the module's doc), taken off the async threads.
+    async fn lock_root(&self, arg: nix::fcntl::FlockArg) -> Option<nix::fcntl::Flock<fs::File>> {
+        let path = self.root.join(".lock");
+        tokio::task::spawn_blocking(move || lock_file(&path, arg))
+            .await
+            .ok()
+            .flatten()
     }
 
     pub fn record(&self, id: &str) -> Result<ContainerRecord> {
@@ -737,6 +750,8 @@ impl ContainerRuntime {
     /// containers whose removal was interrupted, libcontainer state and cgroups of
     /// containers that no longer exist, and stray mounts under our root.
     async fn clean_leftovers(&self) -> Result<()> {
+        // no prepare runs meanwhile: what is half-made now was left by a crash
+        let _cleaning = self.lock_root(nix::fcntl::FlockArg::LockExclusive).await;
         let mut known = Vec::new();
         for e in fs::read_dir(&self.root)
             .map_err(io("-", "list containers"))?
@@ -752,14 +767,6 @@ impl ContainerRuntime {
                 continue;
             }
             if !p.join("container.json").is_file() {
-                if lock_file(&p.join(".preparing"), false).is_none() {
-                    // another process is preparing it right now: its rootfs mount,
-                    // libcontainer state and cgroup are not leftovers either (a CLI
-                    // command's start-up once unmounted the rootfs of a container the
-                    // daemon was preparing: it started with an empty root)
-                    known.push(name);
-                    continue;
-                }
                 let _ = self
                     .keeper
                     .call(&Request::Delete { id: name.clone() })
@@ -921,20 +928,17 @@ fn remove_cgroup_dirs(parent: &str, id: &str) {
     }
 }
 
-/// Takes an flock on `path` (creating it): exclusive and waiting when `wait`, else a
-/// try that fails if someone holds it. The lock lasts as long as the returned file.
-fn lock_file(path: &Path, wait: bool) -> Option<nix::fcntl::Flock<fs::File>> {
+/// Takes an flock on `path` (creating it, root's alone), waiting for it. The lock lasts
+/// as long as the returned file; `None` if the file cannot be opened.
+fn lock_file(path: &Path, arg: nix::fcntl::FlockArg) -> Option<nix::fcntl::Flock<fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(path)
         .ok()?;
-    let arg = if wait {
-        nix::fcntl::FlockArg::LockExclusive
-    } else {
-        nix::fcntl::FlockArg::LockExclusiveNonblock
-    };
     nix::fcntl::Flock::lock(f, arg).ok()
 }
 
