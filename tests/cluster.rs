@@ -82,6 +82,26 @@ fn workers_join_with_tokens_over_mtls_and_run_tasks() {
     );
     let e = stderr_of(h2, &["swarm", "join", "--token", &worker, &m]);
     assert!(e.contains("may have been rotated"), "{e}");
+    // an address to advertise that is not this host's (node1's)
+    let worker = token("worker");
+    let e = stderr_of(
+        h2,
+        &[
+            "swarm",
+            "join",
+            "--advertise-addr",
+            &m,
+            "--token",
+            &worker,
+            &m,
+        ],
+    );
+    assert!(
+        e.contains(&format!(
+            "--advertise-addr {m}: {m} is not an address of this host"
+        )),
+        "{e}"
+    );
     assert_eq!(
         node_states(c.h(1)).len(),
         1,

@@ -146,6 +146,18 @@ fn a_local_user_can_read_or_run_nothing_under_the_data_root() {
     assert!(!ok);
     assert!(out.contains("permission denied"), "{out}");
     assert!(!out.contains("Is the shoal daemon running"), "{out}");
+    // and by its own mode, not only the data root's: with the root opened to passers-by
+    // (as a socket in /run/shoal is), the socket still refuses
+    assert_eq!(mode(&h.socket()), 0o600, "the socket");
+    std::fs::set_permissions(&root, PermissionsExt::from_mode(0o711)).unwrap();
+    let (ok, out) = as_local_user(&format!(
+        "SHOAL_HOST=unix://{} '{}' service ls",
+        h.socket().display(),
+        shoal_bin().display()
+    ));
+    std::fs::set_permissions(&root, PermissionsExt::from_mode(0o700)).unwrap();
+    assert!(!ok, "a local user listed services: {out}");
+    assert!(out.contains("permission denied"), "{out}");
 }
 
 /// `shoal ... | head` ends the command quietly, as any Unix tool's: no panic on the
@@ -172,6 +184,106 @@ fn a_closed_pipe_ends_a_command_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {err}");
     }
+}
+
+/// A gRPC call on the daemon's socket with `body` as its whole request body (its
+/// length prefix too): the grpc-status and grpc-message the daemon answers, or None if
+/// it reset the stream (a refusal that came while curl was still sending).
+fn socket_call(h: &Host, method: &str, body: &[u8]) -> Option<(String, String)> {
+    let file = h.data_root().join("call.body");
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "20"])
+        .arg("--unix-socket")
+        .arg(h.socket())
+        .args(["-D", "-", "-o", "/dev/null", "-X", "POST"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://localhost/{method}"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.code() == Some(92) {
+        return None;
+    }
+    assert!(out.status.success(), "{method}: {out:?}");
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    // (grpc-message is percent-encoded)
+    let msg = field("grpc-message:");
+    let mut text = Vec::new();
+    let mut b = msg.bytes();
+    while let Some(c) = b.next() {
+        match c {
+            b'%' => {
+                let hex: String = b.by_ref().take(2).map(char::from).collect();
+                text.push(u8::from_str_radix(&hex, 16).unwrap_or(b'?'));
+            }
+            c => text.push(c),
+        }
+    }
+    Some((
+        field("grpc-status:"),
+        String::from_utf8_lossy(&text).into_owned(),
+    ))
+}
+
+/// The daemon's socket takes garbage, half-spoken HTTP/2, empty, malformed and huge
+/// messages (a 4 GiB length prefix, 5 MiB of body): each is refused, and the daemon
+/// goes on answering, with nothing lost.
+#[test]
+fn the_socket_refuses_garbage_empty_malformed_and_huge_messages() {
+    use std::io::{Read, Write};
+    let (h, _d) = swarm_host();
+    h.ok(&["network", "create", "-d", "overlay", "kept"]);
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0xff; 4096]);
+    let mut garbage = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+    garbage.extend((0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
+    for bytes in [&garbage[..], &preface[..], &[][..]] {
+        let mut c = std::os::unix::net::UnixStream::connect(h.socket()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.write_all(bytes);
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        // the daemon closes it, or answers with an HTTP/2 error: it does not hang it
+        let mut buf = [0; 4096];
+        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+    }
+    let method = "shoal.v1.Control/GetNetwork";
+    // an empty message: a request with no ID, refused as such
+    let (code, msg) = socket_call(&h, method, &[0, 0, 0, 0, 0]).unwrap();
+    assert_eq!(code, "3", "{msg}");
+    assert!(msg.contains("it is empty"), "{msg}");
+    // no message at all
+    let (code, msg) = socket_call(&h, method, &[]).unwrap();
+    assert!(!code.is_empty() && code != "0", "{code} {msg}");
+    // a message that is no protobuf
+    let (code, msg) = socket_call(&h, method, &[0, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    assert_eq!(code, "13", "{msg}");
+    assert!(msg.contains("decode"), "{msg}");
+    // a length prefix of 4 GiB, and 5 MiB of message: above the 4 MiB a message may have
+    // (tonic answers OUT_OF_RANGE)
+    let (code, msg) = socket_call(&h, method, &[0, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    assert_eq!(code, "11", "{msg}");
+    assert!(
+        msg.contains("found 4294967295 bytes, the limit is: 4194304"),
+        "{msg}"
+    );
+    let mut big = vec![0, 0, 0x50, 0, 0];
+    big.extend(std::iter::repeat_n(0x0a, 5 << 20));
+    if let Some((code, msg)) = socket_call(&h, method, &big) {
+        assert_eq!(code, "11", "{msg}");
+        assert!(msg.contains("found 5242880 bytes"), "{msg}");
+    }
+    // and the daemon goes on, with what it had
+    let inspect = h.ok(&["network", "inspect", "kept"]);
+    assert!(inspect.contains("kept"), "{inspect}");
+    assert!(!h.daemon_log().contains("panicked"), "{}", h.daemon_log());
 }
 
 fn sh(script: &str) -> ContainerSpec {

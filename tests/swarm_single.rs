@@ -226,13 +226,26 @@ fn killed_tasks_fail_and_restart_by_policy() {
 fn refusals_name_what_is_wrong() {
     let h = Host::new();
     let _d = h.start_daemon();
-    h.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
     // each refused: a non-zero exit, and the reason on stderr
     let err = |args: &[&str]| {
         let out = h.cli(args);
         assert!(!out.status.success(), "{args:?} should fail: {out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
+    // an address to advertise that this host does not have (TEST-NET-3)
+    let e = err(&[
+        "swarm",
+        "init",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--advertise-addr",
+        "203.0.113.7",
+    ]);
+    assert!(
+        e.contains("--advertise-addr 203.0.113.7: 203.0.113.7 is not an address of this host"),
+        "{e}"
+    );
+    h.init_swarm();
     assert!(
         err(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]).contains("already part of a swarm")
     );
@@ -276,6 +289,25 @@ fn refusals_name_what_is_wrong() {
     assert!(err(&["service", "scale", "ghost=3"]).contains("not found"));
     assert!(err(&["service", "scale", "x"]).contains("use SERVICE=REPLICAS"));
     assert!(err(&["swarm", "leave"]).contains("--force"));
+    // an empty or blank name matches nothing (it once removed the first service, and
+    // ingress)
+    sleeper(&h, "kept", &[]);
+    for blank in ["", " "] {
+        for kind in ["service", "network", "node"] {
+            let e = err(&[kind, "rm", blank]);
+            assert!(
+                e.contains(&format!(
+                    "{blank:?} is not a {kind} ID or name: it is empty"
+                )),
+                "{kind} rm {blank:?}: {e}"
+            );
+        }
+        let e = err(&["service", "ps", blank]);
+        assert!(e.contains("it is empty"), "service ps {blank:?}: {e}");
+    }
+    assert!(h.ok(&["service", "ls"]).contains("kept"));
+    assert!(h.ok(&["network", "ls"]).contains("ingress"));
+    assert_eq!(h.ok(&["node", "ls", "-q"]).lines().count(), 1);
     // an image that does not exist: create says why instead of waiting forever
     let out = h.cli(&[
         "service",
@@ -716,6 +748,68 @@ fn a_flood_of_big_updates_keeps_the_raft_log_bounded() {
         (s <= 64 << 20).then_some(s)
     });
     eprintln!("raft.redb: {} MiB after service rm", small >> 20);
+}
+
+/// Lists and a node's complete set of assignments bigger than one gRPC message (4 MiB)
+/// arrive whole, in parts: 48 services of 100 KiB each make 4.8 MB of services, as much
+/// of tasks, and as much of assignments when the agent starts its session again. And
+/// 150 `service ls` at once all answer.
+#[test]
+fn lists_and_assignments_bigger_than_one_message_arrive_whole() {
+    let (h, mut d) = swarm_host();
+    sleeper(&h, "small", &[]);
+    let lists: Vec<_> = (0..150)
+        .map(|_| {
+            h.cmd()
+                .args(["service", "ls", "-q"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in lists {
+        let out = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "a concurrent service ls failed: {err}"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    }
+    let names: Vec<String> = (0..48).map(|i| format!("fat{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let big = format!("BIG={}", format!("{i:08}").repeat((100 << 10) / 8));
+        sleeper(&h, name, &["-d", "-e", &big]);
+    }
+    let all_running = |n: usize| {
+        let ls = h.cli(&["service", "ls", "--format", "json"]);
+        let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+        let rows = json_lines(&ls);
+        (rows.len() == n && rows.iter().all(|v| v["Replicas"] == "1/1")).then_some(())
+    };
+    wait_for("every service running", Duration::from_secs(120), || {
+        all_running(49)
+    });
+    let ls = h.ok(&["service", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 49, "{ls}");
+    let mut ps_args = vec!["service", "ps", "-q"];
+    ps_args.extend(names.iter().map(String::as_str));
+    let ps = h.ok(&ps_args);
+    assert_eq!(ps.lines().count(), 48, "{ps}");
+    // (`service logs` lists every task of the swarm, unfiltered: 4.8 MB)
+    h.ok(&["service", "logs", "small"]);
+    // the agent's new session gets its complete set (4.8 MB) in parts: a task created
+    // after it runs only if the set arrived
+    d.kill();
+    let _d = h.start_daemon();
+    sleeper(&h, "after", &[]);
+    wait_for("the task created after", Duration::from_secs(60), || {
+        (replicas(&h, "after") == "1/1").then_some(())
+    });
+    wait_for("every service running", Duration::from_secs(60), || {
+        all_running(50)
+    });
 }
 
 /// A task namespace left behind (its task gone while the daemon was down) is removed

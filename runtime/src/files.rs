@@ -179,23 +179,61 @@ mod tests {
         );
     }
 
+    /// A tmpfs of 64 KiB, unmounted when dropped (also when the test fails).
+    struct SmallFs(tempfile::TempDir);
+
+    impl SmallFs {
+        fn new() -> SmallFs {
+            let d = tempfile::tempdir().unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                d.path(),
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("size=64k"),
+            )
+            .expect("mount a tmpfs (as root)");
+            SmallFs(d)
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount(self.0.path());
+        }
+    }
+
     #[test]
     fn atomic_writes_replace_whole_and_are_private() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("state.json");
+        let d = SmallFs::new();
+        let p = d.0.path().join("state.json");
         fs::write(&p, b"old").unwrap();
         set_mode(&p, 0o644).unwrap();
         write_atomic(&p, b"new content").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"new content");
         assert_eq!(mode(&p), 0o600);
-        // a write that cannot happen leaves the old content
-        let missing = d.path().join("no/such/dir/state.json");
-        assert!(write_atomic(&missing, b"x").is_err());
-        assert_eq!(fs::read(&p).unwrap(), b"new content");
-        assert_eq!(
-            fs::read_dir(d.path()).unwrap().count(),
-            1,
-            "no temporary file left"
+        // on a full disk a write fails, and leaves the old content whole (a plain
+        // write truncates it first: the state file is empty after)
+        let mut filler = fs::File::create(d.0.path().join("filler")).unwrap();
+        let e = loop {
+            if let Err(e) = filler.write_all(&[0; 4096]) {
+                break e;
+            }
+        };
+        assert!(is_no_space(&e), "{e}");
+        let e = write_atomic(&p, &[b'x'; 16 << 10]).unwrap_err();
+        assert!(is_no_space(&e), "{e}");
+        let now = fs::read(&p).unwrap();
+        assert!(
+            now == b"new content",
+            "the old content, whole: {} bytes",
+            now.len()
         );
+        let mut names: Vec<_> = fs::read_dir(d.0.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["filler", "state.json"], "no temporary file left");
     }
 }

@@ -941,6 +941,18 @@ mod networks {
             create_service(&store, h).await,
             "already published by service a",
         );
+        // the routing mesh is not taken from under a published port
+        refused(
+            remove_network(&store, "ingress").await,
+            "network ingress is in use by service(s) a",
+        );
+        assert!(
+            store.view(|t| t
+                .networks
+                .values()
+                .any(|n| crate::manager::store::StoreItem::name(n) == "ingress")),
+            "ingress kept"
+        );
     }
 
     #[tokio::test]
@@ -1127,6 +1139,13 @@ async fn impossible_services_are_refused_and_survived() {
     store.update(|tx| tx.create(s)).await.unwrap();
     reconcile(&store, &id).await.unwrap();
     assert!(store.view(|t| t.tasks.is_empty()), "no task for it");
+    // an update (`service scale huge=1000000000000`) is refused the same way
+    let e = super::control::update_service(&store, &id, 0, huge.clone(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("above the limit of 10000"), "{e}");
+    assert_eq!(store.view(|t| t.services[&id].spec_version), 1);
     // `service scale huge=3`
     huge.mode = Some(replicated(3));
     super::control::update_service(&store, &id, 0, huge, false)
@@ -1134,6 +1153,63 @@ async fn impossible_services_are_refused_and_survived() {
         .unwrap();
     reconcile(&store, &id).await.unwrap();
     assert_eq!(tasks_of(&store, &id).len(), 3);
+}
+
+/// An object, and a change, are bounded in bytes before anything is proposed, whatever
+/// the call (node labels have no limit of their own): the Raft entry must reach every
+/// manager in one message.
+#[tokio::test]
+async fn objects_and_changes_too_big_are_refused_naming_the_limit() {
+    use super::store::{MAX_OBJECT_BYTES, MAX_TX_BYTES};
+    let (a, b) = (node("a", &[]), node("b", &[]));
+    let store = setup(vec![a.clone(), b.clone()], &service("ok", replicated(1))).await;
+    let with_label = |n: &Node, bytes: usize| {
+        let mut spec = n.spec.clone().unwrap();
+        let labels = &mut spec.annotations.as_mut().unwrap().labels;
+        labels.insert("big".into(), "x".repeat(bytes));
+        spec
+    };
+    let e = super::control::update_node(&store, &a.id, 0, with_label(&a, MAX_OBJECT_BYTES))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("node {}", a.id))
+            && e.contains(&format!("above the limit of {MAX_OBJECT_BYTES} bytes")),
+        "{e}"
+    );
+    // two objects each within the bound, together above a change's
+    let half = MAX_TX_BYTES / 2;
+    let e = store
+        .update(|tx| {
+            for n in [&a, &b] {
+                let mut n = tx.get::<Node>(&n.id).unwrap();
+                n.spec = Some(with_label(&n, half));
+                tx.update(n)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("a change of 2 objects")
+            && e.contains(&format!("above the limit of {MAX_TX_BYTES} bytes")),
+        "{e}"
+    );
+    store.view(|t| {
+        for n in t.nodes.values() {
+            let labels = &n
+                .spec
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()
+                .labels;
+            assert!(labels.is_empty(), "nothing kept: {}", n.id);
+        }
+    });
 }
 
 /// A task rejected before it ran (its image cannot be pulled) is tried again once per

@@ -101,9 +101,9 @@ pub(crate) async fn monitor(
         let in_start = started.elapsed() < check.start_period();
         let mut h = tx.borrow().clone();
         h.record(probe, check.retries(), in_start);
-        let _ = std::fs::write(
-            rt.dir(id).join("health.json"),
-            serde_json::to_vec(&h).unwrap_or_default(),
+        let _ = crate::files::write_atomic(
+            &rt.dir(id).join("health.json"),
+            &serde_json::to_vec(&h).unwrap_or_default(),
         );
         tx.send_replace(h);
     }

@@ -397,7 +397,7 @@ fn record_reaped(k: &Shared, id: &str, x: Exit) {
         };
         // on disk at once: a keeper that dies while the output drains loses nothing
         if let Ok(b) = serde_json::to_vec(&x) {
-            let _ = fs::write(t.dir.join("exit.pending"), b);
+            let _ = crate::files::write_atomic(&t.dir.join("exit.pending"), &b);
         }
         t.reaped = Some(x);
         t.pumps
@@ -430,9 +430,8 @@ fn finalize(k: &Shared, id: &str) {
 }
 
 fn write_exit(dir: &Path, x: &Exit) {
-    let tmp = dir.join("exit.json.tmp");
     if let Ok(b) = serde_json::to_vec(x) {
-        if fs::write(&tmp, b).is_ok() && fs::rename(&tmp, exit_path(dir)).is_ok() {
+        if crate::files::write_atomic(&exit_path(dir), &b).is_ok() {
             let _ = fs::remove_file(dir.join("exit.pending"));
         }
     }
@@ -754,9 +753,9 @@ async fn create(
     let err_w = open_rw("stderr.fifo")?;
     let devnull = File::open("/dev/null").map_err(|e| e.to_string())?;
     let logw = LogWriter::open(&dir.join("logs"), log.clone()).map_err(|e| format!("log: {e}"))?;
-    let _ = fs::write(
-        dir.join("log.json"),
-        serde_json::to_vec(&log).unwrap_or_default(),
+    let _ = crate::files::write_atomic(
+        &dir.join("log.json"),
+        &serde_json::to_vec(&log).unwrap_or_default(),
     );
     k.borrow_mut().containers.insert(
         id.to_string(),

@@ -367,10 +367,11 @@ impl ContainerRuntime {
             cgroup,
             stop_signal,
         };
-        let tmp = dir.join("container.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(&rec).unwrap_or_default())
-            .map_err(io(id, "write container.json"))?;
-        fs::rename(&tmp, dir.join("container.json")).map_err(io(id, "write container.json"))?;
+        crate::files::write_atomic(
+            &dir.join("container.json"),
+            &serde_json::to_vec_pretty(&rec).unwrap_or_default(),
+        )
+        .map_err(io(id, "write container.json"))?;
         Ok(rec)
     }
 
