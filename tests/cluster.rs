@@ -687,12 +687,23 @@ fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
 
     // demote: it leaves the group and is a worker again
     h1.ok(&["node", "demote", "node2"]);
-    wait_for("node2 a worker again", Duration::from_secs(30), || {
-        let out = c.h(2).cli(&["service", "ls"]);
-        (manager_status(h1)["node2"].is_empty()
-            && String::from_utf8_lossy(&out.stderr).contains("not a swarm manager"))
-        .then_some(())
+    let a_worker_again = || {
+        wait_for("node2 a worker again", Duration::from_secs(30), || {
+            let out = c.h(2).cli(&["service", "ls"]);
+            (manager_status(h1)["node2"].is_empty()
+                && String::from_utf8_lossy(&out.stderr).contains("not a swarm manager"))
+            .then_some(())
+        })
+    };
+    a_worker_again();
+    // the same with node update --role
+    h1.ok(&["node", "update", "--role", "manager", "node2"]);
+    wait_for("node2 a manager by --role", Duration::from_secs(30), || {
+        let ls = c.h(2).cli(&["service", "ls"]);
+        (manager_status(h1)["node2"] == "Reachable" && ls.status.success()).then_some(())
     });
+    h1.ok(&["node", "update", "--role", "worker", "node2"]);
+    a_worker_again();
 
     // rm: refused while the node is up; once it is down, it goes, and its certificate
     // is refused from then on

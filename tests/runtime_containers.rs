@@ -37,6 +37,57 @@ fn sh(script: &str) -> ContainerSpec {
     }
 }
 
+/// Waits (30 s at most) until a process waits for an flock on `path`: in /proc/locks, a
+/// waiter's line is "N: -> FLOCK ... MAJ:MIN:INODE ...", the device in hex.
+async fn until_flock_waiter_on(path: &std::path::Path, what: &str) {
+    eventually(what, Duration::from_secs(30), async || {
+        flock_waiter_on(path).then_some(())
+    })
+    .await;
+}
+
+fn flock_waiter_on(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).unwrap();
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(m.dev()),
+        libc::minor(m.dev()),
+        m.ino()
+    );
+    fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("->") && l.split_whitespace().any(|f| f == id))
+}
+
+/// A prepare waits while another process's start-up cleanup holds the containers' lock
+/// (so that the cleanup never finds it half-made), and goes on once it is let go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prepare_waits_for_a_cleanup_in_progress() {
+    let host = Host::new();
+    let rt = host.runtime_with_image().await;
+    let lock_path = host.data_root().join("containers/.lock");
+    let cleaning = nix::fcntl::Flock::lock(
+        fs::OpenOptions::new().write(true).open(&lock_path).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+    let check = async {
+        until_flock_waiter_on(&lock_path, "the prepare to wait for the lock").await;
+        assert!(
+            !rt.dir("late").exists(),
+            "made while a cleanup held the lock"
+        );
+        drop(cleaning);
+    };
+    let spec = sh("true");
+    let (prepared, ()) = tokio::join!(rt.prepare("late", &spec), check);
+    prepared.unwrap();
+    assert_eq!(rt.inspect("late").await.unwrap().status, Status::Prepared);
+    rt.remove("late").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_with_exit_code_and_separate_streams() {
     let host = Host::new();
@@ -347,25 +398,8 @@ async fn remove_leaves_nothing_and_leftovers_are_cleaned_at_start() {
     )
     .unwrap();
     drop(rt);
-    let lock_ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&lock_path).unwrap());
     let finish_prepare = async {
-        // (a waiter on the lock shows in /proc/locks as "-> FLOCK ... dev:inode ...")
-        eventually(
-            "the cleanup to wait for the prepare",
-            Duration::from_secs(10),
-            async || {
-                fs::read_to_string("/proc/locks")
-                    .unwrap()
-                    .lines()
-                    .any(|l| {
-                        l.contains("->")
-                            && l.split_whitespace()
-                                .any(|f| f.rsplit(':').next() == Some(&lock_ino.to_string()))
-                    })
-                    .then_some(())
-            },
-        )
-        .await;
+        until_flock_waiter_on(&lock_path, "the cleanup to wait for the prepare").await;
         fs::write(busy.join("container.json"), b"{}").unwrap();
         drop(preparing);
     };

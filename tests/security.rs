@@ -250,9 +250,23 @@ fn the_socket_refuses_garbage_empty_malformed_and_huge_messages() {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let _ = c.write_all(bytes);
         let _ = c.shutdown(std::net::Shutdown::Write);
-        // the daemon closes it, or answers with an HTTP/2 error: it does not hang it
+        // the daemon closes it, or answers with an HTTP/2 error and closes: it does not
+        // leave it hanging (a read that times out)
         let mut buf = [0; 4096];
-        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+        let end = loop {
+            match c.read(&mut buf) {
+                Ok(n) if n > 0 => continue,
+                r => break r,
+            }
+        };
+        match end {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!(
+                "{} bytes sent: the connection was left open: {e}",
+                bytes.len()
+            ),
+        }
     }
     let method = "shoal.v1.Control/GetNetwork";
     // an empty message: a request with no ID, refused as such
@@ -465,20 +479,67 @@ async fn mounts_over_proc_and_sys_are_refused() {
     }
 }
 
+/// A host whose data root is a tmpfs of `size` (its drop unmounts everything under
+/// its data root, this tmpfs too), and the root.
+fn host_on_tmpfs(size: &str) -> (Host, PathBuf) {
+    let h = Host::new();
+    let root = h.data_root().to_path_buf();
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs on {}", root.display());
+    (h, root)
+}
+
+/// A state file replaced on a full disk keeps its old content whole (a plain write
+/// truncates it first: the next reader finds it cut or empty), and leaves no temporary
+/// file behind.
+#[test]
+fn a_state_file_written_on_a_full_disk_keeps_its_old_content() {
+    use shoal_runtime::files::{is_no_space, replace_file, write_atomic};
+    use std::io::Write;
+    let (_h, root) = host_on_tmpfs("64k");
+    let p = root.join("state.json");
+    write_atomic(&p, b"old content").unwrap();
+    let mut filler = std::fs::File::create(root.join("filler")).unwrap();
+    let e = loop {
+        if let Err(e) = filler.write_all(&[0; 4096]) {
+            break e;
+        }
+    };
+    assert!(is_no_space(&e), "{e}");
+    for (what, res) in [
+        ("write_atomic", write_atomic(&p, &[b'x'; 16 << 10])),
+        ("replace_file", replace_file(&p, &[b'x'; 16 << 10])),
+    ] {
+        let e = res.expect_err("a write on a full disk");
+        assert!(is_no_space(&e), "{what}: {e}");
+        let now = std::fs::read(&p).unwrap();
+        assert!(
+            now == b"old content",
+            "{what}: the old content, whole: {} bytes",
+            now.len()
+        );
+    }
+    let mut names = dir_names(&root);
+    names.sort();
+    assert_eq!(names, ["filler", "state.json"], "no temporary file left");
+}
+
 /// The data root on a 64 MiB tmpfs, filled: a change is refused at once, naming the
 /// full disk, and nothing of it is kept; reads (`service ls`, `service ps`,
 /// `container ls`) answer; once space is back, changes work again with no restart.
 #[test]
 fn a_full_disk_refuses_changes_keeps_reads_and_recovers() {
-    let h = Host::new();
-    let root = h.data_root().to_path_buf();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount a tmpfs on {}", root.display());
-    // (the host's drop unmounts everything under its data root, this tmpfs too)
+    let (h, root) = host_on_tmpfs("64m");
     let _d = h.start_daemon();
     h.init_swarm();
     let sleeper = |name: &str| {

@@ -613,18 +613,26 @@ fn networks_are_created_attached_inspected_and_removed() {
             v.as_array().is_some_and(|a| a.len() == 2).then_some(v)
         },
     );
-    let addrs: Vec<&str> = vips
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["Addr"].as_str().unwrap())
-        .collect();
-    assert!(
-        addrs
+    // one VIP on each network, from that network's own subnet (appnet 10.77.0.64/26,
+    // ingress 10.77.0.0/26)
+    let vip_on = |net: &serde_json::Value| -> u8 {
+        let v = vips
+            .as_array()
+            .unwrap()
             .iter()
-            .any(|a| a.starts_with("10.77.0.") && a.ends_with("/26")),
-        "{addrs:?}"
-    );
+            .find(|v| v["NetworkID"] == net[0]["Id"])
+            .unwrap_or_else(|| panic!("no VIP on {}: {vips}", net[0]["Name"]));
+        let a = v["Addr"].as_str().unwrap();
+        let host = a
+            .strip_prefix("10.77.0.")
+            .and_then(|r| r.strip_suffix("/26"))
+            .unwrap_or_else(|| panic!("{a}: not in 10.77.0.0/24 with its /26"));
+        host.parse().unwrap()
+    };
+    let on_app = vip_on(&app);
+    assert!((65..127).contains(&on_app), "appnet's VIP .{on_app}");
+    let on_ingress = vip_on(&ingress);
+    assert!((1..63).contains(&on_ingress), "ingress's VIP .{on_ingress}");
     // the same port twice on the routing mesh is refused at create
     assert!(
         err(&["service", "create", "--name", "other", "-p", "8080:81", "busybox"])

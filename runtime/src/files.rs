@@ -12,9 +12,10 @@
 //! - what a container itself sees keeps container semantics, made explicitly: its root
 //!   directory, volumes, and directories an image implies are 0755 ([`CONTAINER_DIR`]),
 //!   inside directories no other user can enter;
-//! - state files are replaced atomically ([`write_atomic`]: a temporary file, fsync,
-//!   rename, fsync of the directory), so a full disk or a crash leaves the old content or
-//!   the new, never a truncated file.
+//! - state files are replaced atomically ([`write_atomic`]: a temporary file of the
+//!   writer's own, fsync, rename, fsync of the directory; [`replace_file`] without the
+//!   syncs, for a health state), so a full disk or a crash leaves the old content or the
+//!   new, never a truncated file.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -104,24 +105,46 @@ pub fn secure_tree(root: &Path) -> io::Result<usize> {
 /// a temporary file beside it (mode 0600) and synced, then renamed over `path`, and the
 /// directory synced. A failure (a full disk) leaves `path` as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// [`write_atomic`] without the syncs, for a file that is rewritten often and whose
+/// last version only matters while the host is up (a health state): a crash or a full
+/// disk still leaves the old content or the new.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other(format!("{} has no directory", path.display())))?;
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    // a name of this writer's own: two processes replacing one file never share it
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{}.{}.{n}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let res = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        if durable {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -179,61 +202,22 @@ mod tests {
         );
     }
 
-    /// A tmpfs of 64 KiB, unmounted when dropped (also when the test fails).
-    struct SmallFs(tempfile::TempDir);
-
-    impl SmallFs {
-        fn new() -> SmallFs {
-            let d = tempfile::tempdir().unwrap();
-            nix::mount::mount(
-                Some("tmpfs"),
-                d.path(),
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                Some("size=64k"),
-            )
-            .expect("mount a tmpfs (as root)");
-            SmallFs(d)
-        }
-    }
-
-    impl Drop for SmallFs {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount(self.0.path());
-        }
-    }
-
     #[test]
     fn atomic_writes_replace_whole_and_are_private() {
-        let d = SmallFs::new();
-        let p = d.0.path().join("state.json");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
         fs::write(&p, b"old").unwrap();
         set_mode(&p, 0o644).unwrap();
         write_atomic(&p, b"new content").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"new content");
         assert_eq!(mode(&p), 0o600);
-        // on a full disk a write fails, and leaves the old content whole (a plain
-        // write truncates it first: the state file is empty after)
-        let mut filler = fs::File::create(d.0.path().join("filler")).unwrap();
-        let e = loop {
-            if let Err(e) = filler.write_all(&[0; 4096]) {
-                break e;
-            }
-        };
-        assert!(is_no_space(&e), "{e}");
-        let e = write_atomic(&p, &[b'x'; 16 << 10]).unwrap_err();
-        assert!(is_no_space(&e), "{e}");
-        let now = fs::read(&p).unwrap();
-        assert!(
-            now == b"new content",
-            "the old content, whole: {} bytes",
-            now.len()
+        replace_file(&p, b"newer").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"newer");
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporary file left"
         );
-        let mut names: Vec<_> = fs::read_dir(d.0.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["filler", "state.json"], "no temporary file left");
+        // (a full disk: tests/security.rs, on a tmpfs, as root)
     }
 }

@@ -101,7 +101,7 @@ pub(crate) async fn monitor(
         let in_start = started.elapsed() < check.start_period();
         let mut h = tx.borrow().clone();
         h.record(probe, check.retries(), in_start);
-        let _ = crate::files::write_atomic(
+        let _ = crate::files::replace_file(
             &rt.dir(id).join("health.json"),
             &serde_json::to_vec(&h).unwrap_or_default(),
         );

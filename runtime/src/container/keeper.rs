@@ -397,7 +397,7 @@ fn record_reaped(k: &Shared, id: &str, x: Exit) {
         };
         // on disk at once: a keeper that dies while the output drains loses nothing
         if let Ok(b) = serde_json::to_vec(&x) {
-            let _ = crate::files::write_atomic(&t.dir.join("exit.pending"), &b);
+            let _ = crate::files::replace_file(&t.dir.join("exit.pending"), &b);
         }
         t.reaped = Some(x);
         t.pumps

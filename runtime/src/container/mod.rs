@@ -281,7 +281,10 @@ impl ContainerRuntime {
         // for it, and so leaves this half-made container alone (a cleanup that listed the
         // containers just before this one was made unmounted its fresh rootfs, and it
         // started with an empty root); the lock dies with us if we crash
-        let _preparing = self.lock_root(nix::fcntl::FlockArg::LockShared).await;
+        let _preparing = self
+            .lock_root(false)
+            .await
+            .map_err(io(id, "lock the containers' root"))?;
         // the directory's creation is the existence check, atomic against a racing prepare
         if let Err(e) = fs::create_dir(&dir) {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -417,13 +420,25 @@ impl ContainerRuntime {
         })
     }
 
-    /// The containers' root lock (see the module's doc), taken off the async threads.
-    async fn lock_root(&self, arg: nix::fcntl::FlockArg) -> Option<nix::fcntl::Flock<fs::File>> {
+    /// The containers' root lock (see the module's doc): shared, or `exclusive`; the
+    /// wait is off the async threads.
+    async fn lock_root(&self, exclusive: bool) -> std::io::Result<nix::fcntl::Flock<fs::File>> {
+        use nix::fcntl::FlockArg;
         let path = self.root.join(".lock");
-        tokio::task::spawn_blocking(move || lock_file(&path, arg))
-            .await
-            .ok()
-            .flatten()
+        tokio::task::spawn_blocking(move || {
+            if !exclusive {
+                return lock_file(&path, FlockArg::LockShared);
+            }
+            match lock_file(&path, FlockArg::LockExclusiveNonblock) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tracing::info!("waiting for the containers being prepared to be ready");
+                    lock_file(&path, FlockArg::LockExclusive)
+                }
+                r => r,
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     pub fn record(&self, id: &str) -> Result<ContainerRecord> {
@@ -751,8 +766,43 @@ impl ContainerRuntime {
     /// containers whose removal was interrupted, libcontainer state and cgroups of
     /// containers that no longer exist, and stray mounts under our root.
     async fn clean_leftovers(&self) -> Result<()> {
-        // no prepare runs meanwhile: what is half-made now was left by a crash
-        let _cleaning = self.lock_root(nix::fcntl::FlockArg::LockExclusive).await;
+        let left = {
+            // no prepare runs meanwhile: what is half-made now was left by a crash, and
+            // what belongs to no container now is no new container's either
+            let _cleaning = match self.lock_root(true).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot lock the containers' root: leftovers of earlier runs are left for the next start");
+                    return Ok(());
+                }
+            };
+            self.leftovers()?
+        };
+        // (each item names a container that is gone or half-made, which no prepare
+        // takes again: the work, which may wait on the keeper, is done unlocked)
+        for id in left.removing {
+            let _ = self.remove(&id).await;
+        }
+        for (id, p) in left.half_made {
+            let _ = self.keeper.call(&Request::Delete { id: id.clone() }).await;
+            let _ = unmount(&p.join("rootfs"));
+            let _ = fs::remove_dir_all(&p);
+            remove_cgroup_dirs(&self.cfg.cgroup_parent, &id);
+        }
+        for (id, p) in left.states {
+            let _ = self.call(&Request::Delete { id }).await;
+            let _ = fs::remove_dir_all(p);
+        }
+        for d in left.cgroups {
+            let _ = fs::remove_dir(d);
+        }
+        Ok(())
+    }
+
+    /// What [`Self::clean_leftovers`] removes, found under the root lock; stray mounts
+    /// are unmounted at once.
+    fn leftovers(&self) -> Result<Leftovers> {
+        let mut left = Leftovers::default();
         let mut known = Vec::new();
         for e in fs::read_dir(&self.root)
             .map_err(io("-", "list containers"))?
@@ -764,28 +814,21 @@ impl ContainerRuntime {
                 continue;
             }
             if p.join("removing").exists() {
-                let _ = self.remove(&name).await;
-                continue;
+                // (its removal, done again, takes its mounts, state and cgroups too)
+                left.removing.push(name.clone());
+                known.push(name);
+            } else if !p.join("container.json").is_file() {
+                left.half_made.push((name, p));
+            } else {
+                known.push(name);
             }
-            if !p.join("container.json").is_file() {
-                let _ = self
-                    .keeper
-                    .call(&Request::Delete { id: name.clone() })
-                    .await;
-                let _ = unmount(&p.join("rootfs"));
-                let _ = fs::remove_dir_all(&p);
-                remove_cgroup_dirs(&self.cfg.cgroup_parent, &name);
-                continue;
-            }
-            known.push(name);
         }
         // libcontainer state without a container of ours
         if let Ok(rd) = fs::read_dir(self.root.join("libcontainer")) {
             for e in rd.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
                 if !known.contains(&id) {
-                    let _ = self.call(&Request::Delete { id: id.clone() }).await;
-                    let _ = fs::remove_dir_all(e.path());
+                    left.states.push((id, e.path()));
                 }
             }
         }
@@ -795,7 +838,7 @@ impl ContainerRuntime {
             for e in fs::read_dir(&parent).into_iter().flatten().flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
                 if e.path().is_dir() && !known.contains(&id) {
-                    let _ = fs::remove_dir(e.path());
+                    left.cgroups.push(e.path());
                 }
             }
         }
@@ -817,8 +860,20 @@ impl ContainerRuntime {
                 }
             }
         }
-        Ok(())
+        Ok(left)
     }
+}
+
+/// Leftovers of earlier runs, by kind (see [`ContainerRuntime::clean_leftovers`]).
+#[derive(Default)]
+struct Leftovers {
+    /// containers whose removal was interrupted
+    removing: Vec<String>,
+    /// containers whose prepare was interrupted: ID and directory
+    half_made: Vec<(String, PathBuf)>,
+    /// libcontainer state of no container: ID and directory
+    states: Vec<(String, PathBuf)>,
+    cgroups: Vec<PathBuf>,
 }
 
 /// Makes the containers' directories root's alone, also those made before shoal said so:
@@ -929,18 +984,20 @@ fn remove_cgroup_dirs(parent: &str, id: &str) {
     }
 }
 
-/// Takes an flock on `path` (creating it, root's alone), waiting for it. The lock lasts
-/// as long as the returned file; `None` if the file cannot be opened.
-fn lock_file(path: &Path, arg: nix::fcntl::FlockArg) -> Option<nix::fcntl::Flock<fs::File>> {
+/// Takes an flock on `path` (creating it, root's alone). The lock lasts as long as the
+/// returned file.
+fn lock_file(
+    path: &Path,
+    arg: nix::fcntl::FlockArg,
+) -> std::io::Result<nix::fcntl::Flock<fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(path)
-        .ok()?;
-    nix::fcntl::Flock::lock(f, arg).ok()
+        .open(path)?;
+    nix::fcntl::Flock::lock(f, arg).map_err(|(_, e)| e.into())
 }
 
 pub fn is_mountpoint(p: &Path) -> bool {
