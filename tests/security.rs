@@ -534,6 +534,52 @@ fn a_state_file_written_on_a_full_disk_keeps_its_old_content() {
     assert_eq!(names, ["filler", "state.json"], "no temporary file left");
 }
 
+/// A container start on a full disk is refused before libcontainer writes its state
+/// (which it would leave cut), naming the full disk; the keeper goes on answering, alone
+/// (no helper of it left behind), and the same container starts once there is room.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_start_on_a_full_disk_is_refused_and_the_keeper_goes_on() {
+    let (host, root) = host_on_tmpfs("48m");
+    let rt = host.runtime_with_image().await;
+    rt.prepare("full", &sh("echo started")).await.unwrap();
+    let filler = root.join("filler");
+    let free = {
+        let s = nix::sys::statvfs::statvfs(&root).unwrap();
+        s.blocks_available() as u64 * s.fragment_size() as u64
+    };
+    let fill = Command::new("fallocate")
+        .args(["-l", &(free - (1 << 20)).to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(fill.success());
+    let e = rt.start("full").await.unwrap_err().to_string();
+    assert!(
+        e.contains("below the 4 MiB a start needs") && e.contains("No space left on device"),
+        "{e}"
+    );
+    // the keeper answers, and is the only one for this root
+    let list = rt.list().await.unwrap();
+    assert_eq!(list.len(), 1);
+    let keepers = || {
+        let needle = format!("--root\0{}/containers", root.display());
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .filter(|c| c.contains("\0keeper\0") && c.contains(&needle))
+            .count()
+    };
+    assert_eq!(keepers(), 1, "one keeper");
+    std::fs::remove_file(&filler).unwrap();
+    rt.start("full").await.unwrap();
+    let x = rt.wait("full").await.unwrap();
+    assert_eq!(x.code, 0);
+    assert_eq!(output(&rt, "full"), "started\n");
+    rt.remove("full").await.unwrap();
+}
+
 /// The data root on a 64 MiB tmpfs, filled: a change is refused at once, naming the
 /// full disk, and nothing of it is kept; reads (`service ls`, `service ps`,
 /// `container ls`) answer; once space is back, changes work again with no restart.
