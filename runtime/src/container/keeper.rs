@@ -804,56 +804,72 @@ async fn create_in_helper(
 ) -> Result<i32, String> {
     ensure_single_thread()?;
     let no_pivot = root_is_ramdisk();
+    let build = move || {
+        // what libcontainer makes in the container's root (mount points, /dev) gets the
+        // container's modes, not the keeper's private ones
+        crate::files::set_umask(crate::files::CONTAINER_UMASK);
+        let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+            .with_root_path(lc_root(root))
+            .and_then(|b| b.validate_id())
+            .map(|b| {
+                b.with_stdin(OwnedFd::from(devnull))
+                    .with_stdout(OwnedFd::from(out_w))
+                    .with_stderr(OwnedFd::from(err_w))
+            })
+            .and_then(|b| {
+                b.as_init(bundle)
+                    .with_systemd(false)
+                    .with_no_pivot(no_pivot)
+                    .with_detach(true)
+                    .as_sibling(true)
+                    .build()
+            });
+        match built {
+            Ok(c) => match c.pid() {
+                Some(p) => format!("OK {}\n", p.as_raw()),
+                None => "ERR libcontainer gave no pid\n".to_string(),
+            },
+            Err(e) => format!("ERR create {id}: {}\n", chain(&e)),
+        }
+    };
+    // SAFETY: this process has a single thread (checked just above), so the helper starts
+    // in a consistent state; it only calls libcontainer.
+    let text = unsafe { in_helper(&format!("create {id}"), build) }.await?;
+    match text.trim().split_once(' ') {
+        Some(("OK", pid)) => pid
+            .parse()
+            .map_err(|_| format!("create {id}: helper said {text:?}")),
+        Some(("ERR", msg)) => Err(msg.to_string()),
+        _ => Err(format!("create {id}: the helper died without an answer")),
+    }
+}
+
+/// Runs `work` in a forked helper process and returns the line it answers (empty if it
+/// died without one). The helper never returns into the caller, which it shares a copy
+/// of: whatever `work` does, a panic included, it ends with `_exit` (a panic unwinding
+/// out of the helper once did, on a full disk: the copies served the keeper's socket
+/// and spun, and the keeper's callers waited forever).
+///
+/// # Safety
+/// The process must have a single thread, or `work` must do only what is safe after a
+/// fork of a process with several.
+async unsafe fn in_helper(what: &str, work: impl FnOnce() -> String) -> Result<String, String> {
     let (r, w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    // SAFETY: this process has a single thread (checked just above), so the child starts
-    // in a consistent state; it only calls libcontainer, writes one line and _exits.
+    // SAFETY: see the function's contract.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {
             drop(r);
-            // The helper only builds, answers and _exits: it must never return into the
-            // keeper's event loop, which it shares a copy of (a panic unwinding out of
-            // here once did, on a full disk: the copies served the keeper's socket and
-            // spun, and the keeper's callers waited forever).
-            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                // what libcontainer makes in the container's root (mount points, /dev)
-                // gets the container's modes, not the keeper's private ones
-                crate::files::set_umask(crate::files::CONTAINER_UMASK);
-                let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-                    .with_root_path(lc_root(root))
-                    .and_then(|b| b.validate_id())
-                    .map(|b| {
-                        b.with_stdin(OwnedFd::from(devnull))
-                            .with_stdout(OwnedFd::from(out_w))
-                            .with_stderr(OwnedFd::from(err_w))
-                    })
-                    .and_then(|b| {
-                        b.as_init(bundle)
-                            .with_systemd(false)
-                            .with_no_pivot(no_pivot)
-                            .with_detach(true)
-                            .as_sibling(true)
-                            .build()
-                    });
-                match built {
-                    Ok(c) => match c.pid() {
-                        Some(p) => format!("OK {}\n", p.as_raw()),
-                        None => "ERR libcontainer gave no pid\n".to_string(),
-                    },
-                    Err(e) => format!("ERR create {id}: {}\n", chain(&e)),
-                }
-            }))
-            .unwrap_or_else(|_| {
-                format!("ERR create {id}: the runtime panicked (see keeper.log)\n")
-            });
+            let line = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .unwrap_or_else(|_| format!("ERR {what}: the runtime panicked (see keeper.log)\n"));
             let mut f = File::from(w);
-            let _ = std::io::Write::write_all(&mut f, built.as_bytes());
-            // SAFETY: _exit ends the helper without running the keeper's destructors.
+            let _ = std::io::Write::write_all(&mut f, line.as_bytes());
+            // SAFETY: _exit ends the helper without running the caller's destructors.
             unsafe { libc::_exit(0) }
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(w);
-            drop((out_w, err_w, devnull));
+            drop(work); // (the parent's copies of what the helper was given)
             nix::fcntl::fcntl(
                 &r,
                 nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -866,7 +882,7 @@ async fn create_in_helper(
             let mut buf = [0u8; 1024];
             loop {
                 let mut g = afd.readable().await.map_err(|e| format!("pipe: {e}"))?;
-                // one line is the whole answer; don't wait for EOF: the new container's
+                // one line is the whole answer; don't wait for EOF: a new container's
                 // init holds a copy of the write end until it execs
                 match g.try_io(|i| i.get_ref().read(&mut buf)) {
                     Ok(Ok(0)) => break,
@@ -877,19 +893,12 @@ async fn create_in_helper(
                         }
                     }
                     Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Ok(Err(e)) => return Err(format!("create {id}: helper: {e}")),
+                    Ok(Err(e)) => return Err(format!("{what}: helper: {e}")),
                     Err(_would_block) => {}
                 }
             }
             let _ = child; // reaped with the others; its exit is nobody's
-            let text = String::from_utf8_lossy(&out);
-            match text.trim().split_once(' ') {
-                Some(("OK", pid)) => pid
-                    .parse()
-                    .map_err(|_| format!("create {id}: helper said {text:?}")),
-                Some(("ERR", msg)) => Err(msg.to_string()),
-                _ => Err(format!("create {id}: the helper died without an answer")),
-            }
+            Ok(String::from_utf8_lossy(&out).into_owned())
         }
     }
 }
@@ -1173,6 +1182,45 @@ impl KeeperClient {
 #[cfg(test)]
 mod tests {
     use super::ramdisk_in;
+
+    /// A helper whose work panics ends there, and never returns into its caller (which
+    /// it shares a copy of): the caller gets an error line, and nothing of the caller's
+    /// runs in the helper, not even a destructor.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_helper_that_panics_never_returns_into_its_caller() {
+        use std::io::Write;
+        /// Notes the pid of each process that drops it: a helper that unwound into the
+        /// test would drop its copy too.
+        struct Mark(std::path::PathBuf);
+        impl Drop for Mark {
+            fn drop(&mut self) {
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&self.0)
+                {
+                    let _ = writeln!(f, "{}", std::process::id());
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let marks = dir.path().join("marks");
+        let line = {
+            let _mark = Mark(marks.clone());
+            // SAFETY: the work only unwinds, with no panic hook (which would take the
+            // stderr lock another test's thread may have held at the fork)
+            unsafe { super::in_helper("test", || std::panic::resume_unwind(Box::new(()))) }
+                .await
+                .unwrap()
+        };
+        assert!(line.contains("ERR test: the runtime panicked"), "{line:?}");
+        let pids = std::fs::read_to_string(&marks).unwrap();
+        assert_eq!(
+            pids.lines().collect::<Vec<_>>(),
+            [std::process::id().to_string()],
+            "dropped by this process alone"
+        );
+    }
 
     /// A keeper that takes a request and never answers fails its caller after the
     /// client's patience; a `wait` is let wait.
