@@ -587,29 +587,6 @@ fn passed(r: (u32, String)) -> bool {
     r.0 == PASSED.0 && r.1 == PASSED.1
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match (
-            b[i],
-            s.get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok()),
-        ) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[test]
 fn nodes_are_labelled_drained_promoted_demoted_and_removed() {
     let c = Cluster::swarm(3);

@@ -214,22 +214,9 @@ fn socket_call(h: &Host, method: &str, body: &[u8]) -> Option<(String, String)> 
             .map(|v| v.trim().to_string())
             .unwrap_or_default()
     };
-    // (grpc-message is percent-encoded)
-    let msg = field("grpc-message:");
-    let mut text = Vec::new();
-    let mut b = msg.bytes();
-    while let Some(c) = b.next() {
-        match c {
-            b'%' => {
-                let hex: String = b.by_ref().take(2).map(char::from).collect();
-                text.push(u8::from_str_radix(&hex, 16).unwrap_or(b'?'));
-            }
-            c => text.push(c),
-        }
-    }
     Some((
         field("grpc-status:"),
-        String::from_utf8_lossy(&text).into_owned(),
+        percent_decode(&field("grpc-message:")),
     ))
 }
 
@@ -543,10 +530,7 @@ async fn a_container_start_on_a_full_disk_is_refused_and_the_keeper_goes_on() {
     let rt = host.runtime_with_image().await;
     rt.prepare("full", &sh("echo started")).await.unwrap();
     let filler = root.join("filler");
-    let free = {
-        let s = nix::sys::statvfs::statvfs(&root).unwrap();
-        s.blocks_available() as u64 * s.fragment_size() as u64
-    };
+    let free = shoal_runtime::files::free_bytes(&root).unwrap();
     let fill = Command::new("fallocate")
         .args(["-l", &(free - (1 << 20)).to_string()])
         .arg(&filler)
@@ -601,10 +585,7 @@ fn a_full_disk_refuses_changes_keeps_reads_and_recovers() {
     };
     assert!(sleeper("before").status.success());
     // fill it: 256 KiB left (what a Raft write that went ahead would fail on)
-    let free = || {
-        let s = nix::sys::statvfs::statvfs(&root).unwrap();
-        s.blocks_available() as u64 * s.fragment_size() as u64
-    };
+    let free = || shoal_runtime::files::free_bytes(&root).unwrap();
     let filler = root.join("filler");
     let fill = Command::new("fallocate")
         .args(["-l", &(free() - (256 << 10)).to_string()])

@@ -501,6 +501,31 @@ pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
 }
 
 /// A host with its daemon, the test image imported, and a single-node swarm.
+/// `s` with its `%XX` escapes decoded (a grpc-message header's encoding).
+#[allow(dead_code)] // (not every test file reads gRPC headers)
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            s.get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
+        ) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[allow(dead_code)] // (not every test file makes one)
 pub fn swarm_host() -> (Host, DaemonProc) {
     let h = Host::new();

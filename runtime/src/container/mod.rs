@@ -783,11 +783,11 @@ impl ContainerRuntime {
         for id in left.removing {
             let _ = self.remove(&id).await;
         }
-        for (id, p) in left.half_made {
-            let _ = self.keeper.call(&Request::Delete { id: id.clone() }).await;
-            let _ = unmount(&p.join("rootfs"));
+        // (a half-made container's libcontainer state and cgroups are among those of
+        // no container, and its rootfs among the stray mounts)
+        for p in left.half_made {
+            let _ = unmount(&p.join("rootfs")); // (never remove through a mount)
             let _ = fs::remove_dir_all(&p);
-            remove_cgroup_dirs(&self.cfg.cgroup_parent, &id);
         }
         for (id, p) in left.states {
             let _ = self.call(&Request::Delete { id }).await;
@@ -818,7 +818,7 @@ impl ContainerRuntime {
                 left.removing.push(name.clone());
                 known.push(name);
             } else if !p.join("container.json").is_file() {
-                left.half_made.push((name, p));
+                left.half_made.push(p);
             } else {
                 known.push(name);
             }
@@ -869,8 +869,8 @@ impl ContainerRuntime {
 struct Leftovers {
     /// containers whose removal was interrupted
     removing: Vec<String>,
-    /// containers whose prepare was interrupted: ID and directory
-    half_made: Vec<(String, PathBuf)>,
+    /// directories of containers whose prepare was interrupted
+    half_made: Vec<PathBuf>,
     /// libcontainer state of no container: ID and directory
     states: Vec<(String, PathBuf)>,
     cgroups: Vec<PathBuf>,
