@@ -359,6 +359,8 @@ impl Daemon {
             hostname: self.hostname.clone(),
             managers: st.as_ref().map(|s| s.managers.clone()).unwrap_or_default(),
             node_addr: st.map(|s| s.advertise_addr).unwrap_or_default(),
+            data_root: self.data_root.display().to_string(),
+            cgroup_parent: self.runtime.config().cgroup_parent.clone(),
         }
     }
 
@@ -419,8 +421,7 @@ impl Daemon {
         let (pools, size) = crate::manager::network::check_pools(
             &r.default_addr_pool,
             r.default_addr_pool_mask_length,
-        )
-        .map_err(|e| anyhow::anyhow!(e))?;
+        )?;
         let mut cluster = crate::manager::ca::new_cluster(&ca, expiry);
         cluster.default_addr_pool = pools;
         cluster.subnet_size = size;

@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod daemon;
 mod manager;
+mod spec;
 mod tls;
 
 fn main() -> std::process::ExitCode {

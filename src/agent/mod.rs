@@ -3,7 +3,6 @@
 //! assignments (a full set, then changes), runs one task manager per task, and reports
 //! statuses until the dispatcher acknowledges them.
 
-pub mod convert;
 pub mod net;
 pub mod task;
 
@@ -259,7 +258,7 @@ impl<E: Executor> Agent<E> {
                 }
                 Err(_) => {}
             }
-            let mut spec = convert::container_spec(&t);
+            let mut spec = crate::spec::container::container_spec(&t);
             if !t.networks.is_empty() {
                 // its namespace survives a daemon restart, not a host's: without the
                 // managers' view of its networks it cannot be connected again

@@ -11,9 +11,9 @@ use shoal_runtime::container::health::HealthStatus;
 use shoal_runtime::container::Status;
 use tokio::sync::{mpsc, watch};
 
-use super::convert::container_spec;
 use crate::manager::store::now_ms;
 use crate::manager::tasks::desired;
+use crate::spec::container::container_spec;
 
 /// What the reporter hears: a status to report for a task, or that a task is no longer
 /// this node's (its last status need not be told again).

@@ -19,12 +19,13 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::daemon::Daemon;
-use crate::manager::control::{self as ctl, ControlError};
+use crate::manager::control as ctl;
+use crate::manager::error::{check_version, find};
 use crate::manager::node::Manager;
 
 pub const NOT_MANAGER: &str = "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to connect this node to swarm and try again.";
 
-pub(crate) use crate::manager::control::grpc_status as status;
+pub(crate) use crate::manager::error::grpc_status as status;
 
 #[derive(Clone)]
 pub struct Api {
@@ -223,7 +224,7 @@ impl Control for Api {
         on_leader!(self, req, get_node);
         let m = self.manager()?;
         m.store
-            .view(|t| ctl::find(&t.nodes, &req.get_ref().id_or_name))
+            .view(|t| find(&t.nodes, &req.get_ref().id_or_name))
             .map(|n| Response::new(manager_view(&m, n)))
             .map_err(status)
     }
@@ -248,19 +249,9 @@ impl Control for Api {
         let spec = r.spec.unwrap_or_default();
         let cur = m
             .store
-            .view(|t| ctl::find(&t.nodes, &r.id_or_name))
+            .view(|t| find(&t.nodes, &r.id_or_name))
             .map_err(status)?;
-        let version = cur.meta.map(|x| x.version).unwrap_or(0);
-        if r.version != 0 && r.version != version {
-            return Err(status(ControlError::Store(
-                crate::manager::store::StoreError::Conflict {
-                    kind: "node".into(),
-                    id: cur.id.clone(),
-                    expected: r.version,
-                    actual: version,
-                },
-            )));
-        }
+        check_version("node", &cur.id, cur.meta, r.version).map_err(status)?;
         let was = cur.spec.as_ref().map(|s| s.desired_role).unwrap_or(0);
         if was == NodeRole::Manager as i32 && spec.desired_role == NodeRole::Worker as i32 {
             // demote: out of Raft first (refused if the rest could not keep quorum)
@@ -277,7 +268,7 @@ impl Control for Api {
         let r = req.into_inner();
         let n = m
             .store
-            .view(|t| ctl::find(&t.nodes, &r.id_or_name))
+            .view(|t| find(&t.nodes, &r.id_or_name))
             .map_err(status)?;
         if r.force && n.manager_status.is_some() {
             membership::remove_manager(&m, &n, true).await?;
@@ -306,7 +297,7 @@ impl Control for Api {
         on_leader!(self, req, get_service);
         let m = self.manager()?;
         m.store
-            .view(|t| ctl::find(&t.services, &req.get_ref().id_or_name))
+            .view(|t| find(&t.services, &req.get_ref().id_or_name))
             .map(Response::new)
             .map_err(status)
     }
@@ -361,7 +352,7 @@ impl Control for Api {
         on_leader!(self, req, get_task);
         let m = self.manager()?;
         m.store
-            .view(|t| ctl::find(&t.tasks, &req.get_ref().id_or_name))
+            .view(|t| find(&t.tasks, &req.get_ref().id_or_name))
             .map(Response::new)
             .map_err(status)
     }
@@ -395,7 +386,7 @@ impl Control for Api {
         on_leader!(self, req, get_network);
         let m = self.manager()?;
         m.store
-            .view(|t| ctl::find(&t.networks, &req.get_ref().id_or_name))
+            .view(|t| find(&t.networks, &req.get_ref().id_or_name))
             .map(Response::new)
             .map_err(status)
     }
@@ -470,12 +461,12 @@ impl Control for Api {
         // the events start where the read ends: no task that starts in between is missed
         let (found, events) =
             m.store
-                .view_and_watch(|t| match ctl::find(&t.services, &r.service_or_task) {
+                .view_and_watch(|t| match find(&t.services, &r.service_or_task) {
                     Ok(s) => Ok((
                         t.tasks_of_service(&s.id).cloned().collect::<Vec<_>>(),
                         Some(s.id),
                     )),
-                    Err(e) => ctl::find(&t.tasks, &r.service_or_task)
+                    Err(e) => find(&t.tasks, &r.service_or_task)
                         .map(|x| (vec![x], None))
                         .map_err(|_| e),
                 });

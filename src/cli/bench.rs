@@ -30,7 +30,7 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<ExitCode> {
     let rt = super::container::open_runtime(g).await?;
     rt.ensure_image(
         &a.image,
-        &super::image::pull_options(&g.data_root, &g.insecure_registries),
+        &super::image::pull_options(&g.data_root(), &g.insecure_registries),
     )
     .await?;
     let spec = ContainerSpec {
@@ -59,7 +59,7 @@ pub async fn run(g: &Globals, a: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         let shoal = std::env::current_exe()?;
         let mut helpers = 0;
-        let in_containers = format!("{}/", g.cgroup_parent.trim_end_matches('/'));
+        let in_containers = format!("{}/", g.cgroup_parent().trim_end_matches('/'));
         for e in std::fs::read_dir("/proc")?.flatten() {
             let is_shoal =
                 std::fs::read_link(e.path().join("exe")).ok().as_deref() == Some(shoal.as_path());

@@ -7,7 +7,7 @@ use tonic::transport::Channel;
 use super::Globals;
 
 pub async fn channel(g: &Globals) -> anyhow::Result<Channel> {
-    let path = crate::api::client::socket_path(&g.host)?;
+    let path = crate::api::client::socket_path(g.host())?;
     crate::api::client::connect(&path).await.map_err(|e| {
         // why, in the socket's own words: a user who may not use it is not told to
         // start a daemon that runs
@@ -34,6 +34,63 @@ pub async fn swarm(g: &Globals) -> anyhow::Result<SwarmClient<Channel>> {
     Ok(SwarmClient::new(channel(g).await?))
 }
 
+/// Where this node's images and containers are. With `--host` (or `SHOAL_HOST`), the
+/// daemon there says: its data root and cgroup parent are the CLI's, and one given that
+/// differs is refused (the CLI and the daemon would work on two stores, and a service
+/// would not find an image the CLI imported). With no daemon there, `--data-root` must
+/// be given. Without `--host`, what was given (or the defaults), as before a daemon runs.
+pub async fn this_node(g: &Globals) -> anyhow::Result<Globals> {
+    if g.host.is_none() {
+        return Ok(g.clone());
+    }
+    let path = crate::api::client::socket_path(g.host())?;
+    let info = match crate::api::client::connect(&path).await {
+        Ok(ch) => SwarmClient::new(ch)
+            .info(shoal_proto::Empty {})
+            .await
+            .ok()
+            .map(|r| r.into_inner()),
+        Err(_) => None,
+    };
+    let Some(info) = info.filter(|i| !i.data_root.is_empty()) else {
+        if g.data_root.is_none() {
+            anyhow::bail!(
+                "no shoal daemon answers at unix://{}, so where it keeps its images and containers is unknown: start it, or give --data-root",
+                path.display()
+            );
+        }
+        return Ok(g.clone());
+    };
+    let same = |a: &str, b: &str| {
+        let canon = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| p.into());
+        a.trim_end_matches('/') == b.trim_end_matches('/') || canon(a) == canon(b)
+    };
+    let given = [
+        (
+            "--data-root",
+            g.data_root.as_ref().map(|p| p.display().to_string()),
+            &info.data_root,
+        ),
+        (
+            "--cgroup-parent",
+            g.cgroup_parent.clone(),
+            &info.cgroup_parent,
+        ),
+    ];
+    for (flag, given, theirs) in given {
+        if let Some(v) = given.filter(|v| !same(v, theirs)) {
+            anyhow::bail!(
+                "{flag} {v}: the shoal daemon at unix://{} uses {theirs}; give its {flag}, or none",
+                path.display()
+            );
+        }
+    }
+    let mut here = g.clone();
+    here.data_root = Some(info.data_root.into());
+    here.cgroup_parent = Some(info.cgroup_parent);
+    Ok(here)
+}
+
 /// A gRPC refusal as the user should read it: just the daemon's message.
 pub fn refusal(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
@@ -44,8 +101,10 @@ async fn joined<R>(
     parts: Result<tonic::Response<tonic::Streaming<R>>, tonic::Status>,
     mut join: impl FnMut(R),
 ) -> anyhow::Result<()> {
-    let mut s = parts.map_err(refusal)?.into_inner();
-    while let Some(part) = s.message().await.map_err(refusal)? {
+    // a refused filter is named as `service ps` takes it
+    let refused = |s| super::words::refusal(s, super::words::Words::Service);
+    let mut s = parts.map_err(refused)?.into_inner();
+    while let Some(part) = s.message().await.map_err(refused)? {
         join(part);
     }
     Ok(())

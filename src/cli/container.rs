@@ -9,16 +9,19 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use shoal_runtime::container::logs::{follow_logs, read_logs, LogQuery};
-use shoal_runtime::container::spec::{
-    parse_bytes, ContainerSpec, HealthCheck, LogConfig, MountKind, MountSpec,
-};
+use shoal_runtime::container::spec::{ContainerSpec, LogConfig, MountKind, MountSpec};
 use shoal_runtime::container::{ContainerRuntime, RuntimeConfig, Status};
 use shoal_runtime::image::ImageStore;
 
 use shoal_proto::{AttachContainerRequest, DetachContainerRequest};
 
-use super::util::{ago, table};
+use super::flags::{bad, bad_value, ContainerFlags};
+use super::output::{self, Item, ListFlags, Listing};
+use super::words::Words;
 use super::Globals as Cli;
+use crate::spec::docker::ago;
+use crate::spec::units::{labels, nano_cpus, parse_bytes, parse_size};
+use crate::spec::ServiceInput;
 
 #[derive(Subcommand)]
 pub enum ContainerCmd {
@@ -31,8 +34,8 @@ pub enum ContainerCmd {
     /// List containers.
     #[command(alias = "list")]
     Ls {
-        #[arg(long, default_value = "table")]
-        format: String,
+        #[command(flatten)]
+        list: ListFlags,
     },
     /// Show a container as JSON.
     Inspect { name: String },
@@ -84,23 +87,10 @@ pub enum ContainerCmd {
 pub struct RunArgs {
     #[arg(long)]
     name: Option<String>,
-    #[arg(short, long)]
-    detach: bool,
-    #[arg(short, long = "env")]
-    env: Vec<String>,
-    #[arg(long)]
-    entrypoint: Option<String>,
-    #[arg(short, long)]
-    workdir: Option<String>,
-    #[arg(short, long)]
-    user: Option<String>,
-    #[arg(long)]
-    hostname: Option<String>,
+    #[command(flatten)]
+    container: ContainerFlags,
     #[arg(short, long = "label")]
     label: Vec<String>,
-    /// type=bind|volume|tmpfs,source=…,target=…[,readonly][,tmpfs-size=…]
-    #[arg(long)]
-    mount: Vec<String>,
     #[arg(long)]
     read_only: bool,
     #[arg(short, long)]
@@ -109,8 +99,6 @@ pub struct RunArgs {
     cpus: Option<f64>,
     #[arg(long)]
     pids_limit: Option<i64>,
-    #[arg(long)]
-    stop_signal: Option<String>,
     /// Seconds.
     #[arg(long)]
     stop_timeout: Option<u64>,
@@ -118,127 +106,54 @@ pub struct RunArgs {
     cap_add: Vec<String>,
     #[arg(long)]
     cap_drop: Vec<String>,
-    #[arg(long)]
-    health_cmd: Option<String>,
-    #[arg(long, value_parser = parse_duration)]
-    health_interval: Option<Duration>,
-    #[arg(long, value_parser = parse_duration)]
-    health_timeout: Option<Duration>,
-    #[arg(long)]
-    health_retries: Option<u32>,
-    #[arg(long, value_parser = parse_duration)]
-    health_start_period: Option<Duration>,
     /// Rotate the log at this size (e.g. 10m).
     #[arg(long)]
     log_max_size: Option<String>,
     /// Keep this many log files.
     #[arg(long)]
     log_max_file: Option<u32>,
-    /// Join an attachable overlay network of the swarm: NAME[,alias=A…] (needs the shoal
-    /// daemon, on a node of the swarm; the container resolves service names there).
-    #[arg(long)]
-    network: Vec<String>,
     image: String,
     #[arg(trailing_var_arg = true)]
     command: Vec<String>,
 }
 
-/// Go-style durations as Docker takes them: `300ms`, `5s`, `1m30s`, `2h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let mut total = Duration::ZERO;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(n) = chars.peek().filter(|n| n.is_ascii_alphabetic()) {
-            unit.push(*n);
-            chars.next();
-        }
-        let v: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 5s, 1m30s)"))?;
-        let secs = match unit.as_str() {
-            "ns" => v / 1e9,
-            "us" | "µs" => v / 1e6,
-            "ms" => v / 1e3,
-            "s" => v,
-            "m" => v * 60.0,
-            "h" => v * 3600.0,
-            _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h)")),
-        };
-        total += Duration::from_secs_f64(secs);
-        num.clear();
-    }
-    if !num.is_empty() {
-        return Err(format!("{s:?} has no unit (e.g. 5s)"));
-    }
-    Ok(total)
-}
-
-pub(super) fn parse_mount(s: &str) -> anyhow::Result<MountSpec> {
-    let mut m = MountSpec {
-        kind: MountKind::Volume,
-        source: String::new(),
-        target: String::new(),
-        read_only: false,
-        tmpfs_size: None,
-    };
-    for part in s.split(',') {
-        let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        match k {
-            "type" => {
-                m.kind = match v {
-                    "bind" => MountKind::Bind,
-                    "volume" => MountKind::Volume,
-                    "tmpfs" => MountKind::Tmpfs,
-                    _ => bail!("--mount {s:?}: type {v:?} is not supported (bind, volume, tmpfs)"),
-                }
-            }
-            "source" | "src" => m.source = v.into(),
-            "target" | "destination" | "dst" => m.target = v.into(),
-            "readonly" | "ro" => m.read_only = v.is_empty() || v == "true" || v == "1",
-            "tmpfs-size" => {
-                m.tmpfs_size = Some(
-                    parse_bytes(v).map_err(|e| anyhow::anyhow!("--mount {s:?}: tmpfs-size {e}"))?,
-                )
-            }
-            _ => bail!("--mount {s:?}: unknown key {k:?}"),
-        }
-    }
-    if m.target.is_empty() {
-        bail!("--mount {s:?}: target is required");
-    }
-    Ok(m)
-}
-
+/// The container `a` asks for: its flags made into a task spec by `crate::spec`, checked
+/// by the one validation, and converted as the agent converts a task's.
 fn spec_of(a: &RunArgs) -> anyhow::Result<ContainerSpec> {
-    let mut labels = std::collections::BTreeMap::new();
-    for l in &a.label {
-        let (k, v) = l.split_once('=').unwrap_or((l, ""));
-        labels.insert(k.to_string(), v.to_string());
+    let mut i = ServiceInput::default();
+    a.container.fill(&mut i, false)?;
+    i.image = Some(a.image.clone());
+    i.args = Some(a.command.clone());
+    if !a.label.is_empty() {
+        i.container_labels = Some(labels(&a.label).map_err(|(l, e)| bad_value("--label", &l, e))?);
     }
-    let health = a.health_cmd.as_ref().map(|c| HealthCheck {
-        test: vec!["CMD-SHELL".into(), c.clone()],
-        interval: a.health_interval,
-        timeout: a.health_timeout,
-        retries: a.health_retries,
-        start_period: a.health_start_period,
-    });
-    if health.is_none()
-        && (a.health_interval.is_some() || a.health_timeout.is_some() || a.health_retries.is_some())
-    {
-        bail!("--health-interval, --health-timeout and --health-retries need --health-cmd");
+    i.read_only = Some(a.read_only);
+    i.limit_memory = a
+        .memory
+        .as_deref()
+        .map(|m| parse_size(m).map_err(|e| bad("--memory", e)))
+        .transpose()?;
+    i.limit_cpu = a
+        .cpus
+        .map(|c| nano_cpus(c).map_err(|e| bad("--cpus", e)))
+        .transpose()?;
+    i.limit_pids = a.pids_limit;
+    i.stop_grace_period = a.stop_timeout.map(Duration::from_secs);
+    if !a.cap_add.is_empty() {
+        i.cap_add = Some(a.cap_add.clone());
     }
+    if !a.cap_drop.is_empty() {
+        i.cap_drop = Some(a.cap_drop.clone());
+    }
+    // the attachment's networks are the managers' to check
+    i.networks = None;
+    let task = i.task_spec().map_err(|e| Words::Container.say(&e))?;
+    let mut errs = crate::spec::SpecErrors::default();
+    crate::spec::validate::container(&mut errs, &task);
+    errs.into_result().map_err(|e| Words::Container.say(&e))?;
     let mut log = LogConfig::default();
     if let Some(s) = &a.log_max_size {
-        log.max_size = parse_bytes(s).map_err(|e| anyhow::anyhow!("--log-max-size: {e}"))?;
+        log.max_size = parse_bytes(s).map_err(|e| bad("--log-max-size", e))?;
     }
     if let Some(n) = a.log_max_file {
         if n == 0 {
@@ -247,38 +162,8 @@ fn spec_of(a: &RunArgs) -> anyhow::Result<ContainerSpec> {
         log.max_files = n;
     }
     Ok(ContainerSpec {
-        image: a.image.clone(),
-        entrypoint: a.entrypoint.as_ref().map(|e| vec![e.clone()]),
-        command: (!a.command.is_empty()).then(|| a.command.clone()),
-        env: a.env.clone(),
-        user: a.user.clone(),
-        workdir: a.workdir.clone(),
-        hostname: a.hostname.clone(),
-        labels,
-        mounts: a
-            .mount
-            .iter()
-            .map(|m| parse_mount(m))
-            .collect::<anyhow::Result<_>>()?,
-        read_only: a.read_only,
-        memory_limit: a
-            .memory
-            .as_ref()
-            .map(|m| {
-                parse_bytes(m)
-                    .map(|b| b as i64)
-                    .map_err(|e| anyhow::anyhow!("--memory: {e}"))
-            })
-            .transpose()?,
-        cpu_limit: a.cpus,
-        pids_limit: a.pids_limit,
-        stop_signal: a.stop_signal.clone(),
-        stop_grace_period: a.stop_timeout.map(Duration::from_secs),
-        cap_add: a.cap_add.clone(),
-        cap_drop: a.cap_drop.clone(),
-        healthcheck: health,
         log,
-        netns: None,
+        ..crate::spec::container::of_task_spec(&task)
     })
 }
 
@@ -295,18 +180,19 @@ fn hex(b: &[u8]) -> String {
 }
 
 pub async fn open_runtime(cli: &Cli) -> anyhow::Result<ContainerRuntime> {
-    let images = ImageStore::open(&cli.data_root)?;
+    let data_root = cli.data_root();
+    let images = ImageStore::open(&data_root)?;
     let exe = std::env::current_exe().context("finding the shoal binary for the keeper")?;
     let cfg = RuntimeConfig {
-        data_root: cli.data_root.clone(),
-        cgroup_parent: cli.cgroup_parent.clone(),
+        data_root: data_root.clone(),
+        cgroup_parent: cli.cgroup_parent(),
         keeper_cmd: vec![
             exe.into(),
             "keeper".into(),
             "--root".into(),
-            cli.data_root.join("containers").into(),
+            data_root.join("containers").into(),
         ],
-        pull: super::image::pull_options(&cli.data_root, &cli.insecure_registries),
+        pull: super::image::pull_options(&data_root, &cli.insecure_registries),
     };
     Ok(ContainerRuntime::open(cfg, images).await?)
 }
@@ -351,7 +237,7 @@ pub async fn run(cli: &Cli, cmd: ContainerCmd) -> anyhow::Result<ExitCode> {
         ContainerCmd::Run(a) => {
             let id = create(cli, &rt, &a).await?;
             rt.start(&id).await?;
-            if a.detach {
+            if a.container.detach {
                 println!("{id}");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -367,10 +253,11 @@ pub async fn run(cli: &Cli, cmd: ContainerCmd) -> anyhow::Result<ExitCode> {
             rt.start(&name).await?;
             println!("{name}");
         }
-        ContainerCmd::Ls { format } => {
+        ContainerCmd::Ls { list } => {
             let now = chrono::Utc::now();
-            let list = rt.list().await?;
-            let rows: Vec<Vec<String>> = list
+            let items = rt
+                .list()
+                .await?
                 .iter()
                 .map(|c| {
                     let status = match (c.status, &c.exit) {
@@ -387,24 +274,17 @@ pub async fn run(cli: &Cli, cmd: ContainerCmd) -> anyhow::Result<ExitCode> {
                         },
                         (s, _) => format!("{s:?}"),
                     };
-                    vec![
-                        c.record.id.clone(),
-                        c.record.spec.image.clone(),
-                        ago((now - c.record.created).num_seconds()),
-                        status,
-                    ]
+                    let json = json!({"ID": c.record.id, "Image": c.record.spec.image, "RunningFor": ago((now - c.record.created).num_seconds()), "Status": status});
+                    Item::of(json, &c.record.id, &["ID", "Image", "RunningFor", "Status"])
                 })
                 .collect();
-            match format.as_str() {
-                "table" => table(&["CONTAINER ID", "IMAGE", "CREATED", "STATUS"], &rows),
-                "json" => rows.iter().for_each(|r| {
-                    println!(
-                        "{}",
-                        json!({"ID": r[0], "Image": r[1], "RunningFor": r[2], "Status": r[3]})
-                    )
-                }),
-                other => bail!("--format {other:?} is not supported: use table or json"),
-            }
+            output::print(
+                &list,
+                Listing {
+                    header: &["CONTAINER ID", "IMAGE", "CREATED", "STATUS"],
+                    items,
+                },
+            )?;
         }
         ContainerCmd::Inspect { name } => {
             let i = rt.inspect(&name).await?;
@@ -497,15 +377,15 @@ const ATTACHMENT_LABEL: &str = "com.shoal.network.attachment";
 
 async fn create(cli: &Cli, rt: &ContainerRuntime, a: &RunArgs) -> anyhow::Result<String> {
     let mut spec = spec_of(a)?;
-    let networks = a
-        .network
-        .iter()
-        .map(|n| super::service::parse_network(n))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let networks = super::flags::each(
+        "--network",
+        &a.container.network,
+        crate::spec::parse::parse_network,
+    )?;
     let id = a.name.clone().unwrap_or_else(random_id);
     rt.ensure_image(
         &spec.image,
-        &super::image::pull_options(&cli.data_root, &cli.insecure_registries),
+        &super::image::pull_options(&cli.data_root(), &cli.insecure_registries),
     )
     .await?;
     if rt.record(&id).is_ok() {
@@ -552,31 +432,4 @@ async fn detach(cli: &Cli, attachment_id: String) -> anyhow::Result<()> {
         .await
         .map_err(super::client::refusal)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
-    }
-
-    #[test]
-    fn mounts() {
-        let m = parse_mount("type=tmpfs,target=/t,tmpfs-size=1m").unwrap();
-        assert_eq!((m.kind, m.tmpfs_size), (MountKind::Tmpfs, Some(1 << 20)));
-        assert!(parse_mount("type=nfs,target=/x")
-            .unwrap_err()
-            .to_string()
-            .contains("type \"nfs\" is not supported"));
-        assert!(parse_mount("source=x")
-            .unwrap_err()
-            .to_string()
-            .contains("target is required"));
-    }
 }

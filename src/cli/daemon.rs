@@ -52,22 +52,23 @@ pub async fn run(g: &Globals, a: DaemonArgs) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("shoal daemon must run as root (it runs containers, mounts and cgroups)");
     }
-    crate::daemon::secure_data_root(&g.data_root)
-        .with_context(|| format!("making --data-root {} root's alone", g.data_root.display()))?;
+    let data_root = g.data_root();
+    crate::daemon::secure_data_root(&data_root)
+        .with_context(|| format!("making --data-root {} root's alone", data_root.display()))?;
     // one daemon per data root: the lock lives as long as this process
     let lock_file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(g.data_root.join("daemon.lock"))?;
+        .open(data_root.join("daemon.lock"))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| {
             anyhow::anyhow!(
                 "another shoal daemon is running with --data-root {}",
-                g.data_root.display()
+                data_root.display()
             )
         })?;
-    let sock = socket_path(&g.host)?;
+    let sock = socket_path(g.host())?;
     if let Some(dir) = sock.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -80,7 +81,7 @@ pub async fn run(g: &Globals, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         std::fs::remove_file(&sock).ok();
     }
     let runtime = super::container::open_runtime(g).await?;
-    let daemon = Daemon::open(g.data_root.clone(), sock.clone(), runtime, dns).await?;
+    let daemon = Daemon::open(data_root, sock.clone(), runtime, dns).await?;
     let listener = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("listening on {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;

@@ -10,7 +10,9 @@ use serde_json::json;
 use shoal_runtime::image::store::display_tag;
 use shoal_runtime::image::{Credentials, ImageStore, PullOptions};
 
-use super::util::{ago, human_size, table};
+use super::output::{self, Item, ListFlags, Listing};
+use super::util::human_size;
+use crate::spec::docker::ago;
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
@@ -28,12 +30,8 @@ pub enum ImageCmd {
     /// List images.
     #[command(alias = "list")]
     Ls {
-        /// `table` (default) or `json` (one object per line).
-        #[arg(long, default_value = "table")]
-        format: String,
-        /// Only show image IDs.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        list: ListFlags,
     },
     /// Remove images (refused while a container uses them).
     #[command(alias = "remove")]
@@ -107,9 +105,9 @@ pub async fn run(data_root: &Path, insecure: &[String], cmd: ImageCmd) -> anyhow
                 std::os::unix::fs::PermissionsExt::from_mode(super::user_file_mode()),
             )?
         }
-        ImageCmd::Ls { format, quiet } => {
+        ImageCmd::Ls { list } => {
             let now = chrono::Utc::now().timestamp();
-            let mut rows = Vec::new();
+            let mut items = Vec::new();
             for img in store.list() {
                 let tags: Vec<(String, String)> = if img.repo_tags.is_empty() {
                     vec![("<none>".into(), "<none>".into())]
@@ -124,34 +122,17 @@ pub async fn run(data_root: &Path, insecure: &[String], cmd: ImageCmd) -> anyhow
                         .collect()
                 };
                 for (repo, tag) in tags {
-                    rows.push((
-                        repo,
-                        tag,
-                        img.id.short().to_string(),
-                        ago(now - img.stored_at as i64),
-                        human_size(img.size()),
+                    let id = img.id.short().to_string();
+                    let json = json!({"Repository": repo, "Tag": tag, "ID": id, "CreatedSince": ago(now - img.stored_at as i64), "Size": human_size(img.size())});
+                    items.push(Item::of(
+                        json,
+                        id,
+                        &["Repository", "Tag", "ID", "CreatedSince", "Size"],
                     ));
                 }
             }
-            match format.as_str() {
-                _ if quiet => rows.iter().for_each(|r| println!("{}", r.2)),
-                "table" => table(
-                    &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
-                    &rows
-                        .into_iter()
-                        .map(|r| vec![r.0, r.1, r.2, r.3, r.4])
-                        .collect::<Vec<_>>(),
-                ),
-                "json" | "{{json .}}" => {
-                    for r in rows {
-                        println!(
-                            "{}",
-                            json!({"Repository": r.0, "Tag": r.1, "ID": r.2, "CreatedSince": r.3, "Size": r.4})
-                        );
-                    }
-                }
-                other => bail!("--format {other:?} is not supported: use table or json"),
-            }
+            let header = &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
+            output::print(&list, Listing { header, items })?;
         }
         ImageCmd::Rm { images } => {
             let users = shoal_runtime::container::image_users_at(data_root);

@@ -5,12 +5,17 @@ mod bench;
 mod client;
 mod container;
 mod daemon;
+mod flags;
 mod image;
 mod network;
+mod node;
+mod output;
+mod progress;
 mod scale;
 mod service;
 mod swarm;
 mod util;
+mod words;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,31 +38,18 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Args, Clone)]
 pub struct Globals {
-    /// Where shoal keeps images, containers and cluster state.
-    #[arg(
-        long,
-        global = true,
-        env = "SHOAL_DATA_ROOT",
-        default_value = "/var/lib/shoal"
-    )]
-    data_root: PathBuf,
-    /// Parent cgroup of every container shoal runs.
-    #[arg(
-        long,
-        global = true,
-        env = "SHOAL_CGROUP_PARENT",
-        default_value = "/shoal"
-    )]
-    cgroup_parent: String,
-    /// The daemon's socket (the CLI's and the daemon's alike), like DOCKER_HOST.
-    #[arg(
-        long = "host",
-        short = 'H',
-        global = true,
-        env = "SHOAL_HOST",
-        default_value = "unix:///run/shoal/shoal.sock"
-    )]
-    host: String,
+    /// Where shoal keeps images, containers and cluster state [default: /var/lib/shoal;
+    /// with --host, the daemon's].
+    #[arg(long, global = true, env = "SHOAL_DATA_ROOT")]
+    data_root: Option<PathBuf>,
+    /// Parent cgroup of every container shoal runs [default: /shoal; with --host, the
+    /// daemon's].
+    #[arg(long, global = true, env = "SHOAL_CGROUP_PARENT")]
+    cgroup_parent: Option<String>,
+    /// The daemon's socket (the CLI's and the daemon's alike), like DOCKER_HOST
+    /// [default: unix:///run/shoal/shoal.sock].
+    #[arg(long = "host", short = 'H', global = true, env = "SHOAL_HOST")]
+    host: Option<String>,
     /// Registries (host:port) that may be reached over plain http; loopback always may.
     #[arg(
         long = "insecure-registry",
@@ -66,6 +58,26 @@ pub struct Globals {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
+}
+
+impl Globals {
+    pub fn data_root(&self) -> PathBuf {
+        self.data_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/shoal"))
+    }
+
+    pub fn cgroup_parent(&self) -> String {
+        self.cgroup_parent
+            .clone()
+            .unwrap_or_else(|| "/shoal".into())
+    }
+
+    pub fn host(&self) -> &str {
+        self.host
+            .as_deref()
+            .unwrap_or("unix:///run/shoal/shoal.sock")
+    }
 }
 
 #[derive(Subcommand)]
@@ -84,7 +96,7 @@ enum Command {
     Swarm(swarm::SwarmCmd),
     /// Manage swarm nodes.
     #[command(subcommand)]
-    Node(swarm::NodeCmd),
+    Node(node::NodeCmd),
     /// Manage services.
     #[command(subcommand)]
     Service(service::ServiceCmd),
@@ -168,16 +180,24 @@ pub fn main() -> ExitCode {
     }
     let res = rt.block_on(async {
         let g = cli.globals;
+        // what works on this node's images and containers works where its daemon does
+        let here = || client::this_node(&g);
         match cli.cmd {
-            Command::Image(c) => image::run(&g.data_root, &g.insecure_registries, c).await,
-            Command::Login(a) => image::login(&g.data_root, &g.insecure_registries, a).await,
-            Command::Container(c) => container::run(&g, c).await,
+            Command::Image(c) => {
+                let g = here().await?;
+                image::run(&g.data_root(), &g.insecure_registries, c).await
+            }
+            Command::Login(a) => {
+                let g = here().await?;
+                image::login(&g.data_root(), &g.insecure_registries, a).await
+            }
+            Command::Container(c) => container::run(&here().await?, c).await,
             Command::BenchRuntime(a) => bench::run(&g, a).await,
             Command::BenchScale(a) => scale::run(a).await,
             Command::BenchScaleNodes(a) => scale::run_nodes(a).await,
             Command::Daemon(a) => daemon::run(&g, a).await,
             Command::Swarm(c) => swarm::run_swarm(&g, c).await,
-            Command::Node(c) => swarm::run_node(&g, c).await,
+            Command::Node(c) => node::run(&g, c).await,
             Command::Service(c) => service::run(&g, c).await,
             Command::Network(c) => network::run(&g, c).await,
             Command::Keeper { .. } => unreachable!("handled above"),

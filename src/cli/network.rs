@@ -1,16 +1,17 @@
 //! `shoal network …`: the swarm's overlay networks, with Docker's verbs and flags.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Subcommand;
-use serde_json::json;
 use shoal_proto::*;
 
 use super::client::{control, refusal};
-use super::util::{remove_each, table};
+use super::output::{self, Item, ListFlags, Listing};
+use super::util::remove_each;
+use super::words::{self, Words};
 use super::Globals;
+use crate::spec::docker;
 
 #[derive(Subcommand)]
 pub enum NetworkCmd {
@@ -48,8 +49,8 @@ pub enum NetworkCmd {
     /// List networks.
     #[command(alias = "list")]
     Ls {
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        list: ListFlags,
     },
     /// Show networks in detail (JSON).
     Inspect {
@@ -62,48 +63,6 @@ pub enum NetworkCmd {
         #[arg(required = true)]
         networks: Vec<String>,
     },
-}
-
-fn name(n: &Network) -> &str {
-    n.spec
-        .as_ref()
-        .and_then(|s| s.annotations.as_ref())
-        .map(|a| a.name.as_str())
-        .unwrap_or("")
-}
-
-fn inspect_json(n: &Network) -> serde_json::Value {
-    let spec = n.spec.clone().unwrap_or_default();
-    let labels = spec
-        .annotations
-        .as_ref()
-        .map(|a| a.labels.clone())
-        .unwrap_or_default();
-    json!({
-        "Name": name(n),
-        "Id": n.id,
-        "Created": n.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0),
-        "Scope": "swarm",
-        "Driver": spec.driver,
-        "EnableIPv6": false,
-        "IPAM": {
-            "Driver": "default",
-            "Config": n.ipam.iter().map(|c| {
-                let mut m = serde_json::Map::new();
-                m.insert("Subnet".into(), json!(c.subnet));
-                if !c.range.is_empty() {
-                    m.insert("IPRange".into(), json!(c.range));
-                }
-                m.insert("Gateway".into(), json!(c.gateway));
-                serde_json::Value::Object(m)
-            }).collect::<Vec<_>>(),
-        },
-        "Internal": spec.internal,
-        "Attachable": spec.attachable,
-        "Ingress": spec.ingress,
-        "Options": {"com.docker.network.driver.overlay.vxlanid_list": n.vni.to_string()},
-        "Labels": labels,
-    })
 }
 
 pub async fn run(g: &Globals, c: NetworkCmd) -> anyhow::Result<ExitCode> {
@@ -130,14 +89,8 @@ pub async fn run(g: &Globals, c: NetworkCmd) -> anyhow::Result<ExitCode> {
             if subnet.is_empty() && !(ip_range.is_empty() && gateway.is_empty()) {
                 bail!("--ip-range and --gateway need --subnet");
             }
-            let mut labels = BTreeMap::new();
-            for l in &label {
-                let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                if k.is_empty() {
-                    bail!("--label {l:?}: a label needs a name");
-                }
-                labels.insert(k.to_string(), v.to_string());
-            }
+            let labels = crate::spec::units::labels(&label)
+                .map_err(|(l, e)| super::flags::bad_value("--label", &l, e))?;
             let ipam = subnet
                 .first()
                 .map(|s| IpamConfig {
@@ -147,47 +100,38 @@ pub async fn run(g: &Globals, c: NetworkCmd) -> anyhow::Result<ExitCode> {
                 })
                 .into_iter()
                 .collect();
+            let spec = NetworkSpec {
+                annotations: Some(Annotations { name, labels }),
+                driver,
+                ipam,
+                internal,
+                attachable,
+                ingress,
+            };
+            crate::spec::validate::network(&spec).map_err(|e| Words::Network.say(&e))?;
             let n = ctl
-                .create_network(CreateNetworkRequest {
-                    spec: Some(NetworkSpec {
-                        annotations: Some(Annotations {
-                            name,
-                            labels: labels.into_iter().collect(),
-                        }),
-                        driver,
-                        ipam,
-                        internal,
-                        attachable,
-                        ingress,
-                    }),
-                })
+                .create_network(CreateNetworkRequest { spec: Some(spec) })
                 .await
-                .map_err(refusal)?
+                .map_err(|e| words::refusal(e, Words::Network))?
                 .into_inner();
             println!("{}", n.id);
         }
-        NetworkCmd::Ls { quiet } => {
+        NetworkCmd::Ls { list } => {
             let mut nets = super::client::list_networks(&mut ctl).await?;
-            nets.sort_by(|a, b| name(a).cmp(name(b)));
-            if quiet {
-                nets.iter().for_each(|n| println!("{}", short(&n.id)));
-            } else {
-                let rows: Vec<Vec<String>> = nets
-                    .iter()
-                    .map(|n| {
-                        vec![
-                            short(&n.id).to_string(),
-                            name(n).to_string(),
-                            n.spec
-                                .as_ref()
-                                .map(|s| s.driver.clone())
-                                .unwrap_or_default(),
-                            "swarm".into(),
-                        ]
-                    })
-                    .collect();
-                table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows);
-            }
+            nets.sort_by(|a, b| docker::network_name(a).cmp(docker::network_name(b)));
+            let items = nets
+                .iter()
+                .map(|n| {
+                    let json = docker::network_summary(n);
+                    Item::of(
+                        json,
+                        docker::short_id(&n.id),
+                        &["ID", "Name", "Driver", "Scope"],
+                    )
+                })
+                .collect();
+            let header = &["NETWORK ID", "NAME", "DRIVER", "SCOPE"];
+            output::print(&list, Listing { header, items })?;
         }
         NetworkCmd::Inspect { networks } => {
             let mut out = Vec::new();
@@ -197,7 +141,7 @@ pub async fn run(g: &Globals, c: NetworkCmd) -> anyhow::Result<ExitCode> {
                     .await
                     .map_err(refusal)?
                     .into_inner();
-                out.push(inspect_json(&n));
+                out.push(docker::network(&n));
             }
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -210,8 +154,4 @@ pub async fn run(g: &Globals, c: NetworkCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }

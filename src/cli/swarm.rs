@@ -1,15 +1,15 @@
-//! `shoal swarm …` and `shoal node …`.
+//! `shoal swarm …`: making, joining, leaving and changing the swarm.
 
 use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Subcommand;
-use serde_json::json;
 use shoal_proto::*;
 
 use super::client::{control, refusal, swarm};
-use super::util::table;
+use super::words::{self, Words};
 use super::Globals;
+use crate::spec::units::{parse_duration, to_proto};
 
 #[derive(Subcommand)]
 pub enum SwarmCmd {
@@ -28,7 +28,7 @@ pub enum SwarmCmd {
         #[arg(long)]
         ca_key: Option<std::path::PathBuf>,
         /// How long node certificates last (e.g. 2160h, the default 90 days).
-        #[arg(long, value_parser = super::container::parse_duration)]
+        #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<std::time::Duration>,
         #[arg(long)]
         force_new_cluster: bool,
@@ -79,10 +79,10 @@ pub enum SwarmCmd {
     Update {
         /// How often agents send heartbeats (default 1s); a node not heard from for two and a
         /// half periods is Down.
-        #[arg(long, value_parser = super::container::parse_duration)]
+        #[arg(long, value_parser = parse_duration)]
         dispatcher_heartbeat: Option<std::time::Duration>,
         /// How long new node certificates last (at least 1h).
-        #[arg(long, value_parser = super::container::parse_duration)]
+        #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<std::time::Duration>,
         /// Dead tasks kept per slot.
         #[arg(long)]
@@ -93,111 +93,6 @@ pub enum SwarmCmd {
         #[arg(short, long)]
         force: bool,
     },
-}
-
-#[derive(Subcommand)]
-pub enum NodeCmd {
-    /// List nodes.
-    #[command(alias = "list")]
-    Ls {
-        #[arg(long, default_value = "table")]
-        format: String,
-        #[arg(short, long)]
-        quiet: bool,
-    },
-    /// Show nodes in detail (JSON).
-    Inspect {
-        #[arg(required = true)]
-        nodes: Vec<String>,
-    },
-    /// Change a node's availability or labels.
-    Update {
-        /// active, pause or drain
-        #[arg(long)]
-        availability: Option<String>,
-        /// Add or replace a label (KEY=VALUE).
-        #[arg(long)]
-        label_add: Vec<String>,
-        /// Remove a label (KEY).
-        #[arg(long)]
-        label_rm: Vec<String>,
-        /// worker or manager
-        #[arg(long)]
-        role: Option<String>,
-        node: String,
-    },
-    /// Make workers managers.
-    Promote {
-        #[arg(required = true)]
-        nodes: Vec<String>,
-    },
-    /// Make managers workers.
-    Demote {
-        #[arg(required = true)]
-        nodes: Vec<String>,
-        /// Even if the managers left would lose quorum.
-        #[arg(short, long)]
-        force: bool,
-    },
-    /// Remove nodes from the swarm.
-    #[command(alias = "remove")]
-    Rm {
-        #[arg(required = true)]
-        nodes: Vec<String>,
-        /// Even a node that is not down, or a manager.
-        #[arg(short, long)]
-        force: bool,
-    },
-}
-
-/// Reads a node, changes its spec, writes it back (with the version read).
-async fn edit_node(
-    ctl: &mut shoal_proto::control_client::ControlClient<tonic::transport::Channel>,
-    what: &str,
-    force: bool,
-    f: impl FnOnce(&mut NodeSpec) -> anyhow::Result<()>,
-) -> anyhow::Result<Node> {
-    let n = ctl
-        .get_node(GetRequest {
-            id_or_name: what.to_string(),
-        })
-        .await
-        .map_err(refusal)?
-        .into_inner();
-    let mut spec = n.spec.clone().unwrap_or_default();
-    f(&mut spec)?;
-    Ok(ctl
-        .update_node(UpdateNodeRequest {
-            id_or_name: n.id.clone(),
-            version: n.meta.map(|m| m.version).unwrap_or(0),
-            spec: Some(spec),
-            force,
-        })
-        .await
-        .map_err(refusal)?
-        .into_inner())
-}
-
-/// `node promote|demote`: the role the managers want the node to have.
-async fn set_role(
-    ctl: &mut shoal_proto::control_client::ControlClient<tonic::transport::Channel>,
-    node: &str,
-    role: NodeRole,
-    force: bool,
-) -> anyhow::Result<Node> {
-    edit_node(ctl, node, force, |s| {
-        s.desired_role = role as i32;
-        Ok(())
-    })
-    .await
-}
-
-fn parse_role(r: &str) -> anyhow::Result<NodeRole> {
-    match r {
-        "worker" => Ok(NodeRole::Worker),
-        "manager" => Ok(NodeRole::Manager),
-        _ => bail!("--role {r:?}: use worker or manager"),
-    }
 }
 
 /// The text of a PEM file given with `flag`, or nothing when no file was given.
@@ -246,7 +141,7 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
                 &default_addr_pool,
                 default_addr_pool_mask_length.unwrap_or(0),
             )
-            .map_err(|e| anyhow::anyhow!(e))?;
+            .map_err(|e| Words::Swarm.say(&e))?;
             let info = s
                 .init(SwarmInitRequest {
                     advertise_addr: advertise_addr.unwrap_or_default(),
@@ -340,10 +235,7 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
                 .map_err(refusal)?
                 .into_inner();
             let mut spec = c.spec.clone().unwrap_or_default();
-            let pd = |d: std::time::Duration| prost_types::Duration {
-                seconds: d.as_secs() as i64,
-                nanos: d.subsec_nanos() as i32,
-            };
+            let pd = to_proto;
             if let Some(d) = dispatcher_heartbeat {
                 spec.dispatcher
                     .get_or_insert_with(DispatcherConfig::default)
@@ -359,13 +251,14 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
                     .get_or_insert_with(OrchestrationConfig::default)
                     .task_history_retention_limit = n;
             }
+            crate::spec::validate::cluster(&spec).map_err(|e| Words::Swarm.say(&e))?;
             ctl.update_cluster(UpdateClusterRequest {
                 version: c.meta.map(|m| m.version).unwrap_or(0),
                 spec: Some(spec),
                 ..Default::default()
             })
             .await
-            .map_err(refusal)?;
+            .map_err(|e| words::refusal(e, Words::Swarm))?;
             println!("Swarm updated.");
         }
         SwarmCmd::Ca {
@@ -428,205 +321,6 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(refusal)?;
             println!("Node left the swarm.");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn node_state(n: &Node) -> &'static str {
-    match n
-        .status
-        .as_ref()
-        .and_then(|s| NodeState::try_from(s.state).ok())
-        .unwrap_or(NodeState::Unknown)
-    {
-        NodeState::Ready => "Ready",
-        NodeState::Down => "Down",
-        NodeState::Disconnected => "Disconnected",
-        NodeState::Unknown => "Unknown",
-    }
-}
-
-fn availability(n: &Node) -> &'static str {
-    match n
-        .spec
-        .as_ref()
-        .and_then(|s| NodeAvailability::try_from(s.availability).ok())
-        .unwrap_or(NodeAvailability::Active)
-    {
-        NodeAvailability::Active => "Active",
-        NodeAvailability::Pause => "Pause",
-        NodeAvailability::Drain => "Drain",
-    }
-}
-
-fn manager_status(n: &Node) -> &'static str {
-    match &n.manager_status {
-        Some(m) if m.leader => "Leader",
-        Some(m) if m.reachability == Reachability::Unreachable as i32 => "Unreachable",
-        Some(_) => "Reachable",
-        None => "",
-    }
-}
-
-pub fn hostname(n: &Node) -> String {
-    n.description
-        .as_ref()
-        .map(|d| d.hostname.clone())
-        .unwrap_or_default()
-}
-
-pub async fn run_node(g: &Globals, c: NodeCmd) -> anyhow::Result<ExitCode> {
-    let mut ctl = control(g).await?;
-    match c {
-        NodeCmd::Ls { format, quiet } => {
-            let info = swarm(g)
-                .await?
-                .info(Empty {})
-                .await
-                .map_err(refusal)?
-                .into_inner();
-            let nodes = super::client::list_nodes(&mut ctl).await?;
-            let engine = |n: &Node| {
-                n.description
-                    .as_ref()
-                    .and_then(|d| d.engine.as_ref())
-                    .map(|e| e.engine_version.clone())
-                    .unwrap_or_default()
-            };
-            if quiet {
-                nodes.iter().for_each(|n| println!("{}", n.id));
-                return Ok(ExitCode::SUCCESS);
-            }
-            match format.as_str() {
-                "table" => {
-                    let rows: Vec<Vec<String>> = nodes
-                        .iter()
-                        .map(|n| {
-                            let me = if n.id == info.node_id { " *" } else { "" };
-                            vec![
-                                format!("{}{me}", n.id),
-                                hostname(n),
-                                node_state(n).into(),
-                                availability(n).into(),
-                                manager_status(n).into(),
-                                engine(n),
-                            ]
-                        })
-                        .collect();
-                    table(
-                        &[
-                            "ID",
-                            "HOSTNAME",
-                            "STATUS",
-                            "AVAILABILITY",
-                            "MANAGER STATUS",
-                            "ENGINE VERSION",
-                        ],
-                        &rows,
-                    );
-                }
-                "json" | "{{json .}}" => {
-                    for n in &nodes {
-                        println!(
-                            "{}",
-                            json!({"ID": n.id, "Self": n.id == info.node_id, "Hostname": hostname(n), "Status": node_state(n), "Availability": availability(n), "ManagerStatus": manager_status(n), "EngineVersion": engine(n)})
-                        );
-                    }
-                }
-                other => bail!("--format {other:?} is not supported: use table or json"),
-            }
-        }
-        NodeCmd::Update {
-            availability,
-            label_add,
-            label_rm,
-            role,
-            node,
-        } => {
-            let avail = availability
-                .map(|a| match a.as_str() {
-                    "active" => Ok(NodeAvailability::Active),
-                    "pause" => Ok(NodeAvailability::Pause),
-                    "drain" => Ok(NodeAvailability::Drain),
-                    _ => Err(anyhow::anyhow!(
-                        "--availability {a:?}: use active, pause or drain"
-                    )),
-                })
-                .transpose()?;
-            let role = role.map(|r| parse_role(&r)).transpose()?;
-            edit_node(&mut ctl, &node, false, |spec| {
-                if let Some(a) = avail {
-                    spec.availability = a as i32;
-                }
-                if let Some(r) = role {
-                    spec.desired_role = r as i32;
-                }
-                let labels = &mut spec
-                    .annotations
-                    .get_or_insert_with(Annotations::default)
-                    .labels;
-                for l in &label_add {
-                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                    if k.is_empty() {
-                        bail!("--label-add {l:?}: a label needs a name");
-                    }
-                    labels.insert(k.to_string(), v.to_string());
-                }
-                for k in &label_rm {
-                    if labels.remove(k).is_none() {
-                        bail!("--label-rm {k:?}: the node has no such label");
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-            println!("{node}");
-        }
-        NodeCmd::Promote { nodes } => {
-            for n in nodes {
-                set_role(&mut ctl, &n, NodeRole::Manager, false).await?;
-                println!("Node {n} promoted to a manager in the swarm.");
-            }
-        }
-        NodeCmd::Demote { nodes, force } => {
-            for n in nodes {
-                set_role(&mut ctl, &n, NodeRole::Worker, force).await?;
-                println!("Manager {n} demoted in the swarm.");
-            }
-        }
-        NodeCmd::Rm { nodes, force } => {
-            for n in nodes {
-                ctl.remove_node(RemoveRequest {
-                    id_or_name: n.clone(),
-                    force,
-                })
-                .await
-                .map_err(refusal)?;
-                println!("{n}");
-            }
-        }
-        NodeCmd::Inspect { nodes } => {
-            let mut out = Vec::new();
-            for what in nodes {
-                let n = ctl
-                    .get_node(GetRequest { id_or_name: what })
-                    .await
-                    .map_err(refusal)?
-                    .into_inner();
-                out.push(json!({
-                    "ID": n.id,
-                    "Version": {"Index": n.meta.map(|m| m.version).unwrap_or(0)},
-                    "Spec": {"Role": if n.role == NodeRole::Manager as i32 { "manager" } else { "worker" }, "Availability": availability(&n).to_lowercase(),
-                              "Labels": n.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.labels.clone()).unwrap_or_default()},
-                    "Description": {"Hostname": hostname(&n),
-                                    "Platform": n.description.as_ref().and_then(|d| d.platform.as_ref()).map(|p| json!({"Architecture": p.architecture, "OS": p.os})),
-                                    "Resources": n.description.as_ref().and_then(|d| d.resources.as_ref()).map(|r| json!({"NanoCPUs": r.nano_cpus, "MemoryBytes": r.memory_bytes}))},
-                    "Status": {"State": node_state(&n).to_lowercase(), "Addr": n.status.as_ref().map(|s| s.addr.clone()).unwrap_or_default()},
-                    "ManagerStatus": n.manager_status.as_ref().map(|m| json!({"Leader": m.leader, "Reachability": "reachable", "Addr": m.addr})),
-                }));
-            }
-            println!("{}", serde_json::to_string_pretty(&out)?);
         }
     }
     Ok(ExitCode::SUCCESS)

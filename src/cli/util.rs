@@ -25,20 +25,6 @@ pub fn human_size(n: u64) -> String {
     format!("{digits}{}", units[i])
 }
 
-/// "3 seconds ago", as Docker says it.
-pub fn ago(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0..=1 => "Less than a second ago".into(),
-        2..=59 => format!("{s} seconds ago"),
-        60..=119 => "About a minute ago".into(),
-        120..=3599 => format!("{} minutes ago", s / 60),
-        3600..=7199 => "About an hour ago".into(),
-        7200..=172_799 => format!("{} hours ago", s / 3600),
-        _ => format!("{} days ago", s / 86_400),
-    }
-}
-
 /// Prints rows as a left-aligned table with three spaces between columns.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     print!("{}", render_table(header, rows));
@@ -113,13 +99,6 @@ mod tests {
         assert_eq!(human_size(2_150_400), "2.15MB");
         assert_eq!(human_size(1_000_000), "1MB");
         assert_eq!(human_size(123_456_789), "123.5MB");
-    }
-
-    #[test]
-    fn ago_like_docker() {
-        assert_eq!(ago(3), "3 seconds ago");
-        assert_eq!(ago(90), "About a minute ago");
-        assert_eq!(ago(7300), "2 hours ago");
     }
 
     #[test]

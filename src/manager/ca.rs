@@ -5,13 +5,9 @@ use std::time::Duration;
 
 use shoal_proto::*;
 
-use super::control::ControlError;
+use super::error::{invalid, ControlError};
 use super::store::{new_id, Store, StoreError};
 use crate::tls::{same_secret, JoinToken, Role, RootCa, DEFAULT_CERT_EXPIRY};
-
-fn invalid(m: impl Into<String>) -> ControlError {
-    ControlError::Invalid(m.into())
-}
 
 /// The cluster object (there is one).
 pub fn cluster(store: &Store) -> Result<Cluster, ControlError> {
@@ -273,8 +269,8 @@ pub async fn issue_node_certificate(
         )));
     }
     // what every `node ls` prints and every placement matches: checked before it is kept
-    super::limits::check_hostname(&req.hostname)
-        .and_then(|_| super::limits::check_node_addr(&req.addr))
+    crate::spec::limits::check_hostname(&req.hostname)
+        .and_then(|_| crate::spec::limits::check_node_addr(&req.addr))
         .map_err(|e| invalid(format!("the joining node's {e}")))?;
     let cert = ca
         .issue(&req.csr_pem, &req.node_id, role, &c.id, cert_expiry(&c))

@@ -546,7 +546,7 @@ fn mesh_ports(t: &super::store::Tables, ingress: &str) -> Vec<PublishedPort> {
             }
             out.push(PublishedPort {
                 published: p.published_port,
-                protocol: super::network::proto_name(p.protocol).into(),
+                protocol: crate::spec::parse::protocol_name(p.protocol).into(),
                 target: p.target_port,
                 backends: backends.clone(),
             });
@@ -574,10 +574,10 @@ fn host_ports(t: &super::store::Tables, ingress: &str, node: &str) -> Vec<Publis
         let Some(s) = t.services.get(&x.service_id) else {
             continue;
         };
-        for p in super::network::host_ports(s) {
+        for p in super::allocator::host_ports(s) {
             out.push(PublishedPort {
                 published: p.published_port,
-                protocol: super::network::proto_name(p.protocol).into(),
+                protocol: crate::spec::parse::protocol_name(p.protocol).into(),
                 target: p.target_port,
                 backends: vec![super::ipam::host_part(addr).to_string()],
             });
@@ -823,7 +823,7 @@ impl DispatcherApi for Dispatcher {
         // said; one that says something wrong is refused, naming it
         let desc = r.description.filter(|d| !d.hostname.is_empty());
         if let Some(d) = &desc {
-            super::limits::check_node_description(d)
+            crate::spec::limits::check_node_description(d)
                 .map_err(|e| Status::invalid_argument(format!("the node's description: {e}")))?;
         }
         let id = node_id.clone();
@@ -1086,7 +1086,7 @@ impl DispatcherApi for Dispatcher {
         let r = req.into_inner();
         let id = super::network::attach_container(&self.store, &node, r.container_id, r.networks)
             .await
-            .map_err(super::control::grpc_status)?;
+            .map_err(super::error::grpc_status)?;
         Ok(Response::new(AttachNetworkResponse { attachment_id: id }))
     }
 
@@ -1099,7 +1099,7 @@ impl DispatcherApi for Dispatcher {
         let id = req.into_inner().attachment_id;
         super::network::detach_container(&self.store, &node, &id)
             .await
-            .map_err(super::control::grpc_status)?;
+            .map_err(super::error::grpc_status)?;
         Ok(Response::new(DetachNetworkResponse {}))
     }
 

@@ -22,6 +22,9 @@ pub const DEFAULT_SUBNET_SIZE: u8 = 24;
 pub enum IpamError {
     #[error("{0}")]
     Invalid(String),
+    /// A network's range or gateway (`field`) that does not fit its subnet.
+    #[error("{why}")]
+    Field { field: &'static str, why: String },
     #[error("no address left in {range} ({usable} usable addresses, all in use)")]
     Exhausted { range: Subnet, usable: u64 },
     #[error("no free /{size} subnet left in the default address pool {pools}")]
@@ -180,25 +183,31 @@ impl Pool {
         let range = if range.is_empty() {
             subnet
         } else {
-            let r: Subnet = range
-                .parse()
-                .map_err(|e| IpamError::Invalid(format!("--ip-range: {e}")))?;
+            let r: Subnet = range.parse().map_err(|e: IpamError| IpamError::Field {
+                field: "range",
+                why: e.to_string(),
+            })?;
             if !subnet.covers(&r) {
-                return Err(IpamError::Invalid(format!(
-                    "--ip-range {r} is not inside the subnet {subnet}"
-                )));
+                return Err(IpamError::Field {
+                    field: "range",
+                    why: format!("{r} is not inside the subnet {subnet}"),
+                });
             }
             r
         };
         let gateway = if gateway.is_empty() {
             Ipv4Addr::from(subnet.base + 1)
         } else {
-            let g = parse_addr("--gateway", gateway)?;
+            let g = parse_addr("gateway", gateway).map_err(|e| IpamError::Field {
+                field: "gateway",
+                why: e.to_string(),
+            })?;
             let (first, last) = subnet.usable();
             if !(first..=last).contains(&u32::from(g)) {
-                return Err(IpamError::Invalid(format!(
-                    "--gateway {g} is not a usable address of the subnet {subnet}"
-                )));
+                return Err(IpamError::Field {
+                    field: "gateway",
+                    why: format!("{g} is not a usable address of the subnet {subnet}"),
+                });
             }
             g
         };

@@ -1,10 +1,11 @@
 //! The manager: the replicated store and the leader-only loops that reconcile it.
 
+pub mod allocator;
 pub mod ca;
 pub mod control;
 pub mod dispatcher;
+pub mod error;
 pub mod ipam;
-pub mod limits;
 pub mod network;
 pub mod node;
 pub mod orchestrator;

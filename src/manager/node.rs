@@ -152,7 +152,7 @@ impl Manager {
                     }
                     // the routing mesh's network, from the start (as in Swarm), after the
                     // node: its subnet keeps clear of the node's own address
-                    if crate::manager::network::ingress_id(tx).is_none() {
+                    if crate::manager::allocator::ingress_id(tx).is_none() {
                         crate::manager::network::new_network(
                             tx,
                             crate::manager::network::ingress_spec(),

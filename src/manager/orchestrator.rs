@@ -11,9 +11,9 @@ use shoal_proto::service_spec::Mode;
 use shoal_proto::{Node, NodeAvailability, NodeState, Service, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
-use super::scheduler::node_matches_constraints;
 use super::store::{Store, StoreError, Tx};
 use super::tasks::{desired, mode, new_task, run_loop, state, Left, NODE_KEY};
+use crate::spec::placement::node_matches_constraints;
 
 /// The replicated, global and job orchestrators, as one loop over services.
 pub struct Orchestrator {
@@ -107,7 +107,11 @@ pub fn reconcile_in(tx: &mut Tx<'_>, service_id: &str) -> Result<(), StoreError>
     let service = tx.get::<Service>(service_id);
     let tasks: Vec<Task> = tx.tasks_of(service_id, false);
     if let Some(s) = &service {
-        if let Err(why) = s.spec.as_ref().map_or(Ok(()), super::limits::check_service) {
+        if let Err(why) = s
+            .spec
+            .as_ref()
+            .map_or(Ok(()), crate::spec::limits::check_service)
+        {
             // committed before the limits existed (or by another version): no new task
             // for it, and the managers stay up for it to be fixed (`service scale`,
             // `service update`, `service rm`)

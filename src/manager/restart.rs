@@ -10,43 +10,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_proto::restart_policy::Condition;
-use shoal_proto::{Cluster, RestartPolicy, Service, Task, TaskState};
+use shoal_proto::{Cluster, Service, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{now_ms, Store, StoreError};
 use super::tasks::{desired, is_job, new_task, run_loop, state, Left};
 
-pub const DEFAULT_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_HISTORY: usize = 5;
 
-/// A restart policy with Swarm's defaults filled in.
-pub struct Policy {
-    pub condition: Condition,
-    pub delay: Duration,
-    /// 0: no limit.
-    pub max_attempts: u64,
-    /// Zero: every restart counts.
-    pub window: Duration,
-}
+/// A task's restart policy, with Swarm's defaults filled in.
+type Policy = crate::spec::service::Restart;
 
-impl Policy {
-    pub fn of(p: Option<&RestartPolicy>) -> Policy {
-        let d = |x: Option<&prost_types::Duration>| {
-            x.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-        };
-        Policy {
-            condition: p
-                .and_then(|p| Condition::try_from(p.condition).ok())
-                .unwrap_or(Condition::Any),
-            delay: p.and_then(|p| d(p.delay.as_ref())).unwrap_or(DEFAULT_DELAY),
-            max_attempts: p.map(|p| p.max_attempts).unwrap_or(0),
-            window: p.and_then(|p| d(p.window.as_ref())).unwrap_or_default(),
-        }
-    }
-
-    fn of_task(t: &Task) -> Policy {
-        Policy::of(t.spec.as_ref().and_then(|s| s.restart.as_ref()))
-    }
+fn policy_of(t: &Task) -> Policy {
+    crate::spec::service::restart_policy(t.spec.as_ref().and_then(|s| s.restart.as_ref()))
 }
 
 /// Whether a dead task is replaced, by its policy and the restarts made before it
@@ -250,7 +226,7 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
                 // it no longer counts as the slot's task
                 let mut old = t.clone();
                 old.desired_state = TaskState::Shutdown as i32;
-                let policy = Policy::of_task(t);
+                let policy = policy_of(t);
                 match verdict(t, &policy, job, now) {
                     Verdict::Restart => {}
                     Verdict::Never => continue, // by policy it stays as it ended

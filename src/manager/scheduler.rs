@@ -6,104 +6,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use shoal_proto::{Node, NodeAvailability, NodeRole, NodeState, Task, TaskState};
+use shoal_proto::{Node, NodeAvailability, NodeState, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
-use super::network::{self, allocate_services, Pools};
+use super::allocator::{self, allocate_services, Pools};
 use super::store::{Store, StoreError, Tx};
 use super::tasks::{desired, run_loop, state, status, Left};
-
-/// One constraint: `node.labels.zone==east`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Constraint {
-    key: String,
-    equal: bool,
-    value: String,
-}
-
-/// Parses Swarm's constraint expressions, refusing what Swarm would refuse.
-pub fn parse_constraint(c: &str) -> Result<Constraint, String> {
-    let (key, equal, value) = if let Some((k, v)) = c.split_once("==") {
-        (k, true, v)
-    } else if let Some((k, v)) = c.split_once("!=") {
-        (k, false, v)
-    } else {
-        return Err(format!("constraint {c:?} has no == or != operator"));
-    };
-    let key = key.trim();
-    let value = value.trim();
-    let known = [
-        "node.id",
-        "node.hostname",
-        "node.role",
-        "node.platform.os",
-        "node.platform.arch",
-    ];
-    if !known.contains(&key)
-        && !key.starts_with("node.labels.")
-        && !key.starts_with("engine.labels.")
-    {
-        return Err(format!("constraint {c:?}: unknown key {key:?} (node.id, node.hostname, node.role, node.platform.os, node.platform.arch, node.labels.*, engine.labels.*)"));
-    }
-    if value.is_empty() {
-        return Err(format!("constraint {c:?} has no value"));
-    }
-    if key == "node.role" && !["manager", "worker"].contains(&value) {
-        return Err(format!("constraint {c:?}: node.role is manager or worker"));
-    }
-    Ok(Constraint {
-        key: key.into(),
-        equal,
-        value: value.into(),
-    })
-}
-
-impl Constraint {
-    pub fn matches(&self, n: &Node) -> bool {
-        let d = n.description.as_ref();
-        let actual: Option<String> = match self.key.as_str() {
-            "node.id" => Some(n.id.clone()),
-            "node.hostname" => d.map(|d| d.hostname.clone()),
-            "node.role" => Some(
-                if n.role == NodeRole::Manager as i32 {
-                    "manager"
-                } else {
-                    "worker"
-                }
-                .into(),
-            ),
-            "node.platform.os" => d.and_then(|d| d.platform.as_ref()).map(|p| p.os.clone()),
-            "node.platform.arch" => d
-                .and_then(|d| d.platform.as_ref())
-                .map(|p| p.architecture.clone()),
-            k => {
-                if let Some(l) = k.strip_prefix("node.labels.") {
-                    n.spec
-                        .as_ref()
-                        .and_then(|s| s.annotations.as_ref())
-                        .and_then(|a| a.labels.get(l).cloned())
-                } else if let Some(l) = k.strip_prefix("engine.labels.") {
-                    d.and_then(|d| d.engine.as_ref())
-                        .and_then(|e| e.labels.get(l).cloned())
-                } else {
-                    None
-                }
-            }
-        };
-        // names compare case-insensitively, as in Swarm
-        let eq = actual.is_some_and(|a| a.eq_ignore_ascii_case(&self.value));
-        eq == self.equal
-    }
-}
-
-pub fn node_matches_constraints(n: &Node, constraints: &[String]) -> Result<bool, String> {
-    for c in constraints {
-        if !parse_constraint(c)?.matches(n) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
+use crate::spec::placement::{label_of, node_matches_constraints};
 
 /// Why a node was passed over, for the "no suitable node" message.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -168,7 +77,7 @@ impl NodeLoad {
 fn host_ports_by_service(tx: &Tx<'_>) -> HashMap<String, Vec<HostPort>> {
     let mut m = HashMap::new();
     tx.for_each(|s: &shoal_proto::Service| {
-        let ports: Vec<HostPort> = network::host_ports(s)
+        let ports: Vec<HostPort> = allocator::host_ports(s)
             .map(|p| (p.published_port, p.protocol))
             .collect();
         if !ports.is_empty() {
@@ -270,39 +179,6 @@ fn spread_labels(t: &Task) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A node's value for `node.labels.X` / `engine.labels.X` (None: no such label).
-fn label_of(n: &Node, descriptor: &str) -> Option<String> {
-    if let Some(l) = descriptor.strip_prefix("node.labels.") {
-        n.spec
-            .as_ref()
-            .and_then(|s| s.annotations.as_ref())
-            .and_then(|a| a.labels.get(l).cloned())
-    } else if let Some(l) = descriptor.strip_prefix("engine.labels.") {
-        n.description
-            .as_ref()
-            .and_then(|d| d.engine.as_ref())
-            .and_then(|e| e.labels.get(l).cloned())
-    } else {
-        None
-    }
-}
-
-/// Validates `spread=node.labels.X` (Swarm's one placement preference).
-pub fn parse_preference(p: &str) -> Result<String, String> {
-    let d = p.strip_prefix("spread=").ok_or_else(|| {
-        format!("--placement-pref {p:?}: the only preference is spread=node.labels.NAME")
-    })?;
-    match d
-        .strip_prefix("node.labels.")
-        .or(d.strip_prefix("engine.labels."))
-    {
-        Some(l) if !l.is_empty() => Ok(d.to_string()),
-        _ => Err(format!(
-            "--placement-pref {p:?}: spread takes node.labels.NAME or engine.labels.NAME"
-        )),
-    }
-}
-
 /// Moves new tasks to pending (network addresses come here once overlays exist) and
 /// places every pending task it can, in one transaction: a task that can be placed at
 /// once goes from new to assigned in one commit.
@@ -313,7 +189,7 @@ pub async fn allocate_and_schedule(store: &Store) -> Result<(usize, bool), Store
         .update(|tx| {
             // one set of pools for the commit: built at most once
             let mut pools = Pools::default();
-            network::allocate_nodes(tx, &mut pools)?;
+            allocator::allocate_nodes(tx, &mut pools)?;
             let more = allocate_new(tx, &mut pools)?;
             let (placed, unplaced) = schedule_pending(tx)?;
             Ok((placed, more || unplaced))
@@ -519,12 +395,12 @@ fn allocate_new(tx: &mut Tx<'_>, pools: &mut Pools) -> Result<bool, StoreError> 
         return Ok(false);
     }
     allocate_services(tx, pools)?;
-    let ingress = network::ingress_id(tx);
+    let ingress = allocator::ingress_id(tx);
     for mut t in new {
         if !room_for(tx, &t) {
             return Ok(true);
         }
-        match network::attach_task(tx, pools, ingress.as_deref(), &mut t) {
+        match allocator::attach_task(tx, pools, ingress.as_deref(), &mut t) {
             Ok(()) => {
                 t.status = Some(status(TaskState::Pending, "pending task scheduling"));
                 tx.update(t)?;

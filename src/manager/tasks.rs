@@ -12,13 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{new_id, now_ms, Change, Event, Store};
 
-pub fn service_name(s: &Service) -> &str {
-    s.spec
-        .as_ref()
-        .and_then(|x| x.annotations.as_ref())
-        .map(|a| a.name.as_str())
-        .unwrap_or("")
-}
+pub use crate::spec::docker::service_name;
 
 pub fn mode(s: &Service) -> Option<&Mode> {
     s.spec.as_ref().and_then(|x| x.mode.as_ref())

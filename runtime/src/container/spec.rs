@@ -821,30 +821,6 @@ pub fn cgroup_path(parent: &str, id: &str) -> String {
     format!("/{}/{}", parent.trim_matches('/'), id).replace("//", "/")
 }
 
-/// Parses Docker-style byte sizes: `512`, `64k`, `64m`, `1g` (also `64MiB`, `64mb`).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.trim_end_matches("ib").trim_end_matches('b');
-    let (num, mul) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('t') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 512, 64k, 64m, 1g)"))?;
-    if !(n >= 0.0 && n.is_finite()) {
-        return Err(format!("{s:?} is not a size"));
-    }
-    let bytes = n * mul as f64;
-    if bytes > i64::MAX as f64 {
-        return Err(format!("{s:?} is too large a size (at most 8 EiB)"));
-    }
-    Ok(bytes as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -928,10 +904,6 @@ mod tests {
             },
             "volume name",
         );
-        assert!(parse_bytes("99999999999999999999g")
-            .unwrap_err()
-            .contains("too large"));
-        assert_eq!(parse_bytes("64m").unwrap(), 64 << 20);
     }
 
     #[test]
@@ -1168,14 +1140,10 @@ mod tests {
     }
 
     #[test]
-    fn signals_and_sizes() {
+    fn signals() {
         assert_eq!(parse_signal("TERM").unwrap(), 15);
         assert_eq!(parse_signal("SIGKILL").unwrap(), 9);
         assert_eq!(parse_signal("2").unwrap(), 2);
         assert!(parse_signal("SIGNOPE").is_err());
-        assert_eq!(parse_bytes("64m").unwrap(), 64 << 20);
-        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
-        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
-        assert!(parse_bytes("lots").is_err());
     }
 }

@@ -23,37 +23,47 @@ use prost::Message;
 use shoal_proto::service_spec::Mode;
 use shoal_proto::{NodeDescription, ServiceSpec};
 
+use super::field::{Field, SpecError};
+use super::service::restart_policy;
+
 pub const MAX_SPEC_BYTES: usize = 128 << 10;
 pub const MAX_REPLICAS: u64 = 10_000;
 pub const MAX_SERVICE_TASK_BYTES: u64 = 64 << 20;
-/// `--restart-max-attempts` with a `--restart-window`: each task carries the times of
-/// its slot's restarts within the window.
+/// A restart policy's max attempts with a window: each task carries the times of its
+/// slot's restarts within the window.
 pub const MAX_WINDOW_RESTARTS: u64 = 100;
 
-/// The first limit `spec` is over, in words that name the field and the limit.
-pub fn check_service(spec: &ServiceSpec) -> Result<(), String> {
+/// The first limit `spec` is over, naming the field and the limit (the whole spec's
+/// size names no field).
+pub fn check_service(spec: &ServiceSpec) -> Result<(), SpecError> {
     let size = spec.encoded_len();
     if size > MAX_SPEC_BYTES {
-        return Err(format!(
-            "the service's spec is {} KiB, above the limit of {} KiB (environment, labels, command and mounts together)",
-            size.div_ceil(1024),
-            MAX_SPEC_BYTES >> 10
+        return Err(SpecError::new(
+            Field::default(),
+            format!(
+                "the service's spec is {} KiB, above the limit of {} KiB (environment, labels, command and mounts together)",
+                size.div_ceil(1024),
+                MAX_SPEC_BYTES >> 10
+            ),
         ));
     }
-    let restart = super::restart::Policy::of(spec.task.as_ref().and_then(|t| t.restart.as_ref()));
+    let restart = restart_policy(spec.task.as_ref().and_then(|t| t.restart.as_ref()));
     if !restart.window.is_zero() && restart.max_attempts > MAX_WINDOW_RESTARTS {
-        return Err(format!(
-            "--restart-max-attempts: {} with a --restart-window is above the limit of {MAX_WINDOW_RESTARTS} (each task keeps the time of every restart within its window); without a window there is no limit",
-            restart.max_attempts
+        return Err(SpecError::new(
+            Field::new("task.restart.max_attempts"),
+            format!(
+                "{} with a restart window is above the limit of {MAX_WINDOW_RESTARTS} (each task keeps the time of every restart within its window); without a window there is no limit",
+                restart.max_attempts
+            ),
         ));
     }
     let (what, n) = match &spec.mode {
-        Some(Mode::Replicated(r)) => ("--replicas", r.replicas),
+        Some(Mode::Replicated(r)) => ("replicated.replicas", r.replicas),
         Some(Mode::ReplicatedJob(j)) => {
             if j.max_concurrent > MAX_REPLICAS {
-                return Err(over("--max-concurrent", j.max_concurrent));
+                return Err(over("replicated_job.max_concurrent", j.max_concurrent));
             }
-            ("--replicas (a job's completions)", j.total_completions)
+            ("replicated_job.total_completions", j.total_completions)
         }
         _ => return Ok(()),
     };
@@ -62,18 +72,24 @@ pub fn check_service(spec: &ServiceSpec) -> Result<(), String> {
     }
     let task = spec.task.as_ref().map_or(0, |t| t.encoded_len()) as u64;
     if n.saturating_mul(task) > MAX_SERVICE_TASK_BYTES {
-        return Err(format!(
-            "{what}: {n} tasks of {} KiB each would make the managers keep {} MiB of task specs, above the limit of {} MiB per service: fewer replicas, or a smaller spec",
-            task.div_ceil(1024),
-            n.saturating_mul(task) >> 20,
-            MAX_SERVICE_TASK_BYTES >> 20
+        return Err(SpecError::new(
+            Field::new(what),
+            format!(
+                "{n} tasks of {} KiB each would make the managers keep {} MiB of task specs, above the limit of {} MiB per service: fewer replicas, or a smaller spec",
+                task.div_ceil(1024),
+                n.saturating_mul(task) >> 20,
+                MAX_SERVICE_TASK_BYTES >> 20
+            ),
         ));
     }
     Ok(())
 }
 
-fn over(what: &str, n: u64) -> String {
-    format!("{what}: {n} is above the limit of {MAX_REPLICAS} tasks per service")
+fn over(what: &str, n: u64) -> SpecError {
+    SpecError::new(
+        Field::new(what),
+        format!("{n} is above the limit of {MAX_REPLICAS} tasks per service"),
+    )
 }
 
 pub const MAX_HOSTNAME: usize = 253;
@@ -228,15 +244,22 @@ mod tests {
     fn specs_replicas_and_their_product_are_bounded() {
         assert!(check_service(&spec(10_000, 10)).is_ok());
         let e = check_service(&spec(1_000_000_000_000, 10)).unwrap_err();
+        assert_eq!(e.field.path(), "replicated.replicas");
         assert!(
-            e.contains("--replicas: 1000000000000 is above the limit of 10000"),
+            e.problem
+                .contains("1000000000000 is above the limit of 10000"),
             "{e}"
         );
         let e = check_service(&spec(1, 200 << 10)).unwrap_err();
-        assert!(e.contains("above the limit of 128 KiB"), "{e}");
+        assert_eq!(e.field.path(), "", "the whole spec");
+        assert!(e.problem.contains("above the limit of 128 KiB"), "{e}");
         // each fine alone, too much together: 1000 copies of 100 KiB
         let e = check_service(&spec(1000, 100 << 10)).unwrap_err();
-        assert!(e.contains("above the limit of 64 MiB per service"), "{e}");
+        assert_eq!(e.field.path(), "replicated.replicas");
+        assert!(
+            e.problem.contains("above the limit of 64 MiB per service"),
+            "{e}"
+        );
         assert!(check_service(&spec(600, 100 << 10)).is_ok());
         // restart attempts: bounded only with a window (each task keeps their times)
         let mut s = spec(1, 10);
@@ -252,10 +275,10 @@ mod tests {
             nanos: 0,
         });
         let e = check_service(&s).unwrap_err();
+        assert_eq!(e.field.path(), "task.restart.max_attempts");
         assert!(
-            e.contains(
-                "--restart-max-attempts: 1000000 with a --restart-window is above the limit of 100"
-            ),
+            e.problem
+                .contains("1000000 with a restart window is above the limit of 100"),
             "{e}"
         );
         s.task

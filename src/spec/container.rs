@@ -1,26 +1,33 @@
-//! From the API's task spec to the runtime's container spec.
+//! From a task spec to the runtime's container spec: the one conversion, which the agent
+//! runs tasks with, `container run` runs standalone containers with, and the validation
+//! checks (so that the managers refuse what a node would).
 
-use std::time::Duration;
-
-use shoal_proto::{mount, Task};
+use shoal_proto::{mount, Task, TaskSpec};
 use shoal_runtime::container::spec::{ContainerSpec, HealthCheck, LogConfig, MountKind, MountSpec};
 
-fn dur(d: &Option<prost_types::Duration>) -> Option<Duration> {
-    d.as_ref()
-        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+fn dur(d: &Option<prost_types::Duration>) -> Option<std::time::Duration> {
+    d.as_ref().map(super::units::from_proto)
 }
 
 /// The container a task runs. Its labels say which task, service and node it is for,
 /// as Swarm's do (`com.docker.swarm.task.id` …).
 pub fn container_spec(t: &Task) -> ContainerSpec {
-    let ts = t.spec.clone().unwrap_or_default();
-    let c = ts.container.unwrap_or_default();
+    let mut c = of_task_spec(&t.spec.clone().unwrap_or_default());
+    c.labels
+        .insert("com.docker.swarm.task.id".into(), t.id.clone());
+    c.labels
+        .insert("com.docker.swarm.service.id".into(), t.service_id.clone());
+    c.labels
+        .insert("com.docker.swarm.node.id".into(), t.node_id.clone());
+    c
+}
+
+/// The container a task spec describes, with no task's labels (a standalone
+/// container's, or one the validation checks).
+pub fn of_task_spec(ts: &TaskSpec) -> ContainerSpec {
+    let c = ts.container.clone().unwrap_or_default();
     let limits = ts.resources.as_ref().and_then(|r| r.limits.as_ref());
-    let mut labels: std::collections::BTreeMap<String, String> =
-        c.labels.clone().into_iter().collect();
-    labels.insert("com.docker.swarm.task.id".into(), t.id.clone());
-    labels.insert("com.docker.swarm.service.id".into(), t.service_id.clone());
-    labels.insert("com.docker.swarm.node.id".into(), t.node_id.clone());
+    let labels: std::collections::BTreeMap<String, String> = c.labels.clone().into_iter().collect();
     ContainerSpec {
         image: c.image.clone(),
         entrypoint: (!c.command.is_empty()).then(|| c.command.clone()),

@@ -1,0 +1,340 @@
+//! The flags that describe a container or a service: those `container run` and `service
+//! create` share, those of `service create` and `update`, and `service update`'s edits.
+//! They become a [`ServiceInput`] or a [`ServiceEdit`], each value parsed with
+//! `crate::spec`'s parsers and a bad one named by its flag.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use std::collections::HashMap;
+
+use shoal_proto::Network;
+
+use crate::spec::docker;
+use crate::spec::parse::{parse_mount, parse_network, parse_publish, parse_published};
+use crate::spec::service::{parse_endpoint_mode, parse_restart_condition};
+use crate::spec::units::{key_value, label, labels, nano_cpus, parse_duration, parse_size};
+use crate::spec::{ServiceEdit, ServiceInput};
+
+/// A value refused by its parser, named by the flag it came with; the parser's message
+/// says the value already.
+pub fn bad(flag: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{flag}: {e}")
+}
+
+/// The same, for a parser whose message does not repeat the value.
+pub fn bad_value(flag: &str, v: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{flag} {v:?}: {e}")
+}
+
+/// Parses each value of a repeated flag.
+pub fn each<T>(
+    flag: &str,
+    values: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Vec<T>> {
+    values
+        .iter()
+        .map(|v| parse(v).map_err(|e| bad_value(flag, v, e)))
+        .collect()
+}
+
+/// What a container is, the same for a standalone container and a service's tasks.
+#[derive(Args, Clone, Default)]
+pub struct ContainerFlags {
+    /// Set an environment variable (KEY=VALUE).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    #[arg(short, long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// type=bind|volume|tmpfs,source=…,target=…[,readonly][,tmpfs-size=…]
+    #[arg(long)]
+    pub mount: Vec<String>,
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    pub health_interval: Option<Duration>,
+    #[arg(long, value_parser = parse_duration)]
+    pub health_timeout: Option<Duration>,
+    #[arg(long)]
+    pub health_retries: Option<i32>,
+    #[arg(long, value_parser = parse_duration)]
+    pub health_start_period: Option<Duration>,
+    /// Attach to an overlay network: NAME[,alias=A…] or name=NAME[,alias=A…] (a
+    /// standalone container: an attachable one, on a node of the swarm).
+    #[arg(long)]
+    pub network: Vec<String>,
+    /// Return at once (a container: print its ID; a service: do not wait for it to
+    /// converge).
+    #[arg(short, long)]
+    pub detach: bool,
+}
+
+impl ContainerFlags {
+    /// Fills `i` with what was given. `--entrypoint` is one word for a container (as
+    /// `docker run`'s) and split into words for a service (as `docker service create`'s).
+    pub fn fill(&self, i: &mut ServiceInput, split_entrypoint: bool) -> anyhow::Result<()> {
+        if !self.env.is_empty() {
+            i.env = Some(self.env.clone());
+        }
+        i.entrypoint = self.entrypoint.as_ref().map(|e| {
+            if split_entrypoint {
+                e.split_whitespace().map(String::from).collect()
+            } else {
+                vec![e.clone()]
+            }
+        });
+        i.workdir.clone_from(&self.workdir);
+        i.user.clone_from(&self.user);
+        i.hostname.clone_from(&self.hostname);
+        if !self.mount.is_empty() {
+            i.mounts = Some(each("--mount", &self.mount, parse_mount)?);
+        }
+        i.stop_signal.clone_from(&self.stop_signal);
+        i.health.test = self
+            .health_cmd
+            .as_ref()
+            .map(|c| vec!["CMD-SHELL".into(), c.clone()]);
+        i.health.interval = self.health_interval;
+        i.health.timeout = self.health_timeout;
+        i.health.retries = self.health_retries;
+        i.health.start_period = self.health_start_period;
+        if !self.network.is_empty() {
+            i.networks = Some(each("--network", &self.network, parse_network)?);
+        }
+        Ok(())
+    }
+}
+
+/// Flags `create` and `update` share.
+#[derive(Args, Clone, Default)]
+pub struct SpecFlags {
+    #[command(flatten)]
+    pub container: ContainerFlags,
+    #[arg(long)]
+    limit_memory: Option<String>,
+    #[arg(long)]
+    limit_cpu: Option<f64>,
+    #[arg(long)]
+    reserve_memory: Option<String>,
+    #[arg(long)]
+    reserve_cpu: Option<f64>,
+    /// none, on-failure or any
+    #[arg(long)]
+    restart_condition: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    restart_delay: Option<Duration>,
+    #[arg(long)]
+    restart_max_attempts: Option<u64>,
+    #[arg(long, value_parser = parse_duration)]
+    restart_window: Option<Duration>,
+    #[arg(long, value_parser = parse_duration)]
+    stop_grace_period: Option<Duration>,
+    /// Service labels.
+    #[arg(short, long = "label")]
+    label: Vec<String>,
+    #[arg(long = "container-label")]
+    container_label: Vec<String>,
+    #[arg(long)]
+    constraint: Vec<String>,
+    /// spread=node.labels.NAME: spread tasks over the label's values first.
+    #[arg(long)]
+    placement_pref: Vec<String>,
+    /// At most this many tasks of the service per node (0: no limit).
+    #[arg(long)]
+    replicas_max_per_node: Option<u64>,
+    /// Publish a port: published=P,target=T[,mode=ingress|host][,protocol=tcp|udp], or
+    /// P:T[/udp].
+    #[arg(short = 'p', long)]
+    publish: Vec<String>,
+    /// vip (a virtual IP per network, the default) or dnsrr (DNS answers every task).
+    #[arg(long)]
+    endpoint_mode: Option<String>,
+}
+
+/// Labels given with `flag`, or None when none were.
+fn label_flags(flag: &str, list: &[String]) -> anyhow::Result<Option<HashMap<String, String>>> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    labels(list)
+        .map(Some)
+        .map_err(|(l, e)| bad_value(flag, &l, e))
+}
+
+impl SpecFlags {
+    /// What was given, in the spec's vocabulary.
+    pub fn input(&self) -> anyhow::Result<ServiceInput> {
+        let mut i = ServiceInput::default();
+        self.container.fill(&mut i, true)?;
+        let size = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|s| parse_size(s).map_err(|e| bad(flag, e)))
+                .transpose()
+        };
+        let cpus = |flag: &str, v: Option<f64>| {
+            v.map(|c| nano_cpus(c).map_err(|e| bad(flag, e)))
+                .transpose()
+        };
+        i.limit_memory = size("--limit-memory", &self.limit_memory)?;
+        i.reserve_memory = size("--reserve-memory", &self.reserve_memory)?;
+        i.limit_cpu = cpus("--limit-cpu", self.limit_cpu)?;
+        i.reserve_cpu = cpus("--reserve-cpu", self.reserve_cpu)?;
+        i.restart_condition = self
+            .restart_condition
+            .as_deref()
+            .map(|c| parse_restart_condition(c).map_err(|e| bad_value("--restart-condition", c, e)))
+            .transpose()?;
+        i.restart_delay = self.restart_delay;
+        i.restart_max_attempts = self.restart_max_attempts;
+        i.restart_window = self.restart_window;
+        i.stop_grace_period = self.stop_grace_period;
+        i.labels = label_flags("--label", &self.label)?;
+        i.container_labels = label_flags("--container-label", &self.container_label)?;
+        if !self.constraint.is_empty() {
+            i.constraints = Some(self.constraint.clone());
+        }
+        if !self.placement_pref.is_empty() {
+            i.placement_prefs = Some(self.placement_pref.clone());
+        }
+        i.max_replicas_per_node = self.replicas_max_per_node;
+        if !self.publish.is_empty() {
+            i.ports = Some(each("--publish", &self.publish, parse_publish)?);
+        }
+        i.endpoint_mode = self
+            .endpoint_mode
+            .as_deref()
+            .map(|m| parse_endpoint_mode(m).map_err(|e| bad_value("--endpoint-mode", m, e)))
+            .transpose()?;
+        Ok(i)
+    }
+}
+
+/// Docker's `--*-add` / `--*-rm` edits.
+#[derive(Args)]
+pub struct EditFlags {
+    /// Add or replace an environment variable (KEY=VALUE).
+    #[arg(long)]
+    env_add: Vec<String>,
+    /// Remove an environment variable (KEY).
+    #[arg(long)]
+    env_rm: Vec<String>,
+    /// Add or replace a service label (KEY=VALUE).
+    #[arg(long)]
+    label_add: Vec<String>,
+    /// Remove a service label (KEY).
+    #[arg(long)]
+    label_rm: Vec<String>,
+    /// Add a placement constraint.
+    #[arg(long)]
+    constraint_add: Vec<String>,
+    /// Remove a placement constraint.
+    #[arg(long)]
+    constraint_rm: Vec<String>,
+    /// Add or replace a mount (same syntax as --mount; replaces one at the same target).
+    #[arg(long)]
+    mount_add: Vec<String>,
+    /// Remove the mount at this target path.
+    #[arg(long)]
+    mount_rm: Vec<String>,
+    /// Add or replace a container label (KEY=VALUE).
+    #[arg(long)]
+    container_label_add: Vec<String>,
+    /// Remove a container label (KEY).
+    #[arg(long)]
+    container_label_rm: Vec<String>,
+    /// Attach to another network (same syntax as --network).
+    #[arg(long)]
+    network_add: Vec<String>,
+    /// Detach from a network (name or ID).
+    #[arg(long)]
+    pub network_rm: Vec<String>,
+    /// Publish another port (same syntax as --publish).
+    #[arg(long)]
+    publish_add: Vec<String>,
+    /// Stop publishing a port: PUBLISHED[/PROTOCOL].
+    #[arg(long)]
+    publish_rm: Vec<String>,
+}
+
+impl EditFlags {
+    /// The edits; `networks` resolve `--network-rm`'s names (the spec holds IDs).
+    pub fn edit(&self, networks: &[Network]) -> anyhow::Result<ServiceEdit> {
+        let pairs = |flag: &str, l: &[String], p: fn(&str) -> Result<(String, String), String>| {
+            each(flag, l, p)
+        };
+        each("--env-add", &self.env_add, key_value)?;
+        for c in &self.constraint_add {
+            crate::spec::placement::parse_constraint(c).map_err(|e| bad("--constraint-add", e))?;
+        }
+        let network_id = |n: &String| {
+            let id = networks
+                .iter()
+                .find(|x| &x.id == n || docker::network_name(x) == n)
+                .map_or_else(|| n.clone(), |x| x.id.clone());
+            (id, n.clone())
+        };
+        Ok(ServiceEdit {
+            env_add: self.env_add.clone(),
+            env_rm: self.env_rm.clone(),
+            label_add: pairs("--label-add", &self.label_add, label)?,
+            label_rm: self.label_rm.clone(),
+            container_label_add: pairs("--container-label-add", &self.container_label_add, label)?,
+            container_label_rm: self.container_label_rm.clone(),
+            constraint_add: self.constraint_add.clone(),
+            constraint_rm: self.constraint_rm.clone(),
+            mount_add: each("--mount-add", &self.mount_add, parse_mount)?,
+            mount_rm: self.mount_rm.clone(),
+            network_add: each("--network-add", &self.network_add, parse_network)?,
+            network_rm: self.network_rm.iter().map(network_id).collect(),
+            publish_add: each("--publish-add", &self.publish_add, parse_publish)?,
+            publish_rm: each("--publish-rm", &self.publish_rm, parse_published)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_fill_the_input_and_name_what_is_bad() {
+        let f = ContainerFlags {
+            env: vec!["A=1".into()],
+            entrypoint: Some("/bin/sh -c".into()),
+            mount: vec!["type=tmpfs,target=/t".into()],
+            health_cmd: Some("true".into()),
+            ..Default::default()
+        };
+        let mut i = ServiceInput::default();
+        f.fill(&mut i, true).unwrap();
+        assert_eq!(
+            i.entrypoint.as_deref(),
+            Some(&["/bin/sh".to_string(), "-c".into()][..])
+        );
+        assert_eq!(i.health.test.as_ref().unwrap()[0], "CMD-SHELL");
+        f.fill(&mut i, false).unwrap();
+        assert_eq!(
+            i.entrypoint.as_deref(),
+            Some(&["/bin/sh -c".to_string()][..])
+        );
+        let f = ContainerFlags {
+            mount: vec!["type=nfs,target=/x".into()],
+            ..Default::default()
+        };
+        let e = f.fill(&mut i, true).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--mount \"type=nfs,target=/x\": type \"nfs\" is not supported (bind, volume, tmpfs)"
+        );
+    }
+}
