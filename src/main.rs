@@ -4,8 +4,8 @@
 mod agent;
 mod api;
 mod cli;
-mod daemon;
 mod manager;
+mod node;
 mod spec;
 mod tls;
 

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{status, Api};
-use crate::daemon::Daemon;
 use crate::manager::ca;
 use crate::manager::store::Store;
+use crate::node::Daemon;
 use crate::tls::transport::{incoming, Peer, SharedServerConfig};
 use crate::tls::Role;
 
@@ -189,9 +189,8 @@ impl RaftApi for Api {
         respond(&m.raft.install_snapshot(r).await)
     }
 
-    /// A new manager joins the Raft group: as a learner until it has caught up, then as
-    /// a voter; then its node object says it is a manager. Followers pass this to the
-    /// leader.
+    /// A new manager joins the Raft group (`manager::membership::add_manager`).
+    /// Followers pass this to the leader.
     async fn join(
         &self,
         req: Request<RaftJoinRequest>,
@@ -207,53 +206,14 @@ impl RaftApi for Api {
             .get::<Peer>()
             .and_then(|p| p.identity.clone())
             .ok_or_else(|| Status::unauthenticated("a manager certificate is required"))?;
-        let r = req.into_inner();
-        if caller.node_id != r.node_id || caller.role != Role::Manager {
+        if caller.role != Role::Manager {
             return Err(Status::permission_denied(
                 "a node can only add itself, with a manager certificate",
             ));
         }
-        let known = m.store.view(|t| {
-            t.nodes
-                .get(&r.node_id)
-                .map(|n| n.spec.as_ref().map(|s| s.desired_role) == Some(NodeRole::Manager as i32))
-        });
-        if known != Some(true) {
-            return Err(Status::permission_denied(format!(
-                "node {} was not admitted as a manager",
-                r.node_id
-            )));
-        }
-        let fail = |e: String| Status::unavailable(format!("adding the manager to Raft: {e}"));
-        m.raft
-            .add_learner(r.raft_id, openraft::BasicNode::new(&r.addr), true)
+        crate::manager::membership::add_manager(&m, &caller.node_id, req.get_ref())
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        m.raft
-            .change_membership(
-                openraft::ChangeMembers::AddVoterIds([r.raft_id].into_iter().collect()),
-                false,
-            )
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let (id, raft_id, addr) = (r.node_id.clone(), r.raft_id, r.addr.clone());
-        m.store
-            .update(move |tx| {
-                let Some(mut n) = tx.get::<Node>(&id) else {
-                    return Ok(());
-                };
-                n.role = NodeRole::Manager as i32;
-                n.manager_status = Some(ManagerStatus {
-                    raft_id,
-                    addr,
-                    leader: false,
-                    reachability: Reachability::Reachable as i32,
-                });
-                tx.update(n)
-            })
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        tracing::info!(node.id = %r.node_id, raft.id = r.raft_id, addr = %r.addr, "a manager joined");
+            .map_err(status)?;
         Ok(Response::new(RaftJoinResponse {
             managers: m.member_addrs(),
         }))

@@ -2,9 +2,7 @@
 //! (services, tasks, nodes, logs) and `Dispatcher` (for this node's agent). They convert
 //! between the wire and the manager's logic, nothing more.
 
-pub mod client;
 pub mod cluster;
-mod membership;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,12 +16,11 @@ use shoal_proto::*;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::daemon::Daemon;
 use crate::manager::control as ctl;
-use crate::manager::error::{check_version, find};
+use crate::manager::error::find;
+use crate::manager::membership;
 use crate::manager::node::Manager;
-
-pub const NOT_MANAGER: &str = "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to connect this node to swarm and try again.";
+use crate::node::{Daemon, NOT_MANAGER};
 
 pub(crate) use crate::manager::error::grpc_status as status;
 
@@ -247,17 +244,7 @@ impl Control for Api {
         let m = self.manager()?;
         let r = req.into_inner();
         let spec = r.spec.unwrap_or_default();
-        let cur = m
-            .store
-            .view(|t| find(&t.nodes, &r.id_or_name))
-            .map_err(status)?;
-        check_version("node", &cur.id, cur.meta, r.version).map_err(status)?;
-        let was = cur.spec.as_ref().map(|s| s.desired_role).unwrap_or(0);
-        if was == NodeRole::Manager as i32 && spec.desired_role == NodeRole::Worker as i32 {
-            // demote: out of Raft first (refused if the rest could not keep quorum)
-            membership::remove_manager(&m, &cur, r.force).await?;
-        }
-        ctl::update_node(&m.store, &cur.id, 0, spec)
+        membership::update_node(&m, &r.id_or_name, r.version, spec, r.force)
             .await
             .map(Response::new)
             .map_err(status)
@@ -266,14 +253,7 @@ impl Control for Api {
         on_leader!(self, req, remove_node);
         let m = self.manager()?;
         let r = req.into_inner();
-        let n = m
-            .store
-            .view(|t| find(&t.nodes, &r.id_or_name))
-            .map_err(status)?;
-        if r.force && n.manager_status.is_some() {
-            membership::remove_manager(&m, &n, true).await?;
-        }
-        ctl::remove_node(&m.store, &n.id, r.force)
+        membership::remove_node(&m, &r.id_or_name, r.force)
             .await
             .map_err(status)?;
         Ok(Response::new(Empty {}))

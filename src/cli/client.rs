@@ -7,8 +7,8 @@ use tonic::transport::Channel;
 use super::Globals;
 
 pub async fn channel(g: &Globals) -> anyhow::Result<Channel> {
-    let path = crate::api::client::socket_path(g.host())?;
-    crate::api::client::connect(&path).await.map_err(|e| {
+    let path = crate::node::socket::socket_path(g.host())?;
+    crate::node::socket::connect(&path).await.map_err(|e| {
         // why, in the socket's own words: a user who may not use it is not told to
         // start a daemon that runs
         let why = std::os::unix::net::UnixStream::connect(&path).err();
@@ -43,8 +43,8 @@ pub async fn this_node(g: &Globals) -> anyhow::Result<Globals> {
     if g.host.is_none() {
         return Ok(g.clone());
     }
-    let path = crate::api::client::socket_path(g.host())?;
-    let info = match crate::api::client::connect(&path).await {
+    let path = crate::node::socket::socket_path(g.host())?;
+    let info = match crate::node::socket::connect(&path).await {
         Ok(ch) => SwarmClient::new(ch)
             .info(shoal_proto::Empty {})
             .await

@@ -11,9 +11,9 @@ use shoal_proto::swarm_server::SwarmServer;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use super::Globals;
-use crate::api::client::socket_path;
 use crate::api::Api;
-use crate::daemon::Daemon;
+use crate::node::socket::socket_path;
+use crate::node::Daemon;
 
 #[derive(Args)]
 pub struct DaemonArgs {
@@ -53,7 +53,7 @@ pub async fn run(g: &Globals, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("shoal daemon must run as root (it runs containers, mounts and cgroups)");
     }
     let data_root = g.data_root();
-    crate::daemon::secure_data_root(&data_root)
+    crate::node::secure_data_root(&data_root)
         .with_context(|| format!("making --data-root {} root's alone", data_root.display()))?;
     // one daemon per data root: the lock lives as long as this process
     let lock_file = std::fs::OpenOptions::new()
@@ -73,7 +73,7 @@ pub async fn run(g: &Globals, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if sock.exists() {
-        if crate::api::client::connect(&sock).await.is_ok()
+        if crate::node::socket::connect(&sock).await.is_ok()
             && std::os::unix::net::UnixStream::connect(&sock).is_ok()
         {
             anyhow::bail!("another shoal daemon is listening on {}", sock.display());
@@ -81,7 +81,14 @@ pub async fn run(g: &Globals, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         std::fs::remove_file(&sock).ok();
     }
     let runtime = super::container::open_runtime(g).await?;
-    let daemon = Daemon::open(data_root, sock.clone(), runtime, dns).await?;
+    let daemon = Daemon::open(
+        data_root,
+        sock.clone(),
+        runtime,
+        dns,
+        std::sync::Arc::new(crate::api::cluster::serve),
+    )
+    .await?;
     let listener = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("listening on {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;

@@ -275,7 +275,7 @@ pub async fn run_nodes(a: NodesArgs) -> anyhow::Result<ExitCode> {
         nodes_rt.handle().spawn(agent.run(
             move || {
                 let p = sock.clone();
-                Box::pin(async move { crate::api::client::connect(&p).await })
+                Box::pin(async move { crate::node::socket::connect(&p).await })
             },
             stop.clone(),
         ));

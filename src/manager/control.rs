@@ -9,6 +9,7 @@ use shoal_proto::service_spec::Mode;
 use shoal_proto::*;
 
 use super::error::{check_version, find, invalid, ControlError};
+use super::lifecycle::{self, Writer};
 use super::store::{new_id, Store, Tables};
 use super::tasks::{desired, mode, state};
 use crate::spec::{validate, Field, SpecError};
@@ -271,11 +272,16 @@ pub async fn remove_node(store: &Store, what: &str, force: bool) -> Result<Node,
                         return Ok(true);
                     }
                     let mut t = t.clone();
-                    let st = t.status.get_or_insert_with(TaskStatus::default);
-                    st.state = TaskState::Orphaned as i32;
-                    st.message = "node removed".into();
-                    t.desired_state = TaskState::Remove as i32;
-                    tx.update(t)?;
+                    lifecycle::desire(&mut t, TaskState::Remove);
+                    match lifecycle::advance(
+                        &mut t,
+                        Writer::Managers,
+                        TaskState::Orphaned,
+                        "node removed",
+                    ) {
+                        Ok(()) => tx.update(t)?,
+                        Err(e) => tracing::error!(task.id = %t.id, error = %e, "not orphaned"),
+                    }
                 }
             }
             Ok(false)

@@ -15,6 +15,15 @@ pub enum ControlError {
     /// A request refused as a whole (no field to name).
     #[error("{0}")]
     Invalid(String),
+    /// A request that cannot be done in the swarm's present state (it would lose quorum).
+    #[error("{0}")]
+    Refused(String),
+    /// A caller that may not ask this.
+    #[error("{0}")]
+    Denied(String),
+    /// What needs a majority of the managers and did not get it in time.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{kind} {what} not found")]
     NotFound { kind: &'static str, what: String },
     #[error("{kind} {what} is ambiguous: it matches {count}")]
@@ -55,6 +64,9 @@ pub fn grpc_status(e: ControlError) -> tonic::Status {
             prost::Message::encode_to_vec(&errs.to_proto()).into(),
         ),
         ControlError::Invalid(m) => Status::invalid_argument(m),
+        ControlError::Refused(m) => Status::failed_precondition(m),
+        ControlError::Denied(m) => Status::permission_denied(m),
+        ControlError::Unavailable(m) => Status::unavailable(m),
         ControlError::NotFound { .. } => Status::not_found(e.to_string()),
         ControlError::Ambiguous { .. } => Status::invalid_argument(e.to_string()),
         ControlError::Store(s) => match s {

@@ -12,11 +12,12 @@ use shoal_proto::*;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatcher::Dispatcher;
+use super::orchestrator::reaper::TaskReaper;
+use super::orchestrator::restart::RestartSupervisor;
 use super::orchestrator::Orchestrator;
 use super::raft::network::{GrpcNetwork, PeerTls};
 use super::raft::storage::{open_db, LogBytes, LogStore, StateMachine, SNAPSHOT_BYTES};
 use super::raft::{config, Raft, RaftProposer};
-use super::restart::RestartSupervisor;
 use super::scheduler::Scheduler;
 use super::store::{Store, Tables};
 
@@ -398,11 +399,12 @@ async fn lead_when_leader(
             (true, None) => {
                 let t = shutdown.child_token();
                 tracing::info!(
-                    "became leader: starting the orchestrator, scheduler, restart supervisor and node monitor"
+                    "became leader: starting the orchestrator, scheduler, restart supervisor, task reaper and node monitor"
                 );
                 tokio::spawn(Orchestrator::new(store.clone()).run(t.clone()));
                 tokio::spawn(Scheduler::new(store.clone()).run(t.clone()));
                 tokio::spawn(RestartSupervisor::new(store.clone()).run(t.clone()));
+                tokio::spawn(TaskReaper::new(store.clone()).run(t.clone()));
                 tokio::spawn(dispatcher.clone().monitor_nodes(t.clone()));
                 dispatcher.set_term(Some(t.clone()));
                 loops = Some(t);

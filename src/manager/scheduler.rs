@@ -10,8 +10,9 @@ use shoal_proto::{Node, NodeAvailability, NodeState, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
 use super::allocator::{self, allocate_services, Pools};
+use super::lifecycle::{self, Writer};
 use super::store::{Store, StoreError, Tx};
-use super::tasks::{desired, run_loop, state, status, Left};
+use super::tasks::{desired, run_loop, state, Left};
 use crate::spec::placement::{label_of, node_matches_constraints};
 
 /// Why a node was passed over, for the "no suitable node" message.
@@ -99,10 +100,15 @@ fn assign(
         .or_default()
         .add(&t, true, host_ports);
     t.node_id = node.to_string();
-    t.status = Some(status(
+    if let Err(e) = lifecycle::advance(
+        &mut t,
+        Writer::Scheduler,
         TaskState::Assigned,
         "scheduler assigned task to node",
-    ));
+    ) {
+        tracing::error!(task.id = %t.id, error = %e, "not assigned");
+        return Ok(());
+    }
     tx.update(t)
 }
 
@@ -401,10 +407,15 @@ fn allocate_new(tx: &mut Tx<'_>, pools: &mut Pools) -> Result<bool, StoreError> 
             return Ok(true);
         }
         match allocator::attach_task(tx, pools, ingress.as_deref(), &mut t) {
-            Ok(()) => {
-                t.status = Some(status(TaskState::Pending, "pending task scheduling"));
-                tx.update(t)?;
-            }
+            Ok(()) => match lifecycle::advance(
+                &mut t,
+                Writer::Allocator,
+                TaskState::Pending,
+                "pending task scheduling",
+            ) {
+                Ok(()) => tx.update(t)?,
+                Err(e) => tracing::error!(task.id = %t.id, error = %e, "not allocated"),
+            },
             Err(why) => {
                 let err = format!("allocation failed: {why}");
                 if t.status.as_ref().map(|s| s.err.as_str()) != Some(err.as_str()) {

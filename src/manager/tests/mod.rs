@@ -6,8 +6,9 @@ pub(super) use std::time::Duration;
 pub(super) use shoal_proto::service_spec::Mode;
 pub(super) use shoal_proto::*;
 
+pub(super) use super::orchestrator::reaper::reap;
 pub(super) use super::orchestrator::reconcile;
-pub(super) use super::restart::{reap, restart_dead, start_ready};
+pub(super) use super::orchestrator::restart::{restart_dead, start_ready};
 pub(super) use super::scheduler::allocate_and_schedule;
 pub(super) use super::store::{new_id, Store};
 pub(super) use super::tasks::{desired, state, status};

@@ -19,12 +19,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::store::{new_id, Change, Store, StoreError};
-use super::tasks::state;
+mod nodes;
+mod status;
+mod views;
+
+use crate::manager::store::{new_id, Change, Store, StoreError};
+use crate::manager::tasks::state;
+use status::batch_writer;
+use views::{is_for, network_views, swarm_view, tasks_for, tasks_for_in};
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(1000);
 
-type Pending = (
+pub(super) type Pending = (
     String,
     Vec<TaskStatusUpdate>,
     oneshot::Sender<Result<(), StoreError>>,
@@ -268,110 +274,6 @@ impl Dispatcher {
             })
             .unwrap_or(self.heartbeat)
     }
-
-    /// Leader only: a node not heard from for two and a half heartbeat periods (its
-    /// third heartbeat is half a period late) is marked Down and its tasks are shut
-    /// down, so that the orchestrators replace them on other nodes. With the default
-    /// period of 1 s, a crashed node is Down 1.5 to 2.5 s after its last heartbeat, and
-    /// a busy node must be 1.5 s late to be taken for dead.
-    /// (A node that comes back opens a new session and is Ready again; the agent then
-    /// stops the tasks that were superseded.) After a leader change every node gets the
-    /// full grace period from the start of this loop, and again after this manager
-    /// itself was stalled ([`silence_from`]).
-    pub async fn monitor_nodes(self, shutdown: CancellationToken) {
-        let mut start = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let waiting = Instant::now();
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let period = self.heartbeat_period();
-            let resumed = silence_from(start, waiting, Instant::now(), period);
-            if resumed != start {
-                tracing::warn!(
-                    stalled = ?resumed.duration_since(waiting),
-                    "this manager was stalled: every node gets its grace period again"
-                );
-                start = resumed;
-            }
-            if let Err(e) = super::ca::finish_rotation(&self.store).await {
-                tracing::warn!(error = %e, "could not end the CA rotation; retrying");
-            }
-            let grace = period * 5 / 2;
-            let seen = self
-                .last_seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let now = Instant::now();
-            let down: Vec<String> = self.store.view(|t| {
-                t.nodes
-                    .values()
-                    .filter(|n| {
-                        n.status
-                            .as_ref()
-                            .is_some_and(|s| s.state == NodeState::Ready as i32)
-                    })
-                    .filter(|n| {
-                        let last = seen.get(&n.id).copied().unwrap_or(start).max(start);
-                        n.id != self.local_node && now.duration_since(last) > grace
-                    })
-                    .map(|n| n.id.clone())
-                    .collect()
-            });
-            if down.is_empty() {
-                continue;
-            }
-            tracing::warn!(nodes = ?down, "no heartbeat: marking nodes down");
-            // their sessions end: a node that was only slow gets "session invalid" at its
-            // next heartbeat, opens a new session and is Ready again
-            self.sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|_, x| !down.contains(&x.node_id));
-            // the nodes first, then their tasks a commit's worth at a time
-            let r = self
-                .store
-                .update_all(move |tx| {
-                    for id in &down {
-                        let Some(mut n) = tx.get::<Node>(id) else {
-                            continue;
-                        };
-                        let st = n.status.get_or_insert_with(NodeStatus::default);
-                        if st.state != NodeState::Down as i32 {
-                            st.state = NodeState::Down as i32;
-                            st.message = "heartbeat failure".into();
-                            tx.update(n)?;
-                        }
-                        for t in tx.tasks_of(id, true) {
-                            if tx.full() {
-                                return Ok(true);
-                            }
-                            // (a standalone container's attachment follows its
-                            // container, which is still there when the node returns:
-                            // its address stays its own)
-                            if &t.node_id == id
-                                && t.attachment_container.is_empty()
-                                && !state(&t).is_terminal()
-                                && t.desired_state < TaskState::Shutdown as i32
-                            {
-                                let mut t = t.clone();
-                                t.desired_state = TaskState::Shutdown as i32;
-                                tx.update(t)?;
-                            }
-                        }
-                    }
-                    Ok(false)
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "could not mark nodes down; retrying");
-            }
-        }
-    }
 }
 
 /// Whether a node's change alters what every session tells its node: a manager's
@@ -430,347 +332,6 @@ fn status_only(new: &Task, old: Option<&Object>) -> bool {
         && *spec == old.spec
 }
 
-/// Every task assigned to `node`.
-fn tasks_for(store: &Store, node: &str) -> Vec<Task> {
-    store.view(|t| tasks_for_in(t, node))
-}
-
-fn tasks_for_in(t: &super::store::Tables, node: &str) -> Vec<Task> {
-    t.tasks_on_node(node)
-        .filter(|x| is_for(x, node))
-        .cloned()
-        .collect()
-}
-
-/// What tasks on a network resolve: each attached service's name and aliases (its VIP,
-/// or with dnsrr its running tasks' addresses), `tasks.<service>` (its running tasks'
-/// addresses) and each running task's name. Tasks that are not running are left out.
-fn discovery(t: &super::store::Tables, network: &str) -> (Vec<DnsName>, Vec<Vip>) {
-    use shoal_proto::endpoint_spec::ResolutionMode;
-    let bare = |a: &str| super::ipam::host_part(a).to_string();
-    let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    let mut vips = Vec::new();
-    for s in t.services.values() {
-        let Some(spec) = &s.spec else { continue };
-        let Some(att) = spec
-            .task
-            .as_ref()
-            .and_then(|x| x.networks.iter().find(|a| a.target == network))
-        else {
-            continue;
-        };
-        let name = spec
-            .annotations
-            .as_ref()
-            .map(|a| a.name.to_lowercase())
-            .unwrap_or_default();
-        let mut running = Vec::new();
-        for x in t.tasks_of_service(&s.id) {
-            if state(x) != TaskState::Running {
-                continue;
-            }
-            for a in x.networks.iter().filter(|a| a.network_id == network) {
-                if let Some(addr) = a.addresses.first() {
-                    running.push(bare(addr));
-                    if let Some(an) = x.annotations.as_ref().filter(|an| !an.name.is_empty()) {
-                        names
-                            .entry(an.name.to_lowercase())
-                            .or_default()
-                            .push(bare(addr));
-                    }
-                }
-            }
-        }
-        let dnsrr = spec.endpoint.as_ref().map(|e| e.mode) == Some(ResolutionMode::Dnsrr as i32);
-        let vip = s
-            .endpoint
-            .as_ref()
-            .and_then(|e| e.virtual_ips.iter().find(|v| v.network_id == network))
-            .map(|v| bare(&v.addr));
-        let service_addrs = match (dnsrr, vip) {
-            (false, Some(v)) => {
-                vips.push(Vip {
-                    addr: v.clone(),
-                    backends: running.clone(),
-                });
-                vec![v]
-            }
-            _ => running.clone(),
-        };
-        names.insert(format!("tasks.{name}"), running);
-        for n in std::iter::once(name).chain(att.aliases.iter().map(|a| a.to_lowercase())) {
-            names
-                .entry(n)
-                .or_default()
-                .extend(service_addrs.iter().cloned());
-        }
-    }
-    // standalone containers' attachments (no service): their names and aliases
-    for x in t.tasks_of_service("") {
-        if state(x) != TaskState::Running || x.attachment_container.is_empty() {
-            continue;
-        }
-        for a in x.networks.iter().filter(|a| a.network_id == network) {
-            let Some(addr) = a.addresses.first() else {
-                continue;
-            };
-            for n in std::iter::once(&x.attachment_container).chain(&a.aliases) {
-                names.entry(n.to_lowercase()).or_default().push(bare(addr));
-            }
-        }
-    }
-    let names = names
-        .into_iter()
-        .map(|(name, addrs)| DnsName { name, addrs })
-        .collect();
-    (names, vips)
-}
-
-/// The ports published in ingress mode, each with its service's running tasks' addresses
-/// on the ingress network.
-fn mesh_ports(t: &super::store::Tables, ingress: &str) -> Vec<PublishedPort> {
-    use shoal_proto::port_config::PublishMode;
-    let mut out = Vec::new();
-    for s in t.services.values() {
-        let Some(e) = &s.endpoint else { continue };
-        let backends: Vec<String> = t
-            .tasks_of_service(&s.id)
-            .filter(|x| state(x) == TaskState::Running)
-            .flat_map(|x| x.networks.iter().filter(|a| a.network_id == ingress))
-            .filter_map(|a| a.addresses.first())
-            .map(|a| super::ipam::host_part(a).to_string())
-            .collect();
-        for p in &e.ports {
-            if p.publish_mode != PublishMode::Ingress as i32 || p.published_port == 0 {
-                continue;
-            }
-            out.push(PublishedPort {
-                published: p.published_port,
-                protocol: crate::spec::parse::protocol_name(p.protocol).into(),
-                target: p.target_port,
-                backends: backends.clone(),
-            });
-        }
-    }
-    out
-}
-
-/// The ports published in host mode by `node`'s running tasks, each to its task's
-/// address on the ingress network: they answer on this node only.
-fn host_ports(t: &super::store::Tables, ingress: &str, node: &str) -> Vec<PublishedPort> {
-    let mut out = Vec::new();
-    for x in t.tasks_on_node(node) {
-        if state(x) != TaskState::Running {
-            continue;
-        }
-        let Some(addr) = x
-            .networks
-            .iter()
-            .find(|a| a.network_id == ingress)
-            .and_then(|a| a.addresses.first())
-        else {
-            continue;
-        };
-        let Some(s) = t.services.get(&x.service_id) else {
-            continue;
-        };
-        for p in super::allocator::host_ports(s) {
-            out.push(PublishedPort {
-                published: p.published_port,
-                protocol: crate::spec::parse::protocol_name(p.protocol).into(),
-                target: p.target_port,
-                backends: vec![super::ipam::host_part(addr).to_string()],
-            });
-        }
-    }
-    out
-}
-
-/// The IP part of a node's address (`ip` or `ip:port`).
-fn node_ip(t: &super::store::Tables, node: &str) -> Option<std::net::IpAddr> {
-    super::network::node_addr_ip(t.nodes.get(node)?)
-}
-
-/// The overlays `node`'s live tasks are on, each with every live task of the network on
-/// another node (address and that node's VTEP).
-pub fn network_views(t: &super::store::Tables, node: &str) -> Vec<NetworkView> {
-    let live = |x: &Task| !state(x).is_terminal() && x.desired_state <= TaskState::Running as i32;
-    let mut mine: std::collections::BTreeSet<&str> = t
-        .tasks_on_node(node)
-        .filter(|x| live(x))
-        .flat_map(|x| x.networks.iter().map(|a| a.network_id.as_str()))
-        .collect();
-    // the routing mesh: every node has ingress while a port is published on it
-    let ingress = t
-        .networks
-        .values()
-        .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress));
-    let ports = ingress.map(|i| mesh_ports(t, &i.id)).unwrap_or_default();
-    if let (Some(i), false) = (ingress, ports.is_empty()) {
-        mine.insert(i.id.as_str());
-    }
-    if mine.is_empty() {
-        return vec![];
-    }
-    let local = node_ip(t, node).map(|i| i.to_string()).unwrap_or_default();
-    let mut views: std::collections::BTreeMap<&str, NetworkView> =
-        std::collections::BTreeMap::new();
-    for id in &mine {
-        let Some(n) = t.networks.get(*id) else {
-            continue;
-        };
-        let ipam = n.ipam.first().cloned().unwrap_or_default();
-        views.insert(
-            id,
-            NetworkView {
-                network_id: n.id.clone(),
-                vni: n.vni,
-                subnet: ipam.subnet,
-                gateway: ipam.gateway,
-                internal: n.spec.as_ref().is_some_and(|s| s.internal),
-                local_vtep: local.clone(),
-                peers: vec![],
-                names: vec![],
-                vips: vec![],
-                ingress: false,
-                ports: vec![],
-                local_addr: String::new(),
-            },
-        );
-    }
-    for v in views.values_mut() {
-        (v.names, v.vips) = discovery(t, &v.network_id);
-        if ingress.is_some_and(|i| i.id == v.network_id) {
-            v.ingress = true;
-            v.ports = ports.clone();
-            v.ports.extend(host_ports(t, &v.network_id, node));
-            // each node's own ingress address, its own and the others' (as peers: the
-            // tasks' answers go back to the node that forwarded the request)
-            for n in t.nodes.values() {
-                for a in n
-                    .attachments
-                    .iter()
-                    .filter(|a| a.network_id == v.network_id)
-                {
-                    let Some(addr) = a.addresses.first() else {
-                        continue;
-                    };
-                    if n.id == node {
-                        v.local_addr = addr.clone();
-                    } else if let Some(vtep) = node_ip(t, &n.id) {
-                        v.peers.push(NetworkPeer {
-                            addr: super::ipam::host_part(addr).to_string(),
-                            vtep: vtep.to_string(),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    for x in t.tasks.values() {
-        if x.node_id == node || x.node_id.is_empty() || !live(x) {
-            continue;
-        }
-        for a in &x.networks {
-            let Some(v) = views.get_mut(a.network_id.as_str()) else {
-                continue;
-            };
-            let Some(vtep) = node_ip(t, &x.node_id) else {
-                continue;
-            };
-            for addr in &a.addresses {
-                v.peers.push(NetworkPeer {
-                    addr: super::ipam::host_part(addr).to_string(),
-                    vtep: vtep.to_string(),
-                });
-            }
-        }
-    }
-    views.into_values().collect()
-}
-
-/// What a session tells its node about the swarm, as the store has it now.
-fn swarm_view(t: &super::store::Tables, mut m: SessionMessage) -> SessionMessage {
-    m.managers = super::ca::manager_addrs(t);
-    m.desired_role = t
-        .nodes
-        .get(&m.node_id)
-        .and_then(|n| n.spec.as_ref())
-        .map(|s| s.desired_role)
-        .unwrap_or(0);
-    if let Some(c) = t.clusters.values().next() {
-        m.roots_pem = super::ca::trusted_roots(c);
-        m.ca_digest = super::ca::root_ca(c)
-            .map(|r| r.digest())
-            .unwrap_or_default();
-    }
-    m
-}
-
-/// Writes status reports in batches: one store transaction per 100 ms.
-async fn batch_writer(store: Store, mut rx: mpsc::Receiver<Pending>, shutdown: CancellationToken) {
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = rx.recv() => match p { Some(p) => p, None => return },
-        };
-        let mut batch = vec![first];
-        let deadline = tokio::time::sleep(Duration::from_millis(100));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                p = rx.recv() => match p { Some(p) => batch.push(p), None => break },
-            }
-        }
-        let all: Vec<(String, TaskStatusUpdate)> = batch
-            .iter()
-            .flat_map(|(n, us, _)| us.iter().map(move |u| (n.clone(), u.clone())))
-            .collect();
-        let started = std::time::Instant::now();
-        let n = all.len();
-        // a commit's worth at a time (ten thousand tasks starting at once report in the
-        // same 100 ms)
-        let mut next = 0;
-        let res = store
-            .update_all(|tx| {
-                while let Some((node, u)) = all.get(next) {
-                    if tx.full() {
-                        return Ok(true);
-                    }
-                    next += 1;
-                    let Some(mut t) = tx.get::<Task>(&u.task_id) else {
-                        continue;
-                    };
-                    if &t.node_id != node {
-                        continue; // only the owning node may report a task
-                    }
-                    let Some(new) = u.status.clone() else {
-                        continue;
-                    };
-                    if new.state < state(&t) as i32 {
-                        continue; // states only move forward
-                    }
-                    if t.status.as_ref() == Some(&new) {
-                        continue;
-                    }
-                    t.status = Some(new);
-                    tx.update(t)?;
-                }
-                Ok(false)
-            })
-            .await;
-        tracing::debug!(
-            updates = n,
-            took_ms = started.elapsed().as_millis() as u64,
-            "status batch written"
-        );
-        for (_, _, done) in batch {
-            let _ = done.send(res.clone());
-        }
-    }
-}
-
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// A node's complete set of tasks as messages of about 1 MiB of tasks each (a node's
@@ -801,10 +362,6 @@ fn complete_set(tasks: Vec<Task>, networks: Option<Vec<NetworkView>>) -> Vec<Ass
         parts[last].update_tasks.push(t);
     }
     parts
-}
-
-fn is_for(t: &Task, node: &str) -> bool {
-    t.node_id == node && state(t) as i32 >= TaskState::Assigned as i32
 }
 
 #[tonic::async_trait]
@@ -1084,9 +641,14 @@ impl DispatcherApi for Dispatcher {
         let node = node_of(&req)?;
         self.term()?;
         let r = req.into_inner();
-        let id = super::network::attach_container(&self.store, &node, r.container_id, r.networks)
-            .await
-            .map_err(super::error::grpc_status)?;
+        let id = crate::manager::network::attach_container(
+            &self.store,
+            &node,
+            r.container_id,
+            r.networks,
+        )
+        .await
+        .map_err(crate::manager::error::grpc_status)?;
         Ok(Response::new(AttachNetworkResponse { attachment_id: id }))
     }
 
@@ -1097,9 +659,9 @@ impl DispatcherApi for Dispatcher {
         let node = node_of(&req)?;
         self.term()?;
         let id = req.into_inner().attachment_id;
-        super::network::detach_container(&self.store, &node, &id)
+        crate::manager::network::detach_container(&self.store, &node, &id)
             .await
-            .map_err(super::error::grpc_status)?;
+            .map_err(crate::manager::error::grpc_status)?;
         Ok(Response::new(DetachNetworkResponse {}))
     }
 
@@ -1110,19 +672,6 @@ impl DispatcherApi for Dispatcher {
         Err(Status::unimplemented(
             "log publishing from remote nodes comes with multi-node clusters",
         ))
-    }
-}
-
-/// Since when the monitor counts nodes' silence: from `start`, or from `now` when its
-/// wait for a 100 ms tick (begun at `waiting`) took more than half a heartbeat period.
-/// Then this process or its host was stalled (a loaded or paused machine), the
-/// heartbeats that came meanwhile may still be unread, and marking every node Down at
-/// once for it would move all their tasks for nothing (seen on emulated hosts).
-fn silence_from(start: Instant, waiting: Instant, now: Instant, period: Duration) -> Instant {
-    if now.duration_since(waiting) > period / 2 {
-        now
-    } else {
-        start
     }
 }
 
@@ -1182,23 +731,5 @@ mod tests {
         );
         assert_eq!(desc(&store), Some(good));
         stop.cancel();
-    }
-
-    #[test]
-    fn a_stalled_monitor_gives_nodes_their_grace_again() {
-        let start = Instant::now();
-        let period = Duration::from_secs(1);
-        let waiting = start + Duration::from_secs(10);
-        // a tick that came on time (or a little late, as under load) changes nothing
-        let on_time = waiting + Duration::from_millis(100);
-        assert_eq!(silence_from(start, waiting, on_time, period), start);
-        let late = waiting + Duration::from_millis(500);
-        assert_eq!(silence_from(start, waiting, late, period), start);
-        // a wait of more than half a period for a 100 ms tick: counted from now
-        let stalled = waiting + Duration::from_millis(501);
-        assert_eq!(silence_from(start, waiting, stalled, period), stalled);
-        // shorter periods, shorter stalls
-        let short = Duration::from_millis(200);
-        assert_eq!(silence_from(start, waiting, late, short), late);
     }
 }

@@ -1,22 +1,18 @@
 //! Task-level repair: the restart supervisor replaces tasks that ended while they were
 //! meant to run, by their restart policy (condition any / on-failure / none, delay, max
 //! attempts within a window; Swarm's defaults: any, 5 s, unlimited). The replacement is
-//! created at once, made ready, and started when the delay has passed. The task reaper
-//! trims the history of dead tasks (5 per slot by default) and removes tasks whose
-//! service is gone once they have stopped.
+//! created at once, made ready, and started when the delay has passed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_proto::restart_policy::Condition;
-use shoal_proto::{Cluster, Service, Task, TaskState};
+use shoal_proto::{Service, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
-use super::store::{now_ms, Store, StoreError};
-use super::tasks::{desired, is_job, new_task, run_loop, state, Left};
-
-pub const DEFAULT_HISTORY: usize = 5;
+use crate::manager::store::{now_ms, Store, StoreError};
+use crate::manager::tasks::{desired, is_job, new_task, run_loop, state, Left};
 
 /// A task's restart policy, with Swarm's defaults filled in.
 type Policy = crate::spec::service::Restart;
@@ -145,9 +141,8 @@ impl Timer {
 }
 
 /// One pass of the restart supervisor: dead tasks replaced (their replacements started
-/// once their delay has passed, and tasks rejected before they ran replaced only then),
-/// and history trimmed. A pass that had more than one commit's worth leaves the rest to
-/// the next.
+/// once their delay has passed, and tasks rejected before they ran replaced only then).
+/// A pass that had more than one commit's worth leaves the rest to the next.
 async fn pass(store: Store, sd: CancellationToken, timer: Timer) -> Left {
     let mut left = Left::Nothing;
     match restart_dead(&store).await {
@@ -169,11 +164,6 @@ async fn pass(store: Store, sd: CancellationToken, timer: Timer) -> Left {
             }
         }
         Err(e) => tracing::warn!(error = %e, "restarting tasks failed"),
-    }
-    match reap(&store).await {
-        Ok((_, true)) => left = Left::All,
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "reaping tasks failed"),
     }
     left
 }
@@ -225,7 +215,7 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
                 }
                 // it no longer counts as the slot's task
                 let mut old = t.clone();
-                old.desired_state = TaskState::Shutdown as i32;
+                crate::manager::lifecycle::desire(&mut old, TaskState::Shutdown);
                 let policy = policy_of(t);
                 match verdict(t, &policy, job, now) {
                     Verdict::Restart => {}
@@ -289,75 +279,13 @@ pub async fn start_ready(store: &Store, id: &str) -> Result<(), StoreError> {
                 return Ok(());
             }
             let job = tx.get::<Service>(&t.service_id).is_some_and(|s| is_job(&s));
-            t.desired_state = if job {
+            let want = if job {
                 TaskState::Complete
             } else {
                 TaskState::Running
-            } as i32;
+            };
+            crate::manager::lifecycle::desire(&mut t, want);
             tx.update(t)
-        })
-        .await
-}
-
-/// Deletes dead tasks beyond the history limit of each slot, and tasks meant to be
-/// removed once they have stopped: how many, and whether more are left for the next
-/// commit.
-pub async fn reap(store: &Store) -> Result<(usize, bool), StoreError> {
-    store
-        .update(|tx| {
-            let limit = tx
-                .list::<Cluster>()
-                .first()
-                .and_then(|c| c.spec.as_ref())
-                .and_then(|s| s.orchestration.as_ref())
-                .map(|o| o.task_history_retention_limit)
-                .filter(|n| *n > 0)
-                .map(|n| n as usize)
-                .unwrap_or(DEFAULT_HISTORY);
-            // only tasks that are done can go
-            let tasks = tx.filter(|t: &Task| {
-                state(t).is_terminal() || (state(t) as i32) < TaskState::Assigned as i32
-            });
-            let mut gone = BTreeSet::new();
-            for t in &tasks {
-                let stopped =
-                    state(t).is_terminal() || (state(t) as i32) < TaskState::Assigned as i32;
-                if desired(t) == TaskState::Remove && stopped {
-                    gone.insert(t.id.clone());
-                }
-            }
-            let mut slots: BTreeMap<(String, u64, String), Vec<&Task>> = BTreeMap::new();
-            for t in tasks.iter().filter(|t| {
-                state(t).is_terminal()
-                    && !gone.contains(&t.id)
-                    && (desired(t) as i32) >= TaskState::Shutdown as i32
-            }) {
-                let node = if t.slot == 0 {
-                    t.node_id.clone()
-                } else {
-                    String::new()
-                };
-                slots
-                    .entry((t.service_id.clone(), t.slot, node))
-                    .or_default()
-                    .push(t);
-            }
-            for (_, mut dead) in slots {
-                dead.sort_by_key(|t| t.status.as_ref().map(|s| s.timestamp_ms).unwrap_or(0));
-                let extra = dead.len().saturating_sub(limit);
-                for t in dead.into_iter().take(extra) {
-                    gone.insert(t.id.clone());
-                }
-            }
-            let mut removed = 0;
-            for id in &gone {
-                if tx.full() {
-                    return Ok((removed, true));
-                }
-                tx.remove::<Task>(id)?;
-                removed += 1;
-            }
-            Ok((removed, false))
         })
         .await
 }
