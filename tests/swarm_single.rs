@@ -222,6 +222,52 @@ fn killed_tasks_fail_and_restart_by_policy() {
     }
 }
 
+/// `--restart-delay` holds a replicated task's replacement back: made ready at once, it
+/// starts only once the delay has passed since its predecessor failed (the orchestrator
+/// once started it as soon as the predecessor had stopped).
+#[test]
+fn a_replicated_tasks_replacement_waits_out_its_restart_delay() {
+    let (h, _d) = swarm_host();
+    h.ok(&[
+        "service",
+        "create",
+        "--name",
+        "slow",
+        "--restart-delay",
+        "5s",
+        "--stop-signal",
+        "KILL",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    let pids = running_pids(&h, "slow");
+    let (_, pid) = pids.iter().next().unwrap();
+    let killed = std::time::Instant::now();
+    kill9(*pid as i32);
+    // watched, not slept through: nothing runs for the first 4 s of the 5 s delay
+    while killed.elapsed() < Duration::from_secs(4) {
+        let p = running_pids(&h, "slow");
+        assert!(
+            p.is_empty() || p == pids,
+            "the replacement ran {:?} after the kill, within its 5 s restart delay: {p:?}",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new = wait_for("the replacement", Duration::from_secs(30), || {
+        let p = running_pids(&h, "slow");
+        (p.len() == 1 && p != pids).then_some(p)
+    });
+    assert!(
+        killed.elapsed() >= Duration::from_secs(5),
+        "started {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(new.len(), 1);
+    assert_eq!(replicas(&h, "slow"), "1/1");
+}
+
 #[test]
 fn refusals_name_what_is_wrong() {
     let h = Host::new();

@@ -314,6 +314,7 @@ fn status_only(new: &Task, old: Option<&Object>) -> bool {
         attachment_container,
         restarts,
         restarted_at_ms,
+        start_after_ms,
     } = new;
     state(old) as i32 > TaskState::Assigned as i32
         && *id == old.id
@@ -325,6 +326,7 @@ fn status_only(new: &Task, old: Option<&Object>) -> bool {
         && *attachment_container == old.attachment_container
         && *restarts == old.restarts
         && *restarted_at_ms == old.restarted_at_ms
+        && *start_after_ms == old.start_after_ms
         && *service_id == old.service_id
         && *networks == old.networks
         && *endpoint == old.endpoint

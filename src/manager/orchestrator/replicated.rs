@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use shoal_proto::{Service, Task, TaskState};
 
 use super::{live, on_drained_node, set_desired};
-use crate::manager::store::{StoreError, Tx};
+use crate::manager::store::{now_ms, StoreError, Tx};
 use crate::manager::tasks::{desired, new_task, state};
 
 pub(super) fn replicated(
@@ -55,6 +55,7 @@ fn rolling_update(
     slots: BTreeMap<u64, Vec<Task>>,
 ) -> Result<(), StoreError> {
     // a replacement made ready while its predecessor stops: start it once that is done
+    // (one waiting out its restart delay is the restart supervisor's to start)
     if let Some(t) = slots
         .values()
         .flatten()
@@ -63,7 +64,7 @@ fn rolling_update(
         let predecessor_alive = all
             .iter()
             .any(|o| o.slot == t.slot && o.id != t.id && !state(o).is_terminal());
-        if !predecessor_alive {
+        if !predecessor_alive && t.start_after_ms <= now_ms() {
             set_desired(tx, t, TaskState::Running)?;
         }
         return Ok(());

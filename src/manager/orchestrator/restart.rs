@@ -111,9 +111,10 @@ impl RestartSupervisor {
     }
 }
 
-/// The restart supervisor's own wake-up: one timer, for the soonest task due (one
-/// rejected before it ran, or one waiting for its restart window to pass; passes come on
-/// every store event, so one timer per pass would pile up).
+/// The restart supervisor's own wake-up: one timer, for the soonest task due (a
+/// replacement waiting out its delay, one rejected before it ran, or one waiting for its
+/// restart window to pass; passes come on every store event, so one timer per pass
+/// would pile up).
 #[derive(Clone, Default)]
 struct Timer {
     wake: Arc<tokio::sync::Notify>,
@@ -147,15 +148,6 @@ async fn pass(store: Store, sd: CancellationToken, timer: Timer) -> Left {
     let mut left = Left::Nothing;
     match restart_dead(&store).await {
         Ok(r) => {
-            for (id, delay) in r.start_later {
-                let (store, sd) = (store.clone(), sd.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = sd.cancelled() => {}
-                        _ = tokio::time::sleep(delay) => { let _ = start_ready(&store, &id).await; }
-                    }
-                });
-            }
             if let Some(wait) = r.check_again_in {
                 timer.set(wait, &sd);
             }
@@ -165,13 +157,18 @@ async fn pass(store: Store, sd: CancellationToken, timer: Timer) -> Left {
         }
         Err(e) => tracing::warn!(error = %e, "restarting tasks failed"),
     }
+    match start_due(&store, now_ms()).await {
+        Ok(Some(wait)) => timer.set(wait, &sd),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "starting replacements failed"),
+    }
     left
 }
 
 /// What a restart pass did.
 #[derive(Debug, Default)]
 pub struct Restarted {
-    /// Replacements to start after their delay.
+    /// Replacements made ready, to start after their delay.
     pub start_later: Vec<(String, Duration)>,
     /// Tasks rejected before they ran wait out their delay before they are replaced,
     /// and tasks that used up their attempts within a window wait for it to pass: the
@@ -259,6 +256,8 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
                 }
                 count_restart(t, &policy, &mut n, now);
                 if wait {
+                    n.start_after_ms = now.saturating_add(delay.as_millis() as i64);
+                    r.check_again_in = Some(r.check_again_in.map_or(delay, |w| w.min(delay)));
                     r.start_later.push((n.id.clone(), delay));
                 }
                 tx.create(n)?;
@@ -268,7 +267,29 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
         .await
 }
 
-/// Starts a replacement once its restart delay has passed.
+/// Starts the replacements whose restart delay has passed (at `now`); returns how long
+/// until the next one is due, if one waits. What is due is in the store
+/// (`start_after_ms`), so a new leader's first pass starts what the old one would have.
+pub async fn start_due(store: &Store, now: i64) -> Result<Option<Duration>, StoreError> {
+    let waiting = store.view(|t| {
+        t.tasks
+            .values()
+            .filter(|x| desired(x) == TaskState::Ready && x.start_after_ms > 0)
+            .map(|x| (x.id.clone(), x.start_after_ms))
+            .collect::<Vec<_>>()
+    });
+    let mut next: Option<i64> = None;
+    for (id, at) in waiting {
+        if at <= now {
+            start_ready(store, &id).await?;
+        } else {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    }
+    Ok(next.map(|at| Duration::from_millis((at - now) as u64)))
+}
+
+/// Starts a replacement made ready (its restart delay has passed).
 pub async fn start_ready(store: &Store, id: &str) -> Result<(), StoreError> {
     store
         .update(|tx| {

@@ -422,3 +422,58 @@ async fn rejected_tasks_are_retried_after_their_delay() {
     let repl = ts.iter().find(|x| x.id != t.id).unwrap();
     assert_eq!(desired(repl), TaskState::Running, "and it runs at once");
 }
+
+/// A replacement made ready for its restart delay is started when the delay has passed,
+/// and not before, though its predecessor has stopped (the orchestrator once started it
+/// at once); what is due is in the store, so a new leader with none of the old one's
+/// timers starts it too.
+#[tokio::test]
+async fn a_replacement_waits_out_its_restart_delay_even_for_a_new_leader() {
+    let mut s = service("web", replicated(1));
+    s.spec.as_mut().unwrap().task.as_mut().unwrap().restart = Some(RestartPolicy {
+        delay: Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    let store = setup(vec![node("n1", &[])], &s).await;
+    round(&store, &s.id).await;
+    agent_converges(&store).await;
+    let t = tasks_of(&store, &s.id).remove(0);
+    set_state(&store, &t.id, TaskState::Failed).await;
+    let before = crate::manager::store::now_ms();
+    let r = restart_dead(&store).await.unwrap();
+    assert_eq!(r.check_again_in, Some(Duration::from_secs(5)));
+    let id = r.start_later[0].0.clone();
+    let repl = store.view(|x| x.tasks[&id].clone());
+    assert!(
+        repl.start_after_ms >= before + 5000,
+        "{}",
+        repl.start_after_ms
+    );
+    // the orchestrator and the agent go on; the predecessor has stopped
+    round(&store, &s.id).await;
+    agent_converges(&store).await;
+    round(&store, &s.id).await;
+    assert_eq!(
+        desired(&store.view(|x| x.tasks[&id].clone())),
+        TaskState::Ready,
+        "not started within its delay"
+    );
+    let wait = start_due(&store, before).await.unwrap().unwrap();
+    assert!(
+        wait > Duration::from_millis(4900) && wait <= Duration::from_secs(5),
+        "{wait:?}"
+    );
+    assert_eq!(
+        desired(&store.view(|x| x.tasks[&id].clone())),
+        TaskState::Ready
+    );
+    // due: started, as by a new leader's first pass
+    assert_eq!(start_due(&store, repl.start_after_ms).await.unwrap(), None);
+    assert_eq!(
+        desired(&store.view(|x| x.tasks[&id].clone())),
+        TaskState::Running
+    );
+}
