@@ -167,8 +167,27 @@ fn a_closed_pipe_ends_a_command_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let h = Host::new();
     let _d = h.start_daemon();
-    h.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
-    for args in [&["node", "ls"][..], &["swarm", "join-token", "worker"]] {
+    h.init_swarm();
+    // many tasks: more lines than `head -1` reads
+    h.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "8",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    let lines = ["service", "ps", "web"];
+    for args in [
+        &["node", "ls"][..],
+        &["swarm", "join-token", "worker"],
+        &lines,
+        &["service", "ls"],
+    ] {
         let mut child = Command::new(shoal_bin())
             .args(args)
             .env("SHOAL_DATA_ROOT", h.data_root())
@@ -184,6 +203,21 @@ fn a_closed_pipe_ends_a_command_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {err}");
     }
+    // as a user types it
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} service ps web | head -1",
+            shoal_bin().display()
+        ))
+        .env("SHOAL_DATA_ROOT", h.data_root())
+        .env("SHOAL_HOST", format!("unix://{}", h.socket().display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(err.is_empty(), "`service ps web | head -1` said: {err}");
+    let got = String::from_utf8_lossy(&piped.stdout);
+    assert!(got.starts_with("ID ") && got.lines().count() == 1, "{got}");
 }
 
 /// A gRPC call on the daemon's socket with `body` as its whole request body (its

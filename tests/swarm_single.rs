@@ -268,6 +268,129 @@ fn a_replicated_tasks_replacement_waits_out_its_restart_delay() {
     assert_eq!(replicas(&h, "slow"), "1/1");
 }
 
+/// A daemon that sees no cgroups (started under `ip netns exec`, which mounts /sys anew
+/// without them) refuses to start, saying what it found and what it needs, instead of
+/// starting and failing every task with libcontainer's "failed to detect cgroup setup".
+#[test]
+fn a_daemon_that_sees_no_cgroups_says_so_at_start() {
+    use std::process::{Child, Command, Stdio};
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let h = Host::new();
+    let ns = format!("sht{}x0-cgroups", std::process::id());
+    let added = Command::new("ip").args(["netns", "add", &ns]).status();
+    assert!(added.unwrap().success());
+    let _ns = Netns(ns.clone());
+    let err = h.data_root().join("daemon.err");
+    let mut daemon = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(shoal_bin())
+            .arg("daemon")
+            .env("SHOAL_DATA_ROOT", h.data_root())
+            .env("SHOAL_CGROUP_PARENT", &h.cgroup_parent)
+            .env("SHOAL_HOST", format!("unix://{}", h.socket().display()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_for(
+        "the daemon to refuse to start",
+        Duration::from_secs(30),
+        || daemon.0.try_wait().unwrap(),
+    );
+    let said = std::fs::read_to_string(&err).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("no cgroup filesystem is mounted (/sys/fs/cgroup is part of the sysfs")
+            && said.contains("needs cgroup v2 (or v1) mounted at /sys/fs/cgroup")
+            && said.contains("nsenter --net=/run/netns/NAME"),
+        "{said}"
+    );
+    assert!(!h.socket().exists(), "it did not listen");
+}
+
+/// With `--host` (or SHOAL_HOST), image and container commands work where that daemon
+/// keeps its images and containers: an image imported with only `--host` given is the
+/// daemon's, and a service runs it (it once landed in /var/lib/shoal, and the service
+/// went to docker.io for it). A different `--data-root`, or no daemon to ask, is refused.
+#[test]
+fn image_commands_with_host_work_on_the_daemons_data_root() {
+    let h = Host::new();
+    let _d = h.start_daemon();
+    let host = format!("unix://{}", h.socket().display());
+    let image = fixtures().join("busybox-oci");
+    let with_host_only = |args: &[&str]| {
+        std::process::Command::new(shoal_bin())
+            .env_remove("SHOAL_DATA_ROOT")
+            .env_remove("SHOAL_CGROUP_PARENT")
+            .env_remove("SHOAL_HOST")
+            .args(["--host", &host])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = with_host_only(&["image", "import", image.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        h.ok(&["image", "ls"]).contains("shoal-test/busybox"),
+        "the image is in the daemon's store"
+    );
+    let ls = with_host_only(&["image", "ls", "--format", "{{.Repository}}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&ls.stdout).trim(),
+        "shoal-test/busybox"
+    );
+    h.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
+    h.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "shoal-test/busybox",
+        "sleep",
+        "3600",
+    ]);
+    // another data root than the daemon's: refused, naming both
+    let elsewhere = h.data_root().join("elsewhere");
+    let out = with_host_only(&["--data-root", elsewhere.to_str().unwrap(), "image", "ls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("--data-root {}", elsewhere.display()))
+            && err.contains(&format!("uses {}", h.data_root().display())),
+        "{err}"
+    );
+    // no daemon there, no data root given: where is unknown, so refused
+    let out = std::process::Command::new(shoal_bin())
+        .env_remove("SHOAL_DATA_ROOT")
+        .args(["--host", "unix:///nonexistent/shoal.sock", "image", "ls"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no shoal daemon answers at unix:///nonexistent/shoal.sock"),
+        "{err}"
+    );
+}
+
 #[test]
 fn refusals_name_what_is_wrong() {
     let h = Host::new();

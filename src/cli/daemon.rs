@@ -52,6 +52,15 @@ pub async fn run(g: &Globals, a: DaemonArgs) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("shoal daemon must run as root (it runs containers, mounts and cgroups)");
     }
+    // every task would fail with libcontainer's "failed to detect cgroup setup"
+    let cgroups = shoal_runtime::container::cgroup_setup().map_err(|found| {
+        anyhow::anyhow!(
+            "{found}: shoal needs cgroup v2 (or v1) mounted at /sys/fs/cgroup to run containers. \
+             A daemon started with `ip netns exec` sees the /sys that command mounts anew, without \
+             cgroups: enter a network namespace with `nsenter --net=/run/netns/NAME` instead"
+        )
+    })?;
+    tracing::info!(%cgroups, "cgroups");
     let data_root = g.data_root();
     crate::node::secure_data_root(&data_root)
         .with_context(|| format!("making --data-root {} root's alone", data_root.display()))?;

@@ -968,6 +968,57 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
     v
 }
 
+/// What cgroup filesystems this process sees at `/sys/fs/cgroup`, from its mount table:
+/// `Ok` with a description (`cgroup v2 at /sys/fs/cgroup`), or `Err` with what is there
+/// instead (libcontainer, with none, fails every container with "failed to detect cgroup
+/// setup").
+pub fn cgroup_setup() -> Result<String, String> {
+    let table = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo is unreadable ({e})"))?;
+    describe_cgroups(&table)
+}
+
+/// [`cgroup_setup`] of a mount table (mountinfo's format).
+fn describe_cgroups(mountinfo: &str) -> Result<String, String> {
+    // mount point (5th field) and, after the " - " separator, the filesystem type
+    let mounts: Vec<(&str, &str)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let point = l.split(' ').nth(4)?;
+            let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
+            Some((point, fstype))
+        })
+        .collect();
+    let under = |p: &str| p == CGROUP_BASE || p.starts_with(&format!("{CGROUP_BASE}/"));
+    let v2 = mounts
+        .iter()
+        .any(|(p, t)| *t == "cgroup2" && *p == CGROUP_BASE);
+    let v1 = mounts
+        .iter()
+        .filter(|(p, t)| *t == "cgroup" && under(p))
+        .count();
+    match (v2, v1) {
+        (true, 0) => Ok(format!("cgroup v2 at {CGROUP_BASE}")),
+        (_, n) if n > 0 => Ok(format!("cgroup v1: {n} hierarchies under {CGROUP_BASE}")),
+        _ => {
+            // what is there instead: the last mount at or above the base
+            let covering = mounts
+                .iter()
+                .rev()
+                .find(|(p, _)| {
+                    *p == "/"
+                        || *p == CGROUP_BASE
+                        || CGROUP_BASE
+                            .strip_prefix(*p)
+                            .is_some_and(|rest| rest.starts_with('/'))
+                })
+                .map(|(p, t)| format!("{CGROUP_BASE} is part of the {t} mounted at {p}"))
+                .unwrap_or_else(|| format!("nothing is mounted at {CGROUP_BASE}"));
+            Err(format!("no cgroup filesystem is mounted ({covering})"))
+        }
+    }
+}
+
 /// The directories a container's cgroup has, in every hierarchy.
 pub fn cgroup_dirs(parent: &str, id: &str) -> Vec<PathBuf> {
     let rel = spec::cgroup_path(parent, id);
@@ -1013,4 +1064,33 @@ fn unmount(p: &Path) -> std::io::Result<()> {
         nix::mount::umount2(p, MntFlags::MNT_DETACH).map_err(std::io::Error::from)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_cgroups;
+
+    #[test]
+    fn cgroup_mounts_are_found_or_what_is_there_instead_is_said() {
+        let v2 = "30 24 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(describe_cgroups(v2).unwrap(), "cgroup v2 at /sys/fs/cgroup");
+        let v1 = "30 24 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n\
+                  31 30 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                  32 30 0:28 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n";
+        assert_eq!(
+            describe_cgroups(v1).unwrap(),
+            "cgroup v1: 2 hierarchies under /sys/fs/cgroup"
+        );
+        // as under `ip netns exec`: a fresh sysfs at /sys, nothing below it
+        let none = "20 1 8:1 / / rw - ext4 /dev/vda rw\n\
+                    40 20 0:50 / /sys rw - sysfs ns1 rw\n";
+        assert_eq!(
+            describe_cgroups(none).unwrap_err(),
+            "no cgroup filesystem is mounted (/sys/fs/cgroup is part of the sysfs mounted at /sys)"
+        );
+        let bare = "20 1 8:1 / / rw - ext4 /dev/vda rw\n";
+        assert!(describe_cgroups(bare)
+            .unwrap_err()
+            .contains("part of the ext4 mounted at /"));
+    }
 }
