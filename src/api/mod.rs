@@ -1,6 +1,7 @@
 //! The daemon's gRPC services on its Unix socket: `Swarm` (init, leave, info), `Control`
-//! (services, tasks, nodes, logs) and `Dispatcher` (for this node's agent). They convert
-//! between the wire and the manager's logic, nothing more.
+//! (services, tasks, nodes, logs) and `Dispatcher` (for this node's agent), and on the
+//! cluster port (`cluster.rs`). They convert between the wire and the node's or the
+//! manager's logic, and pass a follower's calls to the leader, nothing more.
 
 pub mod cluster;
 

@@ -1,5 +1,7 @@
 //! The command line, in Swarm's (and Docker's) words. One module per command group, each
-//! a thin layer over a library call.
+//! keeping clap and printing: flags become `crate::spec` types (`flags.rs`), problems the
+//! validation names by field are said as flags (`words.rs`), lists print through one
+//! helper (`output.rs`), and the daemon is called over its socket (`client.rs`).
 
 mod bench;
 mod client;

@@ -1,4 +1,17 @@
 //! The manager: the replicated store and the leader-only loops that reconcile it.
+//!
+//! - `store/`: every object, `view` / `update` (a transaction) / `watch`; `raft/`: the log.
+//! - `node.rs`: one manager's life: Raft, the store, and the leader's loops started and
+//!   stopped as leadership comes and goes.
+//! - `control.rs`, `network.rs`, `membership.rs`: the control API's logic (the one
+//!   validation is `crate::spec`'s; what only the store can tell is checked here);
+//!   `error.rs`: their refusals, and finding objects by ID, name or prefix.
+//! - `lifecycle.rs`: the task state machine, written once.
+//! - `orchestrator/` (replicated, global, jobs, restart supervisor, task reaper),
+//!   `allocator.rs` and `scheduler.rs` (one commit: allocated, then placed),
+//!   `dispatcher/` (sessions, assignments, node monitor, status batches): leader-only
+//!   components that talk to nothing but the store.
+//! - `ca.rs`, `ipam.rs`, `tasks.rs` (task helpers and the loops' `run_loop`).
 
 pub mod allocator;
 pub mod ca;
