@@ -1431,6 +1431,8 @@ fn a_standalone_container_joins_an_attachable_network() {
         ],
     );
     assert!(err.contains("attachable"), "{err}");
+    // named as the flag it came with, through the node and the managers
+    assert!(err.contains("--network \"plainnet\": "), "{err}");
     // a container on node2 joins attnet: it reaches the service on node1 by name (DNS
     // and the VIP), and the service's task reaches it by its name
     c.h(2).ok(&[

@@ -386,7 +386,8 @@ fn image_commands_with_host_work_on_the_daemons_data_root() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("no shoal daemon answers at unix:///nonexistent/shoal.sock"),
+        err.contains("Cannot connect to the shoal daemon at unix:///nonexistent/shoal.sock")
+            && err.contains("start it, or give --data-root"),
         "{err}"
     );
 }

@@ -170,7 +170,7 @@ impl Swarm for Api {
             .daemon
             .attach_container(r.container_id, r.networks)
             .await
-            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+            .map_err(passed_on)?;
         Ok(Response::new(AttachContainerResponse {
             attachment_id: id,
             netns: n.netns.display().to_string(),
@@ -184,8 +184,17 @@ impl Swarm for Api {
         self.daemon
             .detach_container(req.into_inner().attachment_id)
             .await
-            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+            .map_err(passed_on)?;
         Ok(Response::new(Empty {}))
+    }
+}
+
+/// A refusal the managers made, passed on as it came (a spec problem keeps its fields);
+/// any other failure as a failed precondition.
+fn passed_on(e: anyhow::Error) -> Status {
+    match e.downcast::<Status>() {
+        Ok(s) => s,
+        Err(e) => Status::failed_precondition(format!("{e:#}")),
     }
 }
 

@@ -44,22 +44,25 @@ pub async fn this_node(g: &Globals) -> anyhow::Result<Globals> {
         return Ok(g.clone());
     }
     let path = crate::node::socket::socket_path(g.host())?;
-    let info = match crate::node::socket::connect(&path).await {
-        Ok(ch) => SwarmClient::new(ch)
+    let asked = match swarm(g).await {
+        Ok(mut s) => s
             .info(shoal_proto::Empty {})
             .await
-            .ok()
-            .map(|r| r.into_inner()),
-        Err(_) => None,
+            .map(|r| r.into_inner())
+            .map_err(refusal),
+        Err(e) => Err(e),
     };
-    let Some(info) = info.filter(|i| !i.data_root.is_empty()) else {
-        if g.data_root.is_none() {
-            anyhow::bail!(
-                "no shoal daemon answers at unix://{}, so where it keeps its images and containers is unknown: start it, or give --data-root",
-                path.display()
-            );
-        }
-        return Ok(g.clone());
+    let info = match asked {
+        Ok(i) if !i.data_root.is_empty() => i,
+        // no daemon to ask: with a data root given, the CLI works on it alone
+        _ if g.data_root.is_some() => return Ok(g.clone()),
+        Ok(_) => anyhow::bail!(
+            "the shoal daemon at unix://{} does not say where it keeps its images and containers (an older version?): give --data-root",
+            path.display()
+        ),
+        Err(e) => anyhow::bail!(
+            "{e:#}; without it, where it keeps its images and containers is unknown: start it, or give --data-root"
+        ),
     };
     let same = |a: &str, b: &str| {
         let canon = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| p.into());

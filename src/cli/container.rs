@@ -401,7 +401,7 @@ async fn create(cli: &Cli, rt: &ContainerRuntime, a: &RunArgs) -> anyhow::Result
                 networks,
             })
             .await
-            .map_err(super::client::refusal)?
+            .map_err(|e| super::words::refusal(e, Words::Container))?
             .into_inner();
         spec.netns = Some(r.netns.into());
         spec.mounts.push(MountSpec {

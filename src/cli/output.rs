@@ -63,8 +63,8 @@ pub fn print(f: &ListFlags, l: Listing) -> anyhow::Result<()> {
         }
         "json" | "{{json .}}" => l.items.iter().for_each(|i| println!("{}", i.json)),
         t if t.contains("{{") => {
-            let (table, t) = match t.strip_prefix("table ") {
-                Some(rest) => (true, rest),
+            let (table, t) = match t.strip_prefix("table") {
+                Some(rest) => (true, rest.trim_start()),
                 None => (false, t),
             };
             let t = Template::parse(&t.replace("\\t", "\t").replace("\\n", "\n"))?;
@@ -73,7 +73,7 @@ pub fn print(f: &ListFlags, l: Listing) -> anyhow::Result<()> {
                 let rows: Vec<Vec<String>> = l
                     .items
                     .iter()
-                    .map(|i| t.render(&i.json).split('\t').map(String::from).collect())
+                    .map(|i| t.render_cells(&i.json))
                     .collect();
                 let header: Vec<&str> = header.iter().map(String::as_str).collect();
                 super::util::table(&header, &rows);
@@ -138,33 +138,61 @@ impl Template {
     }
 
     fn render(&self, v: &Value) -> String {
+        self.render_with(v, |s| s)
+    }
+
+    /// A table template's row: its cells split at the template's tabs (a tab in a value
+    /// is a space, so that no value shifts the columns).
+    fn render_cells(&self, v: &Value) -> Vec<String> {
+        self.render_with(v, |s| s.replace('\t', " "))
+            .split('\t')
+            .map(String::from)
+            .collect()
+    }
+
+    fn render_with(&self, v: &Value, value: impl Fn(String) -> String) -> String {
         let mut out = String::new();
         for p in &self.0 {
             match p {
                 Part::Text(s) => out.push_str(s),
                 Part::Field(path, json) => {
                     let x = path.iter().fold(v, |x, k| &x[k.as_str()]);
-                    match (json, x) {
-                        (true, x) => out.push_str(&x.to_string()),
-                        (false, Value::Null) => out.push_str("<no value>"),
-                        (false, x) => out.push_str(&text(x)),
-                    }
+                    out.push_str(&value(match (json, x) {
+                        (true, x) => x.to_string(),
+                        (false, Value::Null) => "<no value>".into(),
+                        (false, x) => text(x),
+                    }));
                 }
             }
         }
         out
     }
 
-    /// The header of a `table` template: each field's name in capitals.
+    /// The header of a `table` template: each field's name in capitals, a word to each
+    /// capital (`CurrentState`: `CURRENT STATE`), as Docker's headers.
     fn header(&self) -> String {
         self.0
             .iter()
             .map(|p| match p {
                 Part::Text(s) => s.clone(),
-                Part::Field(path, _) => path.last().map_or("", |s| s).to_uppercase(),
+                Part::Field(path, _) => words_of(path.last().map_or("", |s| s)),
             })
             .collect()
     }
+}
+
+/// `CurrentState` as `CURRENT STATE` (`ID` stays `ID`).
+fn words_of(name: &str) -> String {
+    let mut out = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if c.is_ascii_uppercase() && prev_lower {
+            out.push(' ');
+        }
+        prev_lower = c.is_ascii_lowercase();
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -181,8 +209,17 @@ mod tests {
         assert_eq!(t("{{json .Spec}}"), "{\"Replicas\":3}");
         assert_eq!(t("{{.Nope}}"), "<no value>");
         assert_eq!(
-            Template::parse("{{.ID}}\t{{.Name}}").unwrap().header(),
-            "ID\tNAME"
+            Template::parse("{{.ID}}\t{{.CurrentState}}")
+                .unwrap()
+                .header(),
+            "ID\tCURRENT STATE"
+        );
+        let tabbed = json!({"A": "x\ty", "B": "z"});
+        assert_eq!(
+            Template::parse("{{.A}}\t{{.B}}")
+                .unwrap()
+                .render_cells(&tabbed),
+            ["x y", "z"]
         );
         for bad in ["{{range .}}", "{{.Name", "{{.A-B}}"] {
             assert!(Template::parse(bad).is_err(), "{bad}");

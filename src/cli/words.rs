@@ -31,6 +31,8 @@ impl Words {
             (Container, "task.container.pids_limit") => "--pids-limit",
             (Container, "task.container.stop_grace_period") => "--stop-timeout",
             (Container, "networks" | "networks.aliases") => "--network",
+            // what no flag sets (a spec from another front end): the problem alone
+            (Service | Container, "task" | "task.container") => "",
             (Service | Container, _) => return service_flag(base),
             (Network, "annotations.name") => "NAME",
             (Network, "annotations.labels") => "--label",
@@ -47,6 +49,7 @@ impl Words {
             (Swarm, "orchestration.task_history_retention_limit") => "--task-history-limit",
             (Swarm, "default_addr_pool") => "--default-addr-pool",
             (Swarm, "default_addr_pool_mask_length") => "--default-addr-pool-mask-length",
+            (Swarm, "annotations" | "annotations.name") => "",
             _ => return None,
         };
         Some(own)
@@ -60,6 +63,7 @@ impl Words {
             return String::new();
         }
         match (self.flag(&base), e.edit) {
+            (Some(""), _) => String::new(),
             (Some(f), None) => f.to_string(),
             (Some(f), Some(Edit::Rm)) => format!("{f}-rm"),
             (None, _) => e.field.path().to_string(),
@@ -79,7 +83,8 @@ fn service_flag(base: &str) -> Option<&'static str> {
         "annotations.labels" => "--label",
         "mode" => "--mode",
         "replicated.replicas" | "replicated_job.total_completions" => "--replicas",
-        "replicated_job.max_concurrent" => "--max-concurrent",
+        // `--replicas` sets a job's completions and concurrency both
+        "replicated_job.max_concurrent" => "--replicas",
         "task.container.image" => "IMAGE",
         "task.container.command" => "--entrypoint",
         "task.container.args" => "COMMAND",

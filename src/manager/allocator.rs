@@ -51,13 +51,13 @@ pub fn host_ports(s: &Service) -> impl Iterator<Item = &PortConfig> {
         .filter(|p| p.publish_mode == PublishMode::Host as i32 && p.published_port != 0)
 }
 
-pub fn publishes_ingress(spec: &ServiceSpec) -> bool {
+fn publishes_ingress(spec: &ServiceSpec) -> bool {
     ports(spec)
         .iter()
         .any(|p| p.publish_mode == PublishMode::Ingress as i32)
 }
 
-pub fn dnsrr(spec: &ServiceSpec) -> bool {
+fn dnsrr(spec: &ServiceSpec) -> bool {
     spec.endpoint.as_ref().map(|e| e.mode) == Some(ResolutionMode::Dnsrr as i32)
 }
 

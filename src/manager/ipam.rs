@@ -149,14 +149,13 @@ pub fn reserved(s: &Subnet) -> Option<String> {
     })
 }
 
-pub fn parse_addr(what: &str, s: &str) -> Result<Ipv4Addr, IpamError> {
+/// An IPv4 address, or why `s` is none.
+pub fn parse_addr(s: &str) -> Result<Ipv4Addr, String> {
     if s.contains(':') {
-        return Err(IpamError::Invalid(format!(
-            "{what} {s}: IPv6 is not supported yet (IPv4 only)"
-        )));
+        return Err(format!("{s}: IPv6 is not supported yet (IPv4 only)"));
     }
     s.parse()
-        .map_err(|_| IpamError::Invalid(format!("{what} {s:?} is not an IPv4 address")))
+        .map_err(|_| format!("{s:?} is not an IPv4 address"))
 }
 
 /// One network's addresses: its subnet, the range tasks and VIPs get addresses from, its
@@ -198,9 +197,9 @@ impl Pool {
         let gateway = if gateway.is_empty() {
             Ipv4Addr::from(subnet.base + 1)
         } else {
-            let g = parse_addr("gateway", gateway).map_err(|e| IpamError::Field {
+            let g = parse_addr(gateway).map_err(|why| IpamError::Field {
                 field: "gateway",
-                why: e.to_string(),
+                why,
             })?;
             let (first, last) = subnet.usable();
             if !(first..=last).contains(&u32::from(g)) {

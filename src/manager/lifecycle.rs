@@ -5,7 +5,7 @@
 //!
 //! | writer | may write |
 //! |---|---|
-//! | orchestrator | NEW (a task made); SHUTDOWN for a task no node ever had |
+//! | orchestrator | SHUTDOWN for a task no node ever had (it makes tasks NEW) |
 //! | allocator | PENDING, from NEW (its addresses allocated) |
 //! | scheduler | ASSIGNED, from PENDING (a node passed the filters) |
 //! | agent (its own node's tasks) | ACCEPTED … REJECTED, from ASSIGNED on |
@@ -38,9 +38,9 @@ pub fn check(by: Writer, from: TaskState, to: TaskState) -> Result<(), String> {
         ));
     }
     let ok = match by {
-        Writer::Orchestrator => (from, to) == (New, New) || to == Shutdown && n(from) < n(Assigned),
-        Writer::Allocator => from == New && matches!(to, New | Pending),
-        Writer::Scheduler => from == Pending && matches!(to, Pending | Assigned),
+        Writer::Orchestrator => to == Shutdown && n(from) < n(Assigned),
+        Writer::Allocator => (from, to) == (New, Pending),
+        Writer::Scheduler => (from, to) == (Pending, Assigned),
         Writer::Agent => n(from) >= n(Assigned) && (n(Accepted)..=n(Rejected)).contains(&n(to)),
         Writer::Managers => to == Orphaned && !from.is_terminal(),
     };
@@ -97,10 +97,6 @@ mod tests {
         assert!(ok(Writer::Allocator, New, Pending));
         assert!(!ok(Writer::Allocator, Pending, Assigned));
         assert!(ok(Writer::Scheduler, Pending, Assigned));
-        assert!(
-            ok(Writer::Scheduler, Pending, Pending),
-            "a reason to stay pending"
-        );
         assert!(!ok(Writer::Scheduler, New, Assigned));
         assert!(ok(Writer::Orchestrator, Pending, Shutdown));
         assert!(

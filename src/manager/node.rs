@@ -1,6 +1,6 @@
-//! A running manager: Raft (single member for now) over the redb log, the store it
-//! feeds, the dispatcher, and the leader-only loops, started when this manager becomes
-//! leader (openraft's metrics say so) and stopped when it is not.
+//! A running manager: Raft (one member at init, others joining as voters) over the redb
+//! log, the store it feeds, the dispatcher, and the leader-only loops, started when this
+//! manager becomes leader (openraft's metrics say so) and stopped when it is not.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -96,10 +96,6 @@ fn assign(
     node: &str,
     host_ports: &[HostPort],
 ) -> Result<(), StoreError> {
-    load.entry(node.to_string())
-        .or_default()
-        .add(&t, true, host_ports);
-    t.node_id = node.to_string();
     if let Err(e) = lifecycle::advance(
         &mut t,
         Writer::Scheduler,
@@ -109,6 +105,10 @@ fn assign(
         tracing::error!(task.id = %t.id, error = %e, "not assigned");
         return Ok(());
     }
+    load.entry(node.to_string())
+        .or_default()
+        .add(&t, true, host_ports);
+    t.node_id = node.to_string();
     tx.update(t)
 }
 

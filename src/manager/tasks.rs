@@ -19,18 +19,10 @@ pub fn mode(s: &Service) -> Option<&Mode> {
 }
 
 pub fn is_job(s: &Service) -> bool {
-    matches!(
-        mode(s),
-        Some(Mode::ReplicatedJob(_)) | Some(Mode::GlobalJob(_))
-    )
+    crate::spec::service::is_job(mode(s))
 }
 
-pub fn state(t: &Task) -> TaskState {
-    t.status
-        .as_ref()
-        .and_then(|s| TaskState::try_from(s.state).ok())
-        .unwrap_or(TaskState::New)
-}
+pub use super::lifecycle::state;
 
 pub fn desired(t: &Task) -> TaskState {
     TaskState::try_from(t.desired_state).unwrap_or(TaskState::New)

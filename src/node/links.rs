@@ -228,9 +228,10 @@ impl Daemon {
                         tonic::Code::Unavailable | tonic::Code::FailedPrecondition
                     ) =>
                 {
-                    last = Some(anyhow::anyhow!("{}", s.message()));
+                    last = Some(anyhow::Error::from(s));
                 }
-                Err(s) => anyhow::bail!("{}", s.message()),
+                // the refusal as it came (a spec problem keeps its fields)
+                Err(s) => return Err(s.into()),
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no manager answered")))

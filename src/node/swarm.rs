@@ -424,12 +424,11 @@ fn node_ready(t: &crate::manager::store::Tables, id: &str) -> bool {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn only_this_hosts_addresses_are_advertised() {
+    fn only_this_hosts_addresses_are_advertised() {
         assert!(check_advertise_ip("127.0.0.1").is_ok());
         assert!(check_advertise_ip("127.0.0.1:2377").is_ok());
         assert!(

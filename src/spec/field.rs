@@ -35,11 +35,11 @@ impl Field {
     /// The path without its list indices (`task.container.env`): what a front end names.
     pub fn base(&self) -> String {
         let mut out = String::with_capacity(self.0.len());
-        let mut depth = 0;
+        let mut depth = 0usize;
         for c in self.0.chars() {
             match c {
                 '[' => depth += 1,
-                ']' => depth -= 1,
+                ']' => depth = depth.saturating_sub(1),
                 c if depth == 0 => out.push(c),
                 _ => {}
             }

@@ -219,6 +219,18 @@ pub fn container(errs: &mut SpecErrors, t: &TaskSpec) {
         }
     }
     labels(errs, at.child("labels"), &c.labels);
+    // each capability on its own, to name the list and the entry
+    let caps = shoal_runtime::container::spec::capabilities;
+    for (i, cap) in c.cap_add.iter().enumerate() {
+        if let Err(e) = caps(std::slice::from_ref(cap), &[]) {
+            errs.at(at.child("cap_add").at(i), why(e));
+        }
+    }
+    for (i, cap) in c.cap_drop.iter().enumerate() {
+        if let Err(e) = caps(&[], std::slice::from_ref(cap)) {
+            errs.at(at.child("cap_drop").at(i), why(e));
+        }
+    }
     if errs.0.len() > found {
         return; // the runtime's check would say the first of these again
     }
@@ -229,6 +241,14 @@ pub fn container(errs: &mut SpecErrors, t: &TaskSpec) {
             }
             other => SpecError::new(at, other.to_string()),
         });
+    }
+}
+
+/// What the runtime says is wrong, without its own name for the field.
+fn why(e: shoal_runtime::container::spec::SpecError) -> String {
+    match e {
+        shoal_runtime::container::spec::SpecError::Invalid { why, .. } => why,
+        other => other.to_string(),
     }
 }
 
@@ -459,7 +479,11 @@ mod tests {
             ),
             (
                 |s| container(s).cap_add = vec!["FLY".into()],
-                "task.container.cap_add",
+                "task.container.cap_add[0]",
+            ),
+            (
+                |s| container(s).cap_drop = vec!["NET_RAW".into(), "SWIM".into()],
+                "task.container.cap_drop[1]",
             ),
             (
                 |s| container(s).image = "Not A Ref".into(),

@@ -56,15 +56,16 @@ fn rolling_update(
 ) -> Result<(), StoreError> {
     // a replacement made ready while its predecessor stops: start it once that is done
     // (one waiting out its restart delay is the restart supervisor's to start)
+    let now = now_ms();
     if let Some(t) = slots
         .values()
         .flatten()
-        .find(|t| desired(t) == TaskState::Ready)
+        .find(|t| desired(t) == TaskState::Ready && t.start_after_ms <= now)
     {
         let predecessor_alive = all
             .iter()
             .any(|o| o.slot == t.slot && o.id != t.id && !state(o).is_terminal());
-        if !predecessor_alive && t.start_after_ms <= now_ms() {
+        if !predecessor_alive {
             set_desired(tx, t, TaskState::Running)?;
         }
         return Ok(());

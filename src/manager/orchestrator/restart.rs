@@ -160,7 +160,10 @@ async fn pass(store: Store, sd: CancellationToken, timer: Timer) -> Left {
     match start_due(&store, now_ms()).await {
         Ok(Some(wait)) => timer.set(wait, &sd),
         Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "starting replacements failed"),
+        Err(e) => {
+            tracing::warn!(error = %e, "starting replacements failed; retrying in a second");
+            timer.set(Duration::from_secs(1), &sd);
+        }
     }
     left
 }
@@ -271,42 +274,29 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
 /// until the next one is due, if one waits. What is due is in the store
 /// (`start_after_ms`), so a new leader's first pass starts what the old one would have.
 pub async fn start_due(store: &Store, now: i64) -> Result<Option<Duration>, StoreError> {
-    let waiting = store.view(|t| {
-        t.tasks
-            .values()
-            .filter(|x| desired(x) == TaskState::Ready && x.start_after_ms > 0)
-            .map(|x| (x.id.clone(), x.start_after_ms))
-            .collect::<Vec<_>>()
-    });
-    let mut next: Option<i64> = None;
-    for (id, at) in waiting {
-        if at <= now {
-            start_ready(store, &id).await?;
-        } else {
-            next = Some(next.map_or(at, |n| n.min(at)));
-        }
-    }
-    Ok(next.map(|at| Duration::from_millis((at - now) as u64)))
-}
-
-/// Starts a replacement made ready (its restart delay has passed).
-pub async fn start_ready(store: &Store, id: &str) -> Result<(), StoreError> {
     store
         .update(|tx| {
-            let Some(mut t) = tx.get::<Task>(id) else {
-                return Ok(());
-            };
-            if desired(&t) != TaskState::Ready {
-                return Ok(());
+            let waiting =
+                tx.filter(|x: &Task| desired(x) == TaskState::Ready && x.start_after_ms > 0);
+            let mut next: Option<i64> = None;
+            for mut t in waiting {
+                if t.start_after_ms > now || tx.full() {
+                    // not due yet; or due, and left for the next pass (a commit's worth
+                    // at a time), at once
+                    let at = t.start_after_ms.max(now + 1);
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    continue;
+                }
+                let job = tx.get::<Service>(&t.service_id).is_some_and(|s| is_job(&s));
+                let want = if job {
+                    TaskState::Complete
+                } else {
+                    TaskState::Running
+                };
+                crate::manager::lifecycle::desire(&mut t, want);
+                tx.update(t)?;
             }
-            let job = tx.get::<Service>(&t.service_id).is_some_and(|s| is_job(&s));
-            let want = if job {
-                TaskState::Complete
-            } else {
-                TaskState::Running
-            };
-            crate::manager::lifecycle::desire(&mut t, want);
-            tx.update(t)
+            Ok(next.map(|at| Duration::from_millis((at - now) as u64)))
         })
         .await
 }

@@ -8,7 +8,7 @@ pub(super) use shoal_proto::*;
 
 pub(super) use super::orchestrator::reaper::reap;
 pub(super) use super::orchestrator::reconcile;
-pub(super) use super::orchestrator::restart::{restart_dead, start_due, start_ready};
+pub(super) use super::orchestrator::restart::{restart_dead, start_due};
 pub(super) use super::scheduler::allocate_and_schedule;
 pub(super) use super::store::{new_id, Store};
 pub(super) use super::tasks::{desired, state, status};

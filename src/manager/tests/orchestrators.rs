@@ -152,7 +152,8 @@ async fn restart_policy_any_on_failure_none_and_max_attempts() {
         assert_eq!(later[0].1, Duration::from_secs(5));
         let repl = store.view(|x| x.tasks[&later[0].0].clone());
         assert_eq!((desired(&repl), repl.slot), (TaskState::Ready, t.slot));
-        start_ready(&store, &repl.id).await.unwrap();
+        // its delay has passed
+        start_due(&store, repl.start_after_ms).await.unwrap();
         round(&store, &s.id).await;
         agent_converges(&store).await;
     }
