@@ -173,10 +173,15 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !matches!(cli.cmd, Command::Daemon(_)) {
+    let serves = matches!(
+        cli.cmd,
+        Command::Daemon(_) | Command::BenchScale(_) | Command::BenchScaleNodes(_)
+    );
+    if !serves {
         // a command's output piped into `head` ends the command quietly, as any Unix
         // tool's does (Rust ignores SIGPIPE, and then println! panics on the broken
-        // pipe); the daemon keeps ignoring it: a client gone is no reason to stop
+        // pipe); what serves gRPC (the daemon, and the scale benchmark's leader and
+        // nodes) keeps ignoring it: a client gone is no reason to stop
         // SAFETY: sets a signal's disposition to the default; no handler runs.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }

@@ -274,29 +274,51 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
 /// until the next one is due, if one waits. What is due is in the store
 /// (`start_after_ms`), so a new leader's first pass starts what the old one would have.
 pub async fn start_due(store: &Store, now: i64) -> Result<Option<Duration>, StoreError> {
-    store
+    // read first (most passes find nothing due, and take no write lock)
+    let (due, mut next) = store.view(|t| {
+        let mut due = Vec::new();
+        let mut next: Option<i64> = None;
+        for x in t.tasks.values() {
+            if desired(x) != TaskState::Ready || x.start_after_ms == 0 {
+                continue;
+            }
+            if x.start_after_ms <= now {
+                due.push(x.id.clone());
+            } else {
+                next = Some(next.map_or(x.start_after_ms, |n| n.min(x.start_after_ms)));
+            }
+        }
+        (due, next)
+    });
+    if due.is_empty() {
+        return Ok(next.map(|at| Duration::from_millis((at - now) as u64)));
+    }
+    let more = store
         .update(|tx| {
-            let waiting =
-                tx.filter(|x: &Task| desired(x) == TaskState::Ready && x.start_after_ms > 0);
-            let mut next: Option<i64> = None;
-            for mut t in waiting {
-                if t.start_after_ms > now || tx.full() {
-                    // not due yet; or due, and left for the next pass (a commit's worth
-                    // at a time), at once
-                    let at = t.start_after_ms.max(now + 1);
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                    continue;
+            for id in &due {
+                if tx.full() {
+                    return Ok(true); // the rest in the next pass, at once
                 }
+                let Some(mut t) = tx.get::<Task>(id) else {
+                    continue;
+                };
                 let job = tx.get::<Service>(&t.service_id).is_some_and(|s| is_job(&s));
                 let want = if job {
                     TaskState::Complete
                 } else {
                     TaskState::Running
                 };
-                crate::manager::lifecycle::desire(&mut t, want);
-                tx.update(t)?;
+                if desired(&t) == TaskState::Ready
+                    && crate::manager::lifecycle::desire(&mut t, want)
+                {
+                    tx.update(t)?;
+                }
             }
-            Ok(next.map(|at| Duration::from_millis((at - now) as u64)))
+            Ok(false)
         })
-        .await
+        .await?;
+    if more {
+        next = Some(now + 1);
+    }
+    Ok(next.map(|at| Duration::from_millis((at - now).max(1) as u64)))
 }
