@@ -37,6 +37,23 @@ impl TaskState {
     }
 }
 
+impl Task {
+    /// The task's observed state (NEW when it has no status yet).
+    pub fn observed_state(&self) -> TaskState {
+        self.status
+            .as_ref()
+            .and_then(|s| TaskState::try_from(s.state).ok())
+            .unwrap_or(TaskState::New)
+    }
+}
+
+impl Service {
+    /// The service's mode, as its spec says.
+    pub fn mode(&self) -> Option<&service_spec::Mode> {
+        self.spec.as_ref().and_then(|x| x.mode.as_ref())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,12 +15,12 @@ use shoal_runtime::image::ImageStore;
 
 use shoal_proto::{AttachContainerRequest, DetachContainerRequest};
 
-use super::flags::{bad, bad_value, ContainerFlags};
+use super::flags::{bad, bad_value, cpus, size, ContainerFlags};
 use super::output::{self, Item, ListFlags, Listing};
 use super::words::Words;
 use super::Globals as Cli;
 use crate::spec::docker::ago;
-use crate::spec::units::{labels, nano_cpus, parse_bytes, parse_size};
+use crate::spec::units::{labels, parse_bytes};
 use crate::spec::ServiceInput;
 
 #[derive(Subcommand)]
@@ -128,15 +128,8 @@ fn spec_of(a: &RunArgs) -> anyhow::Result<ContainerSpec> {
         i.container_labels = Some(labels(&a.label).map_err(|(l, e)| bad_value("--label", &l, e))?);
     }
     i.read_only = Some(a.read_only);
-    i.limit_memory = a
-        .memory
-        .as_deref()
-        .map(|m| parse_size(m).map_err(|e| bad("--memory", e)))
-        .transpose()?;
-    i.limit_cpu = a
-        .cpus
-        .map(|c| nano_cpus(c).map_err(|e| bad("--cpus", e)))
-        .transpose()?;
+    i.limit_memory = size("--memory", a.memory.as_deref())?;
+    i.limit_cpu = cpus("--cpus", a.cpus)?;
     i.limit_pids = a.pids_limit;
     i.stop_grace_period = a.stop_timeout.map(Duration::from_secs);
     if !a.cap_add.is_empty() {

@@ -28,6 +28,18 @@ pub fn bad_value(flag: &str, v: &str, e: impl std::fmt::Display) -> anyhow::Erro
     anyhow::anyhow!("{flag} {v:?}: {e}")
 }
 
+/// A size flag (`64m`), as bytes.
+pub fn size(flag: &str, v: Option<&str>) -> anyhow::Result<Option<i64>> {
+    v.map(|s| parse_size(s).map_err(|e| bad(flag, e)))
+        .transpose()
+}
+
+/// A CPUs flag (`0.5`), in billionths.
+pub fn cpus(flag: &str, v: Option<f64>) -> anyhow::Result<Option<i64>> {
+    v.map(|c| nano_cpus(c).map_err(|e| bad(flag, e)))
+        .transpose()
+}
+
 /// Parses each value of a repeated flag.
 pub fn each<T>(
     flag: &str,
@@ -176,17 +188,8 @@ impl SpecFlags {
     pub fn input(&self) -> anyhow::Result<ServiceInput> {
         let mut i = ServiceInput::default();
         self.container.fill(&mut i, true)?;
-        let size = |flag: &str, v: &Option<String>| {
-            v.as_deref()
-                .map(|s| parse_size(s).map_err(|e| bad(flag, e)))
-                .transpose()
-        };
-        let cpus = |flag: &str, v: Option<f64>| {
-            v.map(|c| nano_cpus(c).map_err(|e| bad(flag, e)))
-                .transpose()
-        };
-        i.limit_memory = size("--limit-memory", &self.limit_memory)?;
-        i.reserve_memory = size("--reserve-memory", &self.reserve_memory)?;
+        i.limit_memory = size("--limit-memory", self.limit_memory.as_deref())?;
+        i.reserve_memory = size("--reserve-memory", self.reserve_memory.as_deref())?;
         i.limit_cpu = cpus("--limit-cpu", self.limit_cpu)?;
         i.reserve_cpu = cpus("--reserve-cpu", self.reserve_cpu)?;
         i.restart_condition = self

@@ -11,7 +11,7 @@ use shoal_proto::*;
 use super::error::{check_version, find, invalid, ControlError};
 use super::lifecycle::{self, Writer};
 use super::store::{new_id, Store, Tables};
-use super::tasks::{desired, mode, state};
+use super::tasks::{desired, is_job, state};
 use crate::spec::{validate, Field, SpecError};
 
 pub async fn create_service(store: &Store, mut spec: ServiceSpec) -> Result<Service, ControlError> {
@@ -67,10 +67,7 @@ pub async fn update_service(
     if task_changed {
         next.spec_version += 1;
     }
-    if matches!(
-        mode(&cur),
-        Some(Mode::ReplicatedJob(_)) | Some(Mode::GlobalJob(_))
-    ) {
+    if is_job(&cur) {
         // every update of a job runs it again, as `docker service update` does
         next.job_iteration += 1;
     }
@@ -105,7 +102,7 @@ pub fn replica_counts(t: &Tables) -> (HashMap<String, u64>, HashMap<String, u64>
         .map(|n| &n.id)
         .collect();
     for s in t.services.values() {
-        let want = match mode(s) {
+        let want = match s.mode() {
             Some(Mode::Replicated(r)) => r.replicas,
             Some(Mode::ReplicatedJob(j)) => j.total_completions.max(1),
             Some(Mode::Global(_)) | Some(Mode::GlobalJob(_)) => t

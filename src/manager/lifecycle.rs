@@ -57,22 +57,24 @@ pub fn check(by: Writer, from: TaskState, to: TaskState) -> Result<(), String> {
 
 /// A task's observed state.
 pub fn state(t: &Task) -> TaskState {
-    t.status
-        .as_ref()
-        .and_then(|s| TaskState::try_from(s.state).ok())
-        .unwrap_or(TaskState::New)
+    t.observed_state()
+}
+
+/// A status in `state`, now, with `message`: a new task's, or one [`advance`] writes.
+pub fn status(state: TaskState, message: &str) -> TaskStatus {
+    TaskStatus {
+        timestamp_ms: super::store::now_ms(),
+        state: state as i32,
+        message: message.into(),
+        ..Default::default()
+    }
 }
 
 /// Moves `t` to `to` with `message` (its error cleared) as `by`, if the life cycle lets
 /// it: the one place the managers write a task's state.
 pub fn advance(t: &mut Task, by: Writer, to: TaskState, message: &str) -> Result<(), String> {
     check(by, state(t), to)?;
-    t.status = Some(TaskStatus {
-        timestamp_ms: super::store::now_ms(),
-        state: to as i32,
-        message: message.into(),
-        ..Default::default()
-    });
+    t.status = Some(status(to, message));
     Ok(())
 }
 

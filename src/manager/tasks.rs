@@ -4,22 +4,17 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use shoal_proto::service_spec::Mode;
 use shoal_proto::store_object::Object;
-use shoal_proto::{Annotations, Service, Task, TaskState, TaskStatus};
+use shoal_proto::{Annotations, Service, Task, TaskState};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{new_id, now_ms, Change, Event, Store};
+use super::store::{new_id, Change, Event, Store};
 
 pub use crate::spec::docker::service_name;
 
-pub fn mode(s: &Service) -> Option<&Mode> {
-    s.spec.as_ref().and_then(|x| x.mode.as_ref())
-}
-
 pub fn is_job(s: &Service) -> bool {
-    crate::spec::service::is_job(mode(s))
+    crate::spec::service::is_job(s.mode())
 }
 
 pub use super::lifecycle::state;
@@ -28,14 +23,7 @@ pub fn desired(t: &Task) -> TaskState {
     TaskState::try_from(t.desired_state).unwrap_or(TaskState::New)
 }
 
-pub fn status(state: TaskState, message: &str) -> TaskStatus {
-    TaskStatus {
-        timestamp_ms: now_ms(),
-        state: state as i32,
-        message: message.into(),
-        ..Default::default()
-    }
-}
+pub use super::lifecycle::status;
 
 /// A new task for `slot` of `service` (or for `node_id`, for global services).
 pub fn new_task(service: &Service, slot: u64, node_id: &str, desired_state: TaskState) -> Task {

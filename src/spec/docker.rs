@@ -17,10 +17,6 @@ pub fn service_name(s: &Service) -> &str {
         .unwrap_or("")
 }
 
-fn service_mode(s: &Service) -> Option<&Mode> {
-    s.spec.as_ref().and_then(|x| x.mode.as_ref())
-}
-
 pub fn service_image(s: &Service) -> &str {
     s.spec
         .as_ref()
@@ -125,20 +121,13 @@ pub fn service(s: &Service) -> Value {
 
 /// A `service ls` line: `running/desired`, with `(completed)` for a job.
 pub fn service_summary(s: &Service, running: u64, desired: u64) -> Value {
-    let job = is_job(service_mode(s));
+    let job = is_job(s.mode());
     let replicas = if job {
         format!("{running}/{desired} (completed)")
     } else {
         format!("{running}/{desired}")
     };
-    json!({"ID": short_id(&s.id), "Name": service_name(s), "Mode": mode_name(service_mode(s)), "Replicas": replicas, "Image": service_image(s), "Ports": ""})
-}
-
-fn task_state(t: &Task) -> TaskState {
-    t.status
-        .as_ref()
-        .and_then(|s| TaskState::try_from(s.state).ok())
-        .unwrap_or(TaskState::New)
+    json!({"ID": short_id(&s.id), "Name": service_name(s), "Mode": mode_name(s.mode()), "Replicas": replicas, "Image": service_image(s), "Ports": ""})
 }
 
 /// Docker's "3 seconds ago".
@@ -161,7 +150,7 @@ pub fn task_summary(t: &Task, name: &str, node: &str, now_ms: i64) -> Value {
     let st = t.status.as_ref();
     let current = format!(
         "{} {}",
-        task_state(t).display(),
+        t.observed_state().display(),
         ago((now_ms - st.map(|s| s.timestamp_ms).unwrap_or(now_ms)) / 1000)
     );
     let desired = TaskState::try_from(t.desired_state)

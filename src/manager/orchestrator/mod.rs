@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lifecycle::{self, Writer};
 use super::store::{Store, StoreError, Tx};
-use super::tasks::{desired, mode, run_loop, state, Left, NODE_KEY};
+use super::tasks::{desired, run_loop, state, Left, NODE_KEY};
 
 /// The replicated, global and job orchestrators, as one loop over services.
 pub struct Orchestrator {
@@ -59,7 +59,7 @@ impl Orchestrator {
                     None => store.view(|t| t.services.keys().cloned().chain(t.tasks.values().map(|x| x.service_id.clone())).collect::<BTreeSet<_>>().into_iter().collect()),
                 };
                 // node changes matter to global services: reconcile all of those too
-                let globals: Vec<String> = store.view(|t| t.services.values().filter(|s| matches!(mode(s), Some(Mode::Global(_)) | Some(Mode::GlobalJob(_)))).map(|s| s.id.clone()).collect());
+                let globals: Vec<String> = store.view(|t| t.services.values().filter(|s| matches!(s.mode(), Some(Mode::Global(_)) | Some(Mode::GlobalJob(_)))).map(|s| s.id.clone()).collect());
                 let ids: BTreeSet<String> = ids.into_iter().chain(globals).collect();
                 // as many as fit in one commit (the rest in the next pass, at once); if
                 // that is refused, service by service, so that one service's trouble
@@ -131,7 +131,7 @@ pub fn reconcile_in(tx: &mut Tx<'_>, service_id: &str) -> Result<(), StoreError>
     }
     match service {
         None => remove_all(tx, tasks),
-        Some(s) => match mode(&s).cloned() {
+        Some(s) => match s.mode().cloned() {
             Some(Mode::Replicated(r)) => replicated::replicated(tx, &s, tasks, r.replicas),
             Some(Mode::Global(_)) => global::global(tx, &s, tasks, false),
             Some(Mode::GlobalJob(_)) => {

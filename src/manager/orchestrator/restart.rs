@@ -105,7 +105,14 @@ impl RestartSupervisor {
             shutdown.clone(),
             Duration::ZERO,
             Some(timer.wake.clone()),
-            |_| pass(store.clone(), shutdown.clone(), timer.clone()),
+            |dirty| {
+                pass(
+                    store.clone(),
+                    shutdown.clone(),
+                    timer.clone(),
+                    dirty.is_none(),
+                )
+            },
         )
         .await;
     }
@@ -144,7 +151,8 @@ impl Timer {
 /// One pass of the restart supervisor: dead tasks replaced (their replacements started
 /// once their delay has passed, and tasks rejected before they ran replaced only then).
 /// A pass that had more than one commit's worth leaves the rest to the next.
-async fn pass(store: Store, sd: CancellationToken, timer: Timer) -> Left {
+/// `full`: a full pass (not one for the services events marked).
+async fn pass(store: Store, sd: CancellationToken, timer: Timer, full: bool) -> Left {
     let mut left = Left::Nothing;
     match restart_dead(&store).await {
         Ok(r) => {
@@ -156,6 +164,11 @@ async fn pass(store: Store, sd: CancellationToken, timer: Timer) -> Left {
             }
         }
         Err(e) => tracing::warn!(error = %e, "restarting tasks failed"),
+    }
+    // what is due is looked for on full passes only: the first (a new leader's), and
+    // those the timer asks for, which every replacement made ready sets for its delay
+    if !full {
+        return left;
     }
     match start_due(&store, now_ms()).await {
         Ok(Some(wait)) => timer.set(wait, &sd),
@@ -241,11 +254,7 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
                     continue; // the orchestrator makes the up-to-date replacement
                 }
                 let rejected = state(t) == TaskState::Rejected;
-                let want = if job {
-                    TaskState::Complete
-                } else {
-                    TaskState::Running
-                };
+                let want = run_to(job);
                 // a rejected task's delay has passed already
                 let wait = !delay.is_zero() && !rejected;
                 let mut n = new_task(
@@ -268,6 +277,15 @@ pub async fn restart_dead(store: &Store) -> Result<Restarted, StoreError> {
             Ok(r)
         })
         .await
+}
+
+/// The desired state a task runs to: a job's completes, a service's runs.
+fn run_to(job: bool) -> TaskState {
+    if job {
+        TaskState::Complete
+    } else {
+        TaskState::Running
+    }
 }
 
 /// Starts the replacements whose restart delay has passed (at `now`); returns how long
@@ -303,13 +321,8 @@ pub async fn start_due(store: &Store, now: i64) -> Result<Option<Duration>, Stor
                     continue;
                 };
                 let job = tx.get::<Service>(&t.service_id).is_some_and(|s| is_job(&s));
-                let want = if job {
-                    TaskState::Complete
-                } else {
-                    TaskState::Running
-                };
                 if desired(&t) == TaskState::Ready
-                    && crate::manager::lifecycle::desire(&mut t, want)
+                    && crate::manager::lifecycle::desire(&mut t, run_to(job))
                 {
                     tx.update(t)?;
                 }
