@@ -2,6 +2,7 @@
 # Builds shoal's test images from Debian's busybox-static, with no network and no Docker:
 #   OUT/busybox-oci/          an OCI image layout (directory)
 #   OUT/busybox-oci.tar       the same layout as a tar
+#   OUT/unhealthy-oci/        the same image with a HEALTHCHECK that never passes
 #   OUT/busybox-docker.tar    a `docker save` tarball (manifest.json + config + layer.tar)
 #   OUT/blobs/                every blob, named by hex digest, for pushing to a registry
 #   OUT/image.env             digests: CONFIG, LAYERS, MANIFEST, MANIFEST_SIZE ...
@@ -78,6 +79,20 @@ for b in "${layers[@]}" "$cfg" "$om"; do cp "$out/blobs/$b" "$o/blobs/sha256/$b"
 echo '{"imageLayoutVersion":"1.0.0"}' > "$o/oci-layout"
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest","io.containerd.image.name":"shoal-test/busybox:latest"}}]}' "$om" "$omsize" > "$o/index.json"
 tar --owner=0 --group=0 --numeric-owner -C "$o" -cf "$out/busybox-oci.tar" .
+
+# the same image with a HEALTHCHECK that never passes (the image's own check is used
+# unless a service says --no-healthcheck): OUT/unhealthy-oci, shoal-test/unhealthy
+sed 's|"Labels":{"org.shoal.test":"busybox"}|&,"Healthcheck":{"Test":["CMD","false"],"Interval":100000000,"Retries":1}|' "$work/config.json" > "$work/config-unhealthy.json"
+grep -q Healthcheck "$work/config-unhealthy.json" || { echo "fixtures: no Healthcheck in the unhealthy image's config" >&2; exit 1; }
+ucfg=$(sha "$work/config-unhealthy.json"); ucfgsize=$(size "$work/config-unhealthy.json")
+sed "s/\"sha256:$cfg\",\"size\":$cfgsize/\"sha256:$ucfg\",\"size\":$ucfgsize/" "$work/oci-manifest.json" > "$work/unhealthy-manifest.json"
+grep -q "$ucfg\",\"size\":$ucfgsize" "$work/unhealthy-manifest.json" || { echo "fixtures: the unhealthy manifest does not name its config" >&2; exit 1; }
+um=$(sha "$work/unhealthy-manifest.json"); umsize=$(size "$work/unhealthy-manifest.json")
+u=$out/unhealthy-oci; mkdir -p "$u/blobs/sha256"
+cp "$work/config-unhealthy.json" "$u/blobs/sha256/$ucfg"; cp "$work/unhealthy-manifest.json" "$u/blobs/sha256/$um"
+for b in "${layers[@]}"; do cp "$out/blobs/$b" "$u/blobs/sha256/$b"; done
+echo '{"imageLayoutVersion":"1.0.0"}' > "$u/oci-layout"
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest","io.containerd.image.name":"shoal-test/unhealthy:latest"}}]}' "$um" "$umsize" > "$u/index.json"
 
 # docker save tarball: uncompressed layers in <id>/layer.tar
 d=$work/docker; mkdir -p "$d"

@@ -1571,3 +1571,185 @@ fn dns_and_vips_follow_tasks_across_a_leader_change() {
         gone.1
     );
 }
+
+/// The network namespace of `service`'s (first) running task, on whichever host it is.
+fn task_netns(c: &Cluster, service: &str) -> std::path::PathBuf {
+    wait_for(
+        &format!("{service}'s task namespace"),
+        Duration::from_secs(30),
+        || {
+            let ps = c.h(1).ok(&[
+                "service",
+                "ps",
+                service,
+                "--format",
+                "json",
+                "--filter",
+                "desired-state=running",
+            ]);
+            let t = json_lines(&ps).into_iter().find(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Running")
+            })?;
+            let id = t["ID"].as_str()?.to_string();
+            (1..=3).find_map(|i| {
+                let dir = c.h(i).host.data_root().join("netns/tasks");
+                dir_names(&dir)
+                    .into_iter()
+                    .find(|n| n.starts_with(&id))
+                    .map(|n| dir.join(n))
+            })
+        },
+    )
+}
+
+/// Rolling updates across three nodes: parallelism 2 with a 1 s delay paces the
+/// replacement (read from the tasks' creation times), and a start-first update of a web
+/// service, under client loops through the routing mesh and through its VIP, loses no
+/// request (each is counted).
+#[test]
+fn updates_are_paced_and_start_first_loses_no_request() {
+    let c = Cluster::swarm(3);
+    let h = c.h(1);
+    create_sleepers(h, "pace", 6, &[]);
+    h.ok(&[
+        "service",
+        "update",
+        "--update-parallelism",
+        "2",
+        "--update-delay",
+        "1s",
+        "--update-monitor",
+        "1s",
+        "--env-add",
+        "V=2",
+        "pace",
+    ]);
+    let ps = json_lines(&h.ok(&[
+        "service",
+        "ps",
+        "pace",
+        "--format",
+        "json",
+        "--filter",
+        "desired-state=running",
+    ]));
+    assert_eq!(ps.len(), 6, "{ps:?}");
+    let mut created: Vec<i64> = ps
+        .iter()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t["CreatedAt"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        })
+        .collect();
+    created.sort();
+    // two workers, each a second between its tasks: no three within a second
+    for w in created.windows(3) {
+        assert!(
+            w[2] - w[0] >= 1_000,
+            "at most two replaced at once, a second apart: {created:?}"
+        );
+    }
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&h.ok(&["service", "inspect", "pace"])).unwrap()
+            [0]["UpdateStatus"]["State"],
+        "completed"
+    );
+
+    // a web service on an overlay, published on the mesh, healthy once it answers
+    h.ok(&["network", "create", "webnet"]);
+    let cmd = httpd_cmd("web");
+    h.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--network",
+        "webnet",
+        "-p",
+        "8080:80",
+        "--health-cmd",
+        "wget -q -O /dev/null http://127.0.0.1/",
+        "--health-interval",
+        "200ms",
+        "--update-order",
+        "start-first",
+        "--update-monitor",
+        "2s",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        &cmd,
+    ]);
+    create_sleepers(h, "client", 1, &["--network", "webnet"]);
+    let client = task_netns(&c, "client");
+    let mesh = format!("http://{}:8080/", c.h(2).addr);
+    let node1 = std::path::Path::new("/run/netns").join(&c.net.hosts[0]);
+    // the service's name, from the task's resolver: its VIP
+    let vip = wait_for(
+        "web's VIP from the resolver",
+        Duration::from_secs(30),
+        || resolve(&client, "web").into_iter().next(),
+    );
+    wait_for("the VIP answers", Duration::from_secs(30), || {
+        http_get(&client, &vip).filter(|b| b == "web")
+    });
+    wait_for("the mesh answers", Duration::from_secs(30), || {
+        http_fetch(&node1, &mesh).filter(|b| b == "web")
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = [(client.clone(), format!("http://{vip}/")), (node1, mesh)]
+        .into_iter()
+        .map(|(ns, url)| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let t0 = std::time::Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let at = t0.elapsed();
+                    match wget_in(&ns, &url) {
+                        Ok(b) if b == "web" => ok += 1,
+                        Ok(b) => failed.push(format!("answered {b:?}")),
+                        Err(e) => failed.push(format!("{e}, {at:?} into the update")),
+                    }
+                }
+                (url, ok, failed)
+            })
+        })
+        .collect();
+    let before = running_per_node(h, "web").values().sum::<usize>();
+    assert_eq!(before, 4);
+    let out = h.ok(&["service", "update", "--env-add", "V=2", "web"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loops {
+        let (url, ok, failed) = l.join().unwrap();
+        assert!(ok >= 20, "{url}: only {ok} requests during the update");
+        assert!(
+            failed.is_empty(),
+            "{url}: {} of {} requests failed during a start-first update: {failed:?}",
+            failed.len(),
+            ok as usize + failed.len()
+        );
+        eprintln!("{url}: {ok} requests during the update, none failed");
+    }
+    assert!(out.contains("converged"), "{out}");
+    let ps = json_lines(&h.ok(&[
+        "service",
+        "ps",
+        "web",
+        "--format",
+        "json",
+        "--filter",
+        "desired-state=running",
+    ]));
+    assert_eq!(ps.len(), 4);
+    for s in ["web", "client", "pace"] {
+        h.ok(&["service", "rm", s]);
+    }
+    wait_netns_gone(&c, &["tasks"]);
+}

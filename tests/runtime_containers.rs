@@ -221,6 +221,7 @@ async fn health_check_states() {
         timeout: Some(Duration::from_secs(1)),
         retries: Some(2),
         start_period: None,
+        start_interval: None,
     };
     // healthy while /tmp/ok exists (the file comes and goes on the test's word, via
     // exec), and the check hangs while /tmp/hang does

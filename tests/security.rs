@@ -417,6 +417,7 @@ async fn exec_and_health_checks_run_confined_like_the_container() {
             timeout: Some(Duration::from_secs(5)),
             retries: Some(1),
             start_period: None,
+            start_interval: None,
         }),
         ..sh("umask; sleep 60")
     };

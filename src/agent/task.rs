@@ -63,6 +63,10 @@ fn exited(code: i32, oom: bool, known: bool, pid: i32) -> TaskStatus {
     }
 }
 
+/// How long a task on a network keeps running after it is told to stop, while the
+/// nodes take it out of their load balancing.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Resolves when the container turns unhealthy (never, without a health check).
 async fn unhealthy<E: Executor>(exec: &E, id: &str) {
     match exec.health(id) {
@@ -128,6 +132,16 @@ pub async fn manage<E: Executor>(
             || want as i32 > TaskState::Complete as i32
         {
             if !reached.is_terminal() {
+                if reached == TaskState::Running
+                    && want == TaskState::Shutdown
+                    && !t.networks.is_empty()
+                {
+                    // the managers took it out of its service's VIP, DNS and routing mesh
+                    // when they asked it to stop: it keeps serving while every node hears
+                    // of that, so that no connection goes to a task already gone (an
+                    // update, start-first, loses no request). Swarm waits 2 s here.
+                    tokio::time::sleep(DRAIN).await;
+                }
                 if (reached as i32) >= TaskState::Starting as i32 {
                     let grace = None;
                     if let Err(e) = exec.shutdown(&id, grace).await {

@@ -287,7 +287,12 @@ impl Control for Api {
         on_leader!(self, req, get_service);
         let m = self.manager()?;
         m.store
-            .view(|t| find(&t.services, &req.get_ref().id_or_name))
+            .view(|t| {
+                find(&t.services, &req.get_ref().id_or_name).map(|mut s| {
+                    crate::manager::revisions::fill(t, &mut s);
+                    s
+                })
+            })
             .map(Response::new)
             .map_err(status)
     }
@@ -298,8 +303,14 @@ impl Control for Api {
         on_leader!(self, req, update_service);
         let m = self.manager()?;
         let r = req.into_inner();
-        let spec = r.spec.unwrap_or_default();
-        ctl::update_service(&m.store, &r.id_or_name, r.version, spec, r.rollback)
+        let change = if r.rollback {
+            ctl::Change::Rollback {
+                to_revision: (r.to_revision > 0).then_some(r.to_revision),
+            }
+        } else {
+            ctl::Change::Spec(Box::new(r.spec.unwrap_or_default()))
+        };
+        ctl::update_service(&m.store, &r.id_or_name, r.version, change)
             .await
             .map(Response::new)
             .map_err(status)

@@ -15,6 +15,7 @@ use crate::spec::docker;
 use crate::spec::parse::{parse_mount, parse_network, parse_publish, parse_published};
 use crate::spec::service::{parse_endpoint_mode, parse_restart_condition};
 use crate::spec::units::{key_value, label, labels, nano_cpus, parse_duration, parse_size};
+use crate::spec::update::{parse_failure_action, parse_order, UpdateInput};
 use crate::spec::{ServiceEdit, ServiceInput};
 
 /// A value refused by its parser, named by the flag it came with; the parser's message
@@ -81,6 +82,12 @@ pub struct ContainerFlags {
     pub health_retries: Option<i32>,
     #[arg(long, value_parser = parse_duration)]
     pub health_start_period: Option<Duration>,
+    /// How often the health check runs during its start period.
+    #[arg(long, value_parser = parse_duration)]
+    pub health_start_interval: Option<Duration>,
+    /// No health check, not even the image's.
+    #[arg(long)]
+    pub no_healthcheck: bool,
     /// Attach to an overlay network: NAME[,alias=A…] or name=NAME[,alias=A…] (a
     /// standalone container: an attachable one, on a node of the swarm).
     #[arg(long)]
@@ -120,6 +127,13 @@ impl ContainerFlags {
         i.health.timeout = self.health_timeout;
         i.health.retries = self.health_retries;
         i.health.start_period = self.health_start_period;
+        i.health.start_interval = self.health_start_interval;
+        if self.no_healthcheck {
+            if self.health_cmd.is_some() {
+                anyhow::bail!("--no-healthcheck conflicts with --health-cmd: give one of them");
+            }
+            i.health.test = Some(vec!["NONE".into()]);
+        }
         if !self.network.is_empty() {
             i.networks = Some(each("--network", &self.network, parse_network)?);
         }
@@ -171,6 +185,112 @@ pub struct SpecFlags {
     /// vip (a virtual IP per network, the default) or dnsrr (DNS answers every task).
     #[arg(long)]
     endpoint_mode: Option<String>,
+    #[command(flatten)]
+    update: UpdateFlags,
+    #[command(flatten)]
+    rollback: RollbackFlags,
+}
+
+/// `--update-*`: how a change of the service rolls out.
+#[derive(Args, Clone, Default)]
+pub struct UpdateFlags {
+    /// Tasks updated at once (0: all at once; default 1).
+    #[arg(long)]
+    update_parallelism: Option<u64>,
+    /// Wait between each task's update (ns|us|ms|s|m|h; default 0s).
+    #[arg(long, value_parser = parse_duration)]
+    update_delay: Option<Duration>,
+    /// How long a new task is watched for failure after it runs (default 5s).
+    #[arg(long, value_parser = parse_duration)]
+    update_monitor: Option<Duration>,
+    /// Failures tolerated, as a share of the tasks updated (0 to 1; default 0).
+    #[arg(long)]
+    update_max_failure_ratio: Option<f32>,
+    /// On failure: pause, continue or rollback (default pause).
+    #[arg(long)]
+    update_failure_action: Option<String>,
+    /// stop-first or start-first (default stop-first).
+    #[arg(long)]
+    update_order: Option<String>,
+}
+
+/// `--rollback-*`: how a rollback rolls out.
+#[derive(Args, Clone, Default)]
+pub struct RollbackFlags {
+    /// Tasks rolled back at once (0: all at once; default 1).
+    #[arg(long)]
+    rollback_parallelism: Option<u64>,
+    /// Wait between each task's rollback (default 0s).
+    #[arg(long, value_parser = parse_duration)]
+    rollback_delay: Option<Duration>,
+    /// How long a task is watched for failure after it runs (default 5s).
+    #[arg(long, value_parser = parse_duration)]
+    rollback_monitor: Option<Duration>,
+    /// Failures tolerated, as a share of the tasks rolled back (0 to 1; default 0).
+    #[arg(long)]
+    rollback_max_failure_ratio: Option<f32>,
+    /// On failure: pause or continue (default pause).
+    #[arg(long)]
+    rollback_failure_action: Option<String>,
+    /// stop-first or start-first (default stop-first).
+    #[arg(long)]
+    rollback_order: Option<String>,
+}
+
+/// One set of update flags, named by their prefix (`--update` or `--rollback`).
+#[allow(clippy::too_many_arguments)]
+fn update_input(
+    prefix: &str,
+    parallelism: Option<u64>,
+    delay: Option<Duration>,
+    monitor: Option<Duration>,
+    ratio: Option<f32>,
+    action: Option<&str>,
+    order: Option<&str>,
+) -> anyhow::Result<UpdateInput> {
+    Ok(UpdateInput {
+        parallelism,
+        delay,
+        monitor,
+        max_failure_ratio: ratio,
+        failure_action: action
+            .map(|a| {
+                parse_failure_action(a)
+                    .map_err(|e| bad_value(&format!("{prefix}-failure-action"), a, e))
+            })
+            .transpose()?,
+        order: order
+            .map(|o| parse_order(o).map_err(|e| bad_value(&format!("{prefix}-order"), o, e)))
+            .transpose()?,
+    })
+}
+
+impl UpdateFlags {
+    fn input(&self) -> anyhow::Result<UpdateInput> {
+        update_input(
+            "--update",
+            self.update_parallelism,
+            self.update_delay,
+            self.update_monitor,
+            self.update_max_failure_ratio,
+            self.update_failure_action.as_deref(),
+            self.update_order.as_deref(),
+        )
+    }
+}
+
+impl RollbackFlags {
+    fn input(&self) -> anyhow::Result<UpdateInput> {
+        update_input(
+            "--rollback",
+            self.rollback_parallelism,
+            self.rollback_delay,
+            self.rollback_monitor,
+            self.rollback_max_failure_ratio,
+            self.rollback_failure_action.as_deref(),
+            self.rollback_order.as_deref(),
+        )
+    }
 }
 
 /// Labels given with `flag`, or None when none were.
@@ -218,6 +338,8 @@ impl SpecFlags {
             .as_deref()
             .map(|m| parse_endpoint_mode(m).map_err(|e| bad_value("--endpoint-mode", m, e)))
             .transpose()?;
+        i.update = self.update.input()?;
+        i.rollback = self.rollback.input()?;
         Ok(i)
     }
 }

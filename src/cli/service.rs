@@ -13,7 +13,7 @@ use shoal_proto::*;
 use super::client::{self, control, refusal};
 use super::flags::{bad_value, EditFlags, SpecFlags};
 use super::output::{self, Item, ListFlags, Listing};
-use super::progress::converge;
+use super::progress::{converge, follow_update};
 use super::util::remove_each;
 use super::words::{self, Words};
 use super::Globals;
@@ -68,6 +68,24 @@ pub enum ServiceCmd {
     },
     /// Update a service.
     Update(Box<UpdateArgs>),
+    /// Roll a service back to its previous spec, or to a revision of its history.
+    Rollback {
+        service: String,
+        /// The revision to go back to (see `service history`).
+        #[arg(long)]
+        to_revision: Option<u64>,
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// A service's last specs: revision, when, what changed, and whether it was a
+    /// rollback.
+    History {
+        service: String,
+        #[command(flatten)]
+        list: ListFlags,
+    },
     /// Remove services.
     #[command(alias = "remove")]
     Rm {
@@ -98,9 +116,10 @@ pub struct UpdateArgs {
     image: Option<String>,
     #[arg(long)]
     replicas: Option<u64>,
-    /// Replace the tasks even if nothing changed.
+    /// Replace the tasks even if nothing changed (and run a job again).
     #[arg(long)]
     force: bool,
+    /// Roll back to the previous spec (as `service rollback`; no other flag with it).
     #[arg(long)]
     rollback: bool,
     #[arg(long)]
@@ -132,24 +151,51 @@ async fn get(ctl: &mut Ctl, what: &str) -> anyhow::Result<Service> {
 }
 
 /// Sends a changed spec, checked here first (the managers check it again).
-async fn send_update(
-    ctl: &mut Ctl,
-    s: &Service,
-    spec: ServiceSpec,
-    rollback: bool,
-) -> anyhow::Result<()> {
-    if !rollback {
-        validate::service(&spec).map_err(|e| Words::Service.say(&e))?;
-    }
+async fn send_update(ctl: &mut Ctl, s: &Service, spec: ServiceSpec) -> anyhow::Result<Service> {
+    validate::service(&spec).map_err(|e| Words::Service.say(&e))?;
+    Ok(ctl
+        .update_service(UpdateServiceRequest {
+            id_or_name: s.id.clone(),
+            version: s.meta.map(|m| m.version).unwrap_or(0),
+            spec: Some(spec),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| words::refusal(e, Words::Service))?
+        .into_inner())
+}
+
+/// Asks for a rollback, to the previous spec or to `to_revision`.
+async fn send_rollback(ctl: &mut Ctl, s: &Service, to_revision: Option<u64>) -> anyhow::Result<()> {
     ctl.update_service(UpdateServiceRequest {
         id_or_name: s.id.clone(),
         version: s.meta.map(|m| m.version).unwrap_or(0),
-        spec: Some(spec),
-        rollback,
+        rollback: true,
+        to_revision: to_revision.unwrap_or(0),
+        ..Default::default()
     })
     .await
     .map_err(|e| words::refusal(e, Words::Service))?;
     Ok(())
+}
+
+/// Whether following a change of `before` into `after` is following an update: its
+/// tasks are to be replaced, or an update is under way (else the change is followed
+/// until the service converges).
+fn rolls_out(before: &Service, after: &Service) -> bool {
+    use update_status::State;
+    let state = |s: &Service| {
+        s.update_status
+            .as_ref()
+            .and_then(|u| State::try_from(u.state).ok())
+    };
+    if crate::spec::service::is_job(after.mode()) {
+        return false; // a job runs again, all at once
+    }
+    before.spec_version != after.spec_version
+        // a paused update resumed
+        || matches!(state(before), Some(State::Paused | State::RollbackPaused))
+        || matches!(state(after), Some(State::Updating | State::RollbackStarted))
 }
 
 pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
@@ -192,7 +238,7 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
                 let s = get(&mut ctl, name).await?;
                 let mut spec = s.spec.clone().unwrap_or_default();
                 scale(&mut spec, n).map_err(|e| anyhow!("{name}: {}", e.problem))?;
-                send_update(&mut ctl, &s, spec, false).await?;
+                send_update(&mut ctl, &s, spec).await?;
                 println!("{name} scaled to {n}");
                 ids.push(s.id);
             }
@@ -205,6 +251,25 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        ServiceCmd::Rollback {
+            service,
+            to_revision,
+            detach,
+            quiet,
+        } => {
+            let s = get(&mut ctl, &service).await?;
+            send_rollback(&mut ctl, &s, to_revision).await?;
+            if !quiet {
+                println!("{service}");
+            }
+            if !detach {
+                if crate::spec::service::is_job(s.mode()) {
+                    return converge(&mut ctl, &s.id).await; // it runs again
+                }
+                return follow_update(&mut ctl, &s.id, true).await;
+            }
+        }
+        ServiceCmd::History { service, list } => history(&mut ctl, &service, &list).await?,
         ServiceCmd::Rm { services } => {
             return Ok(remove_each(services, |r| {
                 let mut ctl = ctl.clone();
@@ -260,12 +325,80 @@ async fn update(ctl: &mut Ctl, a: UpdateArgs) -> anyhow::Result<ExitCode> {
         .edit(&networks)?
         .apply(&mut spec)
         .map_err(|e| Words::Service.say(&e))?;
-    send_update(ctl, &s, spec, a.rollback).await?;
+    if a.rollback {
+        // a rollback restores a whole spec: a flag beside it would be lost
+        if Some(&spec) != s.spec.as_ref() || a.force {
+            anyhow::bail!(
+                "--rollback cannot be combined with other flags: it restores the previous spec whole (use `shoal service rollback {}`, then update)",
+                a.service
+            );
+        }
+        send_rollback(ctl, &s, None).await?;
+        println!("{}", a.service);
+        if a.flags.container.detach {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if crate::spec::service::is_job(s.mode()) {
+            return converge(ctl, &s.id).await; // it runs again
+        }
+        return follow_update(ctl, &s.id, true).await;
+    }
+    let after = send_update(ctl, &s, spec).await?;
     println!("{}", a.service);
     if a.flags.container.detach {
         return Ok(ExitCode::SUCCESS);
     }
-    converge(ctl, &s.id).await
+    if rolls_out(&s, &after) {
+        follow_update(ctl, &s.id, false).await
+    } else {
+        converge(ctl, &s.id).await
+    }
+}
+
+/// `service history`: the revisions kept, oldest first, the current one marked.
+async fn history(ctl: &mut Ctl, what: &str, list: &ListFlags) -> anyhow::Result<()> {
+    let s = get(ctl, what).await?;
+    let items = s
+        .history
+        .iter()
+        .map(|r| {
+            let change: Vec<String> = r
+                .change
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(|c| words::field_flag(Words::Service, c))
+                .collect();
+            let mut note = String::new();
+            if r.rollback_of > 0 {
+                note = format!("rollback to {}", r.rollback_of);
+            }
+            let created = chrono::DateTime::from_timestamp_millis(r.at_ms)
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_default();
+            let json = serde_json::json!({
+                "Revision": r.revision,
+                "Current": if r.revision == s.revision { "*" } else { "" },
+                "CreatedAt": created,
+                "Image": r.spec.as_ref().and_then(|x| x.task.as_ref()).and_then(|t| t.container.as_ref()).map(|c| c.image.clone()).unwrap_or_default(),
+                "Changes": if r.revision == 1 && r.parent == 0 && r.rollback_of == 0 { "created".to_string() } else { change.join(" ") },
+                "Rollback": note,
+            });
+            Item::of(
+                json,
+                r.revision.to_string(),
+                &["Revision", "Current", "CreatedAt", "Image", "Changes", "Rollback"],
+            )
+        })
+        .collect();
+    output::print(
+        list,
+        Listing {
+            header: &[
+                "REVISION", "CURRENT", "CREATED", "IMAGE", "CHANGES", "ROLLBACK",
+            ],
+            items,
+        },
+    )
 }
 
 async fn ls(ctl: &mut Ctl, list: &ListFlags) -> anyhow::Result<()> {
@@ -277,11 +410,16 @@ async fn ls(ctl: &mut Ctl, list: &ListFlags) -> anyhow::Result<()> {
         .iter()
         .map(|s| {
             let json = docker::service_summary(s, count(&r.running, s), count(&r.desired, s));
-            Item::of(
+            let mut item = Item::of(
                 json,
                 &s.id,
                 &["ID", "Name", "Mode", "Replicas", "Image", "Ports"],
-            )
+            );
+            // an update under way, beside the counts: "2/3 (updating)"
+            if let Some(u) = item.json["Update"].as_str().filter(|u| !u.is_empty()) {
+                item.row[3] = format!("{} ({u})", item.row[3]);
+            }
+            item
         })
         .collect();
     output::print(

@@ -87,6 +87,9 @@ pub enum SwarmCmd {
         /// Dead tasks kept per slot.
         #[arg(long)]
         task_history_limit: Option<i64>,
+        /// Specs kept per service, for `service history` and rollback (default 10).
+        #[arg(long)]
+        service_history_limit: Option<i64>,
     },
     /// Leave the swarm (a manager needs --force: its state goes with it).
     Leave {
@@ -227,6 +230,7 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
             dispatcher_heartbeat,
             cert_expiry,
             task_history_limit,
+            service_history_limit,
         } => {
             let mut ctl = control(g).await?;
             let c = ctl
@@ -250,6 +254,11 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
                 spec.orchestration
                     .get_or_insert_with(OrchestrationConfig::default)
                     .task_history_retention_limit = n;
+            }
+            if let Some(n) = service_history_limit {
+                spec.orchestration
+                    .get_or_insert_with(OrchestrationConfig::default)
+                    .service_history_limit = n;
             }
             crate::spec::validate::cluster(&spec).map_err(|e| Words::Swarm.say(&e))?;
             ctl.update_cluster(UpdateClusterRequest {

@@ -47,6 +47,7 @@ impl Words {
             (Swarm, "dispatcher.heartbeat_period") => "--dispatcher-heartbeat",
             (Swarm, "ca_config.node_cert_expiry") => "--cert-expiry",
             (Swarm, "orchestration.task_history_retention_limit") => "--task-history-limit",
+            (Swarm, "orchestration.service_history_limit") => "--service-history-limit",
             (Swarm, "default_addr_pool") => "--default-addr-pool",
             (Swarm, "default_addr_pool_mask_length") => "--default-addr-pool-mask-length",
             (Swarm, "annotations" | "annotations.name") => "",
@@ -76,6 +77,27 @@ impl Words {
     }
 }
 
+/// How `service history` names a field that changed: the flag that changes it.
+pub fn field_flag(w: Words, path: &str) -> String {
+    let own = match path {
+        "task.container.image" => "--image",
+        "task.container.args" => "--args",
+        "task.container" => "container settings",
+        "task.resources" => "--limit-*/--reserve-*",
+        "task.restart" => "--restart-*",
+        "task.placement" => "--constraint/--placement-pref",
+        "task.force_update" => "--force",
+        "endpoint" => "--publish/--endpoint-mode",
+        "update" => "--update-*",
+        "rollback" => "--rollback-*",
+        p => match w.flag(p) {
+            Some(f) if !f.is_empty() => f,
+            _ => p,
+        },
+    };
+    own.to_string()
+}
+
 /// `service create`'s flags, by the field each sets.
 fn service_flag(base: &str) -> Option<&'static str> {
     Some(match base {
@@ -101,6 +123,7 @@ fn service_flag(base: &str) -> Option<&'static str> {
         "task.container.healthcheck.timeout" => "--health-timeout",
         "task.container.healthcheck.retries" => "--health-retries",
         "task.container.healthcheck.start_period" => "--health-start-period",
+        "task.container.healthcheck.start_interval" => "--health-start-interval",
         "task.container.read_only" => "--read-only",
         "task.container.cap_add" => "--cap-add",
         "task.container.cap_drop" => "--cap-drop",

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use shoal_proto::service_spec::Mode;
 use shoal_proto::*;
 
-use super::error::{check_version, find, invalid, ControlError};
+use super::error::{check_version, find, invalid, update_checked, ControlError};
 use super::lifecycle::{self, Writer};
-use super::store::{new_id, Store, Tables};
+use super::revisions;
+use super::store::{new_id, now_ms, Store, Tables};
 use super::tasks::{desired, is_job, state};
 use crate::spec::{validate, Field, SpecError};
 
@@ -24,8 +25,11 @@ pub async fn create_service(store: &Store, mut spec: ServiceSpec) -> Result<Serv
         ..Default::default()
     };
     let id = s.id.clone();
+    let now = now_ms();
     store
         .update(|tx| {
+            let mut s = s;
+            revisions::start(tx, &mut s, now)?;
             tx.create(s)?;
             super::orchestrator::reconcile_in(tx, &id)
         })
@@ -38,42 +42,80 @@ pub async fn create_service(store: &Store, mut spec: ServiceSpec) -> Result<Serv
         })
 }
 
+/// What `service update` asks: a new spec, or a rollback (to the previous spec, or to
+/// a revision).
+pub enum Change {
+    Spec(Box<ServiceSpec>),
+    Rollback { to_revision: Option<u64> },
+}
+
 pub async fn update_service(
     store: &Store,
     what: &str,
     version: u64,
-    mut spec: ServiceSpec,
-    rollback: bool,
+    change: Change,
 ) -> Result<Service, ControlError> {
     let cur = store.view(|t| find(&t.services, what))?;
     check_version("service", &cur.id, cur.meta, version)?;
-    if rollback {
-        spec = cur.previous_spec.clone().ok_or_else(|| {
-            invalid(format!(
-                "service {} has no previous spec to roll back to",
-                what
-            ))
-        })?;
-    }
-    validate::service(&spec)?;
-    if let Some(old) = &cur.spec {
-        validate::service_update(old, &spec)?;
-    }
-    store.view(|t| super::network::resolve_service(t, &cur.id, &mut spec))?;
-    let mut next = cur.clone();
-    let task_changed = cur.spec.as_ref().and_then(|s| s.task.clone()) != spec.task;
-    next.previous_spec = cur.spec.clone();
-    next.spec = Some(spec);
-    if task_changed {
-        next.spec_version += 1;
-    }
-    if is_job(&cur) {
-        // every update of a job runs it again, as `docker service update` does
-        next.job_iteration += 1;
-    }
-    let id = next.id.clone();
-    store.update(|tx| tx.update(next)).await?;
-    Ok(store.view(|t| t.services[&id].clone()))
+    let limit = store.view(|t| revisions::limit(t.clusters.values().next()));
+    let now = now_ms();
+    let to_revision = match &change {
+        Change::Rollback { to_revision } => *to_revision,
+        Change::Spec(_) => None,
+    };
+    let spec = match change {
+        Change::Rollback { .. } => None,
+        Change::Spec(spec) => {
+            let mut spec = *spec;
+            validate::service(&spec)?;
+            if let Some(old) = &cur.spec {
+                validate::service_update(old, &spec)?;
+            }
+            store.view(|t| super::network::resolve_service(t, &cur.id, &mut spec))?;
+            Some(spec)
+        }
+    };
+    let id = cur.id.clone();
+    // read again in the transaction: the update supervisor writes the service too (its
+    // status, a pause, a rollback), and what it wrote must not be overwritten
+    update_checked(store, |tx| {
+        let mut next = tx
+            .get::<Service>(&id)
+            .ok_or_else(|| ControlError::NotFound {
+                kind: "service",
+                what: what.to_string(),
+            })?;
+        check_version("service", &id, next.meta, version)?;
+        match spec {
+            None => {
+                revisions::rollback(
+                    tx,
+                    &mut next,
+                    to_revision,
+                    "manually requested rollback",
+                    limit,
+                    now,
+                )?
+                .map_err(ControlError::Refused)?;
+                // what it restores was checked when it was given; the limits may have
+                // changed since (a refusal commits nothing)
+                validate::service(next.spec.as_ref().unwrap_or(&ServiceSpec::default()))?;
+            }
+            Some(spec) => revisions::update(tx, &mut next, spec, limit, now)?,
+        }
+        if is_job(&next) {
+            // every update of a job runs it again, as `docker service update` does
+            next.job_iteration += 1;
+        }
+        tx.update(next)?;
+        Ok(())
+    })
+    .await?;
+    Ok(store.view(|t| {
+        let mut s = t.services[&id].clone();
+        revisions::fill(t, &mut s);
+        s
+    }))
 }
 
 pub async fn remove_service(store: &Store, what: &str) -> Result<(), ControlError> {
@@ -81,6 +123,7 @@ pub async fn remove_service(store: &Store, what: &str) -> Result<(), ControlErro
     store
         .update(|tx| {
             tx.remove::<Service>(&s.id)?;
+            revisions::remove_all(tx, &s.id)?;
             super::orchestrator::reconcile_in(tx, &s.id)
         })
         .await?;

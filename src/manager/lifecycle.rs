@@ -75,7 +75,20 @@ pub fn status(state: TaskState, message: &str) -> TaskStatus {
 pub fn advance(t: &mut Task, by: Writer, to: TaskState, message: &str) -> Result<(), String> {
     check(by, state(t), to)?;
     t.status = Some(status(to, message));
+    stamp(t, super::store::now_ms());
     Ok(())
+}
+
+/// Notes, on the managers' clock, when `t` (whose status was just written) first ran
+/// and when it ended: what an update's monitor counts from.
+pub fn stamp(t: &mut Task, now: i64) {
+    let s = state(t);
+    if s == TaskState::Running && t.running_at_ms == 0 {
+        t.running_at_ms = now;
+    }
+    if s.is_terminal() && t.ended_at_ms == 0 {
+        t.ended_at_ms = now;
+    }
 }
 
 /// Sets `t`'s desired state to `to` when that moves it forward; false when it would not

@@ -25,6 +25,7 @@ pub mod network;
 pub mod node;
 pub mod orchestrator;
 pub mod raft;
+pub mod revisions;
 pub mod scheduler;
 pub mod store;
 pub mod tasks;

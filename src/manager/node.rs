@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::dispatcher::Dispatcher;
 use super::orchestrator::reaper::TaskReaper;
 use super::orchestrator::restart::RestartSupervisor;
+use super::orchestrator::update::UpdateSupervisor;
 use super::orchestrator::Orchestrator;
 use super::raft::network::{GrpcNetwork, PeerTls};
 use super::raft::storage::{open_db, LogBytes, LogStore, StateMachine, SNAPSHOT_BYTES};
@@ -302,7 +303,7 @@ async fn restore_swarm(
             }
         )*};
     }
-    keep!(networks => Network, secrets => Secret, configs => Config, services => Service, tasks => Task);
+    keep!(networks => Network, secrets => Secret, configs => Config, services => Service, tasks => Task, revisions => Revision);
     let mut next = 0;
     store
         .update_all(|tx| {
@@ -333,6 +334,7 @@ async fn restore_swarm(
                     store_object::Object::Config(x) => tx.create(x)?,
                     store_object::Object::Service(x) => tx.create(x)?,
                     store_object::Object::Task(x) => tx.create(x)?,
+                    store_object::Object::Revision(x) => tx.create(x)?,
                     store_object::Object::Cluster(_) => {}
                 }
             }
@@ -399,10 +401,11 @@ async fn lead_when_leader(
             (true, None) => {
                 let t = shutdown.child_token();
                 tracing::info!(
-                    "became leader: starting the orchestrator, scheduler, restart supervisor, task reaper and node monitor"
+                    "became leader: starting the orchestrator, scheduler, update and restart supervisors, task reaper and node monitor"
                 );
                 tokio::spawn(Orchestrator::new(store.clone()).run(t.clone()));
                 tokio::spawn(Scheduler::new(store.clone()).run(t.clone()));
+                tokio::spawn(UpdateSupervisor::new(store.clone()).run(t.clone()));
                 tokio::spawn(RestartSupervisor::new(store.clone()).run(t.clone()));
                 tokio::spawn(TaskReaper::new(store.clone()).run(t.clone()));
                 tokio::spawn(dispatcher.clone().monitor_nodes(t.clone()));

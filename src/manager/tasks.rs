@@ -2,6 +2,7 @@
 //! turns store events into reconcile passes.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_proto::store_object::Object;
@@ -171,5 +172,34 @@ pub async fn run_loop<F, Fut>(
         } else if !dirty.is_empty() {
             left = pass(Some(std::mem::take(&mut dirty))).await;
         }
+    }
+}
+
+/// A loop's own wake-up (see [`run_loop`]'s `wake`): one timer, for the soonest thing
+/// due (the restart supervisor's delays, the update supervisor's delays and monitors;
+/// passes come on every store event, so one timer per pass would pile up).
+#[derive(Clone, Default)]
+pub struct Timer {
+    pub wake: Arc<tokio::sync::Notify>,
+    at: Arc<Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl Timer {
+    /// Wakes the loop in `wait` (or sooner, if already set for sooner).
+    pub fn set(&self, wait: Duration, sd: &CancellationToken) {
+        let now = tokio::time::Instant::now();
+        let at = now + wait;
+        let mut cur = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.is_some_and(|c| c > now && c <= at) {
+            return;
+        }
+        *cur = Some(at);
+        let (me, sd) = (self.clone(), sd.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sd.cancelled() => {}
+                _ = tokio::time::sleep_until(at) => me.wake.notify_one(),
+            }
+        });
     }
 }

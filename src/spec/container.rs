@@ -73,6 +73,7 @@ pub fn of_task_spec(ts: &TaskSpec) -> ContainerSpec {
                 timeout: dur(&h.timeout),
                 retries: (h.retries > 0).then_some(h.retries as u32),
                 start_period: dur(&h.start_period),
+                start_interval: dur(&h.start_interval),
             }),
         log: LogConfig::default(),
         netns: None,

@@ -59,9 +59,41 @@ fn endpoint(mode: i32, ports: &[PortConfig]) -> Value {
     json!({"Mode": mode, "Ports": ports})
 }
 
-/// `service inspect`, in Docker's shape (the parts shoal has).
-pub fn service(s: &Service) -> Value {
-    let spec = s.spec.clone().unwrap_or_default();
+/// Docker's `UpdateConfig` / `RollbackConfig` shape, with Swarm's defaults for what is
+/// unset (as `docker service inspect` shows them).
+fn update_config(c: Option<&UpdateConfig>) -> Value {
+    let u = super::update::update_config(c);
+    json!({
+        "Parallelism": u.parallelism,
+        "Delay": u.delay.as_nanos() as i64,
+        "FailureAction": super::update::failure_action_name(u.failure_action as i32),
+        "Monitor": u.monitor.as_nanos() as i64,
+        "MaxFailureRatio": u.max_failure_ratio,
+        "Order": super::update::order_name(u.order as i32),
+    })
+}
+
+/// Docker's `UpdateStatus`: its state's name, when it started and ended, and why.
+fn update_status(u: &UpdateStatus) -> Value {
+    use update_status::State;
+    let state = match State::try_from(u.state) {
+        Ok(State::Updating) => "updating",
+        Ok(State::Paused) => "paused",
+        Ok(State::Completed) => "completed",
+        Ok(State::RollbackStarted) => "rollback_started",
+        Ok(State::RollbackPaused) => "rollback_paused",
+        Ok(State::RollbackCompleted) => "rollback_completed",
+        _ => "",
+    };
+    let mut j = json!({"State": state, "StartedAt": time(u.started_at_ms), "Message": u.message});
+    if u.completed_at_ms > 0 {
+        j["CompletedAt"] = json!(time(u.completed_at_ms));
+    }
+    j
+}
+
+/// A service spec in Docker's shape (`Spec`, and `PreviousSpec`).
+fn service_spec(spec: &ServiceSpec) -> Value {
     let task = spec.task.clone().unwrap_or_default();
     let c = task.container.clone().unwrap_or_default();
     let r = task.restart.unwrap_or_default();
@@ -85,49 +117,79 @@ pub fn service(s: &Service) -> Value {
             .map(|r| json!({"NanoCPUs": r.nano_cpus, "MemoryBytes": r.memory_bytes}))
             .unwrap_or(json!({}))
     };
+    let mut j = json!({
+        "Name": spec.annotations.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+        "Labels": spec.annotations.as_ref().map(|a| a.labels.clone()).unwrap_or_default(),
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": c.image, "Labels": c.labels, "Command": c.command, "Args": c.args, "Hostname": c.hostname,
+                "Env": c.env, "Dir": c.dir, "User": c.user, "StopSignal": c.stop_signal, "StopGracePeriod": nanos(&c.stop_grace_period),
+                "Mounts": c.mounts.iter().map(|m| json!({"Type": MOUNT_TYPES.get(m.r#type as usize).copied().unwrap_or("volume"), "Source": m.source, "Target": m.target, "ReadOnly": m.read_only})).collect::<Vec<_>>(),
+                "Healthcheck": c.healthcheck.as_ref().map(|h| json!({"Test": h.test, "Interval": nanos(&h.interval), "Timeout": nanos(&h.timeout), "Retries": h.retries, "StartPeriod": nanos(&h.start_period), "StartInterval": nanos(&h.start_interval)})),
+            },
+            "Resources": {"Limits": rj(&res.limits), "Reservations": rj(&res.reservations)},
+            "RestartPolicy": {"Condition": CONDITIONS.get(r.condition as usize).copied().unwrap_or("any"), "Delay": delay, "MaxAttempts": r.max_attempts, "Window": nanos(&r.window)},
+            "Placement": {"Constraints": task.placement.as_ref().map(|p| p.constraints.clone()).unwrap_or_default()},
+            "ForceUpdate": task.force_update,
+            "Networks": task.networks.iter().map(|n| json!({"Target": n.target, "Aliases": n.aliases})).collect::<Vec<_>>(),
+        },
+        "Mode": mode,
+        "EndpointSpec": endpoint(spec.endpoint.as_ref().map(|e| e.mode).unwrap_or(0), spec.endpoint.as_ref().map(|e| &e.ports[..]).unwrap_or(&[])),
+    });
+    if !is_job(spec.mode.as_ref()) {
+        j["UpdateConfig"] = update_config(spec.update.as_ref());
+        j["RollbackConfig"] = update_config(spec.rollback.as_ref());
+    }
+    j
+}
+
+/// `service inspect`, in Docker's shape (the parts shoal has).
+pub fn service(s: &Service) -> Value {
+    let spec = s.spec.clone().unwrap_or_default();
     let meta = s.meta.unwrap_or_default();
-    json!({
+    let mut j = json!({
         "ID": s.id,
         "Version": {"Index": meta.version},
         "CreatedAt": time(meta.created_at_ms),
         "UpdatedAt": time(meta.updated_at_ms),
-        "Spec": {
-            "Name": service_name(s),
-            "Labels": spec.annotations.as_ref().map(|a| a.labels.clone()).unwrap_or_default(),
-            "TaskTemplate": {
-                "ContainerSpec": {
-                    "Image": c.image, "Labels": c.labels, "Command": c.command, "Args": c.args, "Hostname": c.hostname,
-                    "Env": c.env, "Dir": c.dir, "User": c.user, "StopSignal": c.stop_signal, "StopGracePeriod": nanos(&c.stop_grace_period),
-                    "Mounts": c.mounts.iter().map(|m| json!({"Type": MOUNT_TYPES.get(m.r#type as usize).copied().unwrap_or("volume"), "Source": m.source, "Target": m.target, "ReadOnly": m.read_only})).collect::<Vec<_>>(),
-                    "Healthcheck": c.healthcheck.as_ref().map(|h| json!({"Test": h.test, "Interval": nanos(&h.interval), "Timeout": nanos(&h.timeout), "Retries": h.retries, "StartPeriod": nanos(&h.start_period)})),
-                },
-                "Resources": {"Limits": rj(&res.limits), "Reservations": rj(&res.reservations)},
-                "RestartPolicy": {"Condition": CONDITIONS.get(r.condition as usize).copied().unwrap_or("any"), "Delay": delay, "MaxAttempts": r.max_attempts, "Window": nanos(&r.window)},
-                "Placement": {"Constraints": task.placement.as_ref().map(|p| p.constraints.clone()).unwrap_or_default()},
-                "ForceUpdate": task.force_update,
-                "Networks": task.networks.iter().map(|n| json!({"Target": n.target, "Aliases": n.aliases})).collect::<Vec<_>>(),
-            },
-            "Mode": mode,
-            "EndpointSpec": endpoint(spec.endpoint.as_ref().map(|e| e.mode).unwrap_or(0), spec.endpoint.as_ref().map(|e| &e.ports[..]).unwrap_or(&[])),
-        },
+        "Spec": service_spec(&spec),
         "Endpoint": s.endpoint.as_ref().map(|e| {
             let mut j = endpoint(e.spec.as_ref().map(|x| x.mode).unwrap_or(0), &e.ports);
             j["VirtualIPs"] = e.virtual_ips.iter().map(|v| json!({"NetworkID": v.network_id, "Addr": v.addr})).collect();
             j
         }),
-        "PreviousSpec": s.previous_spec.as_ref().map(|p| json!({"Name": p.annotations.as_ref().map(|a| a.name.clone())})),
-    })
+    });
+    if let Some(p) = &s.previous_spec {
+        j["PreviousSpec"] = service_spec(p);
+    }
+    if let Some(u) = &s.update_status {
+        j["UpdateStatus"] = update_status(u);
+    }
+    j
 }
 
 /// A `service ls` line: `running/desired`, with `(completed)` for a job.
 pub fn service_summary(s: &Service, running: u64, desired: u64) -> Value {
     let job = is_job(s.mode());
+    use update_status::State;
+    // an update under way or stopped half-way, as `service ls` says it beside the counts
+    let update = s
+        .update_status
+        .as_ref()
+        .and_then(|u| match State::try_from(u.state) {
+            Ok(State::Updating) => Some("updating"),
+            Ok(State::Paused) => Some("update paused"),
+            Ok(State::RollbackStarted) => Some("rolling back"),
+            Ok(State::RollbackPaused) => Some("rollback paused"),
+            _ => None,
+        })
+        .unwrap_or("");
     let replicas = if job {
         format!("{running}/{desired} (completed)")
     } else {
         format!("{running}/{desired}")
     };
-    json!({"ID": short_id(&s.id), "Name": service_name(s), "Mode": mode_name(s.mode()), "Replicas": replicas, "Image": service_image(s), "Ports": ""})
+    json!({"ID": short_id(&s.id), "Name": service_name(s), "Mode": mode_name(s.mode()), "Replicas": replicas, "Image": service_image(s), "Ports": "", "Update": update})
 }
 
 /// Docker's "3 seconds ago".
@@ -162,7 +224,8 @@ pub fn task_summary(t: &Task, name: &str, node: &str, now_ms: i64) -> Value {
         .and_then(|s| s.container.as_ref())
         .map(|c| c.image.as_str())
         .unwrap_or("");
-    json!({"ID": short_id(&t.id), "Name": name, "Image": image, "Node": node, "DesiredState": desired, "CurrentState": current, "Error": st.map(|s| s.err.as_str()).unwrap_or(""), "Ports": ""})
+    let created = t.meta.as_ref().and_then(|m| time(m.created_at_ms));
+    json!({"ID": short_id(&t.id), "Name": name, "Image": image, "Node": node, "DesiredState": desired, "CurrentState": current, "Error": st.map(|s| s.err.as_str()).unwrap_or(""), "Ports": "", "CreatedAt": created})
 }
 
 pub fn hostname(n: &Node) -> &str {

@@ -32,6 +32,10 @@ pub const MAX_SERVICE_TASK_BYTES: u64 = 64 << 20;
 /// A restart policy's max attempts with a window: each task carries the times of its
 /// slot's restarts within the window.
 pub const MAX_WINDOW_RESTARTS: u64 = 100;
+/// Specs a service keeps (`swarm update --service-history-limit`): each may be up to
+/// [`MAX_SPEC_BYTES`], and the service, history and all, goes through Raft in one entry
+/// (and in one gRPC message, 4 MiB at most).
+pub const MAX_SERVICE_HISTORY: i64 = 20;
 
 /// The first limit `spec` is over, naming the field and the limit (the whole spec's
 /// size names no field).

@@ -12,6 +12,8 @@
 //! - `service`: [`ServiceInput`], a service in Docker's flat vocabulary with Swarm's
 //!   defaults, made into a spec or laid over one; restart policies' defaults.
 //! - `edit`: [`ServiceEdit`], Docker's `--*-add` / `--*-rm` on a spec.
+//! - `update`: rolling updates' and rollbacks' settings with Swarm's defaults, and what
+//!   two specs differ in.
 //! - `validate`: the one validation of service, network, node and cluster specs.
 //! - `limits`: what one service (or a node's description, or a label) may ask.
 //! - `container`: a task spec as the runtime's container spec (what a node runs, and so
@@ -30,6 +32,7 @@ pub mod parse;
 pub mod placement;
 pub mod service;
 pub mod units;
+pub mod update;
 pub mod validate;
 
 pub use edit::ServiceEdit;

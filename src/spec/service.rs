@@ -66,6 +66,7 @@ pub struct HealthInput {
     pub timeout: Option<Duration>,
     pub retries: Option<i32>,
     pub start_period: Option<Duration>,
+    pub start_interval: Option<Duration>,
 }
 
 impl HealthInput {
@@ -75,6 +76,7 @@ impl HealthInput {
             || self.timeout.is_some()
             || self.retries.is_some()
             || self.start_period.is_some()
+            || self.start_interval.is_some()
     }
 }
 
@@ -124,6 +126,9 @@ pub struct ServiceInput {
     pub endpoint_mode: Option<ResolutionMode>,
     /// `service update --force`: replace the tasks even if nothing changed.
     pub force: bool,
+    /// `--update-*` and `--rollback-*`.
+    pub update: super::update::UpdateInput,
+    pub rollback: super::update::UpdateInput,
 }
 
 impl ServiceInput {
@@ -237,6 +242,8 @@ impl ServiceInput {
         if self.force {
             task.force_update += 1;
         }
+        self.update.apply(&mut spec.update);
+        self.rollback.apply(&mut spec.rollback);
         errs.into_result()
     }
 
@@ -284,6 +291,7 @@ impl ServiceInput {
                 timeout: h.timeout.map(to_proto),
                 retries: h.retries.unwrap_or(0),
                 start_period: h.start_period.map(to_proto),
+                start_interval: h.start_interval.map(to_proto),
             });
         } else if h.given() {
             match c.healthcheck.as_mut() {
@@ -299,6 +307,9 @@ impl ServiceInput {
                     }
                     if let Some(d) = h.start_period {
                         hc.start_period = Some(to_proto(d));
+                    }
+                    if let Some(d) = h.start_interval {
+                        hc.start_interval = Some(to_proto(d));
                     }
                 }
                 None => errs.at(

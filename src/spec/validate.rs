@@ -54,6 +54,7 @@ pub fn service(spec: &ServiceSpec) -> Result<(), SpecErrors> {
                     format!("{}: must be between 0 and 1", u.max_failure_ratio),
                 );
             }
+            update_config(&mut errs, spec, at, u, what == "rollback");
         }
     }
     if let Some(ep) = &spec.endpoint {
@@ -66,6 +67,66 @@ pub fn service(spec: &ServiceSpec) -> Result<(), SpecErrors> {
         errs.at(Field::new("mode"), "a service needs a mode");
     }
     errs.into_result()
+}
+
+/// What an update (or rollback) config may say: known actions and orders, no rollback
+/// of a rollback, none for a job, and no start-first where the new task cannot start
+/// beside the old one.
+fn update_config(
+    errs: &mut SpecErrors,
+    spec: &ServiceSpec,
+    at: Field,
+    u: &UpdateConfig,
+    rollback: bool,
+) {
+    use shoal_proto::port_config::PublishMode;
+    use shoal_proto::update_config::{FailureAction, Order};
+    if crate::spec::service::is_job(spec.mode.as_ref()) {
+        errs.at(
+            at,
+            "a job has no rolling updates: every update runs it again, all at once",
+        );
+        return;
+    }
+    match FailureAction::try_from(u.failure_action) {
+        Err(_) => errs.at(
+            at.child("failure_action"),
+            format!(
+                "{} is not a failure action (pause, continue or rollback)",
+                u.failure_action
+            ),
+        ),
+        Ok(FailureAction::Rollback) if rollback => errs.at(
+            at.child("failure_action"),
+            "a rollback is never rolled back: use pause or continue",
+        ),
+        Ok(_) => {}
+    }
+    match Order::try_from(u.order) {
+        Err(_) => errs.at(
+            at.child("order"),
+            format!("{} is not an order (stop-first or start-first)", u.order),
+        ),
+        Ok(Order::StartFirst) => {
+            // Swarm's update hangs here for ever (moby#36934): the new task cannot take
+            // the node's port while the old one holds it
+            let host_port = spec
+                .endpoint
+                .iter()
+                .flat_map(|e| &e.ports)
+                .find(|p| p.publish_mode == PublishMode::Host as i32 && p.published_port != 0);
+            if let Some(p) = host_port {
+                errs.at(
+                    at.child("order"),
+                    format!(
+                        "start-first cannot replace a task that publishes port {} in host mode: the new task cannot bind the port while the old one holds it; use stop-first, or publish the port on the routing mesh (mode=ingress)",
+                        p.published_port
+                    ),
+                );
+            }
+        }
+        Ok(Order::StopFirst) => {}
+    }
 }
 
 /// Published ports: real port numbers, none twice, a published port in host mode, and
@@ -211,6 +272,7 @@ pub fn container(errs: &mut SpecErrors, t: &TaskSpec) {
         duration(errs, hc.child("interval"), &h.interval);
         duration(errs, hc.child("timeout"), &h.timeout);
         duration(errs, hc.child("start_period"), &h.start_period);
+        duration(errs, hc.child("start_interval"), &h.start_interval);
         if h.retries < 0 {
             errs.at(
                 hc.child("retries"),
@@ -269,6 +331,7 @@ fn runtime_field(f: &str) -> Field {
         "healthcheck.test" => "task.container.healthcheck.test",
         "health_interval" => "task.container.healthcheck.interval",
         "health_timeout" => "task.container.healthcheck.timeout",
+        "health_start_interval" => "task.container.healthcheck.start_interval",
         _ => "task.container",
     })
 }
@@ -384,6 +447,19 @@ pub fn cluster(spec: &ClusterSpec) -> Result<(), SpecErrors> {
         errs.at(
             Field::new("orchestration.task_history_retention_limit"),
             "must not be negative",
+        );
+    }
+    let history = spec
+        .orchestration
+        .as_ref()
+        .map_or(0, |o| o.service_history_limit);
+    if !(0..=limits::MAX_SERVICE_HISTORY).contains(&history) {
+        errs.at(
+            Field::new("orchestration.service_history_limit"),
+            format!(
+                "{history}: must be between 1 and {} (0: the default, 10)",
+                limits::MAX_SERVICE_HISTORY
+            ),
         );
     }
     if spec.annotations.is_none() {
@@ -593,6 +669,7 @@ mod tests {
             }),
             orchestration: Some(OrchestrationConfig {
                 task_history_retention_limit: -1,
+                ..Default::default()
             }),
             ..Default::default()
         };

@@ -67,8 +67,13 @@ pub(crate) async fn monitor(
 ) {
     let started = tokio::time::Instant::now();
     loop {
+        let every = if started.elapsed() < check.start_period() {
+            check.start_interval()
+        } else {
+            check.interval()
+        };
         tokio::select! {
-            _ = tokio::time::sleep(check.interval()) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
         match rt.inspect(id).await {
@@ -152,6 +157,7 @@ mod tests {
             timeout: Some(Duration::from_secs(1)),
             retries: None,
             start_period: None,
+            start_interval: None,
         };
         assert_eq!(
             (c.interval(), c.timeout(), c.retries()),

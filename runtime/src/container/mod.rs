@@ -324,6 +324,15 @@ impl ContainerRuntime {
         let cfg_blob =
             fs::read(self.images.blob_path(&image.id)).map_err(io(id, "read image config"))?;
         let img_cfg = ImageConfig::from_blob(&cfg_blob)?;
+        // the image's own health check, unless the spec has one (["NONE"]: none at all)
+        let mut spec = spec.clone();
+        if spec.healthcheck.is_none() {
+            spec.healthcheck = img_cfg
+                .healthcheck
+                .as_ref()
+                .and_then(spec::HealthCheck::of_image);
+        }
+        let spec = &spec;
         let cgroup = spec::cgroup_path(&self.cfg.cgroup_parent, id);
         ensure_unified_parent(&self.cfg.cgroup_parent)
             .map_err(io(id, "create the cgroup parent"))?;

@@ -96,6 +96,10 @@ pub struct HealthCheck {
     pub retries: Option<u32>,
     #[serde(with = "duration_ms")]
     pub start_period: Option<Duration>,
+    /// How often it runs during the start period (Docker's `--health-start-interval`;
+    /// default: the interval).
+    #[serde(with = "duration_ms", default)]
+    pub start_interval: Option<Duration>,
 }
 
 impl HealthCheck {
@@ -124,6 +128,35 @@ impl HealthCheck {
     }
     pub fn start_period(&self) -> Duration {
         self.start_period.unwrap_or_default()
+    }
+    pub fn start_interval(&self) -> Duration {
+        self.start_interval.unwrap_or_else(|| self.interval())
+    }
+
+    /// An image's `Healthcheck` (Docker's image config: `Test`, and durations in
+    /// nanoseconds), or None when it has none or one that cannot run.
+    pub fn of_image(v: &Value) -> Option<HealthCheck> {
+        let test: Vec<String> = serde_json::from_value(v.get("Test")?.clone()).ok()?;
+        let ns = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .filter(|n| *n > 0)
+                .map(Duration::from_nanos)
+        };
+        let h = HealthCheck {
+            test,
+            interval: ns("Interval"),
+            timeout: ns("Timeout"),
+            retries: v
+                .get("Retries")
+                .and_then(Value::as_u64)
+                .filter(|n| *n > 0)
+                .map(|n| n.min(u32::MAX as u64) as u32),
+            start_period: ns("StartPeriod"),
+            start_interval: ns("StartInterval"),
+        };
+        h.argv().ok().filter(|a| !a.is_empty())?;
+        Some(h)
     }
 }
 
@@ -633,6 +666,15 @@ pub fn check(spec: &ContainerSpec) -> Result<(), SpecError> {
                 ),
             ));
         }
+        if h.start_interval.is_some_and(|i| i < MIN_HEALTH_INTERVAL) {
+            return Err(invalid(
+                "health_start_interval",
+                format!(
+                    "{:?} is below the minimum of {MIN_HEALTH_INTERVAL:?} (each check starts a process)",
+                    h.start_interval()
+                ),
+            ));
+        }
         if h.timeout.is_some_and(|t| t < Duration::from_millis(1)) {
             return Err(invalid(
                 "health_timeout",
@@ -888,6 +930,7 @@ mod tests {
                     timeout: None,
                     retries: None,
                     start_period: None,
+                    start_interval: None,
                 })
             },
             "health_interval: 1ns is below the minimum of 100ms",
@@ -904,6 +947,20 @@ mod tests {
             },
             "volume name",
         );
+    }
+
+    #[test]
+    fn an_images_health_check_is_read_as_docker_writes_it() {
+        let v = json!({"Test": ["CMD-SHELL", "curl -f localhost"], "Interval": 2_000_000_000u64, "Retries": 4, "StartInterval": 500_000_000u64});
+        let h = HealthCheck::of_image(&v).unwrap();
+        assert_eq!(h.test, ["CMD-SHELL", "curl -f localhost"]);
+        assert_eq!(h.interval(), Duration::from_secs(2));
+        assert_eq!(h.start_interval(), Duration::from_millis(500));
+        assert_eq!((h.retries(), h.timeout()), (4, Duration::from_secs(30)));
+        // none, or one that cannot run: no health check
+        assert_eq!(HealthCheck::of_image(&json!({"Test": ["NONE"]})), None);
+        assert_eq!(HealthCheck::of_image(&json!({"Test": ["SHELL"]})), None);
+        assert_eq!(HealthCheck::of_image(&json!({})), None);
     }
 
     #[test]

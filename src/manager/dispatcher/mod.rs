@@ -315,6 +315,9 @@ fn status_only(new: &Task, old: Option<&Object>) -> bool {
         restarts,
         restarted_at_ms,
         start_after_ms,
+        running_at_ms: _,
+        ended_at_ms: _,
+        update_started_at_ms,
     } = new;
     state(old) as i32 > TaskState::Assigned as i32
         && *id == old.id
@@ -327,6 +330,7 @@ fn status_only(new: &Task, old: Option<&Object>) -> bool {
         && *restarts == old.restarts
         && *restarted_at_ms == old.restarted_at_ms
         && *start_after_ms == old.start_after_ms
+        && *update_started_at_ms == old.update_started_at_ms
         && *service_id == old.service_id
         && *networks == old.networks
         && *endpoint == old.endpoint

@@ -42,6 +42,7 @@ pub(super) async fn batch_writer(
         // a commit's worth at a time (ten thousand tasks starting at once report in the
         // same 100 ms)
         let mut next = 0;
+        let now = crate::manager::store::now_ms();
         let res = store
             .update_all(|tx| {
                 while let Some((node, u)) = all.get(next) {
@@ -69,6 +70,7 @@ pub(super) async fn batch_writer(
                         continue;
                     }
                     t.status = Some(new);
+                    crate::manager::lifecycle::stamp(&mut t, now);
                     tx.update(t)?;
                 }
                 Ok(false)

@@ -50,7 +50,7 @@ pub(super) fn discovery(t: &Tables, network: &str) -> (Vec<DnsName>, Vec<Vip>) {
             .unwrap_or_default();
         let mut running = Vec::new();
         for x in t.tasks_of_service(&s.id) {
-            if state(x) != TaskState::Running {
+            if !serving(x) {
                 continue;
             }
             for a in x.networks.iter().filter(|a| a.network_id == network) {
@@ -119,7 +119,7 @@ pub(super) fn mesh_ports(t: &Tables, ingress: &str) -> Vec<PublishedPort> {
         let Some(e) = &s.endpoint else { continue };
         let backends: Vec<String> = t
             .tasks_of_service(&s.id)
-            .filter(|x| state(x) == TaskState::Running)
+            .filter(|x| serving(x))
             .flat_map(|x| x.networks.iter().filter(|a| a.network_id == ingress))
             .filter_map(|a| a.addresses.first())
             .map(|a| crate::manager::ipam::host_part(a).to_string())
@@ -175,10 +175,13 @@ pub(super) fn node_ip(t: &Tables, node: &str) -> Option<std::net::IpAddr> {
     crate::manager::network::node_addr_ip(t.nodes.get(node)?)
 }
 
-/// The overlays `node`'s live tasks are on, each with every live task of the network on
-/// another node (address and that node's VTEP).
+/// The overlays `node`'s tasks are on, each with every task of the network on another
+/// node (address and that node's VTEP), until they have stopped.
 pub fn network_views(t: &Tables, node: &str) -> Vec<NetworkView> {
-    let live = |x: &Task| !state(x).is_terminal() && x.desired_state <= TaskState::Running as i32;
+    // a task keeps its place on its networks until it has stopped: one told to stop
+    // drains (it has left its VIPs and the mesh) and still answers the connections it
+    // has, whose packets need its peers' entries
+    let live = |x: &Task| !state(x).is_terminal();
     let mut mine: std::collections::BTreeSet<&str> = t
         .tasks_on_node(node)
         .filter(|x| live(x))
@@ -289,4 +292,14 @@ pub(super) fn swarm_view(t: &Tables, mut m: SessionMessage) -> SessionMessage {
             .unwrap_or_default();
     }
     m
+}
+
+/// Whether a task takes its service's connections: it runs (healthy, with a health
+/// check) and is not being stopped. A task told to stop leaves its VIP, DNS and the
+/// routing mesh at once, and its node lets it drain before it stops it.
+fn serving(x: &Task) -> bool {
+    // (a job's task runs to COMPLETE)
+    let meant = x.desired_state <= TaskState::Running as i32
+        || x.desired_state == TaskState::Complete as i32;
+    state(x) == TaskState::Running && meant
 }

@@ -1,5 +1,6 @@
 //! Global services (and global jobs): one task per eligible node, the tasks of nodes that
-//! no longer qualify shut down, and tasks of an older spec replaced one node at a time.
+//! no longer qualify shut down. (Tasks of an older spec are the update supervisor's to
+//! replace.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -7,7 +8,7 @@ use shoal_proto::{Node, NodeAvailability, NodeState, Service, Task, TaskState};
 
 use super::{live, set_desired};
 use crate::manager::store::{StoreError, Tx};
-use crate::manager::tasks::{desired, new_task, state};
+use crate::manager::tasks::{desired, new_task};
 use crate::spec::placement::node_matches_constraints;
 
 /// Nodes a global service runs on: ready, active, and matching its constraints.
@@ -67,25 +68,6 @@ pub(super) fn global(
     for n in &nodes {
         if !have.contains_key(n) && !tx.full() {
             tx.create(new_task(s, 0, n, want))?;
-        }
-    }
-    if !job {
-        // replace tasks from an older spec, one node at a time
-        if let Some((node, ts)) = have.iter().find(|(n, ts)| {
-            nodes.contains(*n) && ts.iter().any(|t| t.spec_version != s.spec_version)
-        }) {
-            let waiting = tasks.iter().any(|t| {
-                t.spec_version == s.spec_version
-                    && !state(t).is_terminal()
-                    && state(t) != TaskState::Running
-                    && live(t)
-            });
-            if !waiting {
-                for t in ts {
-                    set_desired(tx, t, TaskState::Shutdown)?;
-                }
-                tx.create(new_task(s, 0, node, TaskState::Running))?;
-            }
         }
     }
     Ok(())

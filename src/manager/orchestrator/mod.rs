@@ -1,18 +1,19 @@
 //! The orchestrators: service-level reconciliation, the right tasks for every service,
 //! as one loop over services. Replicated services get one task per slot (1..=replicas),
 //! global services one per eligible node, jobs run to their completions. A spec change
-//! replaces tasks one slot at a time, stop-first: the old task is shut down, its
-//! replacement is made ready alongside and started once the old one has stopped.
+//! is rolled out by the update supervisor (`update`), by the service's update config.
 //!
 //! Layout: this file has the loop and what every mode shares; `replicated`, `global` and
-//! `job` reconcile one mode each; `restart` is the task-level repair (the restart
-//! supervisor), and `reaper` trims dead tasks (the task reaper).
+//! `job` reconcile one mode each; `update` rolls out spec changes and rollbacks (the
+//! update supervisor); `restart` is the task-level repair (the restart supervisor), and
+//! `reaper` trims dead tasks (the task reaper).
 
 mod global;
 mod job;
 pub mod reaper;
 mod replicated;
 pub mod restart;
+pub mod update;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -4,7 +4,6 @@
 //! created at once, made ready, and started when the delay has passed.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_proto::restart_policy::Condition;
@@ -12,7 +11,7 @@ use shoal_proto::{Service, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::store::{now_ms, Store, StoreError};
-use crate::manager::tasks::{desired, is_job, new_task, run_loop, state, Left};
+use crate::manager::tasks::{desired, is_job, new_task, run_loop, state, Left, Timer};
 
 /// A task's restart policy, with Swarm's defaults filled in.
 type Policy = crate::spec::service::Restart;
@@ -115,36 +114,6 @@ impl RestartSupervisor {
             },
         )
         .await;
-    }
-}
-
-/// The restart supervisor's own wake-up: one timer, for the soonest task due (a
-/// replacement waiting out its delay, one rejected before it ran, or one waiting for its
-/// restart window to pass; passes come on every store event, so one timer per pass
-/// would pile up).
-#[derive(Clone, Default)]
-struct Timer {
-    wake: Arc<tokio::sync::Notify>,
-    at: Arc<Mutex<Option<tokio::time::Instant>>>,
-}
-
-impl Timer {
-    /// Wakes the loop in `wait` (or sooner, if already set for sooner).
-    fn set(&self, wait: Duration, sd: &CancellationToken) {
-        let now = tokio::time::Instant::now();
-        let at = now + wait;
-        let mut cur = self.at.lock().unwrap_or_else(|p| p.into_inner());
-        if cur.is_some_and(|c| c > now && c <= at) {
-            return;
-        }
-        *cur = Some(at);
-        let (me, sd) = (self.clone(), sd.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = sd.cancelled() => {}
-                _ = tokio::time::sleep_until(at) => me.wake.notify_one(),
-            }
-        });
     }
 }
 

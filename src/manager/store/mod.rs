@@ -15,8 +15,8 @@ use prost::Message;
 use shoal_proto::store_action::Kind as ActionKind;
 use shoal_proto::store_object::Object;
 use shoal_proto::{
-    Cluster, Config, Meta, Network, Node, Secret, Service, StoreAction, StoreBatch, StoreObject,
-    StoreSnapshot, Task,
+    Cluster, Config, Meta, Network, Node, Secret, Service, ServiceRevision, StoreAction,
+    StoreBatch, StoreObject, StoreSnapshot, Task,
 };
 use tokio::sync::broadcast;
 
@@ -153,6 +153,9 @@ item!(Config, "config", configs, Config, |s| s
     .as_ref()
     .map(|x| ann_name(&x.annotations))
     .unwrap_or(""));
+item!(ServiceRevision, "revision", revisions, Revision, |s| s
+    .id
+    .as_str());
 item!(Cluster, "cluster", clusters, Cluster, |s| s
     .spec
     .as_ref()
@@ -169,6 +172,8 @@ pub struct Tables {
     pub secrets: BTreeMap<String, Secret>,
     pub configs: BTreeMap<String, Config>,
     pub clusters: BTreeMap<String, Cluster>,
+    /// Services' revisions, by "<service id>/<revision>".
+    pub revisions: BTreeMap<String, ServiceRevision>,
     /// Tasks by service and by node. Change the tables only through the store so that
     /// this stays in step.
     task_index: TaskIndex,
@@ -351,6 +356,7 @@ impl Tables {
             Object::Secret(x) => self.apply_item(kind, x, index, now_ms),
             Object::Config(x) => self.apply_item(kind, x, index, now_ms),
             Object::Cluster(x) => self.apply_item(kind, x, index, now_ms),
+            Object::Revision(x) => self.apply_item(kind, x, index, now_ms),
         }?;
         Ok(Change {
             kind,
@@ -399,6 +405,7 @@ impl Tables {
             Object::Secret(x) => insert(self, x),
             Object::Config(x) => insert(self, x),
             Object::Cluster(x) => insert(self, x),
+            Object::Revision(x) => insert(self, x),
         }
     }
 
@@ -411,6 +418,7 @@ impl Tables {
             "secret" => drop(self.set::<Secret>(id, None)),
             "config" => drop(self.set::<Config>(id, None)),
             "cluster" => drop(self.set::<Cluster>(id, None)),
+            "revision" => drop(self.set::<ServiceRevision>(id, None)),
             _ => {}
         }
     }
@@ -436,6 +444,9 @@ impl Tables {
             object: Some(x.wrap()),
         }));
         objects.extend(self.clusters.values().cloned().map(|x| StoreObject {
+            object: Some(x.wrap()),
+        }));
+        objects.extend(self.revisions.values().cloned().map(|x| StoreObject {
             object: Some(x.wrap()),
         }));
         StoreSnapshot { objects }
@@ -720,6 +731,7 @@ fn object_key(o: &Object) -> (&'static str, &str) {
         Object::Secret(x) => (Secret::KIND, &x.id),
         Object::Config(x) => (Config::KIND, &x.id),
         Object::Cluster(x) => (Cluster::KIND, &x.id),
+        Object::Revision(x) => (ServiceRevision::KIND, &x.id),
     }
 }
 
@@ -742,6 +754,15 @@ macro_rules! from_object {
     )*};
 }
 from_object!(Node, Service, Task, Network, Secret, Config, Cluster);
+
+impl TryFromObject for ServiceRevision {
+    fn from_object_ref(o: &Object) -> Option<&Self> {
+        match o {
+            Object::Revision(x) => Some(x),
+            _ => None,
+        }
+    }
+}
 
 /// Encodes a batch for the Raft log.
 pub fn encode_batch(b: &StoreBatch) -> Vec<u8> {

@@ -91,7 +91,18 @@ pub(super) async fn setup(nodes: Vec<Node>, s: &Service) -> Store {
 /// One round of the manager's loops, as their events would trigger them.
 pub(super) async fn round(store: &Store, service_id: &str) {
     reconcile(store, service_id).await.unwrap();
+    update_at(store, service_id, super::store::now_ms()).await;
     while allocate_and_schedule(store).await.unwrap().1 {}
+}
+
+/// The update supervisor's pass over one service, as if it were `now` (ms); returns
+/// when it asks to be woken.
+pub(super) async fn update_at(store: &Store, service_id: &str, now: i64) -> Option<i64> {
+    let id = service_id.to_string();
+    store
+        .update(move |tx| super::orchestrator::update::update_in(tx, &id, now))
+        .await
+        .unwrap()
 }
 
 pub(super) fn tasks_of(store: &Store, service_id: &str) -> Vec<Task> {
@@ -124,6 +135,7 @@ pub(super) async fn agent_converges(store: &Store) {
                     continue;
                 };
                 t.status = Some(status(next, "agent"));
+                super::lifecycle::stamp(&mut t, super::store::now_ms());
                 tx.update(t)?;
             }
             Ok(())
@@ -138,6 +150,7 @@ pub(super) async fn set_state(store: &Store, id: &str, s: TaskState) {
         .update(move |tx| {
             let mut t = tx.get::<Task>(&id).unwrap();
             t.status = Some(status(s, "test"));
+            super::lifecycle::stamp(&mut t, super::store::now_ms());
             tx.update(t)
         })
         .await
@@ -154,3 +167,4 @@ mod networks;
 mod orchestrators;
 mod refusals;
 mod scheduling;
+mod updates;

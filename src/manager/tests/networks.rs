@@ -170,13 +170,25 @@ async fn tasks_and_vips_get_unique_addresses_that_come_back_when_tasks_go() {
     let cur = store.view(|t| t.services[&s.id].clone());
     let mut spec = cur.spec.clone().unwrap();
     spec.mode = Some(replicated(1));
-    update_service(&store, &s.id, 0, spec.clone(), false)
-        .await
-        .unwrap();
+    update_service(
+        &store,
+        &s.id,
+        0,
+        crate::manager::control::Change::Spec(Box::new(spec.clone())),
+    )
+    .await
+    .unwrap();
     round(&store, &s.id).await;
     agent_converges(&store).await;
     spec.mode = Some(replicated(6));
-    update_service(&store, &s.id, 0, spec, false).await.unwrap();
+    update_service(
+        &store,
+        &s.id,
+        0,
+        crate::manager::control::Change::Spec(Box::new(spec)),
+    )
+    .await
+    .unwrap();
     round(&store, &s.id).await;
     assert_unique(&store);
     let live = tasks_of(&store, &s.id)

@@ -334,9 +334,14 @@ async fn updating_a_job_runs_it_again() {
     // updated while the first run is still at work: that run is stopped, a new one starts
     let mut spec = s.spec.clone().unwrap();
     spec.task.as_mut().unwrap().force_update += 1;
-    crate::manager::control::update_service(&store, &s.id, 0, spec.clone(), false)
-        .await
-        .unwrap();
+    crate::manager::control::update_service(
+        &store,
+        &s.id,
+        0,
+        crate::manager::control::Change::Spec(Box::new(spec.clone())),
+    )
+    .await
+    .unwrap();
     round(&store, &s.id).await;
     let ts = tasks_of(&store, &s.id);
     assert_eq!(ts.len(), 4, "two of the old run, two of the new");
@@ -351,9 +356,14 @@ async fn updating_a_job_runs_it_again() {
     round(&store, &s.id).await;
     // a job that has completed runs again on the next update
     spec.task.as_mut().unwrap().force_update += 1;
-    crate::manager::control::update_service(&store, &s.id, 0, spec, false)
-        .await
-        .unwrap();
+    crate::manager::control::update_service(
+        &store,
+        &s.id,
+        0,
+        crate::manager::control::Change::Spec(Box::new(spec)),
+    )
+    .await
+    .unwrap();
     round(&store, &s.id).await;
     let again: Vec<Task> = tasks_of(&store, &s.id)
         .into_iter()

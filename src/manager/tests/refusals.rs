@@ -40,17 +40,27 @@ async fn impossible_services_are_refused_and_survived() {
     reconcile(&store, &id).await.unwrap();
     assert!(store.view(|t| t.tasks.is_empty()), "no task for it");
     // an update (`service scale huge=1000000000000`) is refused the same way
-    let e = crate::manager::control::update_service(&store, &id, 0, huge.clone(), false)
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = crate::manager::control::update_service(
+        &store,
+        &id,
+        0,
+        crate::manager::control::Change::Spec(Box::new(huge.clone())),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("above the limit of 10000"), "{e}");
     assert_eq!(store.view(|t| t.services[&id].spec_version), 1);
     // `service scale huge=3`
     huge.mode = Some(replicated(3));
-    crate::manager::control::update_service(&store, &id, 0, huge, false)
-        .await
-        .unwrap();
+    crate::manager::control::update_service(
+        &store,
+        &id,
+        0,
+        crate::manager::control::Change::Spec(Box::new(huge)),
+    )
+    .await
+    .unwrap();
     reconcile(&store, &id).await.unwrap();
     assert_eq!(tasks_of(&store, &id).len(), 3);
 }
@@ -240,10 +250,15 @@ async fn values_a_node_would_refuse_are_refused_by_the_managers() {
         // and the same change to a service that exists
         let mut upd = ok.spec.clone().unwrap();
         change(&mut upd);
-        let e = update_service(&store, "ok", 0, upd, false)
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = update_service(
+            &store,
+            "ok",
+            0,
+            crate::manager::control::Change::Spec(Box::new(upd)),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(says), "update: expected {says:?} in {e:?}");
     }
     assert_eq!(
@@ -254,9 +269,14 @@ async fn values_a_node_would_refuse_are_refused_by_the_managers() {
     // a rename (Swarm refuses it too)
     let mut renamed = ok.spec.clone().unwrap();
     renamed.annotations.as_mut().unwrap().name = "other".into();
-    let e = update_service(&store, "ok", 0, renamed, false)
-        .await
-        .unwrap_err();
+    let e = update_service(
+        &store,
+        "ok",
+        0,
+        crate::manager::control::Change::Spec(Box::new(renamed)),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("cannot be renamed"), "{e}");
     // empty and blank names match nothing (as a prefix, "" matched every ID)
     for blank in ["", " "] {
