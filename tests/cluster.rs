@@ -1753,3 +1753,100 @@ fn updates_are_paced_and_start_first_loses_no_request() {
     }
     wait_netns_gone(&c, &["tasks"]);
 }
+
+/// Kills (-9) a running task of the update to V=2 that is not in `seen`, on node2 or
+/// node3; notes it in `seen`.
+fn kill_a_new_task(c: &Cluster, seen: &mut Vec<String>) {
+    let (id, pid) = wait_for("a new task running", Duration::from_secs(60), || {
+        (2..=3).find_map(|i| {
+            let h = c.h(i);
+            json_lines(&h.ok(&["container", "ls", "--format", "json"]))
+                .into_iter()
+                .filter_map(|x| x["ID"].as_str().map(String::from))
+                .filter(|id| !seen.contains(id))
+                .find_map(|id| {
+                    let i: serde_json::Value =
+                        serde_json::from_str(&h.ok(&["container", "inspect", &id])).ok()?;
+                    let pid = i["pid"].as_i64().filter(|p| *p > 0)?;
+                    i.to_string().contains("V=2").then_some((id, pid))
+                })
+        })
+    });
+    seen.push(id);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// The leader killed in the middle of an update: a new leader goes on with it, with the
+/// failure the old one had counted, so that a second failure pauses it as the ratio
+/// says (Swarm's new leader starts counting from nothing).
+#[test]
+fn an_update_goes_on_under_a_new_leader_with_its_counts() {
+    let mut c = three_managers();
+    // the tasks on node2 and node3 (node1 leads, and is killed); the restart
+    // supervisor's replacements of the tasks killed here, which the update did not make
+    // and which do not count, wait 30 s
+    create_sleepers(
+        c.h(1),
+        "app",
+        4,
+        &[
+            "--constraint",
+            "node.hostname!=node1",
+            "--restart-delay",
+            "30s",
+        ],
+    );
+    c.h(1).ok(&[
+        "service",
+        "update",
+        "-d",
+        "--update-max-failure-ratio",
+        "0.25",
+        "--update-delay",
+        "2s",
+        "--update-monitor",
+        "60s",
+        "--env-add",
+        "V=2",
+        "app",
+    ]);
+    let state = |h: &ClusterHost| {
+        let s: serde_json::Value =
+            serde_json::from_str(&h.ok(&["service", "inspect", "app"])).unwrap();
+        s[0]["UpdateStatus"]["State"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut seen = Vec::new();
+    kill_a_new_task(&c, &mut seen);
+    wait_for("the failure counted", Duration::from_secs(30), || {
+        let ps = c.h(1).ok(&["service", "ps", "app", "--format", "json"]);
+        json_lines(&ps)
+            .iter()
+            .any(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Failed")
+            })
+            .then_some(())
+    });
+    assert_eq!(
+        state(c.h(1)),
+        "updating",
+        "one failure of four is tolerated"
+    );
+    kill_leader(&mut c, 1, 2);
+    assert_eq!(state(c.h(2)), "updating");
+    kill_a_new_task(&c, &mut seen);
+    let st = wait_for("the update paused", Duration::from_secs(60), || {
+        let st = state(c.h(2));
+        (st != "updating").then_some(st)
+    });
+    assert_eq!(st, "paused", "two failures of four: the first was kept");
+}
