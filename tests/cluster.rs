@@ -1758,26 +1758,10 @@ fn updates_are_paced_and_start_first_loses_no_request() {
 /// node3; notes it in `seen`.
 fn kill_a_new_task(c: &Cluster, seen: &mut Vec<String>) {
     let (id, pid) = wait_for("a new task running", Duration::from_secs(60), || {
-        (2..=3).find_map(|i| {
-            let h = c.h(i);
-            json_lines(&h.ok(&["container", "ls", "--format", "json"]))
-                .into_iter()
-                .filter_map(|x| x["ID"].as_str().map(String::from))
-                .filter(|id| !seen.contains(id))
-                .find_map(|id| {
-                    let i: serde_json::Value =
-                        serde_json::from_str(&h.ok(&["container", "inspect", &id])).ok()?;
-                    let pid = i["pid"].as_i64().filter(|p| *p > 0)?;
-                    i.to_string().contains("V=2").then_some((id, pid))
-                })
-        })
+        (2..=3).find_map(|i| running_container_with(&c.h(i).host, seen, "V=2"))
     });
     seen.push(id);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill9(pid as i32);
 }
 
 /// The leader killed in the middle of an update: a new leader goes on with it, with the

@@ -36,14 +36,6 @@ fn sleeper(h: &Host, name: &str, extra: &[&str]) {
     h.ok(&args);
 }
 
-fn kill9(pid: i32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-}
-
 /// Running tasks of a service: task ID prefix → container pid.
 fn running_pids(h: &Host, name: &str) -> BTreeMap<String, i64> {
     let ps = h.ok(&[

@@ -345,23 +345,10 @@ fn an_update_goes_on_with_its_counts_after_the_daemon_is_killed() {
     ]);
     let kill_new_task = |h: &Host, seen: &mut Vec<String>| {
         let (id, pid) = wait_for("a new task running", Duration::from_secs(30), || {
-            json_lines(&h.ok(&["container", "ls", "--format", "json"]))
-                .into_iter()
-                .filter_map(|c| c["ID"].as_str().map(String::from))
-                .filter(|id| !seen.contains(id))
-                .find_map(|id| {
-                    let i: serde_json::Value =
-                        serde_json::from_str(&h.ok(&["container", "inspect", &id])).ok()?;
-                    let pid = i["pid"].as_i64().filter(|p| *p > 0)?;
-                    i.to_string().contains("V=2").then_some((id, pid))
-                })
+            running_container_with(h, seen, "V=2")
         });
         seen.push(id);
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        kill9(pid as i32);
     };
     let mut seen = Vec::new();
     kill_new_task(&h, &mut seen);

@@ -548,3 +548,29 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A running container of host `h` whose inspect says `needle` (an env var), not in
+/// `seen`: its ID and pid.
+#[allow(dead_code)] // (the update tests')
+pub fn running_container_with(h: &Host, seen: &[String], needle: &str) -> Option<(String, i64)> {
+    json_lines(&h.ok(&["container", "ls", "--format", "json"]))
+        .into_iter()
+        .filter_map(|c| c["ID"].as_str().map(String::from))
+        .filter(|id| !seen.contains(id))
+        .find_map(|id| {
+            let i: serde_json::Value =
+                serde_json::from_str(&h.ok(&["container", "inspect", &id])).ok()?;
+            let pid = i["pid"].as_i64().filter(|p| *p > 0)?;
+            i.to_string().contains(needle).then_some((id, pid))
+        })
+}
+
+/// kill -9 of a process.
+#[allow(dead_code)] // (not every test file kills)
+pub fn kill9(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
