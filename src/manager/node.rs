@@ -345,16 +345,28 @@ async fn restore_swarm(
 
 /// Takes a snapshot (and so lets the log behind it go) once [`SNAPSHOT_BYTES`] of log
 /// have been written since the last: big entries would otherwise grow the log to
-/// thousands of them before the count of entries asks for one.
+/// thousands of them before the count of entries asks for one; and when the writes
+/// stop for 2 s with more than a MiB of log since the last.
 async fn snapshot_big_logs(raft: Raft, written: LogBytes, shutdown: CancellationToken) {
     // often: a flood of big changes writes tens of MiB a second
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // and once the writes stop, with more than a MiB of log since the last snapshot: the
+    // log behind it goes, and the file shrinks back after a flood (it held up to
+    // SNAPSHOT_BYTES of it until the next flood)
+    let (mut last, mut still) = (0u64, 0u32);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if written.load(std::sync::atomic::Ordering::Relaxed) > SNAPSHOT_BYTES {
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        if now == last {
+            still = still.saturating_add(1);
+        } else {
+            (last, still) = (now, 0);
+        }
+        let idle = still == 20 && now > 1 << 20; // 2 s without a write
+        if now > SNAPSHOT_BYTES || idle {
             // counted again from the snapshot on, so this asks once per SNAPSHOT_BYTES
             written.store(0, std::sync::atomic::Ordering::Relaxed);
             if raft.trigger().snapshot().await.is_err() {
