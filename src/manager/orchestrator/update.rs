@@ -133,16 +133,26 @@ fn slot_of(t: &Task) -> Slot {
     }
 }
 
+/// The nodes that are down (read once per pass, not once per task).
+fn down_nodes(tx: &Tx<'_>) -> BTreeSet<String> {
+    let mut down = BTreeSet::new();
+    tx.for_each(|n: &Node| {
+        if n.status
+            .as_ref()
+            .is_some_and(|s| s.state == NodeState::Down as i32)
+        {
+            down.insert(n.id.clone());
+        }
+    });
+    down
+}
+
 /// Whether `t` may still be running: it has not ended, and its node has not gone down
 /// (a down node never says it stopped, and its task is replaced all the same).
-fn may_run(tx: &Tx<'_>, t: &Task) -> bool {
+fn may_run(down: &BTreeSet<String>, t: &Task) -> bool {
     !state(t).is_terminal()
         && (state(t) as i32) >= TaskState::Assigned as i32
-        && !tx.get::<Node>(&t.node_id).is_some_and(|n| {
-            n.status
-                .as_ref()
-                .is_some_and(|s| s.state == NodeState::Down as i32)
-        })
+        && !down.contains(&t.node_id)
 }
 
 /// The update of one service, as far as it can go now. Returns when it should be looked
@@ -192,12 +202,14 @@ pub fn update_in(tx: &mut Tx<'_>, id: &str, now: i64) -> Result<Option<i64>, Sto
         st.slots = dirty;
         changed = true;
     }
-    let spec = s.spec.clone().unwrap_or_default();
-    let cfg = update_config(if rolling_back {
-        spec.rollback.as_ref()
-    } else {
-        spec.update.as_ref()
-    });
+    // (the config only: the spec is not copied on every pass)
+    let cfg = update_config(s.spec.as_ref().and_then(|x| {
+        if rolling_back {
+            x.rollback.as_ref()
+        } else {
+            x.update.as_ref()
+        }
+    }));
     let uid = st.started_at_ms;
     let mine = |t: &Task| t.update_started_at_ms == uid && !old(t);
     let mut wake = Wake::default();
@@ -305,6 +317,11 @@ pub fn update_in(tx: &mut Tx<'_>, id: &str, now: i64) -> Result<Option<i64>, Sto
         (cfg.parallelism as usize).saturating_sub(busy)
     };
     let mut started = 0;
+    let down = if todo.is_empty() {
+        BTreeSet::new()
+    } else {
+        down_nodes(tx)
+    };
     for olds in todo.iter() {
         if started >= room || tx.full() {
             left += 1;
@@ -319,7 +336,7 @@ pub fn update_in(tx: &mut Tx<'_>, id: &str, now: i64) -> Result<Option<i64>, Sto
         let mut n = new_task(&s, first.slot, node, TaskState::Running);
         n.update_started_at_ms = uid;
         if cfg.order == Order::StopFirst {
-            let running = olds.iter().any(|o| may_run(tx, o));
+            let running = olds.iter().any(|o| may_run(&down, o));
             for o in olds {
                 set_desired(tx, o, TaskState::Shutdown)?;
             }
@@ -403,13 +420,14 @@ fn start_ready(tx: &mut Tx<'_>, tasks: &[Task]) -> Result<(), StoreError> {
     if ready.is_empty() {
         return Ok(());
     }
+    let down = &down_nodes(tx);
     // the slots' tasks that may still run (the ready ones among them)
     let mut running: BTreeMap<Slot, usize> = BTreeMap::new();
-    for t in tasks.iter().filter(|t| may_run(tx, t)) {
+    for t in tasks.iter().filter(|t| may_run(down, t)) {
         *running.entry(slot_of(t)).or_default() += 1;
     }
     for t in ready {
-        let itself = usize::from(may_run(tx, t));
+        let itself = usize::from(may_run(down, t));
         if running.get(&slot_of(t)).copied().unwrap_or(0) <= itself {
             set_desired(tx, t, TaskState::Running)?;
         }
