@@ -458,3 +458,232 @@ fn the_images_health_check_is_used_unless_no_healthcheck() {
     .1;
     assert!(e.contains("--health-start-interval"), "{e}");
 }
+
+/// Puts the manifest that `repo:from` has (asked for as `media_type`) under `repo:to`
+/// on the loopback registry, as a push to that tag would: returns its digest.
+fn retag(reg: &str, repo: &str, from: &str, to: &str, media_type: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("manifest");
+    let file_s = file.to_str().unwrap();
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sSf", "--max-time", "20"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let accept = format!("Accept: {media_type}");
+    let content = format!("Content-Type: {media_type}");
+    curl(&[
+        "-H",
+        &accept,
+        "-o",
+        file_s,
+        &format!("http://{reg}/v2/{repo}/manifests/{from}"),
+    ]);
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &content,
+        "--data-binary",
+        &format!("@{file_s}"),
+        &format!("http://{reg}/v2/{repo}/manifests/{to}"),
+    ]);
+    use sha2::Digest as _;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(std::fs::read(&file).unwrap()))
+    )
+}
+
+fn image_of(s: &serde_json::Value) -> String {
+    s["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The digest the node's image store last pulled `repo` by (`image ls`'s Digest).
+fn local_digest(h: &Host, repo: &str) -> Option<String> {
+    json_lines(&h.ok(&["image", "ls", "--format", "json"]))
+        .into_iter()
+        .find(|v| v["Repository"] == repo)
+        .and_then(|v| v["Digest"].as_str().map(String::from))
+}
+
+#[test]
+fn a_services_image_is_pinned_to_a_digest_and_force_follows_a_push() {
+    let (h, _d) = swarm_host();
+    let reg = env("SHOAL_TEST_REGISTRY");
+    let tag = format!("moving-{}", std::process::id());
+    let repo = format!("{reg}/test/busybox");
+    let image = format!("{repo}:{tag}");
+    let docker_v2 = "application/vnd.docker.distribution.manifest.v2+json";
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let first = retag(&reg, "test/busybox", "latest", &tag, docker_v2);
+
+    h.ok(&[
+        "service", "create", "--name", "pin", &image, "sleep", "3600",
+    ]);
+    assert_eq!(image_of(&inspect(&h, "pin")), format!("{image}@{first}"));
+    let ls = json_lines(&h.ok(&["service", "ls", "--format", "json"]));
+    assert_eq!(ls[0]["Image"], image.as_str(), "lists show the tag alone");
+    assert_eq!(local_digest(&h, &repo).as_deref(), Some(first.as_str()));
+
+    // another change keeps the pin; the tag moves (a push) and nothing follows it
+    let second = retag(&reg, "test/busybox", "oci", &tag, oci);
+    assert_ne!(first, second);
+    h.ok(&["service", "update", "--env-add", "X=1", "pin"]);
+    assert_eq!(image_of(&inspect(&h, "pin")), format!("{image}@{first}"));
+    // --force looks the tag up again, and the node pulls what it now names
+    h.ok(&["service", "update", "--force", "pin"]);
+    assert_eq!(image_of(&inspect(&h, "pin")), format!("{image}@{second}"));
+    converged(&h, "pin", "1/1");
+    assert_eq!(local_digest(&h, &repo).as_deref(), Some(second.as_str()));
+    // a rollback restores the image it pinned before
+    h.ok(&["service", "rollback", "pin"]);
+    assert_eq!(image_of(&inspect(&h, "pin")), format!("{image}@{first}"));
+
+    // --no-resolve-image keeps the reference as given
+    h.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--no-resolve-image",
+        "--name",
+        "raw",
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    assert_eq!(image_of(&inspect(&h, "raw")), image);
+    // a registry that cannot be asked: a warning, and the service is made unpinned
+    let out = h.cli(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "far",
+        "127.0.0.1:1/none:1",
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("unable to pin image 127.0.0.1:1/none:1 to digest"),
+        "{err}"
+    );
+    assert_eq!(image_of(&inspect(&h, "far")), "127.0.0.1:1/none:1");
+}
+
+/// Logs this host's daemon in to `reg` (where `shoal login` keeps credentials).
+fn login(h: &Host, reg: &str) {
+    let mut c = h
+        .cmd()
+        .args(["login", reg, "-u", "shoal", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    c.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn with_registry_auth_the_service_pulls_with_the_clients_credentials() {
+    let (h, d) = swarm_host();
+    let reg = env("SHOAL_TEST_AUTH_REGISTRY");
+    let image = format!("{reg}/private/busybox");
+    let creds = h.data_root().join("registry-auth.json");
+    let e = fails(
+        &h,
+        &[
+            "service",
+            "create",
+            "--with-registry-auth",
+            "--name",
+            "p",
+            &image,
+            "true",
+        ],
+    )
+    .1;
+    assert!(e.contains(&format!("run `shoal login {reg}` first")), "{e}");
+    login(&h, &reg);
+    h.ok(&[
+        "service",
+        "create",
+        "--with-registry-auth",
+        "--name",
+        "p",
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    assert!(
+        image_of(&inspect(&h, "p")).contains("@sha256:"),
+        "pinned with the client's credentials"
+    );
+    // the node's own credentials go: the service's are what it pulls with now
+    std::fs::remove_file(&creds).unwrap();
+    h.ok(&["service", "scale", "p=0"]);
+    // by ID: the whole image goes (its layers are the test image's, under other names)
+    let id = json_lines(&h.ok(&["image", "ls", "--format", "json"]))
+        .into_iter()
+        .find(|v| v["Repository"] == image.as_str())
+        .map(|v| v["ID"].as_str().unwrap().to_string())
+        .unwrap();
+    wait_for("the image unused", Duration::from_secs(30), || {
+        h.cli(&["image", "rm", &id]).status.success().then_some(())
+    });
+    assert_eq!(local_digest(&h, &image), None);
+    h.ok(&["service", "scale", "p=1"]);
+    converged(&h, "p", "1/1");
+    // a service without them cannot pull
+    let out = h.cli(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "q",
+        &format!("{image}:other"),
+        "true",
+    ]);
+    assert!(out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("unable to pin image") && e.contains("pull access denied"),
+        "{e}"
+    );
+    wait_for("q's task refused", Duration::from_secs(30), || {
+        json_lines(&h.ok(&["service", "ps", "q", "--format", "json"]))
+            .iter()
+            .any(|t| {
+                t["Error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("pull access denied")
+            })
+            .then_some(())
+    });
+    // the credentials never come back, nor are they written by the node or logged
+    let shown = h.ok(&["service", "inspect", "p"]);
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let kept = std::fs::read(h.data_root().join("swarm/assignments.pb")).unwrap();
+    assert!(!String::from_utf8_lossy(&kept).contains("s3cret"));
+    assert!(!h.daemon_log().contains("s3cret"));
+    drop(d);
+}

@@ -45,6 +45,10 @@ pub struct Agent<E: Executor> {
     pub reconnect: Arc<tokio::sync::Notify>,
     /// The node's overlay networking (none on a simulated node).
     pub net: Option<Arc<net::NodeNet>>,
+    /// Registry credentials of the services whose tasks this node has
+    /// (`--with-registry-auth`), by service ID: in memory only, never in the kept
+    /// assignments.
+    pub pull_auths: task::PullAuths,
 }
 
 impl<E: Executor> Agent<E> {
@@ -63,6 +67,7 @@ impl<E: Executor> Agent<E> {
             trust: Arc::new(watch::channel(None).0),
             reconnect: Arc::default(),
             net: None,
+            pull_auths: Arc::default(),
         }
     }
 
@@ -189,6 +194,7 @@ impl<E: Executor> Agent<E> {
                     for id in &m.remove_tasks {
                         self.forget(tasks, tx, id);
                     }
+                    self.learn_auths(m.r#type == AssignType::Complete as i32, std::mem::take(&mut m.pull_auths), &m.update_tasks, tasks);
                     for t in m.update_tasks {
                         match tasks.get(&t.id) {
                             Some(w) => {
@@ -201,7 +207,7 @@ impl<E: Executor> Agent<E> {
                             None => {
                                 let (w, r) = watch::channel(t.clone());
                                 tasks.insert(t.id.clone(), w);
-                                tokio::spawn(task::manage(self.exec.clone(), self.net.clone(), r, tx.clone()));
+                                tokio::spawn(task::manage(self.exec.clone(), self.net.clone(), r, tx.clone(), self.pull_auths.clone()));
                             }
                         }
                     }
@@ -209,6 +215,31 @@ impl<E: Executor> Agent<E> {
                 }
             }
         }
+    }
+
+    /// Keeps the registry credentials sent (a complete set replaces them all), and only
+    /// those of services that still have a task here.
+    fn learn_auths(
+        &self,
+        complete: bool,
+        sent: HashMap<String, shoal_proto::RegistryCredential>,
+        new_tasks: &[Task],
+        tasks: &HashMap<String, watch::Sender<Task>>,
+    ) {
+        let mut auths = self.pull_auths.lock().unwrap_or_else(|p| p.into_inner());
+        if complete {
+            auths.clear();
+        }
+        auths.extend(sent);
+        if auths.is_empty() {
+            return;
+        }
+        let mut used: std::collections::HashSet<String> = tasks
+            .values()
+            .map(|w| w.borrow().service_id.clone())
+            .collect();
+        used.extend(new_tasks.iter().map(|t| t.service_id.clone()));
+        auths.retain(|service, _| used.contains(service));
     }
 
     /// Writes the assigned tasks down, so that a node that restarts cut off from every
@@ -271,7 +302,9 @@ impl<E: Executor> Agent<E> {
                 }
             }
             let started = async {
-                self.exec.prepare(&t.id, &spec).await?;
+                // (the credentials come with the managers: an image missing here is
+                // pulled with the node's own)
+                self.exec.prepare(&t.id, &spec, None).await?;
                 self.exec.start(&t.id).await
             };
             match started.await {

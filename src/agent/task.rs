@@ -83,11 +83,16 @@ async fn unhealthy<E: Executor>(exec: &E, id: &str) {
 }
 
 /// Runs until the task is removed (its watch closes) or reaches its end.
+/// Registry credentials by service ID, as the managers sent them (in memory only).
+pub type PullAuths =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, shoal_proto::RegistryCredential>>>;
+
 pub async fn manage<E: Executor>(
     exec: Arc<E>,
     net: Option<Arc<super::net::NodeNet>>,
     mut task: watch::Receiver<Task>,
     reports: mpsc::UnboundedSender<Report>,
+    auths: PullAuths,
 ) {
     let id = task.borrow().id.clone();
     if !task.borrow().attachment_container.is_empty() {
@@ -198,7 +203,14 @@ pub async fn manage<E: Executor>(
                     }
                 }
             }
-            match exec.prepare(&id, &spec).await {
+            let auth = crate::spec::image::auth_for(
+                auths
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&t.service_id),
+                &spec.image,
+            );
+            match exec.prepare(&id, &spec, auth.as_ref()).await {
                 Ok(()) => {
                     reached = TaskState::Ready;
                     report(st(reached, "prepared"));

@@ -57,6 +57,20 @@ impl Api {
             .map_err(|e| Status::unavailable(format!("the leader at {addr}: {e}")))
     }
 
+    /// How a create or an update reaches registries: with this daemon's credentials and
+    /// insecure registries, and the client's credentials when it sent them.
+    fn image_options(
+        &self,
+        no_resolve: bool,
+        auth: Option<RegistryCredential>,
+    ) -> crate::manager::images::ImageOptions {
+        crate::manager::images::ImageOptions {
+            resolve: !no_resolve,
+            pull: self.daemon.runtime.config().pull.clone(),
+            auth,
+        }
+    }
+
     /// The dispatcher runs on the leader only; agents elsewhere are told to go there.
     fn leading_dispatcher(&self) -> Result<Arc<Manager>, Status> {
         let m = self.manager()?;
@@ -274,11 +288,12 @@ impl Control for Api {
     ) -> Result<Response<Service>, Status> {
         on_leader!(self, req, create_service);
         let m = self.manager()?;
-        let spec = req
-            .into_inner()
+        let r = req.into_inner();
+        let images = self.image_options(r.no_resolve_image, r.registry_auth);
+        let spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("no service spec"))?;
-        ctl::create_service(&m.store, spec)
+        ctl::create_service(&m.store, spec, &images)
             .await
             .map(Response::new)
             .map_err(status)
@@ -290,7 +305,7 @@ impl Control for Api {
             .view(|t| {
                 find(&t.services, &req.get_ref().id_or_name).map(|mut s| {
                     crate::manager::revisions::fill(t, &mut s);
-                    s
+                    ctl::answer(s)
                 })
             })
             .map(Response::new)
@@ -310,7 +325,8 @@ impl Control for Api {
         } else {
             ctl::Change::Spec(Box::new(r.spec.unwrap_or_default()))
         };
-        ctl::update_service(&m.store, &r.id_or_name, r.version, change)
+        let images = self.image_options(r.no_resolve_image, r.registry_auth);
+        ctl::update_service(&m.store, &r.id_or_name, r.version, change, &images)
             .await
             .map(Response::new)
             .map_err(status)
@@ -331,7 +347,7 @@ impl Control for Api {
         let m = self.manager()?;
         let (services, (running, desired)) = m.store.view(|t| {
             (
-                t.services.values().cloned().collect(),
+                t.services.values().cloned().map(ctl::answer).collect(),
                 ctl::replica_counts(t),
             )
         });

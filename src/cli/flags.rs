@@ -141,6 +141,46 @@ impl ContainerFlags {
     }
 }
 
+/// How `create` and `update` have the managers reach the image's registry.
+#[derive(Args, Clone, Default)]
+pub struct RegistryFlags {
+    /// Do not ask the registry for the image's digest: each node pulls the tag on its
+    /// own (and nodes may run different images).
+    #[arg(long)]
+    pub no_resolve_image: bool,
+    /// Send this client's credentials for the image's registry (`shoal login`) to the
+    /// swarm, so that every node pulls with them.
+    #[arg(long)]
+    pub with_registry_auth: bool,
+}
+
+impl RegistryFlags {
+    /// The credentials to send for `image`, when `--with-registry-auth` asks for them:
+    /// those `shoal login` keeps in the daemon's data root.
+    pub async fn auth(
+        &self,
+        g: &super::Globals,
+        image: &str,
+    ) -> anyhow::Result<Option<shoal_proto::RegistryCredential>> {
+        if !self.with_registry_auth {
+            return Ok(None);
+        }
+        let r = shoal_runtime::image::ImageRef::parse(image)
+            .map_err(|e| bad("--with-registry-auth", e))?;
+        let registry = r.registry();
+        let data_root = super::client::this_node(g).await?.data_root();
+        let credentials = super::image::credentials_file(&data_root);
+        let auth = shoal_runtime::image::Credentials::load(&credentials)?.get(registry);
+        match crate::spec::image::credential(registry, &auth) {
+            Some(c) => Ok(Some(c)),
+            None => anyhow::bail!(
+                "--with-registry-auth: no credentials for {registry} in {} (run `shoal login {registry}` first)",
+                credentials.display()
+            ),
+        }
+    }
+}
+
 /// Flags `create` and `update` share.
 #[derive(Args, Clone, Default)]
 pub struct SpecFlags {

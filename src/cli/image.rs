@@ -123,7 +123,14 @@ pub async fn run(data_root: &Path, insecure: &[String], cmd: ImageCmd) -> anyhow
                 };
                 for (repo, tag) in tags {
                     let id = img.id.short().to_string();
-                    let json = json!({"Repository": repo, "Tag": tag, "ID": id, "CreatedSince": ago(now - img.stored_at as i64), "Size": human_size(img.size())});
+                    // the digest the repository last gave it (Docker's `--digests`)
+                    let digest = img
+                        .repo_digests
+                        .iter()
+                        .filter_map(|d| d.split_once('@'))
+                        .find(|(name, _)| shoal_runtime::image::reference::familiar(name) == repo)
+                        .map_or("<none>", |(_, d)| d);
+                    let json = json!({"Repository": repo, "Tag": tag, "Digest": digest, "ID": id, "CreatedSince": ago(now - img.stored_at as i64), "Size": human_size(img.size())});
                     items.push(Item::of(
                         json,
                         id,

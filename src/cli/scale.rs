@@ -168,9 +168,13 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         };
         let tc = Instant::now();
-        crate::manager::control::create_service(&m.store, spec)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::manager::control::create_service(
+            &m.store,
+            spec,
+            &crate::manager::images::ImageOptions::none(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         if std::env::var_os("SHOAL_SCALE_TRACE").is_some() {
             eprintln!("create {s}: {:.1} ms", tc.elapsed().as_secs_f64() * 1e3);
         }

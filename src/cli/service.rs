@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use shoal_proto::*;
 
 use super::client::{self, control, refusal};
-use super::flags::{bad_value, EditFlags, SpecFlags};
+use super::flags::{bad_value, EditFlags, RegistryFlags, SpecFlags};
 use super::output::{self, Item, ListFlags, Listing};
 use super::progress::{converge, follow_update};
 use super::util::remove_each;
@@ -105,6 +105,8 @@ pub struct CreateArgs {
     mode: String,
     #[command(flatten)]
     flags: SpecFlags,
+    #[command(flatten)]
+    registry: RegistryFlags,
     image: String,
     #[arg(trailing_var_arg = true)]
     command: Vec<String>,
@@ -128,6 +130,8 @@ pub struct UpdateArgs {
     edits: EditFlags,
     #[command(flatten)]
     flags: SpecFlags,
+    #[command(flatten)]
+    registry: RegistryFlags,
     service: String,
 }
 
@@ -152,17 +156,30 @@ async fn get(ctl: &mut Ctl, what: &str) -> anyhow::Result<Service> {
 
 /// Sends a changed spec, checked here first (the managers check it again).
 async fn send_update(ctl: &mut Ctl, s: &Service, spec: ServiceSpec) -> anyhow::Result<Service> {
+    send_update_with(ctl, s, spec, UpdateServiceRequest::default()).await
+}
+
+/// The same, with the request's other fields (`--no-resolve-image`, credentials) from
+/// `with`; the managers' warnings go to stderr, as docker's do.
+async fn send_update_with(
+    ctl: &mut Ctl,
+    s: &Service,
+    spec: ServiceSpec,
+    with: UpdateServiceRequest,
+) -> anyhow::Result<Service> {
     validate::service(&spec).map_err(|e| Words::Service.say(&e))?;
-    Ok(ctl
+    let after = ctl
         .update_service(UpdateServiceRequest {
             id_or_name: s.id.clone(),
             version: s.meta.map(|m| m.version).unwrap_or(0),
             spec: Some(spec),
-            ..Default::default()
+            ..with
         })
         .await
         .map_err(|e| words::refusal(e, Words::Service))?
-        .into_inner())
+        .into_inner();
+    after.warnings.iter().for_each(|w| eprintln!("{w}"));
+    Ok(after)
 }
 
 /// Asks for a rollback, to the previous spec or to `to_revision`.
@@ -201,8 +218,8 @@ fn rolls_out(before: &Service, after: &Service) -> bool {
 pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
     let mut ctl = control(g).await?;
     match c {
-        ServiceCmd::Create(a) => return create(&mut ctl, *a).await,
-        ServiceCmd::Update(a) => return update(&mut ctl, *a).await,
+        ServiceCmd::Create(a) => return create(g, &mut ctl, *a).await,
+        ServiceCmd::Update(a) => return update(g, &mut ctl, *a).await,
         ServiceCmd::Ls { list } => ls(&mut ctl, &list).await?,
         ServiceCmd::Ps {
             services,
@@ -281,7 +298,7 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn create(ctl: &mut Ctl, a: CreateArgs) -> anyhow::Result<ExitCode> {
+async fn create(g: &Globals, ctl: &mut Ctl, a: CreateArgs) -> anyhow::Result<ExitCode> {
     let mut input = a.flags.input()?;
     input.name = a.name.clone();
     input.mode = Some(ModeKind::parse(&a.mode).map_err(|e| bad_value("--mode", &a.mode, e))?);
@@ -291,10 +308,15 @@ async fn create(ctl: &mut Ctl, a: CreateArgs) -> anyhow::Result<ExitCode> {
     let spec = input.into_spec().map_err(|e| Words::Service.say(&e))?;
     validate::service(&spec).map_err(|e| Words::Service.say(&e))?;
     let s = ctl
-        .create_service(CreateServiceRequest { spec: Some(spec) })
+        .create_service(CreateServiceRequest {
+            spec: Some(spec),
+            no_resolve_image: a.registry.no_resolve_image,
+            registry_auth: a.registry.auth(g, &a.image).await?,
+        })
         .await
         .map_err(|e| words::refusal(e, Words::Service))?
         .into_inner();
+    s.warnings.iter().for_each(|w| eprintln!("{w}"));
     println!("{}", s.id);
     if a.flags.container.detach {
         return Ok(ExitCode::SUCCESS);
@@ -302,7 +324,7 @@ async fn create(ctl: &mut Ctl, a: CreateArgs) -> anyhow::Result<ExitCode> {
     converge(ctl, &s.id).await
 }
 
-async fn update(ctl: &mut Ctl, a: UpdateArgs) -> anyhow::Result<ExitCode> {
+async fn update(g: &Globals, ctl: &mut Ctl, a: UpdateArgs) -> anyhow::Result<ExitCode> {
     let s = get(ctl, &a.service).await?;
     let mut spec = s.spec.clone().unwrap_or_default();
     let mut input = a.flags.input()?;
@@ -327,7 +349,11 @@ async fn update(ctl: &mut Ctl, a: UpdateArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| Words::Service.say(&e))?;
     if a.rollback {
         // a rollback restores a whole spec: a flag beside it would be lost
-        if Some(&spec) != s.spec.as_ref() || a.force {
+        if Some(&spec) != s.spec.as_ref()
+            || a.force
+            || a.registry.no_resolve_image
+            || a.registry.with_registry_auth
+        {
             anyhow::bail!(
                 "--rollback cannot be combined with other flags: it restores the previous spec whole (use `shoal service rollback {}`, then update)",
                 a.service
@@ -343,7 +369,16 @@ async fn update(ctl: &mut Ctl, a: UpdateArgs) -> anyhow::Result<ExitCode> {
         }
         return follow_update(ctl, &s.id, true).await;
     }
-    let after = send_update(ctl, &s, spec).await?;
+    let image = crate::spec::docker::service_image(&s).to_string();
+    let with = UpdateServiceRequest {
+        no_resolve_image: a.registry.no_resolve_image,
+        registry_auth: a
+            .registry
+            .auth(g, a.image.as_deref().unwrap_or(&image))
+            .await?,
+        ..Default::default()
+    };
+    let after = send_update_with(ctl, &s, spec, with).await?;
     println!("{}", a.service);
     if a.flags.container.detach {
         return Ok(ExitCode::SUCCESS);

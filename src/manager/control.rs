@@ -9,19 +9,42 @@ use shoal_proto::service_spec::Mode;
 use shoal_proto::*;
 
 use super::error::{check_version, find, invalid, update_checked, ControlError};
+use super::images::ImageOptions;
 use super::lifecycle::{self, Writer};
 use super::revisions;
 use super::store::{new_id, now_ms, Store, Tables};
 use super::tasks::{desired, is_job, state};
 use crate::spec::{validate, Field, SpecError};
 
-pub async fn create_service(store: &Store, mut spec: ServiceSpec) -> Result<Service, ControlError> {
+/// Credentials a client sent with a create or an update, checked before anything is
+/// asked of a registry or kept.
+fn check_auth(images: &ImageOptions) -> Result<(), ControlError> {
+    match &images.auth {
+        Some(c) => crate::spec::image::check_credential(c).map_err(invalid),
+        None => Ok(()),
+    }
+}
+
+/// The service as an answer: its registry credentials never leave the managers.
+pub fn answer(mut s: Service) -> Service {
+    s.registry_auth = None;
+    s
+}
+
+pub async fn create_service(
+    store: &Store,
+    mut spec: ServiceSpec,
+    images: &ImageOptions,
+) -> Result<Service, ControlError> {
     validate::service(&spec)?;
+    check_auth(images)?;
     store.view(|t| super::network::resolve_service(t, "", &mut spec))?;
+    let warnings = super::images::pin(&mut spec, None, images).await;
     let s = Service {
         id: new_id(),
         spec: Some(spec),
         spec_version: 1,
+        registry_auth: images.auth.clone(),
         ..Default::default()
     };
     let id = s.id.clone();
@@ -34,12 +57,16 @@ pub async fn create_service(store: &Store, mut spec: ServiceSpec) -> Result<Serv
             super::orchestrator::reconcile_in(tx, &id)
         })
         .await?;
-    store
+    let s = store
         .view(|t| t.services.get(&id).cloned())
         .ok_or(ControlError::NotFound {
             kind: "service",
             what: id,
-        })
+        })?;
+    Ok(Service {
+        warnings,
+        ..answer(s)
+    })
 }
 
 /// What `service update` asks: a new spec, or a rollback (to the previous spec, or to
@@ -54,7 +81,9 @@ pub async fn update_service(
     what: &str,
     version: u64,
     change: Change,
+    images: &ImageOptions,
 ) -> Result<Service, ControlError> {
+    check_auth(images)?;
     let cur = store.view(|t| find(&t.services, what))?;
     check_version("service", &cur.id, cur.meta, version)?;
     let limit = store.view(|t| revisions::limit(t.clusters.values().next()));
@@ -63,6 +92,7 @@ pub async fn update_service(
         Change::Rollback { to_revision } => *to_revision,
         Change::Spec(_) => None,
     };
+    let mut warnings = vec![];
     let spec = match change {
         Change::Rollback { .. } => None,
         Change::Spec(spec) => {
@@ -72,6 +102,7 @@ pub async fn update_service(
                 validate::service_update(old, &spec)?;
             }
             store.view(|t| super::network::resolve_service(t, &cur.id, &mut spec))?;
+            warnings = super::images::pin(&mut spec, cur.spec.as_ref(), images).await;
             Some(spec)
         }
     };
@@ -107,6 +138,9 @@ pub async fn update_service(
             // every update of a job runs it again, as `docker service update` does
             next.job_iteration += 1;
         }
+        if images.auth.is_some() {
+            next.registry_auth.clone_from(&images.auth);
+        }
         tx.update(next)?;
         Ok(())
     })
@@ -114,7 +148,10 @@ pub async fn update_service(
     Ok(store.view(|t| {
         let mut s = t.services[&id].clone();
         revisions::fill(t, &mut s);
-        s
+        Service {
+            warnings,
+            ..answer(s)
+        }
     }))
 }
 

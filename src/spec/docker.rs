@@ -189,7 +189,7 @@ pub fn service_summary(s: &Service, running: u64, desired: u64) -> Value {
     } else {
         format!("{running}/{desired}")
     };
-    json!({"ID": short_id(&s.id), "Name": service_name(s), "Mode": mode_name(s.mode()), "Replicas": replicas, "Image": service_image(s), "Ports": "", "Update": update})
+    json!({"ID": short_id(&s.id), "Name": service_name(s), "Mode": mode_name(s.mode()), "Replicas": replicas, "Image": super::image::display(service_image(s)), "Ports": "", "Update": update})
 }
 
 /// Docker's "3 seconds ago".
@@ -222,7 +222,7 @@ pub fn task_summary(t: &Task, name: &str, node: &str, now_ms: i64) -> Value {
         .spec
         .as_ref()
         .and_then(|s| s.container.as_ref())
-        .map(|c| c.image.as_str())
+        .map(|c| super::image::display(&c.image))
         .unwrap_or("");
     let created = t.meta.as_ref().and_then(|m| time(m.created_at_ms));
     json!({"ID": short_id(&t.id), "Name": name, "Image": image, "Node": node, "DesiredState": desired, "CurrentState": current, "Error": st.map(|s| s.err.as_str()).unwrap_or(""), "Ports": "", "CreatedAt": created})

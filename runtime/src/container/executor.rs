@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::spec::ContainerSpec;
 use super::{ContainerError, ContainerRuntime, Exit, Status};
+use crate::image::RegistryAuth;
 
 /// What the agent needs to know of a container.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,10 +25,13 @@ pub struct ContainerStatus {
 /// prepare → start → wait, and shutdown/remove at any point; every call is idempotent
 /// enough to be retried after a daemon restart.
 pub trait Executor: Send + Sync + 'static {
+    /// Makes the container, pulling its image if it is missing: with `auth` when given
+    /// (a service's `--with-registry-auth`), else with the node's own credentials.
     fn prepare(
         &self,
         id: &str,
         spec: &ContainerSpec,
+        auth: Option<&RegistryAuth>,
     ) -> impl Future<Output = Result<(), ContainerError>> + Send;
     /// Starts the container (again a no-op if it runs); returns its pid when known.
     fn start(&self, id: &str) -> impl Future<Output = Result<Option<i32>, ContainerError>> + Send;
@@ -52,11 +56,20 @@ impl Executor for ContainerRuntime {
     fn health(&self, id: &str) -> Option<watch::Receiver<super::health::Health>> {
         self.watch_health(id)
     }
-    async fn prepare(&self, id: &str, spec: &ContainerSpec) -> Result<(), ContainerError> {
+    async fn prepare(
+        &self,
+        id: &str,
+        spec: &ContainerSpec,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<(), ContainerError> {
         if self.dir(id).join("container.json").is_file() {
             return Ok(()); // prepared before a restart
         }
-        self.ensure_image(&spec.image, &self.config().pull).await?;
+        let mut pull = self.config().pull.clone();
+        if let Some(a) = auth {
+            pull.auth = Some(a.clone());
+        }
+        self.ensure_image(&spec.image, &pull).await?;
         self.prepare(id, spec).await.map(|_| ())
     }
     async fn start(&self, id: &str) -> Result<Option<i32>, ContainerError> {
@@ -145,7 +158,12 @@ impl FakeExecutor {
 }
 
 impl Executor for FakeExecutor {
-    async fn prepare(&self, id: &str, spec: &ContainerSpec) -> Result<(), ContainerError> {
+    async fn prepare(
+        &self,
+        id: &str,
+        spec: &ContainerSpec,
+        _auth: Option<&RegistryAuth>,
+    ) -> Result<(), ContainerError> {
         super::validate_id(id)?;
         if self
             .failing_images
@@ -236,7 +254,7 @@ mod tests {
             image: "img".into(),
             ..Default::default()
         };
-        f.prepare("t1", &spec).await.unwrap();
+        f.prepare("t1", &spec, None).await.unwrap();
         assert_eq!(f.inspect("t1").await.unwrap().status, Status::Prepared);
         f.start("t1").await.unwrap();
         let waiter = {
@@ -258,10 +276,11 @@ mod tests {
                 &ContainerSpec {
                     image: "bad".into(),
                     ..Default::default()
-                }
+                },
+                None
             )
             .await
             .is_err());
-        assert!(f.prepare("-bad-id", &spec).await.is_err());
+        assert!(f.prepare("-bad-id", &spec, None).await.is_err());
     }
 }

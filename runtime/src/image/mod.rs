@@ -7,6 +7,6 @@ pub mod reference;
 pub mod store;
 pub mod unpack;
 
-pub use pull::{Credentials, PullError, PullOptions, Pulled, RegistryAuth};
+pub use pull::{resolve_digest, Credentials, PullError, PullOptions, Pulled, RegistryAuth};
 pub use reference::ImageRef;
 pub use store::{ImageRecord, ImageStore, LayerRecord, StoreError};

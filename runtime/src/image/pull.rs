@@ -291,68 +291,108 @@ pub async fn verify_login(
     }
 }
 
+/// The credentials to reach `r`'s registry with.
+fn auth_for(r: &ImageRef, opts: &PullOptions) -> Result<RegistryAuth, PullError> {
+    Ok(match &opts.auth {
+        Some(a) => a.clone(),
+        None => match &opts.credentials_file {
+            Some(p) => Credentials::load(p)?.get(r.registry()),
+            None => RegistryAuth::Anonymous,
+        },
+    })
+}
+
+/// What a registry's refusal means for a pull of `r`: unauthorized, not found, or else.
+fn registry_error(r: &ImageRef) -> impl Fn(OciDistributionError) -> PullError {
+    let image = r.to_string();
+    let registry = r.registry().to_string();
+    move |source: OciDistributionError| {
+        let codes = |want: &[oci_client::errors::OciErrorCode]| match &source {
+            OciDistributionError::RegistryError { envelope, .. } => {
+                envelope.errors.iter().any(|e| want.contains(&e.code))
+            }
+            _ => false,
+        };
+        use oci_client::errors::OciErrorCode as C;
+        if matches!(
+            source,
+            OciDistributionError::UnauthorizedError { .. }
+                | OciDistributionError::AuthenticationFailure(_)
+        ) || codes(&[C::Unauthorized, C::Denied])
+        {
+            return PullError::Unauthorized {
+                image: image.clone(),
+                registry: registry.clone(),
+            };
+        }
+        if codes(&[C::ManifestUnknown, C::NameUnknown, C::NotFound]) {
+            let detail = match &source {
+                OciDistributionError::RegistryError { envelope, .. } => envelope
+                    .errors
+                    .iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                _ => String::new(),
+            };
+            return PullError::NotFound {
+                image: image.clone(),
+                detail,
+            };
+        }
+        PullError::Registry {
+            image: image.clone(),
+            registry: registry.clone(),
+            source,
+        }
+    }
+}
+
+/// The digest the registry has for `reference` now (of its manifest list, for a
+/// multi-platform image), as `docker service create` pins a tag: every node then pulls
+/// that same image, whatever the tag points to later.
+pub async fn resolve_digest(reference: &str, opts: &PullOptions) -> Result<Digest, PullError> {
+    let r = ImageRef::parse(reference)?;
+    let reg_err = registry_error(&r);
+    let auth = auth_for(&r, opts)?;
+    let client = client_for(&r, &opts.insecure_registries).map_err(&reg_err)?;
+    let oauth: oci_client::secrets::RegistryAuth = (&auth).into();
+    client
+        .store_auth_if_needed(r.oci().resolve_registry(), &oauth)
+        .await;
+    // the manifest itself, with the Accept types of a pull: the digest is then the one a
+    // pull gets (a HEAD with other types may name a converted manifest)
+    let (bytes, digest) = client
+        .pull_manifest_raw(r.oci(), &oauth, &MANIFEST_TYPES)
+        .await
+        .map_err(&reg_err)?;
+    let digest: Digest =
+        digest
+            .parse()
+            .map_err(|e: crate::digest::DigestError| PullError::Invalid {
+                image: r.to_string(),
+                why: e.to_string(),
+            })?;
+    check_blob(
+        "manifest",
+        &digest,
+        None,
+        &Digest::of(&bytes),
+        bytes.len() as u64,
+    )?;
+    Ok(digest)
+}
+
 impl ImageStore {
     /// Pulls `reference` into the store (or finds every blob already there).
     pub async fn pull(&self, reference: &str, opts: &PullOptions) -> Result<Pulled, PullError> {
         let r = ImageRef::parse(reference)?;
         let image = r.to_string();
-        let auth = match &opts.auth {
-            Some(a) => a.clone(),
-            None => match &opts.credentials_file {
-                Some(p) => Credentials::load(p)?.get(r.registry()),
-                None => RegistryAuth::Anonymous,
-            },
-        };
+        let auth = auth_for(&r, opts)?;
         let oci_ref = r.oci().clone();
         let resolved = oci_ref.resolve_registry().to_string();
-        let registry = r.registry().to_string();
-        let reg_err = |source: OciDistributionError| match source {
-            OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => PullError::Unauthorized {
-                image: image.clone(),
-                registry: registry.clone(),
-            },
-            OciDistributionError::RegistryError { ref envelope, .. }
-                if envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        oci_client::errors::OciErrorCode::Unauthorized
-                            | oci_client::errors::OciErrorCode::Denied
-                    )
-                }) =>
-            {
-                PullError::Unauthorized {
-                    image: image.clone(),
-                    registry: registry.clone(),
-                }
-            }
-            OciDistributionError::RegistryError { ref envelope, .. }
-                if envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        oci_client::errors::OciErrorCode::ManifestUnknown
-                            | oci_client::errors::OciErrorCode::NameUnknown
-                            | oci_client::errors::OciErrorCode::NotFound
-                    )
-                }) =>
-            {
-                PullError::NotFound {
-                    image: image.clone(),
-                    detail: envelope
-                        .errors
-                        .iter()
-                        .map(|e| e.message.clone())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                }
-            }
-            source => PullError::Registry {
-                image: image.clone(),
-                registry: registry.clone(),
-                source,
-            },
-        };
-        let client = client_for(&r, &opts.insecure_registries).map_err(reg_err)?;
+        let reg_err = registry_error(&r);
+        let client = client_for(&r, &opts.insecure_registries).map_err(&reg_err)?;
         let oauth: oci_client::secrets::RegistryAuth = (&auth).into();
         client.store_auth_if_needed(&resolved, &oauth).await;
 
@@ -360,7 +400,7 @@ impl ImageStore {
         let (top_bytes, top_digest) = client
             .pull_manifest_raw(&oci_ref, &oauth, &MANIFEST_TYPES)
             .await
-            .map_err(reg_err)?;
+            .map_err(&reg_err)?;
         let top_digest: Digest = top_digest
             .parse()
             .map_err(|e: crate::digest::DigestError| PullError::Invalid {
@@ -389,7 +429,7 @@ impl ImageStore {
             let (b, got) = client
                 .pull_manifest_raw(&inner, &oauth, &MANIFEST_TYPES)
                 .await
-                .map_err(reg_err)?;
+                .map_err(&reg_err)?;
             check_blob(
                 "manifest",
                 &d.digest,
@@ -480,13 +520,9 @@ impl ImageStore {
             manifest_media_type: m.media_type.clone().unwrap_or(mtype),
             config_media_type: m.config.media_type.clone(),
             layers,
-            repo_tags: r
-                .digest()
-                .is_none()
-                .then(|| r.tagged())
-                .flatten()
-                .into_iter()
-                .collect(),
+            // `repo:tag@digest` (a pinned service image) tags it too: the tag names what
+            // the managers resolved it to last
+            repo_tags: r.tagged().into_iter().collect(),
             repo_digests: vec![format!("{}@{}", r.name(), top_digest)],
             stored_at: now_secs(),
         })?;

@@ -337,10 +337,7 @@ impl ImageStore {
     }
 
     fn write_record(&self, rec: &ImageRecord) -> Result<(), StoreError> {
-        let path = self
-            .root
-            .join("images")
-            .join(format!("{}.json", rec.id.hex()));
+        let path = self.record_path(&rec.id);
         let tmp = self.temp_path("record");
         let bytes = serde_json::to_vec_pretty(rec).map_err(|source| StoreError::Record {
             path: path.clone(),
@@ -362,13 +359,18 @@ impl ImageStore {
     /// or by a unique ID prefix of at least 4 hex characters, as Docker does.
     pub fn resolve(&self, reference: &str) -> Result<ImageRecord, StoreError> {
         match self.resolve_cached(reference) {
-            Err(StoreError::NotFound(_)) => {
-                // another process (`shoal image import` beside a daemon) may have added it
+            // another process (`shoal image rm` beside a daemon) may have removed it, or
+            // (`shoal image import`) added it: the records on disk say
+            Ok(rec) if self.record_path(&rec.id).is_file() => Ok(rec),
+            _ => {
                 self.refresh();
                 self.resolve_cached(reference)
             }
-            r => r,
         }
+    }
+
+    fn record_path(&self, id: &Digest) -> PathBuf {
+        self.root.join("images").join(format!("{}.json", id.hex()))
     }
 
     /// Re-reads the records on disk into the index.

@@ -26,7 +26,7 @@ mod views;
 use crate::manager::store::{new_id, Change, Store, StoreError};
 use crate::manager::tasks::state;
 use status::batch_writer;
-use views::{is_for, network_views, swarm_view, tasks_for, tasks_for_in};
+use views::{is_for, network_views, pull_auths, swarm_view, tasks_for_in};
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(1000);
 
@@ -343,12 +343,17 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// A node's complete set of tasks as messages of about 1 MiB of tasks each (a node's
 /// tasks, each up to a service's spec, may not fit one message); the networks, if given,
 /// go with the first.
-fn complete_set(tasks: Vec<Task>, networks: Option<Vec<NetworkView>>) -> Vec<AssignmentsMessage> {
+fn complete_set(
+    tasks: Vec<Task>,
+    networks: Option<Vec<NetworkView>>,
+    pull_auths: HashMap<String, RegistryCredential>,
+) -> Vec<AssignmentsMessage> {
     const PART_BYTES: usize = 1 << 20;
     let mut parts = vec![AssignmentsMessage {
         r#type: AssignType::Complete as i32,
         networks_set: networks.is_some(),
         networks: networks.unwrap_or_default(),
+        pull_auths,
         ..Default::default()
     }];
     let mut bytes = 0;
@@ -555,11 +560,13 @@ impl DispatcherApi for Dispatcher {
             .entry(node.clone())
             .or_default()
             .push(route_tx);
-        let (first, mut views) = self
-            .store
-            .view(|t| (tasks_for_in(t, &node), network_views(t, &node)));
+        let (first, mut views, auths) = self.store.view(|t| {
+            let tasks = tasks_for_in(t, &node);
+            let auths = pull_auths(t, &tasks);
+            (tasks, network_views(t, &node), auths)
+        });
         let (tx, rx) = mpsc::channel(64);
-        for m in complete_set(first, Some(views.clone())) {
+        for m in complete_set(first, Some(views.clone()), auths) {
             let _ = tx.send(Ok(m)).await;
         }
         let store = self.store.clone();
@@ -591,6 +598,9 @@ impl DispatcherApi for Dispatcher {
                         }
                     }
                     Some(Routed::Commit) => {
+                        if !msg.update_tasks.is_empty() {
+                            msg.pull_auths = store.view(|t| pull_auths(t, &msg.update_tasks));
+                        }
                         if !msg.update_tasks.is_empty() || !msg.remove_tasks.is_empty() {
                             let m = std::mem::replace(
                                 &mut msg,
@@ -606,12 +616,16 @@ impl DispatcherApi for Dispatcher {
                     }
                     Some(Routed::Resync) => {
                         // start over with a full set
-                        let all = tasks_for(&store, &node);
+                        let (all, auths) = store.view(|t| {
+                            let tasks = tasks_for_in(t, &node);
+                            let auths = pull_auths(t, &tasks);
+                            (tasks, auths)
+                        });
                         msg = AssignmentsMessage {
                             r#type: AssignType::Incremental as i32,
                             ..Default::default()
                         };
-                        for m in complete_set(all, None) {
+                        for m in complete_set(all, None, auths) {
                             if tx.send(Ok(m)).await.is_err() {
                                 return;
                             }

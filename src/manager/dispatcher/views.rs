@@ -4,9 +4,11 @@
 //! and roots. Pure functions over the store's tables, so they are tested without a
 //! node.
 
+use std::collections::HashMap;
+
 use shoal_proto::*;
 
-use crate::manager::store::{Store, Tables};
+use crate::manager::store::Tables;
 use crate::manager::tasks::state;
 
 /// Whether `t` is `node`'s to run (assigned to it).
@@ -15,15 +17,30 @@ pub(super) fn is_for(t: &Task, node: &str) -> bool {
 }
 
 /// Every task assigned to `node`.
-pub(super) fn tasks_for(store: &Store, node: &str) -> Vec<Task> {
-    store.view(|t| tasks_for_in(t, node))
-}
-
 pub(super) fn tasks_for_in(t: &Tables, node: &str) -> Vec<Task> {
     t.tasks_on_node(node)
         .filter(|x| is_for(x, node))
         .cloned()
         .collect()
+}
+
+/// The registry credentials of `tasks`' services (`--with-registry-auth`), by service ID:
+/// a node gets them with the tasks that need them, and no others.
+pub(super) fn pull_auths(t: &Tables, tasks: &[Task]) -> HashMap<String, RegistryCredential> {
+    let mut out = HashMap::new();
+    for x in tasks {
+        if out.contains_key(&x.service_id) {
+            continue;
+        }
+        if let Some(c) = t
+            .services
+            .get(&x.service_id)
+            .and_then(|s| s.registry_auth.as_ref())
+        {
+            out.insert(x.service_id.clone(), c.clone());
+        }
+    }
+    out
 }
 
 /// What tasks on a network resolve: each attached service's name and aliases (its VIP,

@@ -13,6 +13,11 @@ pub(super) use super::scheduler::allocate_and_schedule;
 pub(super) use super::store::{new_id, Store};
 pub(super) use super::tasks::{desired, state, status};
 
+/// What a create or an update is given here: no registry is asked.
+pub(super) fn no_registry() -> super::images::ImageOptions {
+    super::images::ImageOptions::none()
+}
+
 pub(super) fn node(name: &str, labels: &[(&str, &str)]) -> Node {
     Node {
         id: new_id(),

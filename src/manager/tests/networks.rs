@@ -145,9 +145,13 @@ async fn tasks_and_vips_get_unique_addresses_that_come_back_when_tasks_go() {
         .await
         .unwrap();
     create_network(&store, net("back", "")).await.unwrap();
-    let s = create_service(&store, spec_on("web", 4, &["front", "back"]))
-        .await
-        .unwrap();
+    let s = create_service(
+        &store,
+        spec_on("web", 4, &["front", "back"]),
+        &no_registry(),
+    )
+    .await
+    .unwrap();
     round(&store, &s.id).await;
     let s = store.view(|t| t.services[&s.id].clone());
     let vips = &s.endpoint.as_ref().unwrap().virtual_ips;
@@ -175,6 +179,7 @@ async fn tasks_and_vips_get_unique_addresses_that_come_back_when_tasks_go() {
         &s.id,
         0,
         crate::manager::control::Change::Spec(Box::new(spec.clone())),
+        &no_registry(),
     )
     .await
     .unwrap();
@@ -186,6 +191,7 @@ async fn tasks_and_vips_get_unique_addresses_that_come_back_when_tasks_go() {
         &s.id,
         0,
         crate::manager::control::Change::Spec(Box::new(spec)),
+        &no_registry(),
     )
     .await
     .unwrap();
@@ -211,13 +217,13 @@ async fn running_out_of_addresses_shows_in_the_task_and_resumes_when_freed() {
         .await
         .unwrap();
     // another service holds three of them (its VIP and two tasks)
-    let hog = create_service(&store, spec_on("hog", 2, &["tiny"]))
+    let hog = create_service(&store, spec_on("hog", 2, &["tiny"]), &no_registry())
         .await
         .unwrap();
     round(&store, &hog.id).await;
     agent_converges(&store).await;
     // so of this one's four tasks, after its VIP, one gets an address
-    let s = create_service(&store, spec_on("many", 4, &["tiny"]))
+    let s = create_service(&store, spec_on("many", 4, &["tiny"]), &no_registry())
         .await
         .unwrap();
     round(&store, &s.id).await;
@@ -274,7 +280,7 @@ async fn published_ports_are_checked_and_dynamic_ones_allocated() {
         ports: vec![port(8080, 80), port(0, 81)],
         ..Default::default()
     });
-    let a = create_service(&store, a).await.unwrap();
+    let a = create_service(&store, a, &no_registry()).await.unwrap();
     round(&store, &a.id).await;
     let a = store.view(|t| t.services[&a.id].clone());
     let e = a.endpoint.clone().unwrap();
@@ -298,18 +304,18 @@ async fn published_ports_are_checked_and_dynamic_ones_allocated() {
         ..Default::default()
     });
     refused(
-        create_service(&store, b.clone()).await,
+        create_service(&store, b.clone(), &no_registry()).await,
         "already published by service a",
     );
     b.endpoint.as_mut().unwrap().mode = endpoint_spec::ResolutionMode::Dnsrr as i32;
     b.endpoint.as_mut().unwrap().ports[0].published_port = 9090;
-    refused(create_service(&store, b).await, "dnsrr");
+    refused(create_service(&store, b, &no_registry()).await, "dnsrr");
     refused(
-        create_service(&store, spec_on("c", 1, &["ingress"])).await,
+        create_service(&store, spec_on("c", 1, &["ingress"]), &no_registry()).await,
         "routing mesh",
     );
     refused(
-        create_service(&store, spec_on("d", 1, &["nope"])).await,
+        create_service(&store, spec_on("d", 1, &["nope"]), &no_registry()).await,
         "no such network",
     );
     let mut h = spec_on("h", 1, &[]);
@@ -321,14 +327,14 @@ async fn published_ports_are_checked_and_dynamic_ones_allocated() {
         ..Default::default()
     });
     refused(
-        create_service(&store, h.clone()).await,
+        create_service(&store, h.clone(), &no_registry()).await,
         "mode=host needs a published port",
     );
     // a host-mode port may not take a port of the routing mesh (it answers on
     // every node)
     h.endpoint.as_mut().unwrap().ports[0].published_port = 8080;
     refused(
-        create_service(&store, h).await,
+        create_service(&store, h, &no_registry()).await,
         "already published by service a",
     );
     // the routing mesh is not taken from under a published port
@@ -361,7 +367,9 @@ async fn host_mode_ports_take_one_task_per_node_and_say_why_when_full() {
         });
         h
     };
-    let h = create_service(&store, host("h", 3)).await.unwrap();
+    let h = create_service(&store, host("h", 3), &no_registry())
+        .await
+        .unwrap();
     round(&store, &h.id).await;
     let ts = tasks_of(&store, &h.id);
     let nodes: BTreeSet<&str> = ts
@@ -383,7 +391,9 @@ async fn host_mode_ports_take_one_task_per_node_and_say_why_when_full() {
         assert_eq!(t.networks.len(), 1, "reached through ingress: {t:?}");
     }
     // another service may publish the same port in host mode: the nodes are full
-    let g = create_service(&store, host("g", 1)).await.unwrap();
+    let g = create_service(&store, host("g", 1), &no_registry())
+        .await
+        .unwrap();
     round(&store, &g.id).await;
     let t = &tasks_of(&store, &g.id)[0];
     assert_eq!(state(t), TaskState::Pending);

@@ -339,6 +339,7 @@ async fn updating_a_job_runs_it_again() {
         &s.id,
         0,
         crate::manager::control::Change::Spec(Box::new(spec.clone())),
+        &no_registry(),
     )
     .await
     .unwrap();
@@ -361,6 +362,7 @@ async fn updating_a_job_runs_it_again() {
         &s.id,
         0,
         crate::manager::control::Change::Spec(Box::new(spec)),
+        &no_registry(),
     )
     .await
     .unwrap();

@@ -9,7 +9,7 @@ use super::*;
 async fn impossible_services_are_refused_and_survived() {
     let store = Store::in_memory();
     let mut huge = service("huge", replicated(1_000_000_000_000)).spec.unwrap();
-    let e = crate::manager::control::create_service(&store, huge.clone())
+    let e = crate::manager::control::create_service(&store, huge.clone(), &no_registry())
         .await
         .unwrap_err()
         .to_string();
@@ -21,7 +21,7 @@ async fn impossible_services_are_refused_and_survived() {
     fat.task.as_mut().unwrap().container.as_mut().unwrap().env = (0..15)
         .map(|i| format!("V{i}={}", "x".repeat(100_000)))
         .collect();
-    let e = crate::manager::control::create_service(&store, fat)
+    let e = crate::manager::control::create_service(&store, fat, &no_registry())
         .await
         .unwrap_err()
         .to_string();
@@ -45,6 +45,7 @@ async fn impossible_services_are_refused_and_survived() {
         &id,
         0,
         crate::manager::control::Change::Spec(Box::new(huge.clone())),
+        &no_registry(),
     )
     .await
     .unwrap_err()
@@ -58,6 +59,7 @@ async fn impossible_services_are_refused_and_survived() {
         &id,
         0,
         crate::manager::control::Change::Spec(Box::new(huge)),
+        &no_registry(),
     )
     .await
     .unwrap();
@@ -242,7 +244,7 @@ async fn values_a_node_would_refuse_are_refused_by_the_managers() {
     for (says, change) in &cases {
         let mut spec = service("bad", replicated(1)).spec.unwrap();
         change(&mut spec);
-        let e = create_service(&store, spec.clone())
+        let e = create_service(&store, spec.clone(), &no_registry())
             .await
             .unwrap_err()
             .to_string();
@@ -255,6 +257,7 @@ async fn values_a_node_would_refuse_are_refused_by_the_managers() {
             "ok",
             0,
             crate::manager::control::Change::Spec(Box::new(upd)),
+            &no_registry(),
         )
         .await
         .unwrap_err()
@@ -274,6 +277,7 @@ async fn values_a_node_would_refuse_are_refused_by_the_managers() {
         "ok",
         0,
         crate::manager::control::Change::Spec(Box::new(renamed)),
+        &no_registry(),
     )
     .await
     .unwrap_err();

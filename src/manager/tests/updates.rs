@@ -27,7 +27,7 @@ async fn set_image(store: &Store, id: &str, image: &str) -> Service {
         .as_mut()
         .unwrap()
         .image = image.into();
-    update_service(store, id, 0, Change::Spec(Box::new(spec)))
+    update_service(store, id, 0, Change::Spec(Box::new(spec)), &no_registry())
         .await
         .unwrap()
 }
@@ -175,13 +175,25 @@ async fn a_failed_task_pauses_the_update_with_swarms_message() {
     assert_eq!(old, 2, "paused: the other slots keep their tasks");
     // an update with nothing changed resumes it, and a rollback still goes to busybox
     let spec = store.view(|t| t.services[&s.id].spec.clone().unwrap());
-    update_service(&store, &s.id, 0, Change::Spec(Box::new(spec)))
-        .await
-        .unwrap();
+    update_service(
+        &store,
+        &s.id,
+        0,
+        Change::Spec(Box::new(spec)),
+        &no_registry(),
+    )
+    .await
+    .unwrap();
     assert_eq!(update_state(&store, &s.id).0, State::Unknown, "resumed");
-    let r = update_service(&store, &s.id, 0, Change::Rollback { to_revision: None })
-        .await
-        .unwrap();
+    let r = update_service(
+        &store,
+        &s.id,
+        0,
+        Change::Rollback { to_revision: None },
+        &no_registry(),
+    )
+    .await
+    .unwrap();
     assert_eq!(crate::spec::docker::service_image(&r), "busybox");
 }
 
@@ -260,9 +272,15 @@ async fn a_rollback_that_fails_pauses() {
     update_at(&store, &s.id, now_ms() + 60_000).await;
     settle(&store, &s.id).await;
     assert_eq!(update_state(&store, &s.id).0, State::Completed);
-    update_service(&store, &s.id, 0, Change::Rollback { to_revision: None })
-        .await
-        .unwrap();
+    update_service(
+        &store,
+        &s.id,
+        0,
+        Change::Rollback { to_revision: None },
+        &no_registry(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         update_state(&store, &s.id),
         (State::RollbackStarted, "manually requested rollback".into())
