@@ -1,6 +1,5 @@
-//! Agents' status reports, written to the store in batches: one transaction per 100 ms,
-//! each report taken only from the node that owns its task and only as the task's life
-//! cycle allows.
+//! Agents' status reports, written to the store in batches, each report taken only from
+//! the node that owns its task and only as the task's life cycle allows.
 
 use std::time::Duration;
 
@@ -13,19 +12,28 @@ use crate::manager::lifecycle::Writer;
 use crate::manager::store::Store;
 use crate::manager::tasks::state;
 
-/// Writes status reports in batches: one store transaction per 100 ms.
+/// How long a batch gathers reports after its first: briefly while few come (each step
+/// of a rolling update waits on these reports, twice per task), longer in a flood (ten
+/// thousand tasks starting at once), where fewer, bigger transactions keep up better.
+const QUIET_WINDOW: Duration = Duration::from_millis(10);
+const BUSY_WINDOW: Duration = Duration::from_millis(100);
+/// A batch of this many reports or more means a flood: the next one gathers longer.
+const BUSY_REPORTS: usize = 256;
+
+/// Writes status reports in batches: one store transaction per batch.
 pub(super) async fn batch_writer(
     store: Store,
     mut rx: mpsc::Receiver<Pending>,
     shutdown: CancellationToken,
 ) {
+    let mut window = QUIET_WINDOW;
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
             p = rx.recv() => match p { Some(p) => p, None => return },
         };
         let mut batch = vec![first];
-        let deadline = tokio::time::sleep(Duration::from_millis(100));
+        let deadline = tokio::time::sleep(window);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
@@ -39,6 +47,11 @@ pub(super) async fn batch_writer(
             .collect();
         let started = std::time::Instant::now();
         let n = all.len();
+        window = if n >= BUSY_REPORTS {
+            BUSY_WINDOW
+        } else {
+            QUIET_WINDOW
+        };
         // a commit's worth at a time (ten thousand tasks starting at once report in the
         // same 100 ms)
         let mut next = 0;
