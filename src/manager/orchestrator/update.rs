@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{live, set_desired};
 use crate::manager::revisions;
-use crate::manager::store::{now_ms, Store, StoreError, Tx};
+use crate::manager::store::{now_ms, Store, StoreError, Tables, Tx};
 use crate::manager::tasks::{desired, is_job, new_task, run_loop, state, Left, Timer, NODE_KEY};
 use crate::spec::update::{update_config, Update, TASK_DEADLINE};
 
@@ -83,6 +83,9 @@ async fn pass(
         }),
         None => store.view(|t| t.services.keys().cloned().collect()),
     };
+    // a read first: most passes (every status batch of every service dirties it) find
+    // nothing to do, and a write transaction copies each service's tasks
+    let ids: Vec<String> = store.view(|t| ids.into_iter().filter(|id| has_work(t, id)).collect());
     if ids.is_empty() {
         return Left::Nothing;
     }
@@ -120,6 +123,26 @@ async fn pass(
             Left::Nothing
         }
     }
+}
+
+/// Whether [`update_in`] would do anything for service `id`: an update or rollback under
+/// way, a task on an older spec, or a stop-first replacement waiting to start.
+fn has_work(t: &Tables, id: &str) -> bool {
+    let Some(s) = t.services.get(id) else {
+        return false;
+    };
+    if is_job(s) || !matches!(s.mode(), Some(Mode::Replicated(_) | Mode::Global(_))) {
+        return false;
+    }
+    let state = s.update_status.as_ref().map(|u| u.state);
+    if matches!(state, Some(x) if x == State::Updating as i32 || x == State::RollbackStarted as i32)
+    {
+        return true;
+    }
+    t.tasks_of_service(id).any(|x| {
+        (desired(x) == TaskState::Ready && x.start_after_ms == 0)
+            || (live(x) && x.spec_version != s.spec_version)
+    })
 }
 
 /// A slot: a replicated service's slot number, or a global service's node.
