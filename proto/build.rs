@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         // its Debug is written by hand, without the password
-        .skip_debug(["shoal.v1.RegistryCredential"])
+        .skip_debug(["shoal.v1.RegistryCredential", "shoal.v1.SecretSpec"])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -66,6 +66,15 @@ impl std::fmt::Debug for RegistryCredential {
     }
 }
 
+impl std::fmt::Debug for SecretSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSpec")
+            .field("annotations", &self.annotations)
+            .field("data", &format_args!("<{} bytes hidden>", self.data.len()))
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

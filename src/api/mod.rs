@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::manager::control as ctl;
 use crate::manager::error::find;
+use crate::manager::files;
 use crate::manager::membership;
 use crate::manager::node::Manager;
 use crate::node::{Daemon, NOT_MANAGER};
@@ -240,6 +241,8 @@ impl Control for Api {
     type ListServicesStream = BoxStream<ListServicesResponse>;
     type ListTasksStream = BoxStream<ListTasksResponse>;
     type ListNetworksStream = BoxStream<ListNetworksResponse>;
+    type ListSecretsStream = BoxStream<ListSecretsResponse>;
+    type ListConfigsStream = BoxStream<ListConfigsResponse>;
 
     async fn get_node(&self, req: Request<GetRequest>) -> Result<Response<Node>, Status> {
         on_leader!(self, req, get_node);
@@ -422,6 +425,86 @@ impl Control for Api {
         on_leader!(self, req, remove_network);
         let m = self.manager()?;
         crate::manager::network::remove_network(&m.store, &req.get_ref().id_or_name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(Empty {}))
+    }
+    async fn create_secret(
+        &self,
+        req: Request<CreateSecretRequest>,
+    ) -> Result<Response<Secret>, Status> {
+        on_leader!(self, req, create_secret);
+        let m = self.manager()?;
+        let secret = Secret {
+            spec: req.into_inner().spec,
+            ..Default::default()
+        };
+        files::create(&m.store, secret)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+    async fn get_secret(&self, req: Request<GetRequest>) -> Result<Response<Secret>, Status> {
+        on_leader!(self, req, get_secret);
+        let m = self.manager()?;
+        files::get(&m.store, &req.get_ref().id_or_name)
+            .map(Response::new)
+            .map_err(status)
+    }
+    async fn list_secrets(
+        &self,
+        req: Request<ListRequest>,
+    ) -> Result<Response<Self::ListSecretsStream>, Status> {
+        on_leader_stream!(self, req, list_secrets);
+        let m = self.manager()?;
+        Ok(Response::new(in_chunks(files::list(&m.store), |secrets| {
+            ListSecretsResponse { secrets }
+        })))
+    }
+    async fn remove_secret(&self, req: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        on_leader!(self, req, remove_secret);
+        let m = self.manager()?;
+        files::remove::<Secret>(&m.store, &req.get_ref().id_or_name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(Empty {}))
+    }
+    async fn create_config(
+        &self,
+        req: Request<CreateConfigRequest>,
+    ) -> Result<Response<Config>, Status> {
+        on_leader!(self, req, create_config);
+        let m = self.manager()?;
+        let config = Config {
+            spec: req.into_inner().spec,
+            ..Default::default()
+        };
+        files::create(&m.store, config)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+    async fn get_config(&self, req: Request<GetRequest>) -> Result<Response<Config>, Status> {
+        on_leader!(self, req, get_config);
+        let m = self.manager()?;
+        files::get(&m.store, &req.get_ref().id_or_name)
+            .map(Response::new)
+            .map_err(status)
+    }
+    async fn list_configs(
+        &self,
+        req: Request<ListRequest>,
+    ) -> Result<Response<Self::ListConfigsStream>, Status> {
+        on_leader_stream!(self, req, list_configs);
+        let m = self.manager()?;
+        Ok(Response::new(in_chunks(files::list(&m.store), |configs| {
+            ListConfigsResponse { configs }
+        })))
+    }
+    async fn remove_config(&self, req: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        on_leader!(self, req, remove_config);
+        let m = self.manager()?;
+        files::remove::<Config>(&m.store, &req.get_ref().id_or_name)
             .await
             .map_err(status)?;
         Ok(Response::new(Empty {}))

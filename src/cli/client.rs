@@ -100,7 +100,7 @@ pub fn refusal(s: tonic::Status) -> anyhow::Error {
 }
 
 /// A list's parts as they stream in (see `ListRequest`), joined by `join`.
-async fn joined<R>(
+pub(super) async fn joined<R>(
     parts: Result<tonic::Response<tonic::Streaming<R>>, tonic::Status>,
     mut join: impl FnMut(R),
 ) -> anyhow::Result<()> {

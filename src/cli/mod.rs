@@ -7,6 +7,7 @@ mod bench;
 mod client;
 mod container;
 mod daemon;
+mod files;
 mod flags;
 mod image;
 mod network;
@@ -105,6 +106,12 @@ enum Command {
     /// Manage the swarm's overlay networks.
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// Manage secrets (their data never comes back).
+    #[command(subcommand)]
+    Secret(files::FileCmd),
+    /// Manage configs.
+    #[command(subcommand)]
+    Config(files::FileCmd),
     /// Run the shoal daemon (as root): the node's runtime, agent and, once in a swarm, manager.
     Daemon(daemon::DaemonArgs),
     /// Times the runtime for scripts/bench/runtime.sh.
@@ -207,6 +214,8 @@ pub fn main() -> ExitCode {
             Command::Node(c) => node::run(&g, c).await,
             Command::Service(c) => service::run(&g, c).await,
             Command::Network(c) => network::run(&g, c).await,
+            Command::Secret(c) => files::run(&g, files::Kind::Secret, c).await,
+            Command::Config(c) => files::run(&g, files::Kind::Config, c).await,
             Command::Keeper { .. } => unreachable!("handled above"),
         }
     });

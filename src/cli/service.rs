@@ -107,6 +107,13 @@ pub struct CreateArgs {
     flags: SpecFlags,
     #[command(flatten)]
     registry: RegistryFlags,
+    /// A secret's file in /run/secrets: NAME or
+    /// source=NAME[,target=FILE][,uid=][,gid=][,mode=]
+    #[arg(long)]
+    secret: Vec<String>,
+    /// A config's file: NAME or source=NAME[,target=PATH][,uid=][,gid=][,mode=]
+    #[arg(long)]
+    config: Vec<String>,
     image: String,
     #[arg(trailing_var_arg = true)]
     command: Vec<String>,
@@ -304,6 +311,18 @@ async fn create(g: &Globals, ctl: &mut Ctl, a: CreateArgs) -> anyhow::Result<Exi
     input.mode = Some(ModeKind::parse(&a.mode).map_err(|e| bad_value("--mode", &a.mode, e))?);
     input.replicas = a.replicas;
     input.image = Some(a.image.clone());
+    let refs = |flag: &str, v: &[String]| -> anyhow::Result<Option<Vec<FileReference>>> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let parsed = v
+            .iter()
+            .map(|x| crate::spec::files::parse_reference(x).map_err(|e| bad_value(flag, x, e)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(parsed))
+    };
+    input.secrets = refs("--secret", &a.secret)?;
+    input.configs = refs("--config", &a.config)?;
     input.args = Some(a.command.clone());
     let spec = input.into_spec().map_err(|e| Words::Service.say(&e))?;
     validate::service(&spec).map_err(|e| Words::Service.say(&e))?;

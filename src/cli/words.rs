@@ -17,6 +17,8 @@ pub enum Words {
     Node,
     /// `swarm init` and `swarm update`.
     Swarm,
+    /// `secret create` and `config create`.
+    File,
 }
 
 impl Words {
@@ -51,6 +53,9 @@ impl Words {
             (Swarm, "default_addr_pool") => "--default-addr-pool",
             (Swarm, "default_addr_pool_mask_length") => "--default-addr-pool-mask-length",
             (Swarm, "annotations" | "annotations.name") => "",
+            (File, "annotations.name") => "NAME",
+            (File, "annotations.labels") => "--label",
+            (File, "data") => "FILE",
             _ => return None,
         };
         Some(own)
@@ -108,6 +113,18 @@ fn service_flag(base: &str) -> Option<&'static str> {
         // `--replicas` sets a job's completions and concurrency both
         "replicated_job.max_concurrent" => "--replicas",
         "task.container.image" => "IMAGE",
+        "task.container.secrets"
+        | "task.container.secrets.source"
+        | "task.container.secrets.target"
+        | "task.container.secrets.uid"
+        | "task.container.secrets.gid"
+        | "task.container.secrets.mode" => "--secret",
+        "task.container.configs"
+        | "task.container.configs.source"
+        | "task.container.configs.target"
+        | "task.container.configs.uid"
+        | "task.container.configs.gid"
+        | "task.container.configs.mode" => "--config",
         "task.container.command" => "--entrypoint",
         "task.container.args" => "COMMAND",
         "task.container.env" => "--env",

@@ -39,6 +39,7 @@ pub async fn create_service(
     validate::service(&spec)?;
     check_auth(images)?;
     store.view(|t| super::network::resolve_service(t, "", &mut spec))?;
+    store.view(|t| super::files::resolve(t, &mut spec))?;
     let warnings = super::images::pin(&mut spec, None, images).await;
     let s = Service {
         id: new_id(),
@@ -49,14 +50,16 @@ pub async fn create_service(
     };
     let id = s.id.clone();
     let now = now_ms();
-    store
-        .update(|tx| {
-            let mut s = s;
-            revisions::start(tx, &mut s, now)?;
-            tx.create(s)?;
-            super::orchestrator::reconcile_in(tx, &id)
-        })
-        .await?;
+    update_checked(store, |tx| {
+        let mut s = s;
+        if let Some(spec) = &s.spec {
+            super::files::check_in(tx, spec)?;
+        }
+        revisions::start(tx, &mut s, now)?;
+        tx.create(s)?;
+        Ok(super::orchestrator::reconcile_in(tx, &id)?)
+    })
+    .await?;
     let s = store
         .view(|t| t.services.get(&id).cloned())
         .ok_or(ControlError::NotFound {
@@ -102,6 +105,7 @@ pub async fn update_service(
                 validate::service_update(old, &spec)?;
             }
             store.view(|t| super::network::resolve_service(t, &cur.id, &mut spec))?;
+            store.view(|t| super::files::resolve(t, &mut spec))?;
             warnings = super::images::pin(&mut spec, cur.spec.as_ref(), images).await;
             Some(spec)
         }
@@ -132,7 +136,10 @@ pub async fn update_service(
                 // changed since (a refusal commits nothing)
                 validate::service(next.spec.as_ref().unwrap_or(&ServiceSpec::default()))?;
             }
-            Some(spec) => revisions::update(tx, &mut next, spec, limit, now)?,
+            Some(spec) => {
+                super::files::check_in(tx, &spec)?;
+                revisions::update(tx, &mut next, spec, limit, now)?
+            }
         }
         if is_job(&next) {
             // every update of a job runs it again, as `docker service update` does

@@ -11,6 +11,7 @@
 //!   `allocator.rs` and `scheduler.rs` (one commit: allocated, then placed),
 //!   `dispatcher/` (sessions, assignments, node monitor, status batches): leader-only
 //!   components that talk to nothing but the store.
+//! - `files.rs`: secrets and configs, and services' references to them.
 //! - `images.rs`: a service's image pinned to its registry's digest (create, update).
 //! - `ca.rs`, `ipam.rs`, `tasks.rs` (task helpers and the loops' `run_loop`).
 
@@ -19,6 +20,7 @@ pub mod ca;
 pub mod control;
 pub mod dispatcher;
 pub mod error;
+pub mod files;
 pub mod images;
 pub mod ipam;
 pub mod lifecycle;

@@ -16,6 +16,7 @@
 //!   two specs differ in.
 //! - `validate`: the one validation of service, network, node and cluster specs.
 //! - `limits`: what one service (or a node's description, or a label) may ask.
+//! - `files`: secrets and configs, and the files a task sees of them.
 //! - `image`: an image pinned to a digest (when, and its forms), and where a service's
 //!   registry credentials may go.
 //! - `container`: a task spec as the runtime's container spec (what a node runs, and so
@@ -29,6 +30,7 @@ pub mod container;
 pub mod docker;
 pub mod edit;
 pub mod field;
+pub mod files;
 pub mod image;
 pub mod limits;
 pub mod parse;

@@ -99,6 +99,9 @@ pub struct ServiceInput {
     pub user: Option<String>,
     pub hostname: Option<String>,
     pub mounts: Option<Vec<Mount>>,
+    /// `--secret` and `--config`: files from secrets and configs.
+    pub secrets: Option<Vec<FileReference>>,
+    pub configs: Option<Vec<FileReference>>,
     pub container_labels: Option<HashMap<String, String>>,
     pub read_only: Option<bool>,
     pub cap_add: Option<Vec<String>>,
@@ -270,6 +273,12 @@ impl ServiceInput {
         list(&mut c.cap_drop, &self.cap_drop);
         if let Some(m) = &self.mounts {
             c.mounts = m.clone();
+        }
+        if let Some(r) = &self.secrets {
+            c.secrets = r.clone();
+        }
+        if let Some(r) = &self.configs {
+            c.configs = r.clone();
         }
         if let Some(l) = &self.container_labels {
             c.labels = l.clone();

@@ -209,6 +209,7 @@ fn task(errs: &mut SpecErrors, t: &TaskSpec) {
         errs.at(image, e.to_string());
     }
     container(errs, t);
+    super::files::references(errs, &c.secrets, &c.configs);
     if let Some(p) = &t.placement {
         let at = Field::new("task.placement");
         for (i, k) in p.constraints.iter().enumerate() {

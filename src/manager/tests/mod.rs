@@ -168,6 +168,7 @@ pub(super) fn running(ts: &[Task]) -> usize {
         .count()
 }
 
+mod files;
 mod networks;
 mod orchestrators;
 mod refusals;
