@@ -147,19 +147,25 @@ pub async fn update_service(
         }
         if images.auth.is_some() {
             next.registry_auth.clone_from(&images.auth);
+        } else if let Some(c) = &next.registry_auth {
+            // the image moved to another registry: what was sent for the old one goes
+            let image = crate::spec::docker::service_image(&next);
+            if crate::spec::image::auth_for(Some(c), image).is_none() {
+                next.registry_auth = None;
+            }
         }
         tx.update(next)?;
         Ok(())
     })
     .await?;
-    Ok(store.view(|t| {
-        let mut s = t.services[&id].clone();
+    store.view(|t| {
+        let mut s = find(&t.services, &id)?;
         revisions::fill(t, &mut s);
-        Service {
+        Ok(Service {
             warnings,
             ..answer(s)
-        }
-    }))
+        })
+    })
 }
 
 pub async fn remove_service(store: &Store, what: &str) -> Result<(), ControlError> {

@@ -710,6 +710,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn credentials_go_only_with_tasks_whose_image_is_of_their_registry() {
+        let store = Store::in_memory();
+        let svc = Service {
+            id: "s".into(),
+            registry_auth: Some(RegistryCredential {
+                registry: "127.0.0.1:5056".into(),
+                username: "u".into(),
+                password: "p".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        store.update(|tx| tx.create(svc)).await.unwrap();
+        let task = |id: &str, image: &str| Task {
+            id: id.into(),
+            service_id: "s".into(),
+            spec: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mine = [task("a", "127.0.0.1:5056/app:1")];
+        let other = [task("b", "127.0.0.1:5055/app:1")];
+        let sent = store.view(|t| pull_auths(t, &mine));
+        assert_eq!(sent["s"].password, "p");
+        assert!(store.view(|t| pull_auths(t, &other)).is_empty());
+    }
+
+    #[tokio::test]
     async fn sessions_keep_the_last_good_description_and_refuse_bad_ones() {
         let store = Store::in_memory();
         let stop = CancellationToken::new();

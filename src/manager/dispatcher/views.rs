@@ -32,10 +32,17 @@ pub(super) fn pull_auths(t: &Tables, tasks: &[Task]) -> HashMap<String, Registry
         if out.contains_key(&x.service_id) {
             continue;
         }
+        // only where they can be used: for the registry of the task's image
+        let image = x
+            .spec
+            .as_ref()
+            .and_then(|s| s.container.as_ref())
+            .map_or("", |c| c.image.as_str());
         if let Some(c) = t
             .services
             .get(&x.service_id)
             .and_then(|s| s.registry_auth.as_ref())
+            .filter(|c| crate::spec::image::auth_for(Some(c), image).is_some())
         {
             out.insert(x.service_id.clone(), c.clone());
         }
