@@ -47,7 +47,26 @@ impl Task {
     }
 }
 
+impl update_status::State {
+    /// An update or a rollback is replacing tasks.
+    pub fn is_rolling(self) -> bool {
+        matches!(self, Self::Updating | Self::RollbackStarted)
+    }
+
+    /// An update or a rollback stopped half-way (by a failure).
+    pub fn is_paused(self) -> bool {
+        matches!(self, Self::Paused | Self::RollbackPaused)
+    }
+}
+
 impl Service {
+    /// The state of its update, when one was ever started.
+    pub fn update_state(&self) -> Option<update_status::State> {
+        self.update_status
+            .as_ref()
+            .and_then(|u| update_status::State::try_from(u.state).ok())
+    }
+
     /// The service's mode, as its spec says.
     pub fn mode(&self) -> Option<&service_spec::Mode> {
         self.spec.as_ref().and_then(|x| x.mode.as_ref())

@@ -26,6 +26,9 @@ pub async fn channel(g: &Globals) -> anyhow::Result<Channel> {
     })
 }
 
+/// A control API client, as the commands hold it.
+pub type Ctl = ControlClient<Channel>;
+
 pub async fn control(g: &Globals) -> anyhow::Result<ControlClient<Channel>> {
     Ok(ControlClient::new(channel(g).await?))
 }

@@ -10,12 +10,12 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use shoal_proto::*;
 
-use super::client::{control, joined, refusal};
+use super::client::{control, joined, refusal, Ctl};
 use super::output::{self, Item, ListFlags, Listing};
 use super::util::remove_each;
 use super::words::{self, Words};
 use super::Globals;
-use crate::spec::docker::{ago, short_id};
+use crate::spec::docker::{ago, short_id, time};
 use crate::spec::files::{MAX_CONFIG_BYTES, MAX_SECRET_BYTES};
 
 #[derive(Subcommand)]
@@ -47,8 +47,6 @@ pub enum FileCmd {
         names: Vec<String>,
     },
 }
-
-type Ctl = shoal_proto::control_client::ControlClient<tonic::transport::Channel>;
 
 /// Which of the two objects a command is about.
 #[derive(Clone, Copy, PartialEq)]
@@ -102,10 +100,6 @@ impl From<Config> for Shown {
             data: Some(spec.data),
         }
     }
-}
-
-fn time(ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339())
 }
 
 impl Shown {

@@ -120,13 +120,9 @@ pub async fn converge(
 /// Whether following `s` after a change means following an update: one is under way or
 /// about to start (a task is out of date), rather than a change that replaces nothing.
 fn updating(s: &Service, tasks: &[Task]) -> bool {
-    use update_status::State;
-    let active = s.update_status.as_ref().is_some_and(|u| {
-        matches!(
-            State::try_from(u.state),
-            Ok(State::Updating | State::RollbackStarted | State::Paused | State::RollbackPaused)
-        )
-    });
+    let active = s
+        .update_state()
+        .is_some_and(|x| x.is_rolling() || x.is_paused());
     active
         || s.update_status.is_none()
             && tasks.iter().any(|t| {

@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use shoal_proto::*;
 
-use super::client::{self, control, refusal};
+use super::client::{self, control, refusal, Ctl};
 use super::flags::{bad_value, EditFlags, RegistryFlags, SpecFlags};
 use super::output::{self, Item, ListFlags, Listing};
 use super::progress::{converge, follow_update};
@@ -20,8 +20,6 @@ use super::Globals;
 use crate::spec::docker::{self, service_name};
 use crate::spec::service::scale;
 use crate::spec::{validate, ModeKind};
-
-type Ctl = shoal_proto::control_client::ControlClient<tonic::transport::Channel>;
 
 #[derive(Subcommand)]
 pub enum ServiceCmd {
@@ -208,18 +206,13 @@ async fn send_rollback(ctl: &mut Ctl, s: &Service, to_revision: Option<u64>) -> 
 /// until the service converges).
 fn rolls_out(before: &Service, after: &Service) -> bool {
     use update_status::State;
-    let state = |s: &Service| {
-        s.update_status
-            .as_ref()
-            .and_then(|u| State::try_from(u.state).ok())
-    };
     if crate::spec::service::is_job(after.mode()) {
         return false; // a job runs again, all at once
     }
     before.spec_version != after.spec_version
         // a paused update resumed
-        || matches!(state(before), Some(State::Paused | State::RollbackPaused))
-        || matches!(state(after), Some(State::Updating | State::RollbackStarted))
+        || before.update_state().is_some_and(State::is_paused)
+        || after.update_state().is_some_and(State::is_rolling)
 }
 
 pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {

@@ -3,7 +3,9 @@
 //! them; services' references resolved from names to IDs. A secret's data never
 //! leaves the managers in an answer; a config's does, as in Swarm.
 
-use shoal_proto::{Config, ContainerSpec, FileReference, Secret, ServiceSpec};
+use shoal_proto::{
+    Config, ConfigSpec, ContainerSpec, FileReference, Secret, SecretSpec, ServiceSpec,
+};
 
 use super::error::{find, invalid, update_checked, ControlError};
 use super::store::{new_id, Store, StoreItem, Tables, TryFromObject, Tx};
@@ -38,7 +40,7 @@ impl FileObject for Secret {
         &mut c.secrets
     }
     fn check(&self) -> Result<(), SpecErrors> {
-        crate::spec::files::secret(&self.spec.clone().unwrap_or_default())
+        crate::spec::files::secret(self.spec.as_ref().unwrap_or(&SecretSpec::default()))
     }
     fn set_id(&mut self, id: String) {
         self.id = id;
@@ -63,7 +65,7 @@ impl FileObject for Config {
         &mut c.configs
     }
     fn check(&self) -> Result<(), SpecErrors> {
-        crate::spec::files::config(&self.spec.clone().unwrap_or_default())
+        crate::spec::files::config(self.spec.as_ref().unwrap_or(&ConfigSpec::default()))
     }
     fn set_id(&mut self, id: String) {
         self.id = id;

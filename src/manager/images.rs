@@ -43,14 +43,20 @@ pub async fn pin(
     if !opts.resolve {
         return vec![];
     }
-    let container = |s: &ServiceSpec| s.task.as_ref().and_then(|t| t.container.as_ref()).cloned();
+    // (the image alone: the container spec is not copied)
+    let image = |s: &ServiceSpec| {
+        s.task
+            .as_ref()
+            .and_then(|t| t.container.as_ref())
+            .map(|c| c.image.clone())
+    };
     let forced = |s: &ServiceSpec| s.task.as_ref().map_or(0, |t| t.force_update);
-    let Some(new) = container(spec) else {
+    let Some(new) = image(spec) else {
         return vec![];
     };
-    let old_image = old.and_then(container).map(|c| c.image);
+    let old_image = old.and_then(image);
     let is_forced = old.is_some_and(|o| forced(o) != forced(spec));
-    let Some(want) = image::to_resolve(&new.image, old_image.as_deref(), is_forced) else {
+    let Some(want) = image::to_resolve(&new, old_image.as_deref(), is_forced) else {
         return vec![];
     };
     let mut pull = opts.pull.clone();
@@ -72,9 +78,6 @@ pub async fn pin(
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("the registry did not answer within {RESOLVE_TIMEOUT:?}"),
     };
-    tracing::warn!(image = %new.image, error = %why, "unable to pin image to digest");
-    vec![format!(
-        "unable to pin image {} to digest: {why}",
-        new.image
-    )]
+    tracing::warn!(image = %new, error = %why, "unable to pin image to digest");
+    vec![format!("unable to pin image {} to digest: {why}", new)]
 }

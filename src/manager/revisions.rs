@@ -119,21 +119,12 @@ fn seed(tx: &mut Tx<'_>, s: &mut Service) -> Result<(), StoreError> {
 
 /// Whether an update of the service is under way or stopped half-way.
 fn unfinished(s: &Service) -> bool {
-    s.update_status.as_ref().is_some_and(|u| {
-        matches!(
-            State::try_from(u.state),
-            Ok(State::Updating | State::Paused | State::RollbackStarted | State::RollbackPaused)
-        )
-    })
+    s.update_state()
+        .is_some_and(|x| x.is_rolling() || x.is_paused())
 }
 
 fn paused(s: &Service) -> bool {
-    s.update_status.as_ref().is_some_and(|u| {
-        matches!(
-            State::try_from(u.state),
-            Ok(State::Paused | State::RollbackPaused)
-        )
-    })
+    s.update_state().is_some_and(State::is_paused)
 }
 
 /// Makes `spec` the service's, as a new revision (none when nothing changed). A change

@@ -31,7 +31,7 @@ pub fn short_id(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-fn time(ms: i64) -> Option<String> {
+pub fn time(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339())
 }
 
@@ -173,17 +173,13 @@ pub fn service_summary(s: &Service, running: u64, desired: u64) -> Value {
     let job = is_job(s.mode());
     use update_status::State;
     // an update under way or stopped half-way, as `service ls` says it beside the counts
-    let update = s
-        .update_status
-        .as_ref()
-        .and_then(|u| match State::try_from(u.state) {
-            Ok(State::Updating) => Some("updating"),
-            Ok(State::Paused) => Some("update paused"),
-            Ok(State::RollbackStarted) => Some("rolling back"),
-            Ok(State::RollbackPaused) => Some("rollback paused"),
-            _ => None,
-        })
-        .unwrap_or("");
+    let update = match s.update_state() {
+        Some(State::Updating) => "updating",
+        Some(State::Paused) => "update paused",
+        Some(State::RollbackStarted) => "rolling back",
+        Some(State::RollbackPaused) => "rollback paused",
+        _ => "",
+    };
     let replicas = if job {
         format!("{running}/{desired} (completed)")
     } else {

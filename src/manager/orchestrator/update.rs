@@ -125,18 +125,22 @@ async fn pass(
     }
 }
 
+/// Whether the service's tasks are replaced by updates: replicated and global services
+/// (a job runs again, all at once).
+fn rolls(s: &Service) -> bool {
+    !is_job(s) && matches!(s.mode(), Some(Mode::Replicated(_) | Mode::Global(_)))
+}
+
 /// Whether [`update_in`] would do anything for service `id`: an update or rollback under
 /// way, a task on an older spec, or a stop-first replacement waiting to start.
 fn has_work(t: &Tables, id: &str) -> bool {
     let Some(s) = t.services.get(id) else {
         return false;
     };
-    if is_job(s) || !matches!(s.mode(), Some(Mode::Replicated(_) | Mode::Global(_))) {
+    if !rolls(s) {
         return false;
     }
-    let state = s.update_status.as_ref().map(|u| u.state);
-    if matches!(state, Some(x) if x == State::Updating as i32 || x == State::RollbackStarted as i32)
-    {
+    if s.update_state().is_some_and(State::is_rolling) {
         return true;
     }
     t.tasks_of_service(id).any(|x| {
@@ -184,14 +188,14 @@ pub fn update_in(tx: &mut Tx<'_>, id: &str, now: i64) -> Result<Option<i64>, Sto
     let Some(mut s) = tx.get::<Service>(id) else {
         return Ok(None);
     };
-    if is_job(&s) || !matches!(s.mode(), Some(Mode::Replicated(_) | Mode::Global(_))) {
+    if !rolls(&s) {
         return Ok(None);
     }
     let tasks: Vec<Task> = tx.tasks_of(id, false);
     start_ready(tx, &tasks)?;
     let mut st = s.update_status.clone().unwrap_or_default();
-    let cur = State::try_from(st.state).unwrap_or(State::Unknown);
-    if matches!(cur, State::Paused | State::RollbackPaused) {
+    let cur = s.update_state().unwrap_or(State::Unknown);
+    if cur.is_paused() {
         return Ok(None);
     }
     let mut slots: BTreeMap<Slot, Vec<&Task>> = BTreeMap::new();
@@ -206,7 +210,7 @@ pub fn update_in(tx: &mut Tx<'_>, id: &str, now: i64) -> Result<Option<i64>, Sto
         .filter(|ts| ts.iter().any(|t| old(t)) && ts.iter().all(|t| old(t)))
         .count() as u64;
     let mut changed = false;
-    if !matches!(cur, State::Updating | State::RollbackStarted) {
+    if !cur.is_rolling() {
         if dirty == 0 {
             return Ok(None);
         }
