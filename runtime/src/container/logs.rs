@@ -263,8 +263,18 @@ where
 {
     let path = dir.join(FILE);
     // open the live file first and read it through that handle: no line written in
-    // between is skipped or shown twice
-    let mut f = File::open(&path)?;
+    // between is skipped or shown twice. A container that is prepared but not started
+    // yet has no file: wait for it (a follower that starts on a new task as soon as the
+    // task is prepared would else end before the task's first line)
+    let mut f = loop {
+        match File::open(&path) {
+            Ok(f) => break f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir.exists() && !done() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let (first, mut pos) = read_all(dir, q, Some(&mut f))?;
     for e in first {
         if !emit(e).await {
@@ -397,6 +407,31 @@ mod tests {
         assert_eq!(got[1], b"bcd\n");
         assert_eq!(got[2].len(), MAX_LINE);
         assert_eq!(got[3].len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_follower_waits_for_a_prepared_containers_first_line() {
+        // the logs directory is made when the container is prepared; the file only
+        // when it starts
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let dir2 = dir.clone();
+        let reader = tokio::spawn(async move {
+            follow_logs(&dir2, &LogQuery::default(), &|| false, |e| {
+                std::future::ready(tx.send(e.log).is_ok())
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!reader.is_finished(), "it waits for the file");
+        let mut w = LogWriter::open(&dir, LogConfig::default()).unwrap();
+        w.write(Stream::Stdout, b"hello\n").unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("follower stalled");
+        assert_eq!(line.as_deref(), Some("hello\n"));
+        reader.abort();
     }
 
     #[tokio::test]
