@@ -540,10 +540,15 @@ impl Control for Api {
                 .map(|c| Response::new(ctl::without_secrets(c)))
                 .map_err(status);
         }
-        ctl::update_cluster(&m.store, r.version, r.spec.unwrap_or_default())
-            .await
-            .map(|c| Response::new(ctl::without_secrets(c)))
-            .map_err(status)
+        ctl::update_cluster(
+            &m.store,
+            r.version,
+            r.spec.unwrap_or_default(),
+            r.rotate_dek,
+        )
+        .await
+        .map(|c| Response::new(ctl::without_secrets(c)))
+        .map_err(status)
     }
     async fn service_logs(
         &self,

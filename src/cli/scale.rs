@@ -34,6 +34,10 @@ pub struct ScaleArgs {
     /// Print the tasks' states every 100 ms while waiting (to standard error).
     #[arg(long)]
     progress: bool,
+    /// Keep the Raft database's records plain, to measure what sealing them costs (the
+    /// daemon always seals).
+    #[arg(long)]
+    unsealed: bool,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -92,6 +96,13 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ExitCode> {
             init: Some(cluster),
             restore: None,
             tls: Default::default(),
+            seal: if a.unsealed {
+                crate::manager::raft::seal::Sealer::unsealed()
+            } else {
+                crate::manager::raft::seal::Sealer::load_or_create(
+                    &dir.path().join(crate::manager::raft::seal::DEK_FILE),
+                )?
+            },
         })
         .await?,
     );

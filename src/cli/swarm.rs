@@ -90,6 +90,10 @@ pub enum SwarmCmd {
         /// Specs kept per service, for `service history` and rollback (default 10).
         #[arg(long)]
         service_history_limit: Option<i64>,
+        /// Give every manager a new data key and re-seal its Raft database with it (the
+        /// old key then opens nothing).
+        #[arg(long)]
+        rotate_dek: bool,
     },
     /// Leave the swarm (a manager needs --force: its state goes with it).
     Leave {
@@ -231,6 +235,7 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
             cert_expiry,
             task_history_limit,
             service_history_limit,
+            rotate_dek,
         } => {
             let mut ctl = control(g).await?;
             let c = ctl
@@ -264,6 +269,7 @@ pub async fn run_swarm(g: &Globals, c: SwarmCmd) -> anyhow::Result<ExitCode> {
             ctl.update_cluster(UpdateClusterRequest {
                 version: c.meta.map(|m| m.version).unwrap_or(0),
                 spec: Some(spec),
+                rotate_dek,
                 ..Default::default()
             })
             .await

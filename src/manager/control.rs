@@ -289,6 +289,7 @@ pub async fn update_cluster(
     store: &Store,
     version: u64,
     spec: ClusterSpec,
+    rotate_dek: bool,
 ) -> Result<Cluster, ControlError> {
     validate::cluster(&spec)?;
     let cur = store
@@ -308,6 +309,9 @@ pub async fn update_cluster(
     }
     let mut next = cur.clone();
     next.spec = Some(spec);
+    if rotate_dek {
+        next.dek_rotation += 1;
+    }
     let id = next.id.clone();
     store.update(|tx| tx.update(next)).await?;
     Ok(store.view(|t| t.clusters[&id].clone()))

@@ -38,6 +38,8 @@ pub struct ManagerOpts<'a> {
     pub restore: Option<Tables>,
     /// How it reaches other managers.
     pub tls: PeerTls,
+    /// The data key its Raft database is sealed with ([`super::raft::seal`]).
+    pub seal: super::raft::seal::Sealer,
 }
 
 pub struct Manager {
@@ -72,9 +74,10 @@ impl Manager {
             init,
             restore,
             tls,
+            seal,
         } = o;
         std::fs::create_dir_all(dir)?;
-        let db = open_db(&dir.join("raft.redb"))?;
+        let db = open_db(&dir.join("raft.redb"), seal)?;
         let store = Store::new();
         let written = LogBytes::default();
         let sm = StateMachine::open(store.clone(), db.clone(), written.clone())?;
@@ -176,6 +179,12 @@ impl Manager {
         tokio::spawn(compact_when_sparse(
             db.clone(),
             dir.join("raft.redb"),
+            shutdown.clone(),
+        ));
+        tokio::spawn(rotate_key_when_asked(
+            db.clone(),
+            dir.join("raft.redb"),
+            store.clone(),
             shutdown.clone(),
         ));
         tokio::spawn(lead_when_leader(
@@ -398,6 +407,38 @@ async fn compact_when_sparse(
     }
 }
 
+/// Re-seals this manager's Raft database with a new data key whenever the cluster asks
+/// for a rotation its key does not answer yet (`swarm update --rotate-dek`), on every
+/// manager, leader or not; a manager that was down does it when it catches up.
+async fn rotate_key_when_asked(
+    db: super::raft::storage::RaftDb,
+    path: std::path::PathBuf,
+    store: Store,
+    shutdown: CancellationToken,
+) {
+    let wanted = |s: &Store| s.view(|t| t.clusters.values().map(|c| c.dek_rotation).max());
+    let (_, mut events) = store.view_and_watch(|_| ());
+    loop {
+        if let Some(n) = wanted(&store).filter(|n| *n > db.key_rotation()) {
+            let (db, path) = (db.clone(), path.clone());
+            match tokio::task::spawn_blocking(move || db.rotate_key(&path, n)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("rotating the Raft data key: {e}"),
+                Err(_) => return,
+            }
+        }
+        // any change may be the cluster's (a lagging watcher reads again)
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.recv() => {
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = ev {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Runs the leader-only loops while this manager leads.
 async fn lead_when_leader(
     raft: Raft,
@@ -461,6 +502,10 @@ mod tests {
                 init,
                 restore: None,
                 tls: Default::default(),
+                seal: crate::manager::raft::seal::Sealer::load_or_create(
+                    &dir.join(crate::manager::raft::seal::DEK_FILE),
+                )
+                .unwrap(),
             },
         )
         .await

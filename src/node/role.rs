@@ -36,6 +36,10 @@ impl Daemon {
             init,
             restore,
             tls: self.trust.peer.clone(),
+            seal: crate::manager::raft::seal::Sealer::load_or_create(
+                &crate::tls::NodeCerts::dir(&self.local.data_root)
+                    .join(crate::manager::raft::seal::DEK_FILE),
+            )?,
         })
         .await
     }

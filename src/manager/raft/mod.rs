@@ -3,6 +3,7 @@
 //! [`Proposer`] that commits a batch through Raft and waits for it to be applied here.
 
 pub mod network;
+pub mod seal;
 pub mod storage;
 
 use std::io::Cursor;

@@ -305,7 +305,7 @@ async fn values_a_node_would_refuse_are_refused_by_the_managers() {
         crate::tls::DEFAULT_CERT_EXPIRY,
     );
     store.update(|tx| tx.create(c)).await.unwrap();
-    let e = update_cluster(&store, 0, ClusterSpec::default())
+    let e = update_cluster(&store, 0, ClusterSpec::default(), false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("the cluster spec is empty"), "{e}");
