@@ -18,7 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         // its Debug is written by hand, without the password
-        .skip_debug(["shoal.v1.RegistryCredential", "shoal.v1.SecretSpec"])
+        .skip_debug([
+            "shoal.v1.RegistryCredential",
+            "shoal.v1.SecretSpec",
+            "shoal.v1.FileVersion",
+        ])
         .compile_fds(fds)?;
     Ok(())
 }

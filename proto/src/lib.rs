@@ -85,6 +85,15 @@ impl std::fmt::Debug for RegistryCredential {
     }
 }
 
+impl std::fmt::Debug for FileVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileVersion")
+            .field("version", &self.version)
+            .field("data", &format_args!("<{} bytes hidden>", self.data.len()))
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for SecretSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretSpec")

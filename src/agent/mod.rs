@@ -3,6 +3,7 @@
 //! assignments (a full set, then changes), runs one task manager per task, and reports
 //! statuses until the dispatcher acknowledges them.
 
+pub mod files;
 pub mod net;
 pub mod task;
 
@@ -45,10 +46,12 @@ pub struct Agent<E: Executor> {
     pub reconnect: Arc<tokio::sync::Notify>,
     /// The node's overlay networking (none on a simulated node).
     pub net: Option<Arc<net::NodeNet>>,
-    /// Registry credentials of the services whose tasks this node has
-    /// (`--with-registry-auth`), by service ID: in memory only, never in the kept
-    /// assignments.
-    pub pull_auths: task::PullAuths,
+    /// Registry credentials, secrets and configs of the tasks this node has: in memory
+    /// only, never in the kept assignments.
+    pub held: Arc<files::Held>,
+    /// Where tasks' tmpfs mounts of their secrets and configs go while their containers
+    /// are made (none on a simulated node: a task with files is refused there).
+    pub files_dir: Option<std::path::PathBuf>,
 }
 
 impl<E: Executor> Agent<E> {
@@ -67,7 +70,8 @@ impl<E: Executor> Agent<E> {
             trust: Arc::new(watch::channel(None).0),
             reconnect: Arc::default(),
             net: None,
-            pull_auths: Arc::default(),
+            held: Arc::default(),
+            files_dir: None,
         }
     }
 
@@ -174,6 +178,8 @@ impl<E: Executor> Agent<E> {
                         while m.more {
                             let Some(next) = assign.message().await? else { anyhow::bail!("assignments stream ended") };
                             m.update_tasks.extend(next.update_tasks);
+                            m.update_secrets.extend(next.update_secrets);
+                            m.update_configs.extend(next.update_configs);
                             m.more = next.more;
                         }
                     }
@@ -186,6 +192,9 @@ impl<E: Executor> Agent<E> {
                         if let Some(net) = &self.net {
                             net.sweep(&keep);
                         }
+                        if let Some(dir) = &self.files_dir {
+                            files::sweep(dir, &keep);
+                        }
                         let gone: Vec<String> = tasks.keys().filter(|k| !keep.contains(k.as_str())).cloned().collect();
                         for id in gone {
                             self.forget(tasks, tx, &id);
@@ -194,7 +203,16 @@ impl<E: Executor> Agent<E> {
                     for id in &m.remove_tasks {
                         self.forget(tasks, tx, id);
                     }
-                    self.learn_auths(m.r#type == AssignType::Complete as i32, std::mem::take(&mut m.pull_auths), &m.update_tasks, tasks);
+                    self.held.learn(
+                        m.r#type == AssignType::Complete as i32,
+                        std::mem::take(&mut m.pull_auths),
+                        std::mem::take(&mut m.update_secrets),
+                        std::mem::take(&mut m.update_configs),
+                        |f| {
+                            tasks.values().for_each(|w| f(&w.borrow()));
+                            m.update_tasks.iter().for_each(&mut *f);
+                        },
+                    );
                     for t in m.update_tasks {
                         match tasks.get(&t.id) {
                             Some(w) => {
@@ -207,7 +225,7 @@ impl<E: Executor> Agent<E> {
                             None => {
                                 let (w, r) = watch::channel(t.clone());
                                 tasks.insert(t.id.clone(), w);
-                                tokio::spawn(task::manage(self.exec.clone(), self.net.clone(), r, tx.clone(), self.pull_auths.clone()));
+                                tokio::spawn(task::manage(self.exec.clone(), self.net.clone(), r, tx.clone(), self.held.clone(), self.files_dir.clone()));
                             }
                         }
                     }
@@ -215,31 +233,6 @@ impl<E: Executor> Agent<E> {
                 }
             }
         }
-    }
-
-    /// Keeps the registry credentials sent (a complete set replaces them all), and only
-    /// those of services that still have a task here.
-    fn learn_auths(
-        &self,
-        complete: bool,
-        sent: HashMap<String, shoal_proto::RegistryCredential>,
-        new_tasks: &[Task],
-        tasks: &HashMap<String, watch::Sender<Task>>,
-    ) {
-        let mut auths = self.pull_auths.lock().unwrap_or_else(|p| p.into_inner());
-        if complete {
-            auths.clear();
-        }
-        auths.extend(sent);
-        if auths.is_empty() {
-            return;
-        }
-        let mut used: std::collections::HashSet<String> = tasks
-            .values()
-            .map(|w| w.borrow().service_id.clone())
-            .collect();
-        used.extend(new_tasks.iter().map(|t| t.service_id.clone()));
-        auths.retain(|service, _| used.contains(service));
     }
 
     /// Writes the assigned tasks down, so that a node that restarts cut off from every
@@ -262,6 +255,8 @@ impl<E: Executor> Agent<E> {
     /// whose containers do not (the host restarted), are started again as they were. An
     /// edge node that reboots while its uplink is down so keeps serving; once a manager
     /// is back, its assignments decide (tasks it moved elsewhere are stopped here).
+    /// A task with secrets or configs waits for a manager: their data is never on this
+    /// node's disk.
     async fn resume(&self) {
         let Some(path) = &self.assignments_file else {
             return;
@@ -288,6 +283,12 @@ impl<E: Executor> Agent<E> {
                     let _ = self.exec.remove(&t.id).await;
                 }
                 Err(_) => {}
+            }
+            if let Some((kind, r)) = files::references(&t).next() {
+                // the managers send secrets and configs with the task, and a node never
+                // keeps them on its disk: it waits for a manager
+                tracing::warn!(task.id = %t.id, "not started again: its {kind:?} {} comes only from the managers, and this node never keeps one on its disk", r.source_name);
+                continue;
             }
             let mut spec = crate::spec::container::container_spec(&t);
             if !t.networks.is_empty() {
@@ -349,12 +350,16 @@ impl<E: Executor> Agent<E> {
             let _ = reports.send(Report::Gone(id.to_string()));
             let exec = self.exec.clone();
             let net = self.net.clone();
+            let files_dir = self.files_dir.clone();
             let id = id.to_string();
             tokio::spawn(async move {
                 let _ = exec.shutdown(&id, None).await;
                 let _ = exec.remove(&id).await;
                 if let Some(net) = net {
                     net.release(&id);
+                }
+                if let Some(dir) = files_dir {
+                    files::release(&dir, &id);
                 }
             });
         }

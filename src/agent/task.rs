@@ -82,17 +82,16 @@ async fn unhealthy<E: Executor>(exec: &E, id: &str) {
     }
 }
 
-/// Runs until the task is removed (its watch closes) or reaches its end.
-/// Registry credentials by service ID, as the managers sent them (in memory only).
-pub type PullAuths =
-    Arc<std::sync::Mutex<std::collections::HashMap<String, shoal_proto::RegistryCredential>>>;
-
+/// Runs until the task is removed (its watch closes) or reaches its end. `held` has
+/// what the managers sent for it (registry credentials, secrets, configs); its files are
+/// mounted under `files_dir` while its container is made.
 pub async fn manage<E: Executor>(
     exec: Arc<E>,
     net: Option<Arc<super::net::NodeNet>>,
     mut task: watch::Receiver<Task>,
     reports: mpsc::UnboundedSender<Report>,
-    auths: PullAuths,
+    held: Arc<super::files::Held>,
+    files_dir: Option<std::path::PathBuf>,
 ) {
     let id = task.borrow().id.clone();
     if !task.borrow().attachment_container.is_empty() {
@@ -159,6 +158,7 @@ pub async fn manage<E: Executor>(
             if want == TaskState::Remove {
                 let _ = exec.remove(&id).await;
             }
+            release_files(&files_dir, &id);
             if task.changed().await.is_err() {
                 return;
             }
@@ -203,8 +203,26 @@ pub async fn manage<E: Executor>(
                     }
                 }
             }
+            if super::files::references(&t).next().is_some() {
+                let mounted = match &files_dir {
+                    Some(dir) => super::files::materialize(dir, &t, &held),
+                    None => {
+                        Err("this node cannot hold secrets or configs (a simulated node)".into())
+                    }
+                };
+                match mounted {
+                    Ok(m) => spec.mounts.extend(m),
+                    Err(e) => {
+                        reached = TaskState::Rejected;
+                        let mut s = st(reached, "preparing failed");
+                        s.err = e;
+                        report(s);
+                        continue;
+                    }
+                }
+            }
             let auth = crate::spec::image::auth_for(
-                auths
+                held.auths
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&t.service_id),
@@ -216,6 +234,7 @@ pub async fn manage<E: Executor>(
                     report(st(reached, "prepared"));
                 }
                 Err(e) => {
+                    release_files(&files_dir, &id);
                     reached = TaskState::Rejected;
                     let mut s = st(reached, "preparing failed");
                     s.err = e.to_string();
@@ -232,7 +251,10 @@ pub async fn manage<E: Executor>(
                 continue;
             }
             report(st(TaskState::Starting, "starting"));
-            match exec.start(&id).await {
+            let started = exec.start(&id).await;
+            // the container holds its own mounts of the files from now on
+            release_files(&files_dir, &id);
+            match started {
                 Ok(pid) => {
                     // with a health check, a task is running once it is healthy (as in Swarm)
                     if let Some(mut h) = exec.health(&id) {
@@ -312,6 +334,12 @@ pub async fn manage<E: Executor>(
                 report(s);
             }
         }
+    }
+}
+
+fn release_files(dir: &Option<std::path::PathBuf>, task_id: &str) {
+    if let Some(dir) = dir {
+        super::files::release(dir, task_id);
     }
 }
 

@@ -509,6 +509,28 @@ impl Control for Api {
             .map_err(status)?;
         Ok(Response::new(Empty {}))
     }
+    async fn update_secret(
+        &self,
+        req: Request<UpdateSecretRequest>,
+    ) -> Result<Response<UpdateFileResponse>, Status> {
+        on_leader!(self, req, update_secret);
+        let r = req.into_inner();
+        let spec = r.spec.unwrap_or_default();
+        let (what, labels_set) = (r.id_or_name, r.labels_set);
+        let u = (r.version, spec.annotations, spec.data);
+        self.update_file::<Secret>(&what, u, labels_set).await
+    }
+    async fn update_config(
+        &self,
+        req: Request<UpdateConfigRequest>,
+    ) -> Result<Response<UpdateFileResponse>, Status> {
+        on_leader!(self, req, update_config);
+        let r = req.into_inner();
+        let spec = r.spec.unwrap_or_default();
+        let (what, labels_set) = (r.id_or_name, r.labels_set);
+        let u = (r.version, spec.annotations, spec.data);
+        self.update_file::<Config>(&what, u, labels_set).await
+    }
     async fn get_cluster(&self, req: Request<GetRequest>) -> Result<Response<Cluster>, Status> {
         on_leader!(self, req, get_cluster);
         let m = self.manager()?;
@@ -642,5 +664,31 @@ impl DispatcherApi for Api {
             .dispatcher
             .detach_network(req)
             .await
+    }
+}
+
+impl Api {
+    /// `secret update` / `config update`: `u` is the meta version read, the annotations
+    /// (their labels replace the object's when `labels_set`) and the new data (none when
+    /// empty).
+    async fn update_file<T: files::FileObject>(
+        &self,
+        what: &str,
+        u: (u64, Option<Annotations>, Vec<u8>),
+        labels_set: bool,
+    ) -> Result<Response<UpdateFileResponse>, Status> {
+        let m = self.manager()?;
+        let (version, annotations, data) = u;
+        let a = annotations.unwrap_or_default();
+        let data = (!data.is_empty()).then_some(data);
+        let labels = labels_set.then_some(a.labels);
+        let u = files::update::<T>(&m.store, what, version, &a.name, labels, data)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(UpdateFileResponse {
+            id: u.object.id().to_string(),
+            data_version: files::FileObject::version(&u.object),
+            rolled: u.rolled,
+        }))
     }
 }

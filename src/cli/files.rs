@@ -29,6 +29,16 @@ pub enum FileCmd {
         /// A file, or `-` for stdin.
         file: String,
     },
+    /// A new version of the data (the services that use it roll to it under their
+    /// update settings), or new labels.
+    Update {
+        /// KEY=VALUE: replaces the labels.
+        #[arg(short, long = "label")]
+        label: Vec<String>,
+        name: String,
+        /// The new data: a file, or `-` for stdin (none: the labels alone).
+        file: Option<String>,
+    },
     /// List them.
     #[command(alias = "list")]
     Ls {
@@ -169,6 +179,65 @@ pub async fn run(g: &Globals, kind: Kind, c: FileCmd) -> anyhow::Result<ExitCode
                 }
             };
             println!("{id}");
+        }
+        FileCmd::Update { label, name, file } => {
+            if label.is_empty() && file.is_none() {
+                anyhow::bail!(
+                    "nothing to update: give the {}'s new data (FILE or -), or --label",
+                    kind.word()
+                );
+            }
+            let labels = crate::spec::units::labels(&label)
+                .map_err(|(l, e)| super::flags::bad_value("--label", &l, e))?;
+            let data = match &file {
+                Some(f) => read_data(f, kind.max(), kind.word())?,
+                None => Vec::new(),
+            };
+            let annotations = Some(Annotations {
+                name: name.clone(),
+                labels,
+            });
+            let labels_set = !label.is_empty();
+            let checked = |e: crate::spec::SpecErrors| Words::File.say(&e);
+            let r = match kind {
+                Kind::Secret => {
+                    let spec = SecretSpec { annotations, data };
+                    if file.is_some() {
+                        crate::spec::files::secret(&spec).map_err(checked)?;
+                    }
+                    ctl.update_secret(UpdateSecretRequest {
+                        id_or_name: name,
+                        spec: Some(spec),
+                        labels_set,
+                        ..Default::default()
+                    })
+                    .await
+                }
+                Kind::Config => {
+                    let spec = ConfigSpec { annotations, data };
+                    if file.is_some() {
+                        crate::spec::files::config(&spec).map_err(checked)?;
+                    }
+                    ctl.update_config(UpdateConfigRequest {
+                        id_or_name: name,
+                        spec: Some(spec),
+                        labels_set,
+                        ..Default::default()
+                    })
+                    .await
+                }
+            }
+            .map_err(|e| words::refusal(e, Words::File))?
+            .into_inner();
+            println!("{}", r.id);
+            if !r.rolled.is_empty() {
+                eprintln!(
+                    "version {} of its data: {} roll{} to it",
+                    r.data_version,
+                    r.rolled.join(", "),
+                    if r.rolled.len() == 1 { "s" } else { "" }
+                );
+            }
         }
         FileCmd::Ls { list } => {
             let mut all = listed(&mut ctl, kind).await?;

@@ -429,6 +429,18 @@ pub struct EditFlags {
     /// Stop publishing a port: PUBLISHED[/PROTOCOL].
     #[arg(long)]
     publish_rm: Vec<String>,
+    /// Add or replace a secret (same syntax as --secret; replaces one at the same path).
+    #[arg(long)]
+    secret_add: Vec<String>,
+    /// Remove a secret (its name).
+    #[arg(long)]
+    secret_rm: Vec<String>,
+    /// Add or replace a config (same syntax as --config; replaces one at the same path).
+    #[arg(long)]
+    config_add: Vec<String>,
+    /// Remove a config (its name).
+    #[arg(long)]
+    config_rm: Vec<String>,
 }
 
 impl EditFlags {
@@ -463,6 +475,18 @@ impl EditFlags {
             network_rm: self.network_rm.iter().map(network_id).collect(),
             publish_add: each("--publish-add", &self.publish_add, parse_publish)?,
             publish_rm: each("--publish-rm", &self.publish_rm, parse_published)?,
+            secret_add: each(
+                "--secret-add",
+                &self.secret_add,
+                crate::spec::files::parse_reference,
+            )?,
+            secret_rm: self.secret_rm.clone(),
+            config_add: each(
+                "--config-add",
+                &self.config_add,
+                crate::spec::files::parse_reference,
+            )?,
+            config_rm: self.config_rm.clone(),
         })
     }
 }

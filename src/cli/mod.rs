@@ -17,6 +17,7 @@ mod progress;
 mod scale;
 mod service;
 mod swarm;
+mod system;
 mod util;
 mod words;
 
@@ -112,6 +113,9 @@ enum Command {
     /// Manage configs.
     #[command(subcommand)]
     Config(files::FileCmd),
+    /// What this node is and holds.
+    #[command(subcommand)]
+    System(system::SystemCmd),
     /// Run the shoal daemon (as root): the node's runtime, agent and, once in a swarm, manager.
     Daemon(daemon::DaemonArgs),
     /// Times the runtime for scripts/bench/runtime.sh.
@@ -216,6 +220,7 @@ pub fn main() -> ExitCode {
             Command::Network(c) => network::run(&g, c).await,
             Command::Secret(c) => files::run(&g, files::Kind::Secret, c).await,
             Command::Config(c) => files::run(&g, files::Kind::Config, c).await,
+            Command::System(c) => system::run(&g, c).await,
             Command::Keeper { .. } => unreachable!("handled above"),
         }
     });

@@ -229,7 +229,20 @@ pub async fn run(g: &Globals, c: ServiceCmd) -> anyhow::Result<ExitCode> {
         ServiceCmd::Inspect { services, format } => {
             let mut out = Vec::new();
             for what in services {
-                out.push(docker::service(&get(&mut ctl, &what).await?));
+                let s = get(&mut ctl, &what).await?;
+                let mut j = docker::service(&s);
+                let uses_files = s
+                    .spec
+                    .as_ref()
+                    .and_then(|x| x.task.as_ref())
+                    .and_then(|t| t.container.as_ref())
+                    .is_some_and(|c| !c.secrets.is_empty() || !c.configs.is_empty());
+                if uses_files {
+                    let tasks =
+                        client::list_tasks(&mut ctl, vec![format!("service={}", s.id)]).await?;
+                    j["TaskFiles"] = docker::task_files(&tasks);
+                }
+                out.push(j);
             }
             match format.as_deref() {
                 None => println!("{}", serde_json::to_string_pretty(&out)?),

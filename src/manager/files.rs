@@ -4,7 +4,7 @@
 //! leaves the managers in an answer; a config's does, as in Swarm.
 
 use shoal_proto::{
-    Config, ConfigSpec, ContainerSpec, FileReference, Secret, SecretSpec, ServiceSpec,
+    Config, ConfigSpec, ContainerSpec, FileReference, FileVersion, Secret, SecretSpec, ServiceSpec,
 };
 
 use super::error::{find, invalid, update_checked, ControlError};
@@ -20,10 +20,76 @@ pub trait FileObject: StoreItem + TryFromObject + Default {
     fn references_mut(c: &mut ContainerSpec) -> &mut Vec<FileReference>;
     fn check(&self) -> Result<(), SpecErrors>;
     fn set_id(&mut self, id: String);
-    /// Whether objects of this kind may be made yet.
-    fn available() -> Result<(), ControlError> {
-        Ok(())
+    /// The version of its current data (0 is 1).
+    fn version(&self) -> u64;
+    fn set_version(&mut self, v: u64);
+    fn old_versions(&self) -> &[FileVersion];
+    /// The object as a node receives it for a task: its ID, and its data at version `v`
+    /// (None when that version is no longer kept).
+    fn delivery(&self, v: u64) -> Option<Self>;
+    fn labels_mut(&mut self) -> &mut std::collections::HashMap<String, String>;
+    fn data_mut(&mut self) -> &mut Vec<u8>;
+    fn old_versions_mut(&mut self) -> &mut Vec<FileVersion>;
+}
+
+/// The data of `version` among the current `data` (at `current`) and `old` versions.
+fn data_at<'a>(
+    current: u64,
+    data: &'a [u8],
+    old: &'a [FileVersion],
+    version: u64,
+) -> Option<&'a [u8]> {
+    if version.max(1) == current.max(1) {
+        return Some(data);
     }
+    old.iter()
+        .find(|o| o.version == version)
+        .map(|o| o.data.as_slice())
+}
+
+/// What secrets and configs do alike: their ID, their versions, and what a node gets.
+macro_rules! versioned {
+    ($t:ident, $spec:ident) => {
+        fn set_id(&mut self, id: String) {
+            self.id = id;
+        }
+        fn version(&self) -> u64 {
+            self.version.max(1)
+        }
+        fn set_version(&mut self, v: u64) {
+            self.version = v;
+        }
+        fn old_versions(&self) -> &[FileVersion] {
+            &self.old_versions
+        }
+        fn labels_mut(&mut self) -> &mut std::collections::HashMap<String, String> {
+            &mut self
+                .spec
+                .get_or_insert_with(Default::default)
+                .annotations
+                .get_or_insert_with(Default::default)
+                .labels
+        }
+        fn data_mut(&mut self) -> &mut Vec<u8> {
+            &mut self.spec.get_or_insert_with(Default::default).data
+        }
+        fn old_versions_mut(&mut self) -> &mut Vec<FileVersion> {
+            &mut self.old_versions
+        }
+        fn delivery(&self, v: u64) -> Option<$t> {
+            let spec = self.spec.as_ref()?;
+            let data = data_at(self.version, &spec.data, &self.old_versions, v)?;
+            Some($t {
+                id: self.id.clone(),
+                version: v.max(1),
+                spec: Some($spec {
+                    data: data.to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        }
+    };
 }
 
 impl FileObject for Secret {
@@ -31,6 +97,7 @@ impl FileObject for Secret {
         if let Some(s) = self.spec.as_mut() {
             s.data.clear();
         }
+        self.old_versions.clear();
         self
     }
     fn references(c: &ContainerSpec) -> &[FileReference] {
@@ -42,20 +109,12 @@ impl FileObject for Secret {
     fn check(&self) -> Result<(), SpecErrors> {
         crate::spec::files::secret(self.spec.as_ref().unwrap_or(&SecretSpec::default()))
     }
-    fn set_id(&mut self, id: String) {
-        self.id = id;
-    }
-    fn available() -> Result<(), ControlError> {
-        // the store is written to disk in plain text until it is sealed: no secret byte
-        // may go there
-        Err(ControlError::Refused(
-            "secrets are not supported yet: the managers' Raft log is not encrypted yet, and a secret's data must never be on disk in plain text".into(),
-        ))
-    }
+    versioned!(Secret, SecretSpec);
 }
 
 impl FileObject for Config {
-    fn answer(self) -> Config {
+    fn answer(mut self) -> Config {
+        self.old_versions.clear();
         self
     }
     fn references(c: &ContainerSpec) -> &[FileReference] {
@@ -67,17 +126,15 @@ impl FileObject for Config {
     fn check(&self) -> Result<(), SpecErrors> {
         crate::spec::files::config(self.spec.as_ref().unwrap_or(&ConfigSpec::default()))
     }
-    fn set_id(&mut self, id: String) {
-        self.id = id;
-    }
+    versioned!(Config, ConfigSpec);
 }
 
 /// Stores a new secret or config (`object` has its spec; its ID is given here).
 pub async fn create<T: FileObject>(store: &Store, mut object: T) -> Result<T, ControlError> {
-    T::available()?;
     object.check()?;
     let id = new_id();
     object.set_id(id.clone());
+    object.set_version(1);
     // the store refuses a name in use
     store.update(|tx| tx.create(object)).await?;
     get::<T>(store, &id)
@@ -132,6 +189,145 @@ pub async fn remove<T: FileObject>(store: &Store, what: &str) -> Result<(), Cont
     .await
 }
 
+/// What `secret update` / `config update` changed.
+#[derive(Debug)]
+pub struct Updated<T> {
+    pub object: T,
+    /// The services that roll to the new data, by name.
+    pub rolled: Vec<String>,
+}
+
+/// `secret update` / `config update`: new labels, and new data as a new version (the
+/// same data makes none). Every service whose spec uses the object takes the new
+/// version in the same transaction: a change of its task spec, so it rolls out under
+/// its update settings, with its rollback (which restores the version before). Earlier
+/// versions are kept while a service, one of its revisions or a task still names them.
+pub async fn update<T: FileObject>(
+    store: &Store,
+    what: &str,
+    version: u64,
+    name: &str,
+    labels: Option<std::collections::HashMap<String, String>>,
+    data: Option<Vec<u8>>,
+) -> Result<Updated<T>, ControlError> {
+    if labels.is_none() && data.is_none() {
+        return Err(invalid(format!(
+            "nothing to update: give the {}'s new data, or its labels",
+            T::KIND
+        )));
+    }
+    let o: T = store.view(|t| find(T::table(t), what))?;
+    if !name.is_empty() && name != o.name() {
+        return Err(invalid(format!(
+            "a {}'s name cannot change ({} to {name})",
+            T::KIND,
+            o.name()
+        )));
+    }
+    let limit = store.view(|t| super::revisions::limit(t.clusters.values().next()));
+    let now = crate::manager::store::now_ms();
+    let id = o.id().to_string();
+    let rolled = std::sync::Mutex::new(Vec::new());
+    update_checked(store, |tx| {
+        let mut next: T = tx.get(&id).ok_or_else(|| ControlError::NotFound {
+            kind: T::KIND,
+            what: what.to_string(),
+        })?;
+        super::error::check_version(T::KIND, &id, next.meta().copied(), version)?;
+        if let Some(l) = &labels {
+            *next.labels_mut() = l.clone();
+        }
+        let mut names = Vec::new();
+        if let Some(d) = data.as_ref().filter(|d| *d != next.data_mut()) {
+            let v = FileObject::version(&next);
+            let old = std::mem::replace(next.data_mut(), d.clone());
+            next.old_versions_mut().push(FileVersion {
+                version: v,
+                data: old,
+            });
+            next.set_version(v + 1);
+            next.check()?;
+            for mut s in tx.list::<shoal_proto::Service>() {
+                let Some(mut spec) = s.spec.clone() else {
+                    continue;
+                };
+                let Some(c) = spec.task.as_mut().and_then(|x| x.container.as_mut()) else {
+                    continue;
+                };
+                let mut uses = false;
+                for r in T::references_mut(c)
+                    .iter_mut()
+                    .filter(|r| r.source_id == id)
+                {
+                    r.version = v + 1;
+                    uses = true;
+                }
+                if !uses {
+                    continue;
+                }
+                names.push(s.name().to_string());
+                super::revisions::update(tx, &mut s, spec, limit, now)?;
+                if super::tasks::is_job(&s) {
+                    s.job_iteration += 1;
+                }
+                tx.update(s)?;
+            }
+            let kept = versions_named::<T>(tx, &id);
+            let current = FileObject::version(&next);
+            next.old_versions_mut()
+                .retain(|o| o.version != current && kept.contains(&o.version));
+        }
+        names.sort();
+        *rolled.lock().unwrap_or_else(|p| p.into_inner()) = names;
+        tx.update(next)?;
+        Ok(())
+    })
+    .await?;
+    let object = get::<T>(store, &id)?;
+    let rolled = rolled.into_inner().unwrap_or_else(|p| p.into_inner());
+    Ok(Updated { object, rolled })
+}
+
+/// The versions of object `id` that services (their specs and previous specs), their
+/// revisions and the tasks that may still run name.
+fn versions_named<T: FileObject>(tx: &Tx<'_>, id: &str) -> std::collections::HashSet<u64> {
+    let mut out = std::collections::HashSet::new();
+    let mut add = |spec: Option<&ServiceSpec>| {
+        if let Some(c) = spec
+            .and_then(|s| s.task.as_ref())
+            .and_then(|t| t.container.as_ref())
+        {
+            out.extend(
+                T::references(c)
+                    .iter()
+                    .filter(|r| r.source_id == id)
+                    .map(|r| r.version.max(1)),
+            );
+        }
+    };
+    tx.for_each(|s: &shoal_proto::Service| {
+        add(s.spec.as_ref());
+        add(s.previous_spec.as_ref());
+    });
+    tx.for_each(|r: &shoal_proto::ServiceRevision| add(r.spec.as_ref()));
+    let mut tasks = std::collections::HashSet::new();
+    tx.for_each(|t: &shoal_proto::Task| {
+        if t.desired_state > shoal_proto::TaskState::Complete as i32 {
+            return;
+        }
+        if let Some(c) = t.spec.as_ref().and_then(|s| s.container.as_ref()) {
+            tasks.extend(
+                T::references(c)
+                    .iter()
+                    .filter(|r| r.source_id == id)
+                    .map(|r| r.version.max(1)),
+            );
+        }
+    });
+    out.extend(tasks);
+    out
+}
+
 /// In the transaction that keeps a service's spec: every object it uses is still there
 /// (one removed since the spec was resolved is refused, as if it never was).
 pub fn check_in(tx: &Tx<'_>, spec: &ServiceSpec) -> Result<(), ControlError> {
@@ -170,15 +366,6 @@ pub fn resolve(t: &Tables, spec: &mut ServiceSpec) -> Result<(), ControlError> {
     let mut errs = SpecErrors::default();
     resolve_kind::<Secret>(t, &mut errs, c, "secrets");
     resolve_kind::<Config>(t, &mut errs, c, "configs");
-    // (until the nodes receive them: a task must not run without its files)
-    for (kind, n) in [("secrets", c.secrets.len()), ("configs", c.configs.len())] {
-        if n > 0 && errs.0.is_empty() {
-            errs.push(SpecError::new(
-                Field::new("task.container").child(kind),
-                "not supported yet: secrets and configs do not reach the nodes in this version, so a service cannot use them",
-            ));
-        }
-    }
     errs.into_result().map_err(ControlError::from)
 }
 
@@ -202,6 +389,16 @@ fn resolve_kind<T: FileObject>(
         });
         match found {
             Some(o) => {
+                // a reference keeps the version it has while that is kept (a change of
+                // something else rolls nothing); a new one, or one whose version is
+                // gone, takes the current data
+                let kept = r.source_id == o.id()
+                    && r.version != 0
+                    && (r.version == FileObject::version(o)
+                        || o.old_versions().iter().any(|v| v.version == r.version));
+                if !kept {
+                    r.version = FileObject::version(o);
+                }
                 r.source_id = o.id().to_string();
                 r.source_name = o.name().to_string();
             }

@@ -76,6 +76,8 @@ impl Daemon {
             net: Some(self.net.clone()),
             managers: self.links.managers.clone(),
             assignments_file: Some(self.local.swarm_dir().join("assignments.pb")),
+            files_dir: Some(self.local.data_root.join("task-files")),
+            held: self.held.clone(),
             cert_root_digest: self.trust.cert_root.clone(),
             reconnect: self.links.reconnect.clone(),
             ..Agent::new(Arc::new(self.runtime.clone()), self.node_id(), description)
@@ -215,10 +217,13 @@ impl Daemon {
                     continue;
                 }
             };
+            // an incremental assignment carries the secrets and configs (up to 1000 KiB
+            // each) of the tasks it brings, which may be more than gRPC's default 4 MiB
             let client = shoal_proto::dispatcher_client::DispatcherClient::with_interceptor(
                 ch,
                 crate::agent::NodeIdentity::new(&self.node_id())?,
-            );
+            )
+            .max_decoding_message_size(64 << 20);
             match call(client).await {
                 Ok(r) => return Ok(r),
                 // not the leader, or unreachable: the next manager

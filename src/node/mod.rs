@@ -72,6 +72,9 @@ pub struct Daemon {
     net: Arc<crate::agent::net::NodeNet>,
     /// Serializes init, join, leave and the changes of role and trust.
     admin: tokio::sync::Mutex<()>,
+    /// What the managers sent for this node's tasks (credentials, secrets, configs), in
+    /// memory only; shared by each agent this daemon runs.
+    held: Arc<crate::agent::files::Held>,
 }
 
 impl Daemon {
@@ -116,6 +119,7 @@ impl Daemon {
             cluster_port_server: cluster_port,
             net,
             admin: tokio::sync::Mutex::new(()),
+            held: Arc::default(),
         });
         let Some(st) = state else { return Ok(d) };
         let certs = NodeCerts::load(&d.local.data_root)?
@@ -170,6 +174,8 @@ impl Daemon {
             node_addr: st.map(|s| s.advertise_addr).unwrap_or_default(),
             data_root: self.local.data_root.display().to_string(),
             cgroup_parent: self.runtime.config().cgroup_parent.clone(),
+            secrets_held: self.held.counts().0 as u32,
+            configs_held: self.held.counts().1 as u32,
         }
     }
 

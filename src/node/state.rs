@@ -131,7 +131,8 @@ pub fn secure_data_root(root: &Path) -> std::io::Result<()> {
     for e in std::fs::read_dir(root)?.flatten() {
         let p = e.path();
         match e.file_name().to_str() {
-            Some("images" | "containers") => {}
+            // (task-files: tmpfs mounts, made 0700 and released by the agent)
+            Some("images" | "containers" | "task-files") => {}
             Some("volumes") => {
                 private_dir(&p)?;
                 for v in std::fs::read_dir(&p)?.flatten() {

@@ -126,6 +126,8 @@ fn service_spec(spec: &ServiceSpec) -> Value {
                 "Env": c.env, "Dir": c.dir, "User": c.user, "StopSignal": c.stop_signal, "StopGracePeriod": nanos(&c.stop_grace_period),
                 "Mounts": c.mounts.iter().map(|m| json!({"Type": MOUNT_TYPES.get(m.r#type as usize).copied().unwrap_or("volume"), "Source": m.source, "Target": m.target, "ReadOnly": m.read_only})).collect::<Vec<_>>(),
                 "Healthcheck": c.healthcheck.as_ref().map(|h| json!({"Test": h.test, "Interval": nanos(&h.interval), "Timeout": nanos(&h.timeout), "Retries": h.retries, "StartPeriod": nanos(&h.start_period), "StartInterval": nanos(&h.start_interval)})),
+                "Secrets": c.secrets.iter().map(|r| file_reference(r, "Secret")).collect::<Vec<_>>(),
+                "Configs": c.configs.iter().map(|r| file_reference(r, "Config")).collect::<Vec<_>>(),
             },
             "Resources": {"Limits": rj(&res.limits), "Reservations": rj(&res.reservations)},
             "RestartPolicy": {"Condition": CONDITIONS.get(r.condition as usize).copied().unwrap_or("any"), "Delay": delay, "MaxAttempts": r.max_attempts, "Window": nanos(&r.window)},
@@ -141,6 +143,56 @@ fn service_spec(spec: &ServiceSpec) -> Value {
         j["RollbackConfig"] = update_config(spec.rollback.as_ref());
     }
     j
+}
+
+/// A secret's or config's reference as Docker shows it (`SecretID`, `SecretName`,
+/// `File`), with the version of its data the tasks get (shoal's).
+fn file_reference(r: &shoal_proto::FileReference, kind: &str) -> Value {
+    let or0 = |s: &str| {
+        if s.is_empty() {
+            "0".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    json!({
+        format!("{kind}ID"): r.source_id,
+        format!("{kind}Name"): r.source_name,
+        "File": {
+            "Name": if r.target.is_empty() { &r.source_name } else { &r.target },
+            "UID": or0(&r.uid),
+            "GID": or0(&r.gid),
+            "Mode": if r.mode == 0 { 0o444 } else { r.mode },
+        },
+        "Version": r.version.max(1),
+    })
+}
+
+/// Which version of each secret and config the service's tasks that may still run have
+/// (shoal's, in `service inspect`: a rotation shows here as it rolls).
+pub fn task_files(tasks: &[shoal_proto::Task]) -> Value {
+    let mut live: Vec<&shoal_proto::Task> = tasks
+        .iter()
+        .filter(|t| t.desired_state <= shoal_proto::TaskState::Complete as i32)
+        .collect();
+    live.sort_by(|a, b| (a.slot, &a.node_id, &a.id).cmp(&(b.slot, &b.node_id, &b.id)));
+    live.iter()
+        .map(|t| {
+            let c = t.spec.as_ref().and_then(|s| s.container.as_ref());
+            let versions = |refs: &[shoal_proto::FileReference]| {
+                refs.iter()
+                    .map(|r| (r.source_name.clone(), json!(r.version.max(1))))
+                    .collect::<serde_json::Map<_, _>>()
+            };
+            json!({
+                "ID": t.id,
+                "Slot": t.slot,
+                "NodeID": t.node_id,
+                "Secrets": versions(c.map(|c| &c.secrets[..]).unwrap_or_default()),
+                "Configs": versions(c.map(|c| &c.configs[..]).unwrap_or_default()),
+            })
+        })
+        .collect()
 }
 
 /// `service inspect`, in Docker's shape (the parts shoal has).

@@ -31,6 +31,12 @@ pub struct ServiceEdit {
     /// Replaces a port published at the same number and protocol.
     pub publish_add: Vec<PortConfig>,
     pub publish_rm: Vec<(u32, Protocol)>,
+    /// Replace a reference with the same file path.
+    pub secret_add: Vec<FileReference>,
+    /// Names (or IDs) of the secrets whose references go.
+    pub secret_rm: Vec<String>,
+    pub config_add: Vec<FileReference>,
+    pub config_rm: Vec<String>,
 }
 
 impl ServiceEdit {
@@ -61,6 +67,41 @@ impl ServiceEdit {
         for m in &self.mount_add {
             c.mounts.retain(|x| x.target != m.target);
             c.mounts.push(m.clone());
+        }
+        type PathOf = fn(&FileReference) -> String;
+        for (list, add, rm, field, path) in [
+            (
+                &mut c.secrets,
+                &self.secret_add,
+                &self.secret_rm,
+                "task.container.secrets",
+                super::files::secret_path as PathOf,
+            ),
+            (
+                &mut c.configs,
+                &self.config_add,
+                &self.config_rm,
+                "task.container.configs",
+                super::files::config_path as PathOf,
+            ),
+        ] {
+            for name in rm {
+                if !list
+                    .iter()
+                    .any(|r| &r.source_name == name || &r.source_id == name)
+                {
+                    errs.push(
+                        SpecError::new(Field::new(field), "the service does not use it")
+                            .value(name)
+                            .edit(Edit::Rm),
+                    );
+                }
+                list.retain(|r| &r.source_name != name && &r.source_id != name);
+            }
+            for r in add {
+                list.retain(|x| path(x) != path(r));
+                list.push(r.clone());
+            }
         }
         for (k, v) in &self.container_label_add {
             c.labels.insert(k.clone(), v.clone());

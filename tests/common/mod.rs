@@ -574,3 +574,63 @@ pub fn kill9(pid: i32) {
     )
     .unwrap();
 }
+
+/// The files under `dir` (not following links) that hold `marker` in plain: as is, or
+/// base64-encoded at any of the three alignments (Raft's entries carry store batches
+/// as base64, and JSON answers carry bytes so).
+#[allow(dead_code)] // (the secrets tests')
+pub fn files_holding(dir: &Path, marker: &[u8]) -> Vec<PathBuf> {
+    use base64::Engine as _;
+    let mut forms = vec![marker.to_vec()];
+    for pad in 0..3 {
+        let mut m = vec![0u8; pad];
+        m.extend_from_slice(marker);
+        let e = base64::engine::general_purpose::STANDARD.encode(&m);
+        let from = (pad * 4).div_ceil(3) + 1;
+        forms.push(e.as_bytes()[from..e.len() - 4].to_vec());
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                todo.push(p);
+            } else if t.is_file() {
+                let bytes = fs::read(&p).unwrap_or_default();
+                if forms
+                    .iter()
+                    .any(|f| bytes.windows(f.len()).any(|w| w == f.as_slice()))
+                {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A marker no file holds by chance: `len` hexadecimal characters.
+#[allow(dead_code)] // (the secrets tests')
+pub fn unique_marker(len: usize) -> String {
+    let mut s = String::new();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        ^ ((std::process::id() as u64) << 32);
+    while s.len() < len {
+        // splitmix64
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        s.push_str(&format!("{:016x}", z ^ (z >> 31)));
+    }
+    s.truncate(len);
+    s
+}

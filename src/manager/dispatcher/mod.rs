@@ -26,7 +26,7 @@ mod views;
 use crate::manager::store::{new_id, Change, Store, StoreError};
 use crate::manager::tasks::state;
 use status::batch_writer;
-use views::{is_for, network_views, pull_auths, swarm_view, tasks_for_in};
+use views::{is_for, needs, network_views, swarm_view, tasks_for_in, Needs};
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(1000);
 
@@ -340,37 +340,54 @@ fn status_only(new: &Task, old: Option<&Object>) -> bool {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// A node's complete set of tasks as messages of about 1 MiB of tasks each (a node's
-/// tasks, each up to a service's spec, may not fit one message); the networks, if given,
-/// go with the first.
+/// A node's complete set of tasks as messages of about 1 MiB each (a node's tasks, each
+/// up to a service's spec, and their secrets and configs, up to 1000 KiB each, may not
+/// fit one message): the networks, if given, and the credentials go with the first, the
+/// secrets and configs before the tasks.
 fn complete_set(
     tasks: Vec<Task>,
     networks: Option<Vec<NetworkView>>,
-    pull_auths: HashMap<String, RegistryCredential>,
+    needs: Needs,
 ) -> Vec<AssignmentsMessage> {
+    enum Item {
+        Secret(Secret),
+        Config(Config),
+        Task(Box<Task>),
+    }
     const PART_BYTES: usize = 1 << 20;
     let mut parts = vec![AssignmentsMessage {
         r#type: AssignType::Complete as i32,
         networks_set: networks.is_some(),
         networks: networks.unwrap_or_default(),
-        pull_auths,
+        pull_auths: needs.auths,
         ..Default::default()
     }];
-    let mut bytes = 0;
-    for t in tasks {
-        let n = prost::Message::encoded_len(&t);
-        let last = parts.len() - 1;
-        if !parts[last].update_tasks.is_empty() && bytes + n > PART_BYTES {
+    let items = (needs.secrets.into_iter().map(Item::Secret))
+        .chain(needs.configs.into_iter().map(Item::Config))
+        .chain(tasks.into_iter().map(|t| Item::Task(Box::new(t))));
+    let (mut bytes, mut in_part) = (0, 0);
+    for item in items {
+        let n = match &item {
+            Item::Secret(x) => prost::Message::encoded_len(x),
+            Item::Config(x) => prost::Message::encoded_len(x),
+            Item::Task(x) => prost::Message::encoded_len(x),
+        };
+        if in_part > 0 && bytes + n > PART_BYTES {
+            let last = parts.len() - 1;
             parts[last].more = true;
             parts.push(AssignmentsMessage {
                 r#type: AssignType::Complete as i32,
                 ..Default::default()
             });
-            bytes = 0;
+            (bytes, in_part) = (0, 0);
         }
-        bytes += n;
+        (bytes, in_part) = (bytes + n, in_part + 1);
         let last = parts.len() - 1;
-        parts[last].update_tasks.push(t);
+        match item {
+            Item::Secret(x) => parts[last].update_secrets.push(x),
+            Item::Config(x) => parts[last].update_configs.push(x),
+            Item::Task(x) => parts[last].update_tasks.push(*x),
+        }
     }
     parts
 }
@@ -560,13 +577,13 @@ impl DispatcherApi for Dispatcher {
             .entry(node.clone())
             .or_default()
             .push(route_tx);
-        let (first, mut views, auths) = self.store.view(|t| {
+        let (first, mut views, n) = self.store.view(|t| {
             let tasks = tasks_for_in(t, &node);
-            let auths = pull_auths(t, &tasks);
-            (tasks, network_views(t, &node), auths)
+            let n = needs(t, &tasks);
+            (tasks, network_views(t, &node), n)
         });
         let (tx, rx) = mpsc::channel(64);
-        for m in complete_set(first, Some(views.clone()), auths) {
+        for m in complete_set(first, Some(views.clone()), n) {
             let _ = tx.send(Ok(m)).await;
         }
         let store = self.store.clone();
@@ -599,7 +616,9 @@ impl DispatcherApi for Dispatcher {
                     }
                     Some(Routed::Commit) => {
                         if !msg.update_tasks.is_empty() {
-                            msg.pull_auths = store.view(|t| pull_auths(t, &msg.update_tasks));
+                            let n = store.view(|t| needs(t, &msg.update_tasks));
+                            (msg.pull_auths, msg.update_secrets, msg.update_configs) =
+                                (n.auths, n.secrets, n.configs);
                         }
                         if !msg.update_tasks.is_empty() || !msg.remove_tasks.is_empty() {
                             let m = std::mem::replace(
@@ -616,16 +635,16 @@ impl DispatcherApi for Dispatcher {
                     }
                     Some(Routed::Resync) => {
                         // start over with a full set
-                        let (all, auths) = store.view(|t| {
+                        let (all, n) = store.view(|t| {
                             let tasks = tasks_for_in(t, &node);
-                            let auths = pull_auths(t, &tasks);
-                            (tasks, auths)
+                            let n = needs(t, &tasks);
+                            (tasks, n)
                         });
                         msg = AssignmentsMessage {
                             r#type: AssignType::Incremental as i32,
                             ..Default::default()
                         };
-                        for m in complete_set(all, None, auths) {
+                        for m in complete_set(all, None, n) {
                             if tx.send(Ok(m)).await.is_err() {
                                 return;
                             }
@@ -737,9 +756,109 @@ mod tests {
         };
         let mine = [task("a", "127.0.0.1:5056/app:1")];
         let other = [task("b", "127.0.0.1:5055/app:1")];
-        let sent = store.view(|t| pull_auths(t, &mine));
+        let sent = store.view(|t| needs(t, &mine).auths);
         assert_eq!(sent["s"].password, "p");
-        assert!(store.view(|t| pull_auths(t, &other)).is_empty());
+        assert!(store.view(|t| needs(t, &other).auths).is_empty());
+    }
+
+    /// A node gets a secret's data only with a task that may still run and uses it, at
+    /// the version the task names; a config as well; a complete set puts them before the
+    /// tasks, in parts that stay near 1 MiB.
+    #[tokio::test]
+    async fn secrets_go_only_with_the_tasks_that_use_them() {
+        let store = Store::in_memory();
+        let secret = Secret {
+            id: "sec".into(),
+            version: 2,
+            spec: Some(SecretSpec {
+                data: b"new".to_vec(),
+                ..Default::default()
+            }),
+            old_versions: vec![FileVersion {
+                version: 1,
+                data: b"old".to_vec(),
+            }],
+            ..Default::default()
+        };
+        let config = Config {
+            id: "cfg".into(),
+            spec: Some(ConfigSpec {
+                data: vec![b'c'; 900 << 10],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        store
+            .update(|tx| {
+                tx.create(secret)?;
+                tx.create(config)
+            })
+            .await
+            .unwrap();
+        let task = |id: &str, secret_version: Option<u64>, config: bool, desired: TaskState| Task {
+            id: id.into(),
+            desired_state: desired as i32,
+            spec: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    secrets: secret_version
+                        .map(|v| FileReference {
+                            source_id: "sec".into(),
+                            version: v,
+                            ..Default::default()
+                        })
+                        .into_iter()
+                        .collect(),
+                    configs: config
+                        .then(|| FileReference {
+                            source_id: "cfg".into(),
+                            ..Default::default()
+                        })
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let data = |n: &Needs| -> Vec<(String, u64, Vec<u8>)> {
+            n.secrets
+                .iter()
+                .map(|s| (s.id.clone(), s.version, s.spec.clone().unwrap().data))
+                .collect()
+        };
+        // none of the tasks uses it, or only one told to stop
+        let none = [
+            task("a", None, false, TaskState::Running),
+            task("b", Some(2), false, TaskState::Shutdown),
+        ];
+        let n = store.view(|t| needs(t, &none));
+        assert!(n.secrets.is_empty() && n.configs.is_empty());
+        // each version the tasks name, once
+        let two = [
+            task("c", Some(2), true, TaskState::Running),
+            task("d", Some(1), false, TaskState::Running),
+            task("e", Some(2), false, TaskState::Running),
+        ];
+        let n = store.view(|t| needs(t, &two));
+        assert_eq!(
+            data(&n),
+            [
+                ("sec".to_string(), 2, b"new".to_vec()),
+                ("sec".to_string(), 1, b"old".to_vec())
+            ]
+        );
+        assert_eq!(n.configs.len(), 1);
+        // a version no longer kept is not sent (the node refuses the task, naming it)
+        let gone = [task("f", Some(7), false, TaskState::Running)];
+        assert!(store.view(|t| needs(t, &gone)).secrets.is_empty());
+        // a complete set: the files first, and a new part before a second big config
+        let parts = complete_set(two.to_vec(), None, store.view(|t| needs(t, &two)));
+        assert_eq!(parts[0].update_secrets.len(), 2);
+        assert_eq!(parts[0].update_configs.len(), 1);
+        let tasks: usize = parts.iter().map(|p| p.update_tasks.len()).sum();
+        assert_eq!(tasks, 3);
+        assert!(parts.iter().rev().skip(1).all(|p| p.more));
     }
 
     #[tokio::test]

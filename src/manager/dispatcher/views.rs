@@ -50,6 +50,55 @@ pub(super) fn pull_auths(t: &Tables, tasks: &[Task]) -> HashMap<String, Registry
     out
 }
 
+/// What a node needs with some of its tasks besides the tasks: their services' registry
+/// credentials, and the secrets and configs (at the versions they name) of those that
+/// may still run. Nothing else: a node never gets a secret none of its tasks uses.
+#[derive(Default)]
+pub(super) struct Needs {
+    pub auths: HashMap<String, RegistryCredential>,
+    pub secrets: Vec<Secret>,
+    pub configs: Vec<Config>,
+}
+
+pub(super) fn needs(t: &Tables, tasks: &[Task]) -> Needs {
+    use crate::manager::files::FileObject;
+    fn add<T: FileObject>(
+        t: &Tables,
+        out: &mut Vec<T>,
+        seen: &mut std::collections::HashSet<(String, u64)>,
+        r: &FileReference,
+    ) {
+        let v = r.version.max(1);
+        if !seen.insert((r.source_id.clone(), v)) {
+            return;
+        }
+        // a version no longer kept: the task is refused on the node, naming it
+        if let Some(d) = T::table(t).get(&r.source_id).and_then(|o| o.delivery(v)) {
+            out.push(d);
+        }
+    }
+    let mut n = Needs {
+        auths: pull_auths(t, tasks),
+        ..Default::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for x in tasks {
+        if x.desired_state > TaskState::Complete as i32 {
+            continue;
+        }
+        let Some(c) = x.spec.as_ref().and_then(|s| s.container.as_ref()) else {
+            continue;
+        };
+        for r in &c.secrets {
+            add(t, &mut n.secrets, &mut seen, r);
+        }
+        for r in &c.configs {
+            add(t, &mut n.configs, &mut seen, r);
+        }
+    }
+    n
+}
+
 /// What tasks on a network resolve: each attached service's name and aliases (its VIP,
 /// or with dnsrr its running tasks' addresses), `tasks.<service>` (its running tasks'
 /// addresses) and each running task's name. Tasks that are not running are left out.

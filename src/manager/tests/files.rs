@@ -1,8 +1,10 @@
 //! Secrets and configs in the store: made once under a name, removed only while no
 //! service uses them, references resolved by name (an unknown one refused, naming its
-//! field), and secrets refused until the store is sealed.
+//! field) to an ID and a version, a secret's data never in an answer, and updates that
+//! make versions and roll the services that use them.
 
 use super::*;
+use crate::manager::store::StoreItem as _;
 use crate::manager::control::create_service;
 use crate::manager::files;
 
@@ -82,7 +84,7 @@ async fn a_config_in_use_is_not_removed_and_names_are_unique() {
 }
 
 #[tokio::test]
-async fn references_are_resolved_by_name_and_not_run_yet() {
+async fn references_are_resolved_by_name_to_an_id_and_a_version() {
     let store = Store::in_memory();
     let e = create_service(&store, using("web", "nope"), &no_registry())
         .await
@@ -92,19 +94,23 @@ async fn references_are_resolved_by_name_and_not_run_yet() {
         e.contains("task.container.configs[0].source: config not found: nope"),
         "{e}"
     );
-    files::create(&store, config("site", b"hello"))
+    assert!(store.view(|t| t.services.is_empty()));
+    let c = files::create(&store, config("site", b"hello"))
         .await
         .unwrap();
-    let e = create_service(&store, using("web", "site"), &no_registry())
+    assert_eq!(c.version, 1);
+    let s = create_service(&store, using("web", "site"), &no_registry())
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("not supported yet"), "{e}");
-    assert!(store.view(|t| t.services.is_empty()));
+        .unwrap();
+    let r = s.spec.unwrap().task.unwrap().container.unwrap().configs[0].clone();
+    assert_eq!(
+        (r.source_id.as_str(), r.source_name.as_str(), r.version),
+        (c.id.as_str(), "site", 1)
+    );
 }
 
 #[tokio::test]
-async fn secrets_are_refused_until_the_store_is_sealed() {
+async fn a_secrets_data_never_comes_back() {
     let store = Store::in_memory();
     let s = Secret {
         spec: Some(SecretSpec {
@@ -116,7 +122,129 @@ async fn secrets_are_refused_until_the_store_is_sealed() {
         }),
         ..Default::default()
     };
-    let e = files::create(&store, s).await.unwrap_err().to_string();
-    assert!(e.contains("secrets are not supported yet"), "{e}");
-    assert!(store.view(|t| t.secrets.is_empty()));
+    let made = files::create(&store, s).await.unwrap();
+    assert!(made.spec.as_ref().unwrap().data.is_empty());
+    assert!(files::get::<Secret>(&store, "pw")
+        .unwrap()
+        .spec
+        .unwrap()
+        .data
+        .is_empty());
+    assert!(files::list::<Secret>(&store)[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .data
+        .is_empty());
+    assert!(!format!("{made:?}").contains("hunter2"));
+    // (kept in the store, for the nodes that need it)
+    assert_eq!(
+        store.view(|t| t.secrets[&made.id].spec.clone().unwrap().data),
+        b"hunter2"
+    );
+}
+
+#[tokio::test]
+async fn an_update_makes_a_version_rolls_its_users_and_keeps_what_is_named() {
+    let store = Store::in_memory();
+    let c = files::create(&store, config("site", b"one")).await.unwrap();
+    let web = create_service(&store, using("web", "site"), &no_registry())
+        .await
+        .unwrap();
+    create_service(
+        &store,
+        service("other", replicated(1)).spec.unwrap(),
+        &no_registry(),
+    )
+    .await
+    .unwrap();
+    let spec_version = |name: &str| {
+        store.view(|t| {
+            t.services
+                .values()
+                .find(|s| s.name() == name)
+                .unwrap()
+                .spec_version
+        })
+    };
+    let (web_v, other_v) = (spec_version("web"), spec_version("other"));
+    let refs = |name: &str| {
+        store.view(|t| {
+            let s = t.services.values().find(|s| s.name() == name).unwrap();
+            s.spec
+                .clone()
+                .unwrap()
+                .task
+                .unwrap()
+                .container
+                .unwrap()
+                .configs
+        })
+    };
+
+    let u = files::update::<Config>(&store, "site", 0, "", None, Some(b"two".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (u.object.version, u.rolled.clone()),
+        (2, vec!["web".to_string()])
+    );
+    assert_eq!(u.object.spec.as_ref().unwrap().data, b"two");
+    assert_eq!(refs("web")[0].version, 2);
+    assert!(spec_version("web") > web_v, "web rolls");
+    assert_eq!(
+        spec_version("other"),
+        other_v,
+        "a service that does not use it is left"
+    );
+    // version 1 is kept: web's revision before names it (its rollback)
+    let kept = store.view(|t| t.configs[&c.id].old_versions.clone());
+    assert_eq!(kept.iter().map(|v| v.version).collect::<Vec<_>>(), [1]);
+    assert_eq!(kept[0].data, b"one");
+
+    // labels alone, and the same data: no version
+    let mut labels = std::collections::HashMap::new();
+    labels.insert("team".to_string(), "web".to_string());
+    let u = files::update::<Config>(&store, "site", 0, "", Some(labels), Some(b"two".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!((u.object.version, u.rolled.len()), (2, 0));
+    assert_eq!(
+        u.object.spec.unwrap().annotations.unwrap().labels["team"],
+        "web"
+    );
+
+    // refused, nothing changed: a new name, oversize data, nothing to do, an old read
+    let e = files::update::<Config>(&store, "site", 0, "other", None, Some(b"x".to_vec()));
+    assert!(e
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("name cannot change"));
+    let e = files::update::<Config>(&store, "site", 0, "", None, Some(vec![b'x'; 1000 << 10]));
+    assert!(e
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("less than 1000 KiB"));
+    let e = files::update::<Config>(&store, "site", 0, "", None, None);
+    assert!(e
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("nothing to update"));
+    let e = files::update::<Config>(&store, "site", 1, "", None, Some(b"y".to_vec()));
+    assert!(e.await.is_err());
+    assert_eq!(store.view(|t| t.configs[&c.id].version), 2);
+
+    // once nothing names version 1 (the service and its history gone), the next update
+    // drops it
+    crate::manager::control::remove_service(&store, &web.id)
+        .await
+        .unwrap();
+    let u = files::update::<Config>(&store, "site", 0, "", None, Some(b"three".to_vec()))
+        .await
+        .unwrap();
+    assert!(u.rolled.is_empty());
+    assert!(store.view(|t| t.configs[&c.id].old_versions.is_empty()));
 }
