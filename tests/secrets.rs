@@ -418,3 +418,130 @@ fn a_secret_update_rolls_every_task_to_the_new_data_and_rollback_restores_it() {
     h.ok(&["service", "rollback", "-d", "app"]);
     rolled_to(&h, 1, one);
 }
+
+/// The output of host `h`'s running container, once it says `done`.
+fn task_output(h: &common::cluster::ClusterHost) -> Option<String> {
+    json_lines(&h.ok(&["container", "ls", "--format", "json"]))
+        .iter()
+        .filter(|c| c["Status"].as_str().unwrap_or("").starts_with("Up"))
+        .filter_map(|c| c["ID"].as_str().map(String::from))
+        .find_map(|id| {
+            let out = h.cli(&["container", "logs", &id]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("done").then_some(text)
+        })
+}
+
+/// Two managers and two workers on namespace hosts: a global service on three of them
+/// reads its secret and config with the owner and mode asked for, on a tmpfs; the
+/// fourth host, with no task that uses them, never receives them; and no host, managers
+/// included, has any form of the secret's bytes in its data root, its log or /run/shoal.
+#[test]
+fn on_three_hosts_only_the_nodes_that_need_a_secret_get_it_and_none_writes_it() {
+    use common::cluster::Cluster;
+    let mut c = Cluster::new(4);
+    let m1 = c.h(1).addr.clone();
+    c.h(1).ok(&["swarm", "init", "--advertise-addr", &m1]);
+    let mtoken = c.h(1).ok(&["swarm", "join-token", "-q", "manager"]);
+    let wtoken = c.h(1).ok(&["swarm", "join-token", "-q", "worker"]);
+    c.h(2).ok(&["swarm", "join", "--token", mtoken.trim(), &m1]);
+    for i in [3, 4] {
+        c.h(i).ok(&["swarm", "join", "--token", wtoken.trim(), &m1]);
+    }
+    let marker = unique_marker(32);
+    let mut cmd = c.h(1).host.cmd();
+    let mut child = cmd
+        .args(["secret", "create", "pw", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(marker.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(conf.path(), b"listen 80;\n").unwrap();
+    c.h(1)
+        .ok(&["config", "create", "site", conf.path().to_str().unwrap()]);
+
+    let script = "stat -c '%n %u %g %a' /run/secrets/db_pw /etc/site.conf; \
+                  sha256sum /run/secrets/db_pw; \
+                  grep -E ' (/run/secrets/|/etc/site.conf)' /proc/mounts; \
+                  echo done; sleep 1000";
+    c.h(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "app",
+        "--mode",
+        "global",
+        "--constraint",
+        "node.hostname!=node4",
+        "--stop-signal",
+        "KILL",
+        "--secret",
+        "source=pw,target=db_pw,uid=1000,gid=1001,mode=0400",
+        "--config",
+        "source=site,target=/etc/site.conf",
+        "shoal-test/busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let digest = sha256(marker.as_bytes());
+    for i in 1..=3 {
+        let out = wait_for(&format!("node{i}'s task"), Duration::from_secs(60), || {
+            task_output(c.h(i))
+        });
+        assert!(
+            out.contains("/run/secrets/db_pw 1000 1001 400"),
+            "node{i}: {out}"
+        );
+        assert!(out.contains("/etc/site.conf 0 0 444"), "node{i}: {out}");
+        assert!(out.contains(&digest), "node{i}: {out}");
+        for target in ["/run/secrets/db_pw", "/etc/site.conf"] {
+            assert!(
+                out.lines().any(|l| l.starts_with(&format!("tmpfs {target} tmpfs ro,nosuid,nodev,noexec"))),
+                "node{i}: {target} is not a read-only nodev,nosuid,noexec tmpfs: {out}"
+            );
+        }
+        assert_eq!(
+            info_count(&c.h(i).host, "Secrets held:"),
+            Some(1),
+            "node{i}"
+        );
+    }
+    // the worker with no task never received it
+    let n4 = &c.h(4).host;
+    assert_eq!(info_count(n4, "Secrets received:"), Some(0));
+    assert_eq!(info_count(n4, "Configs held:"), Some(0));
+
+    c.h(1).ok(&["service", "rm", "app"]);
+    for i in 1..=3 {
+        wait_for(
+            &format!("node{i} to let the secret go"),
+            Duration::from_secs(60),
+            || (info_count(&c.h(i).host, "Secrets held:") == Some(0)).then_some(()),
+        );
+    }
+    c.h(1).ok(&["secret", "rm", "pw"]);
+    for i in 1..=4 {
+        c.h_mut(i).kill_daemon();
+    }
+    for i in 1..=4 {
+        let found = files_holding(c.h(i).host.data_root(), marker.as_bytes());
+        assert!(
+            found.is_empty(),
+            "node{i} has the secret's bytes on disk: {found:?}"
+        );
+    }
+    let found = files_holding(std::path::Path::new("/run/shoal"), marker.as_bytes());
+    assert!(
+        found.is_empty(),
+        "the secret's bytes are in /run/shoal: {found:?}"
+    );
+}

@@ -41,6 +41,8 @@ pub type FileKey = (Kind, String, u64);
 pub struct Held {
     pub auths: Mutex<HashMap<String, RegistryCredential>>,
     pub files: Mutex<HashMap<FileKey, Zeroizing<Vec<u8>>>>,
+    /// How many secrets (at a version) the managers have sent since the daemon started.
+    pub secrets_received: std::sync::atomic::AtomicU64,
 }
 
 fn version(v: u64) -> u64 {
@@ -81,6 +83,8 @@ impl Held {
             held.clear();
         }
         auths_held.extend(auths);
+        self.secrets_received
+            .fetch_add(secrets.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for s in secrets {
             let data = s.spec.map(|x| x.data).unwrap_or_default();
             held.insert(

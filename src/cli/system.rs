@@ -36,6 +36,7 @@ pub async fn run(g: &Globals, c: SystemCmd) -> anyhow::Result<ExitCode> {
             }
             println!(" Secrets held: {}", i.secrets_held);
             println!(" Configs held: {}", i.configs_held);
+            println!(" Secrets received: {}", i.secrets_received);
             println!("Name: {}", i.hostname);
             println!("Data Root: {}", i.data_root);
             println!("Cgroup Parent: {}", i.cgroup_parent);

@@ -176,6 +176,10 @@ impl Daemon {
             cgroup_parent: self.runtime.config().cgroup_parent.clone(),
             secrets_held: self.held.counts().0 as u32,
             configs_held: self.held.counts().1 as u32,
+            secrets_received: self
+                .held
+                .secrets_received
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

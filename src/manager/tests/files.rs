@@ -4,9 +4,9 @@
 //! make versions and roll the services that use them.
 
 use super::*;
-use crate::manager::store::StoreItem as _;
 use crate::manager::control::create_service;
 use crate::manager::files;
+use crate::manager::store::StoreItem as _;
 
 fn config(name: &str, data: &[u8]) -> Config {
     Config {
