@@ -120,6 +120,9 @@ pub async fn manage<E: Executor>(
         Err(_) => TaskState::Assigned,
     };
     if reached == TaskState::Running {
+        // a restarted daemon: a crash between its start and the release of its files
+        // left the host's mount of them
+        release_files(&files_dir, &id);
         // a restarted daemon: the task's resolver runs in this process
         let t = task.borrow().clone();
         if let (false, Some(net)) = (t.networks.is_empty(), &net) {
@@ -204,6 +207,10 @@ pub async fn manage<E: Executor>(
                 }
             }
             if super::files::references(&t).next().is_some() {
+                // forgotten meanwhile (while its network was built): no files for it
+                if task.has_changed().is_err() {
+                    return;
+                }
                 let mounted = match &files_dir {
                     Some(dir) => super::files::materialize(dir, &t, &held),
                     None => {
@@ -249,6 +256,11 @@ pub async fn manage<E: Executor>(
                     return;
                 }
                 continue;
+            }
+            if task.has_changed().is_err() {
+                // forgotten while it was prepared: the agent removes its container
+                release_files(&files_dir, &id);
+                return;
             }
             report(st(TaskState::Starting, "starting"));
             let started = exec.start(&id).await;

@@ -52,7 +52,7 @@ pub async fn create_service(
     let now = now_ms();
     update_checked(store, |tx| {
         let mut s = s;
-        if let Some(spec) = &s.spec {
+        if let Some(spec) = &mut s.spec {
             super::files::check_in(tx, spec)?;
         }
         revisions::start(tx, &mut s, now)?;
@@ -136,8 +136,8 @@ pub async fn update_service(
                 // changed since (a refusal commits nothing)
                 validate::service(next.spec.as_ref().unwrap_or(&ServiceSpec::default()))?;
             }
-            Some(spec) => {
-                super::files::check_in(tx, &spec)?;
+            Some(mut spec) => {
+                super::files::check_in(tx, &mut spec)?;
                 revisions::update(tx, &mut next, spec, limit, now)?
             }
         }

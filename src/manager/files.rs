@@ -12,7 +12,7 @@ use super::store::{new_id, Store, StoreItem, Tables, TryFromObject, Tx};
 use crate::spec::{Field, SpecError, SpecErrors};
 
 /// What secrets and configs share.
-pub trait FileObject: StoreItem + TryFromObject + Default {
+pub trait FileObject: StoreItem + TryFromObject + Default + prost::Message {
     /// The object as an answer: a secret without its data.
     fn answer(self) -> Self;
     /// The references to objects of this kind in a container spec.
@@ -276,6 +276,24 @@ pub async fn update<T: FileObject>(
             let current = FileObject::version(&next);
             next.old_versions_mut()
                 .retain(|o| o.version != current && kept.contains(&o.version));
+            // the versions still named are kept in the object, which the store bounds
+            let size = prost::Message::encoded_len(&next);
+            if size > crate::manager::store::MAX_OBJECT_BYTES {
+                let versions: Vec<String> = next
+                    .old_versions()
+                    .iter()
+                    .map(|o| o.version.to_string())
+                    .collect();
+                return Err(invalid(format!(
+                    "{} '{}' cannot take new data now: with the earlier versions that services, their history or their tasks still name ({}), it would hold {} KiB, more than the {} KiB the store keeps per object; a smaller {} or fewer kept service revisions (swarm update --service-history-limit) make room",
+                    T::KIND,
+                    next.name(),
+                    versions.join(", "),
+                    size / 1024,
+                    crate::manager::store::MAX_OBJECT_BYTES / 1024,
+                    T::KIND,
+                )));
+            }
         }
         names.sort();
         *rolled.lock().unwrap_or_else(|p| p.into_inner()) = names;
@@ -329,30 +347,33 @@ fn versions_named<T: FileObject>(tx: &Tx<'_>, id: &str) -> std::collections::Has
 }
 
 /// In the transaction that keeps a service's spec: every object it uses is still there
-/// (one removed since the spec was resolved is refused, as if it never was).
-pub fn check_in(tx: &Tx<'_>, spec: &ServiceSpec) -> Result<(), ControlError> {
-    let Some(c) = spec.task.as_ref().and_then(|x| x.container.as_ref()) else {
+/// (one removed since the spec was resolved is refused, as if it never was), and every
+/// version it names is still kept (one dropped by an update meanwhile becomes the
+/// current one, which that update rolled every service to).
+pub fn check_in(tx: &Tx<'_>, spec: &mut ServiceSpec) -> Result<(), ControlError> {
+    let Some(c) = spec.task.as_mut().and_then(|x| x.container.as_mut()) else {
         return Ok(());
     };
-    let gone = |kind: &str, r: &FileReference| {
-        ControlError::from(SpecError::new(
-            Field::new("task.container").child(kind),
-            format!("{} was removed meanwhile", r.source_name),
-        ))
-    };
-    if let Some(r) = c
-        .secrets
-        .iter()
-        .find(|r| tx.get::<Secret>(&r.source_id).is_none())
-    {
-        return Err(gone("secrets", r));
-    }
-    if let Some(r) = c
-        .configs
-        .iter()
-        .find(|r| tx.get::<Config>(&r.source_id).is_none())
-    {
-        return Err(gone("configs", r));
+    check_kind::<Secret>(tx, &mut c.secrets, "secrets")?;
+    check_kind::<Config>(tx, &mut c.configs, "configs")
+}
+
+fn check_kind<T: FileObject>(
+    tx: &Tx<'_>,
+    refs: &mut [FileReference],
+    field: &str,
+) -> Result<(), ControlError> {
+    for r in refs {
+        let Some(o) = tx.get::<T>(&r.source_id) else {
+            return Err(ControlError::from(SpecError::new(
+                Field::new("task.container").child(field),
+                format!("{} was removed meanwhile", r.source_name),
+            )));
+        };
+        let v = r.version.max(1);
+        if v != FileObject::version(&o) && !o.old_versions().iter().any(|x| x.version == v) {
+            r.version = FileObject::version(&o);
+        }
     }
     Ok(())
 }

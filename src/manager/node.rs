@@ -419,11 +419,19 @@ async fn rotate_key_when_asked(
     let wanted = |s: &Store| s.view(|t| t.clusters.values().map(|c| c.dek_rotation).max());
     let (_, mut events) = store.view_and_watch(|_| ());
     loop {
-        if let Some(n) = wanted(&store).filter(|n| *n > db.key_rotation()) {
+        if let Some(n) = wanted(&store).filter(|n| db.rotation_due(*n)) {
             let (db, path) = (db.clone(), path.clone());
             match tokio::task::spawn_blocking(move || db.rotate_key(&path, n)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!("rotating the Raft data key: {e}"),
+                Ok(Err(e)) => {
+                    // what is on disk stays readable: try again later, not at every change
+                    tracing::error!("rotating the Raft data key (tried again in 30 s): {e}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    }
+                    continue;
+                }
                 Err(_) => return,
             }
         }

@@ -191,6 +191,12 @@ impl Daemon {
         }
     }
 
+    /// Forgets what the managers sent for this node's tasks (on leaving the swarm).
+    pub(super) fn forget_held(&self) {
+        self.held
+            .learn(true, Default::default(), vec![], vec![], |_| {});
+    }
+
     pub async fn stop(&self) {
         self.stop_agent_and_port();
         if let Some(m) = self.manager() {

@@ -395,6 +395,7 @@ impl Daemon {
             }
         }
         self.stop_agent_and_port();
+        self.forget_held();
         // the node's tasks go with the swarm
         let node = self.node_id();
         for c in self.runtime.list().await.unwrap_or_default() {

@@ -174,7 +174,8 @@ impl Sealer {
     }
 
     /// A new current key for cluster rotation `rotation`, the old ones kept to read what
-    /// is not yet re-sealed; written to the file before it is used.
+    /// is not yet re-sealed; written to the file before it is used. A rotation cut short
+    /// (old keys still kept) goes on with the key it made: a record may be sealed with it.
     pub fn rotated(&self, rotation: u64) -> Result<Sealer, SealError> {
         if self.plain {
             return Err(SealError::KeyFile {
@@ -182,7 +183,12 @@ impl Sealer {
                 why: "an unsealed store has no key to rotate".into(),
             });
         }
-        let id = self.keys.iter().map(|k| k.0).max().unwrap_or(0) + 1;
+        let pending = self.has_old_keys();
+        let id = if pending {
+            self.current
+        } else {
+            self.keys.iter().map(|k| k.0).max().unwrap_or(0) + 1
+        };
         let mut keys: Vec<StoredKey> = self
             .stored
             .keys
@@ -192,7 +198,9 @@ impl Sealer {
                 key: k.key.clone(),
             })
             .collect();
-        keys.push(new_key(id));
+        if !pending {
+            keys.push(new_key(id));
+        }
         let stored = KeyFile {
             current: id,
             keys,
@@ -438,6 +446,11 @@ mod tests {
         let r = again.rotated(3).unwrap();
         assert_eq!((r.current(), r.rotation(), r.has_old_keys()), (2, 3, true));
         assert!(!r.is_current(&old));
+        // a rotation cut short goes on with the key it made
+        let sealed_then = r.seal("meta", b"vote", b"x");
+        let r = r.rotated(4).unwrap();
+        assert_eq!((r.current(), r.rotation(), r.has_old_keys()), (2, 4, true));
+        assert_eq!(r.open("meta", b"vote", &sealed_then).unwrap(), b"x");
         // a restart during the re-seal reads both
         let reloaded = Sealer::load_or_create(&path).unwrap();
         assert_eq!(reloaded.open("meta", b"vote", &old).unwrap(), b"v");

@@ -90,6 +90,7 @@ pub fn open_db(path: &Path, seal: Sealer) -> Result<RaftDb, redb::Error> {
     match format.as_deref() {
         Some(SEALED_V1) if seal.has_old_keys() => {
             db = rewrite(&db, path, |t, k, v| seal.open(t, k, v), &seal).map_err(io_err)?;
+            reseal_backup(path, &seal).map_err(io_err)?;
             seal = seal.retire_old_keys().map_err(io_err)?;
             tracing::info!(
                 key = seal.current(),
@@ -117,6 +118,9 @@ pub fn open_db(path: &Path, seal: Sealer) -> Result<RaftDb, redb::Error> {
                 seal.current()
             );
         }
+    }
+    if backup_is_plain(path) {
+        reseal_backup(path, &seal).map_err(io_err)?;
     }
     let db = RaftDb(Arc::new(RwLock::new(Sealed { db, seal })));
     db.compact_if_sparse(path).map_err(io_err)?;
@@ -177,12 +181,59 @@ fn rewrite(
         wt.commit().map_err(|x| e(&x))?; // durable before it replaces the old file
     }
     std::fs::rename(&tmp, path).map_err(|x| e(&x))?;
+    // the new file is in place: a failed sync of the directory is no reason to use the
+    // old one any more (it is gone from the directory)
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|x| e(&x))?;
+        if let Err(x) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(path = %path.display(), error = %x, "could not sync the directory after re-sealing");
+        }
     }
     Ok(dst)
+}
+
+/// Re-seals with `seal` the copy of the database that `--force-new-cluster` set aside
+/// beside `path`, when there is one: a plain one (written before sealing) is sealed, a
+/// sealed one is sealed again with the current key.
+fn reseal_backup(path: &Path, seal: &Sealer) -> Result<(), String> {
+    let backup = path.with_extension("redb.before-force-new-cluster");
+    if !backup.exists() {
+        return Ok(());
+    }
+    let e = |x: &dyn std::fmt::Display| format!("{}: {x}", backup.display());
+    let old = Database::builder()
+        .set_cache_size(1 << 20)
+        .open(&backup)
+        .map_err(|x| e(&x))?;
+    let sealed = {
+        let txn = old.begin_read().map_err(|x| e(&x))?;
+        let meta = txn.open_table(META).map_err(|x| e(&x))?;
+        let format = meta.get(FORMAT).map_err(|x| e(&x))?;
+        format.is_some_and(|v| v.value() == SEALED_V1)
+    };
+    if sealed {
+        rewrite(&old, &backup, |t, k, v| seal.open(t, k, v), seal)?;
+    } else {
+        rewrite(&old, &backup, |_, _, v| Ok(v.to_vec()), seal)?;
+    }
+    Ok(())
+}
+
+/// Whether the force-new-cluster copy beside `path` is still in plain.
+fn backup_is_plain(path: &Path) -> bool {
+    let backup = path.with_extension("redb.before-force-new-cluster");
+    if !backup.exists() {
+        return false;
+    }
+    let Ok(db) = Database::builder().set_cache_size(1 << 20).open(&backup) else {
+        return false;
+    };
+    let format = (|| -> Result<Option<Vec<u8>>, redb::Error> {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let v = meta.get(FORMAT)?.map(|v| v.value().to_vec());
+        Ok(v)
+    })();
+    !matches!(format, Ok(Some(f)) if f == SEALED_V1)
 }
 
 /// The database and the keys its records are sealed with.
@@ -206,34 +257,38 @@ impl RaftDb {
     }
 
     /// The cluster rotation this manager's data key answers.
+    #[cfg(test)]
     pub fn key_rotation(&self) -> u64 {
         self.get().seal.rotation()
+    }
+
+    /// Whether cluster rotation `wanted` is still to be done here (a rotation cut short
+    /// counts as not done).
+    pub fn rotation_due(&self, wanted: u64) -> bool {
+        let g = self.get();
+        wanted > g.seal.rotation() || g.seal.has_old_keys()
     }
 
     /// A new data key for cluster rotation `rotation`: every record is re-sealed with
     /// it, into a new file that replaces the old one (so no page sealed with the old key
     /// is left in it), and the old key is forgotten. The copy set aside by
     /// `--force-new-cluster` is re-sealed too. Raft's storage calls wait meanwhile.
-    /// Blocking.
+    /// Blocking. A failure at any step leaves what is on disk readable with the keys
+    /// in the key file, and a new call (or the next start) goes on from there.
     pub fn rotate_key(&self, path: &Path, rotation: u64) -> Result<(), String> {
         let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
         let next = g.seal.rotated(rotation).map_err(|e| e.to_string())?;
+        // until the new file is in place the old one stands, read by the old keys
         let db = rewrite(&g.db, path, |t, k, v| next.open(t, k, v), &next)?;
-        let backup = path.with_extension("redb.before-force-new-cluster");
-        if backup.exists() {
-            let old = Database::builder()
-                .set_cache_size(1 << 20)
-                .open(&backup)
-                .map_err(|e| format!("{}: {e}", backup.display()))?;
-            rewrite(&old, &backup, |t, k, v| next.open(t, k, v), &next)?;
-        }
-        let next = next.retire_old_keys().map_err(|e| e.to_string())?;
+        // from here on the new file is the database, whatever fails next
+        *g = Sealed { db, seal: next };
+        reseal_backup(path, &g.seal)?;
+        g.seal = g.seal.retire_old_keys().map_err(|e| e.to_string())?;
         tracing::info!(
-            key = next.current(),
+            key = g.seal.current(),
             rotation,
             "re-sealed the Raft database with a new data key"
         );
-        *g = Sealed { db, seal: next };
         Ok(())
     }
 
@@ -662,6 +717,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
         std::fs::copy(&fixture, &path).unwrap();
+        // and as the copy a `--force-new-cluster` of that time set aside
+        let backup = dir.path().join("raft.redb.before-force-new-cluster");
+        std::fs::copy(&fixture, &backup).unwrap();
         let dek = dir.path().join(super::super::seal::DEK_FILE);
 
         let open = || {
@@ -701,6 +759,12 @@ mod tests {
         assert!(
             !holds_plain(&after, marker),
             "the marker is still in the file in plain"
+        );
+        let copy = std::fs::read(&backup).unwrap();
+        assert!(holds_plain(&std::fs::read(&fixture).unwrap(), marker));
+        assert!(
+            !holds_plain(&copy, marker),
+            "the marker is still in the set-aside copy"
         );
         let key_body = String::from_utf8_lossy(&ca_key)
             .lines()
@@ -752,6 +816,8 @@ mod tests {
         )
         .unwrap();
         let dek = dir.path().join(super::super::seal::DEK_FILE);
+        let backup = dir.path().join("raft.redb.before-force-new-cluster");
+        std::fs::copy(&path, &backup).unwrap();
         let db = open_db(&path, Sealer::load_or_create(&dek).unwrap()).unwrap();
         let mut log = LogStore::new(db.clone(), LogBytes::default());
         let before = log.try_get_log_entries(..).await.unwrap();
@@ -768,17 +834,23 @@ mod tests {
         std::fs::write(&old_dek, &old_key).unwrap();
         let old = Sealer::load_or_create(&old_dek).unwrap();
         let g = db.get();
-        let txn = g.db.begin_read().unwrap();
-        let mut n = 0;
-        for item in txn.open_table(LOGS).unwrap().iter().unwrap() {
-            let (k, v) = item.unwrap();
-            assert!(old
-                .open("logs", &k.value().to_be_bytes(), v.value())
-                .is_err());
-            assert!(g.seal.is_current(v.value()));
-            n += 1;
-        }
-        assert!(n > 0);
+        // every log record of `file`, opened by the new key and not by the old
+        let check = |file: &Database| {
+            let txn = file.begin_read().unwrap();
+            let mut n = 0;
+            for item in txn.open_table(LOGS).unwrap().iter().unwrap() {
+                let (k, v) = item.unwrap();
+                let place = k.value().to_be_bytes();
+                assert!(old.open("logs", &place, v.value()).is_err());
+                assert!(g.seal.is_current(v.value()));
+                assert!(g.seal.open("logs", &place, v.value()).is_ok());
+                n += 1;
+            }
+            n
+        };
+        assert!(check(&g.db) > 0);
         assert!(!g.seal.has_old_keys());
+        // the set-aside copy too
+        assert!(check(&Database::builder().open(&backup).unwrap()) > 0);
     }
 }

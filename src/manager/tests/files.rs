@@ -248,3 +248,27 @@ async fn an_update_makes_a_version_rolls_its_users_and_keeps_what_is_named() {
     assert!(u.rolled.is_empty());
     assert!(store.view(|t| t.configs[&c.id].old_versions.is_empty()));
 }
+
+#[tokio::test]
+async fn new_data_that_would_not_fit_with_the_versions_still_named_is_refused() {
+    let store = Store::in_memory();
+    files::create(&store, config("big", &vec![b'a'; 700 << 10]))
+        .await
+        .unwrap();
+    create_service(&store, using("web", "big"), &no_registry())
+        .await
+        .unwrap();
+    // version 1 stays named by web's revision: 1400 KiB with the new data
+    let e = files::update::<Config>(&store, "big", 0, "", None, Some(vec![b'b'; 700 << 10]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("config 'big' cannot take new data now") && e.contains("(1)"),
+        "{e}"
+    );
+    assert_eq!(
+        store.view(|t| t.configs.values().next().unwrap().version),
+        1
+    );
+}
