@@ -151,6 +151,25 @@ fn a_task_reads_its_secrets_on_a_tmpfs_and_no_secret_byte_reaches_the_disk() {
     let out = with_stdin(&h, &["config", "create", "site", "-"], b"listen 80;\n");
     assert!(out.status.success());
     assert_eq!(names(&h, "secret"), ["apikey", "pw"]);
+    // the manager's data key is rotated: the Raft database is re-sealed with a new one
+    let dek = h.data_root().join("certificates/swarm-raft-dek.json");
+    let key_ids = || {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&dek).unwrap()).unwrap();
+        let ids: Vec<u64> = v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_u64().unwrap())
+            .collect();
+        (v["current"].as_u64().unwrap(), ids)
+    };
+    assert_eq!(key_ids(), (1, vec![1]));
+    h.ok(&["swarm", "update", "--rotate-dek"]);
+    wait_for(
+        "the data key to be rotated",
+        Duration::from_secs(30),
+        || (key_ids() == (2, vec![2])).then_some(()),
+    );
     // a secret's data never comes back
     let shown = h.ok(&["secret", "inspect", "pw"]);
     let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
