@@ -596,4 +596,47 @@ mod tests {
             .unwrap();
         m.stop().await;
     }
+
+    /// A replayed entry stamps the time the leader proposed it, not the time of the
+    /// replay: what a restart rebuilds from the log (no snapshot yet) is what was.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_replayed_log_keeps_the_times_it_was_written_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = started(dir.path(), true).await;
+        let svc = Service {
+            id: new_id(),
+            spec: Some(ServiceSpec {
+                annotations: Some(Annotations {
+                    name: "web".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        m.store.update(|tx| tx.create(svc)).await.unwrap();
+        assert!(
+            m.raft.metrics().borrow().snapshot.is_none(),
+            "replayed, not restored"
+        );
+        let before: Tables = m.store.view(|t| t.clone());
+        let latest = before
+            .services
+            .values()
+            .filter_map(|s| s.meta.map(|m| m.updated_at_ms))
+            .max()
+            .unwrap();
+        m.stop().await;
+        drop(m);
+        // the clock moves on past what was stamped
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while crate::manager::store::now_ms() <= latest + 5 {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        let m = started(dir.path(), false).await;
+        assert_eq!(m.store.view(|t| t.services.clone()), before.services);
+        assert_eq!(m.store.view(|t| t.clusters.clone()), before.clusters);
+        m.stop().await;
+    }
 }

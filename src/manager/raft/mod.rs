@@ -15,11 +15,15 @@ use shoal_proto::StoreBatch;
 
 use super::store::{encode_batch, Proposer, StoreError};
 
-/// A store batch as a Raft log entry: its protobuf bytes (base64 in JSON).
+/// A store batch as a Raft log entry: its protobuf bytes (base64 in JSON), and when the
+/// leader proposed it: the time every manager stamps on what it changes, at first apply
+/// and at every replay alike (0 in entries written before: the time of applying).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Proposal {
     #[serde(with = "b64")]
     pub batch: Vec<u8>,
+    #[serde(default)]
+    pub at_ms: i64,
 }
 
 /// What applying one entry gave: nothing, or why the batch was refused whole.
@@ -99,7 +103,10 @@ impl Proposer for RaftProposer {
         Box::pin(async move {
             let batch = encode_batch(&batch);
             check_space(&self.dir, batch.len() as u64, NO_SPACE_RESERVE)?;
-            let write = self.raft.client_write(Proposal { batch });
+            let write = self.raft.client_write(Proposal {
+                batch,
+                at_ms: super::store::now_ms(),
+            });
             // without a majority of managers nothing commits: say so instead of hanging
             let r = tokio::time::timeout(COMMIT_TIMEOUT, write)
                 .await

@@ -609,8 +609,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(p) => {
                     // a refused batch is a normal outcome (a conflict), not a storage error
+                    // the proposal's time: the same on every manager and at every replay
+                    let at = if p.at_ms > 0 { p.at_ms } else { now_ms() };
                     let error = decode_batch(&p.batch)
-                        .and_then(|b| self.store.apply(b, e.log_id.index, now_ms()))
+                        .and_then(|b| self.store.apply(b, e.log_id.index, at))
                         .err();
                     Applied { error }
                 }
