@@ -306,16 +306,7 @@ fn a_task_reads_its_secrets_on_a_tmpfs_and_no_secret_byte_reaches_the_disk() {
     assert!(names(&h, "secret").is_empty());
 
     drop(d); // the daemon stops: what it would write is written
-    let found = files_holding(h.data_root(), marker.as_bytes());
-    assert!(
-        found.is_empty(),
-        "the secret's bytes are on disk: {found:?}"
-    );
-    let found = files_holding(std::path::Path::new("/run/shoal"), marker.as_bytes());
-    assert!(
-        found.is_empty(),
-        "the secret's bytes are in /run/shoal: {found:?}"
-    );
+    assert_nowhere(&[h.data_root()], &marker);
 }
 
 /// Whether `text` holds `marker` in plain (as a file would).
@@ -551,16 +542,23 @@ fn on_three_hosts_only_the_nodes_that_need_a_secret_get_it_and_none_writes_it() 
     for i in 1..=4 {
         c.h_mut(i).kill_daemon();
     }
-    for i in 1..=4 {
-        let found = files_holding(c.h(i).host.data_root(), marker.as_bytes());
+    let roots: Vec<&std::path::Path> = (1..=4).map(|i| c.h(i).host.data_root()).collect();
+    assert_nowhere(&roots, &marker);
+}
+
+/// No file under `roots` (data roots, logs included) or /run/shoal holds any plain form
+/// of `marker`.
+fn assert_nowhere(roots: &[&std::path::Path], marker: &str) {
+    for dir in roots
+        .iter()
+        .copied()
+        .chain([std::path::Path::new("/run/shoal")])
+    {
+        let found = files_holding(dir, marker.as_bytes());
         assert!(
             found.is_empty(),
-            "node{i} has the secret's bytes on disk: {found:?}"
+            "the secret's bytes are under {}: {found:?}",
+            dir.display()
         );
     }
-    let found = files_holding(std::path::Path::new("/run/shoal"), marker.as_bytes());
-    assert!(
-        found.is_empty(),
-        "the secret's bytes are in /run/shoal: {found:?}"
-    );
 }
