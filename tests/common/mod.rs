@@ -333,6 +333,8 @@ impl Host {
             .stderr(log)
             .spawn()
             .unwrap();
+        // killed if it never answers, as when it is dropped
+        let daemon = DaemonProc { child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = self.cli(&["node", "ls"]);
@@ -347,7 +349,7 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        DaemonProc { child: Some(child) }
+        daemon
     }
 
     pub fn daemon_log(&self) -> String {
