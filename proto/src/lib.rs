@@ -59,6 +59,15 @@ impl update_status::State {
     }
 }
 
+impl Task {
+    /// Whether it may still run: its desired state is at most COMPLETE (a task told to
+    /// shut down, or to go, never starts again). Its secrets and configs matter only
+    /// while it may.
+    pub fn may_run(&self) -> bool {
+        self.desired_state <= TaskState::Complete as i32
+    }
+}
+
 impl Service {
     /// The state of its update, when one was ever started.
     pub fn update_state(&self) -> Option<update_status::State> {

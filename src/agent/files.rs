@@ -106,7 +106,7 @@ impl Held {
         uses(&mut |t: &Task| {
             services.insert(t.service_id.clone());
             // a task told to stop never starts again: its files go
-            if t.desired_state <= shoal_proto::TaskState::Complete as i32 {
+            if t.may_run() {
                 files.extend(references(t).map(|(k, r)| key(k, r)));
             }
         });

@@ -227,8 +227,7 @@ pub async fn update<T: FileObject>(
     let limit = store.view(|t| super::revisions::limit(t.clusters.values().next()));
     let now = crate::manager::store::now_ms();
     let id = o.id().to_string();
-    let rolled = std::sync::Mutex::new(Vec::new());
-    update_checked(store, |tx| {
+    let rolled = update_checked(store, |tx| {
         let mut next: T = tx.get(&id).ok_or_else(|| ControlError::NotFound {
             kind: T::KIND,
             what: what.to_string(),
@@ -296,53 +295,39 @@ pub async fn update<T: FileObject>(
             }
         }
         names.sort();
-        *rolled.lock().unwrap_or_else(|p| p.into_inner()) = names;
         tx.update(next)?;
-        Ok(())
+        Ok(names)
     })
     .await?;
     let object = get::<T>(store, &id)?;
-    let rolled = rolled.into_inner().unwrap_or_else(|p| p.into_inner());
     Ok(Updated { object, rolled })
 }
 
 /// The versions of object `id` that services (their specs and previous specs), their
 /// revisions and the tasks that may still run name.
 fn versions_named<T: FileObject>(tx: &Tx<'_>, id: &str) -> std::collections::HashSet<u64> {
+    fn of(s: Option<&ServiceSpec>) -> Option<&ContainerSpec> {
+        s?.task.as_ref()?.container.as_ref()
+    }
     let mut out = std::collections::HashSet::new();
-    let mut add = |spec: Option<&ServiceSpec>| {
-        if let Some(c) = spec
-            .and_then(|s| s.task.as_ref())
-            .and_then(|t| t.container.as_ref())
-        {
-            out.extend(
-                T::references(c)
-                    .iter()
-                    .filter(|r| r.source_id == id)
-                    .map(|r| r.version.max(1)),
-            );
-        }
+    let mut add = |c: Option<&ContainerSpec>| {
+        let refs = c.map(T::references).unwrap_or_default();
+        out.extend(
+            refs.iter()
+                .filter(|r| r.source_id == id)
+                .map(|r| r.version.max(1)),
+        );
     };
     tx.for_each(|s: &shoal_proto::Service| {
-        add(s.spec.as_ref());
-        add(s.previous_spec.as_ref());
+        add(of(s.spec.as_ref()));
+        add(of(s.previous_spec.as_ref()));
     });
-    tx.for_each(|r: &shoal_proto::ServiceRevision| add(r.spec.as_ref()));
-    let mut tasks = std::collections::HashSet::new();
+    tx.for_each(|r: &shoal_proto::ServiceRevision| add(of(r.spec.as_ref())));
     tx.for_each(|t: &shoal_proto::Task| {
-        if t.desired_state > shoal_proto::TaskState::Complete as i32 {
-            return;
-        }
-        if let Some(c) = t.spec.as_ref().and_then(|s| s.container.as_ref()) {
-            tasks.extend(
-                T::references(c)
-                    .iter()
-                    .filter(|r| r.source_id == id)
-                    .map(|r| r.version.max(1)),
-            );
+        if t.may_run() {
+            add(t.spec.as_ref().and_then(|s| s.container.as_ref()));
         }
     });
-    out.extend(tasks);
     out
 }
 

@@ -171,10 +171,7 @@ fn file_reference(r: &shoal_proto::FileReference, kind: &str) -> Value {
 /// Which version of each secret and config the service's tasks that may still run have
 /// (shoal's, in `service inspect`: a rotation shows here as it rolls).
 pub fn task_files(tasks: &[shoal_proto::Task]) -> Value {
-    let mut live: Vec<&shoal_proto::Task> = tasks
-        .iter()
-        .filter(|t| t.desired_state <= shoal_proto::TaskState::Complete as i32)
-        .collect();
+    let mut live: Vec<&shoal_proto::Task> = tasks.iter().filter(|t| t.may_run()).collect();
     live.sort_by(|a, b| (a.slot, &a.node_id, &a.id).cmp(&(b.slot, &b.node_id, &b.id)));
     live.iter()
         .map(|t| {

@@ -83,7 +83,7 @@ pub(super) fn needs(t: &Tables, tasks: &[Task]) -> Needs {
     };
     let mut seen = std::collections::HashSet::new();
     for x in tasks {
-        if x.desired_state > TaskState::Complete as i32 {
+        if !x.may_run() {
             continue;
         }
         let Some(c) = x.spec.as_ref().and_then(|s| s.container.as_ref()) else {
